@@ -1,0 +1,59 @@
+"""The paper's hyperparameters, in one place.
+
+Every analysis takes a :class:`PaperConfig` (or the relevant field of it) so a user can change one
+value without touching code. Each default is the value Dai et al. (ACL 2022) used, with the reason
+in the comment beside it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class PaperConfig:
+    """Hyperparameters of the knowledge-neuron pipeline, defaulting to the paper's values."""
+
+    # --- attribution -------------------------------------------------------------------------
+    steps: int = 20  # m: Riemann steps of integrated gradients; the paper found 20 sufficient.
+    batch_size: int = 64  # rows (prompt x alpha x layer) per forward/backward pass; memory bound only.
+
+    # --- identification ----------------------------------------------------------------------
+    t: float = 0.2  # coarse threshold: keep neurons >= t * the prompt's maximum attribution.
+    p: float = 0.7  # sharing threshold: a neuron must be coarse in >= p of the bag's prompts.
+    min_shared_prompts: int = 3  # ... and in at least this many prompts, whatever p says.
+    p_step: float = 0.05  # adaptive p moves by this much each round.
+    p_rounds: int = 6  # at most this many adaptive rounds per relation.
+    target_neurons: tuple[float, float] = (2.0, 5.0)  # aim: mean neurons per fact in this range.
+    baseline_t: float = 0.5  # the activation baseline uses a higher coarse threshold.
+
+    # --- statistics --------------------------------------------------------------------------
+    random_other_facts: int = 100  # overlap of a fact with this many facts of other relations.
+
+    # --- suppress / amplify ------------------------------------------------------------------
+    amplify_factor: float = 2.0  # amplify multiplies the activation by 2; suppress sets it to 0.
+
+    # --- updating facts ----------------------------------------------------------------------
+    lambda1: float = 1.0  # weight of subtracting the old answer's embedding.
+    lambda2: float = 8.0  # weight of adding the new answer's embedding.
+    max_relation_share: float = 0.1  # drop neurons shared by > 10% of the relation's facts.
+    ppl_bags: int = 5  # perplexity on 5 random bags of the same / other relations.
+
+    # --- erasing relations -------------------------------------------------------------------
+    erase_top: int = 20  # zero the 20 most frequent knowledge neurons of the relation.
+
+    # --- web prompts ---------------------------------------------------------------------------
+    max_tokens: int = 512  # BERT's context; web sentences are truncated around [MASK].
+    t2_first_words: int = 50  # T2 masks one random word among the first 50.
+    top_k_prompts: int = 3  # activating prompts: keep the top and bottom k.
+
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def with_(self, **changes: Any) -> "PaperConfig":
+        """A copy with some fields changed."""
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,259 @@
+"""Loading any BERT masked LM as a TransformerLens :class:`~transformer_lens.HookedEncoder`.
+
+:func:`load_model` accepts
+
+- ``"default"`` -- the small BERT trained on kn_lens' built-in fact world (shipped in the package);
+- a model name TransformerLens knows (``"bert-base-cased"``, the paper's model), loaded through
+  ``HookedEncoder.from_pretrained``;
+- a local folder holding a Hugging Face ``BertForMaskedLM`` or ``BertForPreTraining`` checkpoint
+  (``config.json``, ``*.safetensors`` or ``pytorch_model*.bin``, ``vocab.txt``). The weights are
+  converted here, so a masked-LM checkpoint without a pooler or NSP head loads too.
+
+The returned model has its tokenizer attached (``model.tokenizer``) and is in eval mode.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
+_ACT_FNS = {"gelu": "gelu", "gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_pytorch_tanh",
+            "relu": "relu", "silu": "silu", "gelu_fast": "gelu_fast"}
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message says why and what to do instead."""
+
+
+@contextmanager
+def quiet_transformer_lens() -> Iterator[None]:
+    """Silence TransformerLens 3.x's HookedEncoder DeprecationWarnings (and its FutureWarnings)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
+
+
+def _resolve_device(device: str | torch.device | None) -> str:
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(device)
+
+
+def read_hf_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a Hugging Face checkpoint folder (safetensors preferred, else ``.bin``)."""
+    folder = Path(folder)
+    st_files = sorted(folder.glob("*.safetensors"))
+    bin_files = sorted(folder.glob("pytorch_model*.bin"))
+    sd: dict[str, torch.Tensor] = {}
+    if st_files:
+        from safetensors.torch import load_file
+
+        for f in st_files:
+            sd.update(load_file(str(f), device="cpu"))
+    elif bin_files:
+        for f in bin_files:
+            sd.update(torch.load(f, map_location="cpu", weights_only=True))
+    else:
+        raise ModelLoadError(f"no weights (*.safetensors or pytorch_model*.bin) in {folder}")
+    return sd
+
+
+def hooked_config_from_hf(hf_config: dict[str, Any], *, device: str, dtype: torch.dtype,
+                          name: str) -> Any:
+    """A TransformerLens ``HookedTransformerConfig`` for a Hugging Face BERT ``config.json``."""
+    from transformer_lens import HookedTransformerConfig
+
+    if hf_config.get("model_type", "bert") != "bert":
+        raise ModelLoadError(f"{name}: model_type {hf_config.get('model_type')!r} is not 'bert'")
+    act = hf_config.get("hidden_act", "gelu")
+    if act not in _ACT_FNS:
+        raise ModelLoadError(f"{name}: unsupported hidden_act {act!r}")
+    if hf_config.get("position_embedding_type", "absolute") != "absolute":
+        raise ModelLoadError(f"{name}: only absolute position embeddings are supported")
+    d_model, n_heads = int(hf_config["hidden_size"]), int(hf_config["num_attention_heads"])
+    return HookedTransformerConfig(
+        d_model=d_model,
+        d_head=d_model // n_heads,
+        n_heads=n_heads,
+        d_mlp=int(hf_config["intermediate_size"]),
+        n_layers=int(hf_config["num_hidden_layers"]),
+        n_ctx=int(hf_config["max_position_embeddings"]),
+        eps=float(hf_config.get("layer_norm_eps", 1e-12)),
+        d_vocab=int(hf_config["vocab_size"]),
+        act_fn=_ACT_FNS[act],
+        attention_dir="bidirectional",
+        original_architecture="BertForMaskedLM",
+        model_name=name,
+        device=device,
+        dtype=dtype,
+        n_devices=1,
+    )
+
+
+def hooked_state_dict_from_hf(sd: dict[str, torch.Tensor], cfg: Any, name: str = "checkpoint"
+                              ) -> dict[str, torch.Tensor]:
+    """Map a Hugging Face BERT state dict onto HookedEncoder parameter names.
+
+    Works for ``BertForMaskedLM`` and ``BertForPreTraining`` (with or without ``bert.`` prefix).
+    The decoder weight falls back to the tied word embeddings; a missing pooler or NSP head is
+    filled with zeros (neither is used for masked-LM prediction).
+    """
+    prefix = "bert." if any(k.startswith("bert.") for k in sd) else ""
+
+    def get(key: str) -> torch.Tensor:
+        for k in (prefix + key, key):
+            if k in sd:
+                return sd[k]
+        raise ModelLoadError(f"{name}: weight {key!r} missing from the checkpoint")
+
+    def opt(*keys: str) -> torch.Tensor | None:
+        return next((sd[k] for k in keys if k in sd), None)
+
+    H, D, M = cfg.n_heads, cfg.d_head, cfg.d_model
+    out: dict[str, torch.Tensor] = {
+        "embed.embed.W_E": get("embeddings.word_embeddings.weight"),
+        "embed.pos_embed.W_pos": get("embeddings.position_embeddings.weight"),
+        "embed.token_type_embed.W_token_type": get("embeddings.token_type_embeddings.weight"),
+        "embed.ln.w": get("embeddings.LayerNorm.weight"),
+        "embed.ln.b": get("embeddings.LayerNorm.bias"),
+    }
+    for layer in range(cfg.n_layers):
+        src, dst = f"encoder.layer.{layer}.", f"blocks.{layer}."
+        for hf, tl in (("query", "Q"), ("key", "K"), ("value", "V")):
+            w = get(f"{src}attention.self.{hf}.weight")  # [H*D, M] (out, in)
+            out[f"{dst}attn.W_{tl}"] = w.reshape(H, D, M).transpose(1, 2)  # [H, M, D]
+            out[f"{dst}attn.b_{tl}"] = get(f"{src}attention.self.{hf}.bias").reshape(H, D)
+        w_o = get(f"{src}attention.output.dense.weight")  # [M, H*D]
+        out[f"{dst}attn.W_O"] = w_o.T.reshape(H, D, M)
+        out[f"{dst}attn.b_O"] = get(f"{src}attention.output.dense.bias")
+        out[f"{dst}ln1.w"] = get(f"{src}attention.output.LayerNorm.weight")
+        out[f"{dst}ln1.b"] = get(f"{src}attention.output.LayerNorm.bias")
+        out[f"{dst}mlp.W_in"] = get(f"{src}intermediate.dense.weight").T
+        out[f"{dst}mlp.b_in"] = get(f"{src}intermediate.dense.bias")
+        out[f"{dst}mlp.W_out"] = get(f"{src}output.dense.weight").T
+        out[f"{dst}mlp.b_out"] = get(f"{src}output.dense.bias")
+        out[f"{dst}ln2.w"] = get(f"{src}output.LayerNorm.weight")
+        out[f"{dst}ln2.b"] = get(f"{src}output.LayerNorm.bias")
+    head = "cls.predictions."
+    if head + "transform.dense.weight" not in sd:
+        raise ModelLoadError(f"{name}: no masked-LM head (cls.predictions.*) in the checkpoint; "
+                             "a BertForMaskedLM or BertForPreTraining checkpoint is needed")
+    out["mlm_head.W"] = sd[head + "transform.dense.weight"].T
+    out["mlm_head.b"] = sd[head + "transform.dense.bias"]
+    out["mlm_head.ln.w"] = sd[head + "transform.LayerNorm.weight"]
+    out["mlm_head.ln.b"] = sd[head + "transform.LayerNorm.bias"]
+    decoder = opt(head + "decoder.weight")
+    out["unembed.W_U"] = (decoder if decoder is not None else out["embed.embed.W_E"]).T
+    bias = opt(head + "bias", head + "decoder.bias")
+    out["unembed.b_U"] = bias if bias is not None else torch.zeros(cfg.d_vocab)
+    pooler_w, pooler_b = opt(prefix + "pooler.dense.weight"), opt(prefix + "pooler.dense.bias")
+    out["pooler.W"] = pooler_w.T if pooler_w is not None else torch.zeros(M, M)
+    out["pooler.b"] = pooler_b if pooler_b is not None else torch.zeros(M)
+    nsp_w, nsp_b = opt("cls.seq_relationship.weight"), opt("cls.seq_relationship.bias")
+    out["nsp_head.W"] = nsp_w.T if nsp_w is not None else torch.zeros(M, 2)
+    out["nsp_head.b"] = nsp_b if nsp_b is not None else torch.zeros(2)
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def load_tokenizer(folder: str | Path) -> Any:
+    """A BERT WordPiece tokenizer from a folder with ``vocab.txt`` (and tokenizer config)."""
+    from transformers import BertTokenizer
+
+    folder = Path(folder)
+    if not (folder / "vocab.txt").is_file():
+        raise ModelLoadError(f"no vocab.txt in {folder}; pass tokenizer=... to load_model")
+    # transformers 5: BertTokenizer(vocab_file=...) silently ignores the vocab; from_pretrained
+    # on the folder reads it.
+    return BertTokenizer.from_pretrained(str(folder))
+
+
+def _load_folder(folder: Path, tokenizer: Any, device: str, dtype: torch.dtype) -> Any:
+    from transformer_lens import HookedEncoder
+
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise ModelLoadError(f"{folder} has no config.json; is it a Hugging Face checkpoint folder?")
+    hf_config = json.loads(cfg_path.read_text())
+    cfg = hooked_config_from_hf(hf_config, device=device, dtype=dtype, name=str(folder))
+    sd = hooked_state_dict_from_hf(read_hf_state_dict(folder), cfg, name=str(folder))
+    if tokenizer is None or isinstance(tokenizer, (str, Path)):
+        tokenizer = load_tokenizer(tokenizer or folder)
+    with quiet_transformer_lens():
+        model = HookedEncoder(cfg, tokenizer=tokenizer, move_to_device=False)
+    missing, unexpected = model.load_state_dict({k: v.to(dtype) for k, v in sd.items()},
+                                                strict=False)
+    missing = [k for k in missing if not k.endswith((".attn.mask", ".attn.IGNORE"))]  # buffers
+    if missing or unexpected:
+        raise ModelLoadError(f"{folder}: weights do not fit the model (missing {missing}, "
+                             f"unexpected {unexpected})")
+    return model.to(device)
+
+
+def _load_named(name: str, tokenizer: Any, device: str, dtype: torch.dtype) -> Any:
+    from transformer_lens import HookedEncoder
+    from transformer_lens import loading_from_pretrained as loading
+
+    try:
+        official = loading.get_official_model_name(name)
+    except Exception:
+        raise ModelLoadError(
+            f"unknown model {name!r}: it is neither 'default', a local checkpoint folder, nor a "
+            "model name TransformerLens knows (e.g. 'bert-base-cased')"
+        ) from None
+    if "bert" not in official.lower():
+        raise ModelLoadError(f"{name!r} ({official}) is not a BERT model")
+    try:
+        with quiet_transformer_lens():
+            kwargs = {"tokenizer": tokenizer} if tokenizer is not None else {}
+            model = HookedEncoder.from_pretrained(name, device=device, dtype=dtype, **kwargs)
+    except Exception as e:  # offline, no cache, gated, ...
+        raise ModelLoadError(
+            f"could not load {name!r} through TransformerLens ({type(e).__name__}: {e}). Offline, "
+            f"download the checkpoint elsewhere (e.g. `huggingface-cli download {official}`) and "
+            "pass its local folder instead: load_model('/path/to/folder')"
+        ) from None
+    return model
+
+
+def load_model(
+    name_or_path: str | Path = "default",
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    *,
+    tokenizer: Any = None,
+) -> Any:
+    """Load a BERT masked LM as a TransformerLens ``HookedEncoder``, tokenizer attached.
+
+    Args:
+        name_or_path: ``"default"`` (the built-in fact model), a TransformerLens model name such as
+            ``"bert-base-cased"``, or a local Hugging Face checkpoint folder.
+        device: ``"cpu"``, ``"cuda"``, ...; default CUDA when available.
+        dtype: parameter dtype.
+        tokenizer: a tokenizer object, or a folder holding ``vocab.txt``, for checkpoints that keep
+            their vocabulary elsewhere; default: the checkpoint folder's own.
+
+    Raises:
+        ModelLoadError: unknown name, missing files, or a named model that cannot be fetched
+            (offline); the message says how to pass a local folder instead.
+    """
+    dev = _resolve_device(device)
+    if str(name_or_path) == "default":
+        if not (DEFAULT_MODEL_DIR / "config.json").is_file():
+            raise ModelLoadError(
+                f"the built-in default model is missing from {DEFAULT_MODEL_DIR}; rebuild it with "
+                "`python -m kn_lens.world train --out kn_lens/default_model`"
+            )
+        model = _load_folder(DEFAULT_MODEL_DIR, tokenizer, dev, dtype)
+    elif Path(name_or_path).expanduser().is_dir():
+        model = _load_folder(Path(name_or_path).expanduser(), tokenizer, dev, dtype)
+    else:
+        model = _load_named(str(name_or_path), tokenizer, dev, dtype)
+    model.eval()
+    return model

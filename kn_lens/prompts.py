@@ -1,0 +1,160 @@
+"""Masked prompts as model input: validation, tokenisation and the prediction at ``[MASK]``.
+
+Every analysis turns prompts into tokens here, and reads the model's answer at the ``[MASK]``
+position through :func:`mask_logits`, so padding, truncation and the one-``[MASK]`` rule are
+handled once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from transformer_lens import HookedEncoder
+
+from kn_lens.data import MASK, check_prompt
+
+
+@dataclass
+class EncodedPrompts:
+    """A right-padded batch of prompts.
+
+    Attributes:
+        tokens: ``[prompt, pos]`` token ids.
+        token_type_ids: ``[prompt, pos]`` segment ids (all zero).
+        attention_mask: ``[prompt, pos]``, 1 for real tokens, 0 for padding.
+        mask_pos: ``[prompt]`` position of the single ``[MASK]`` of each prompt.
+    """
+
+    tokens: Int[Tensor, "prompt pos"]
+    token_type_ids: Int[Tensor, "prompt pos"]
+    attention_mask: Int[Tensor, "prompt pos"]
+    mask_pos: Int[Tensor, " prompt"]
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+    def to(self, device: torch.device | str) -> "EncodedPrompts":
+        return EncodedPrompts(*(t.to(device) for t in (self.tokens, self.token_type_ids,
+                                                       self.attention_mask, self.mask_pos)))
+
+    def select(self, idx: Int[Tensor, " n"] | Sequence[int]) -> "EncodedPrompts":
+        """Rows ``idx``, trimmed to their longest real length."""
+        idx_t = torch.as_tensor(idx, dtype=torch.long, device=self.tokens.device)
+        am = self.attention_mask[idx_t]
+        width = int(am.sum(-1).max().item()) if len(idx_t) else 0
+        return EncodedPrompts(self.tokens[idx_t, :width], self.token_type_ids[idx_t, :width],
+                              am[:, :width], self.mask_pos[idx_t])
+
+
+def _tokenizer(model_or_tokenizer: Any) -> Any:
+    tok = getattr(model_or_tokenizer, "tokenizer", model_or_tokenizer)
+    if tok is None:
+        raise ValueError("the model has no tokenizer attached; load it with kn_lens.load_model")
+    return tok
+
+
+def answer_token_id(model_or_tokenizer: Any, answer: str) -> int:
+    """The vocabulary id of ``answer``; ``ValueError`` naming it if it is not exactly one token."""
+    tok = _tokenizer(model_or_tokenizer)
+    ids = tok(answer, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1 or ids[0] == tok.unk_token_id:
+        pieces = tok.convert_ids_to_tokens(ids)
+        raise ValueError(
+            f"answer {answer!r} is not a single vocabulary token (tokenises to {pieces})"
+        )
+    return int(ids[0])
+
+
+def answer_token_ids(model_or_tokenizer: Any, answers: Sequence[str]) -> Int[Tensor, " n"]:
+    """:func:`answer_token_id` for each answer."""
+    return torch.tensor([answer_token_id(model_or_tokenizer, a) for a in answers], dtype=torch.long)
+
+
+def encode(
+    model: HookedEncoder,
+    prompts: Sequence[str],
+    *,
+    max_tokens: int | None = None,
+    device: torch.device | str | None = None,
+) -> EncodedPrompts:
+    """Tokenise ``prompts`` (each with exactly one ``[MASK]``) into a right-padded batch.
+
+    A prompt longer than ``max_tokens`` (default: the model's context, ``cfg.n_ctx``) is cut to a
+    window of that many tokens that keeps ``[CLS]``, ``[SEP]`` and the ``[MASK]``, so the mask is
+    never truncated away.
+    """
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a sequence of strings, not one string")
+    if len(prompts) == 0:
+        raise ValueError("no prompts given")
+    for p in prompts:
+        check_prompt(p)
+    tok = _tokenizer(model)
+    limit = int(max_tokens or model.cfg.n_ctx)
+    rows: list[list[int]] = []
+    mask_pos: list[int] = []
+    for p, ids in zip(prompts, tok(list(prompts), add_special_tokens=True)["input_ids"]):
+        hits = [i for i, t in enumerate(ids) if t == tok.mask_token_id]
+        if len(hits) != 1:
+            raise ValueError(f"prompt must tokenise to exactly one {MASK}, found {len(hits)}: {p!r}")
+        m = hits[0]
+        if len(ids) > limit:
+            body = ids[1:-1]
+            keep = limit - 2
+            start = min(max(0, (m - 1) - keep // 2), len(body) - keep)
+            ids = [ids[0], *body[start:start + keep], ids[-1]]
+            m = m - 1 - start + 1
+        rows.append(ids)
+        mask_pos.append(m)
+    width = max(len(r) for r in rows)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    tokens = torch.full((len(rows), width), pad, dtype=torch.long)
+    attn = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        tokens[i, : len(r)] = torch.tensor(r)
+        attn[i, : len(r)] = 1
+    dev = device if device is not None else model.cfg.device
+    enc = EncodedPrompts(tokens, torch.zeros_like(tokens), attn, torch.tensor(mask_pos))
+    return enc.to(dev) if dev is not None else enc
+
+
+def mask_logits(
+    model: HookedEncoder,
+    prompts: Sequence[str] | EncodedPrompts,
+    *,
+    fwd_hooks: Sequence[tuple[Any, Any]] = (),
+    batch_size: int = 64,
+) -> Float[Tensor, "prompt d_vocab"]:
+    """The model's logits at each prompt's ``[MASK]``, optionally under ``fwd_hooks``.
+
+    The hooks are TransformerLens ``(name, fn)`` pairs, attached with ``model.hooks`` and always
+    removed afterwards. The MLM head runs only at the ``[MASK]`` positions. No autograd.
+    """
+    enc = prompts if isinstance(prompts, EncodedPrompts) else encode(model, prompts)
+    enc = enc.to(model.cfg.device)
+    out = []
+    with torch.no_grad(), model.hooks(fwd_hooks=list(fwd_hooks)):
+        for s in range(0, len(enc), batch_size):
+            b = enc.select(range(s, min(s + batch_size, len(enc))))
+            resid = model.encoder_output(b.tokens, b.token_type_ids, b.attention_mask)
+            at_mask = resid[torch.arange(len(b), device=resid.device), b.mask_pos]
+            out.append(model.unembed(model.mlm_head(at_mask[:, None]))[:, 0])
+    return torch.cat(out)
+
+
+def mask_probs(
+    model: HookedEncoder,
+    prompts: Sequence[str] | EncodedPrompts,
+    targets: Int[Tensor, " prompt"] | Sequence[int],
+    *,
+    fwd_hooks: Sequence[tuple[Any, Any]] = (),
+    batch_size: int = 64,
+) -> Float[Tensor, " prompt"]:
+    """Probability of token ``targets[i]`` at prompt i's ``[MASK]`` (softmax over the vocabulary)."""
+    logits = mask_logits(model, prompts, fwd_hooks=fwd_hooks, batch_size=batch_size)
+    t = torch.as_tensor(targets, dtype=torch.long, device=logits.device)
+    return logits.softmax(-1).gather(-1, t[:, None])[:, 0]

@@ -1,0 +1,61 @@
+"""Results as plain data: dataclasses that serialise to JSON with a schema version.
+
+Every analysis returns a dataclass deriving from :class:`Result`. ``result.to_dict()`` gives plain
+JSON-able data with ``"schema"`` (the analysis name) and ``"schema_version"``; the report and the
+figures are rebuilt from these dicts alone. The fields of each result class are its schema: they are
+documented in the class docstrings and in ``RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+SCHEMA_VERSION = 1
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Recursively convert dataclasses, tuples, tensors, numpy values and NaN into JSON data."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        if isinstance(obj, Result):
+            return obj.to_dict()
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if hasattr(obj, "tolist"):  # torch / numpy
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+@dataclasses.dataclass
+class Result:
+    """Base of all analysis results. Subclasses set ``schema`` and add their fields."""
+
+    schema: ClassVar[str] = "result"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: to_jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return {"schema": self.schema, "schema_version": SCHEMA_VERSION, **d}
+
+    def to_json(self, **kw: Any) -> str:
+        return json.dumps(self.to_dict(), **kw)
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """Write JSON to ``path`` through a temporary file and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(to_jsonable(data), f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
