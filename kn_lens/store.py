@@ -1,0 +1,281 @@
+"""Crash-safe storage of per-fact results for long runs: append-only JSON lines, resume, shards.
+
+Attribution over tens of thousands of facts takes hours, so its results are written fact by fact:
+
+- one JSON-lines file per relation (and per shard), one record per fact, each record carrying its
+  ``"key"`` (the bag key, ``"P19/3"``);
+- a record is appended as one whole line (``json + "\\n"``) with a single ``write`` loop, then
+  flushed to disk with ``fsync``. A process killed mid-run (``kill -9``) can therefore leave at most
+  a *torn last line* -- bytes after the last newline. :class:`JsonlStore` cuts such a tail away when
+  it opens the file for appending, and :func:`read_jsonl` ignores it, so no reader ever sees a half
+  record;
+- running again skips the keys already stored (in *any* shard's file of the relation), so a
+  resumed run ends with every fact exactly once;
+- ``--shard K/N`` splits the facts between independent processes: fact number ``i`` (0-based, in
+  the global order of the selected facts) belongs to shard ``K`` (1-based) when ``i % N == K - 1``.
+  Each shard writes its own files (``P19.shard2of4.jsonl``); later steps read the union
+  (:func:`read_union`).
+
+File names: ``{dir}/{relation}.jsonl`` without sharding, ``{dir}/{relation}.shard{K}of{N}.jsonl``
+with it. Relation ids that are not plain file names are made safe by :func:`safe_name`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+try:  # POSIX advisory locks keep two processes from appending to the same file at once.
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "Shard", "JsonlStore", "StoreError", "safe_name", "relation_files", "repair_jsonl",
+    "read_jsonl", "read_union", "stored_keys",
+]
+
+
+class StoreError(ValueError):
+    """A store file is corrupt beyond a torn last line, or is busy in another process."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``k`` of ``n`` (1-based): fact ``i`` (0-based global order) belongs to it when
+    ``i % n == k - 1``. ``Shard(1, 1)`` is the whole run."""
+
+    k: int = 1
+    n: int = 1
+
+    def __post_init__(self) -> None:
+        if self.n < 1 or not 1 <= self.k <= self.n:
+            raise ValueError(f"bad shard {self.k}/{self.n}: need 1 <= K <= N (shards are 1-based)")
+
+    @classmethod
+    def parse(cls, text: str) -> "Shard":
+        """``"2/4"`` -> ``Shard(2, 4)``; ``ValueError`` with the expected form otherwise."""
+        m = re.fullmatch(r"\s*(-?\d+)\s*/\s*(-?\d+)\s*", str(text))
+        if not m:
+            raise ValueError(f"bad shard {text!r}: expected K/N, e.g. 1/4 (shards are 1-based)")
+        return cls(int(m.group(1)), int(m.group(2)))
+
+    def owns(self, i: int) -> bool:
+        """Whether fact number ``i`` (0-based global order) is this shard's."""
+        return i % self.n == self.k - 1
+
+    def select(self, items: Iterable[Any]) -> list[Any]:
+        """This shard's items of a globally ordered sequence."""
+        return [x for i, x in enumerate(items) if self.owns(i)]
+
+    @property
+    def suffix(self) -> str:
+        """File-name suffix: ``""`` for the whole run, ``".shard2of4"`` otherwise."""
+        return "" if self.n == 1 else f".shard{self.k}of{self.n}"
+
+    def __str__(self) -> str:
+        return f"{self.k}/{self.n}"
+
+
+def safe_name(relation: str) -> str:
+    """A file-name-safe form of a relation id (``"P19"`` stays ``"P19"``).
+
+    Characters outside ``[A-Za-z0-9_-]`` become ``_`` and a short hash of the original is added,
+    so two different ids never share a file.
+    """
+    safe = re.sub(r"[^A-Za-z0-9_-]", "_", relation)
+    if safe != relation or not safe:
+        safe = f"{safe}-{hashlib.sha1(relation.encode()).hexdigest()[:8]}"
+    return safe
+
+
+def relation_files(directory: str | Path, relation: str) -> list[Path]:
+    """All files of ``relation`` in ``directory``: the unsharded one and every shard's, sorted."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    pat = re.compile(re.escape(safe_name(relation)) + r"(\.shard\d+of\d+)?\.jsonl")
+    return sorted(p for p in directory.iterdir() if pat.fullmatch(p.name) and p.is_file())
+
+
+def _split_complete(data: bytes) -> tuple[list[bytes], int]:
+    """Complete lines of ``data`` and the byte length they span (up to the last newline)."""
+    end = data.rfind(b"\n") + 1
+    return data[:end].splitlines(), end
+
+
+def _parse(line: bytes, path: Path, n: int) -> dict[str, Any] | None:
+    try:
+        rec = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if not isinstance(rec, dict):
+        raise StoreError(f"{path}:{n}: expected a JSON object per line")
+    return rec
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a store file, ignoring a torn last line (one without its newline, or one
+    that does not parse). A bad line *before* the last raises :class:`StoreError` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    lines, end = _split_complete(data)
+    if end < len(data):
+        log.warning("%s: ignoring a torn last line (%d bytes) left by an interrupted run",
+                    path, len(data) - end)
+    out = []
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        rec = _parse(line, path, n)
+        if rec is None:
+            if n == len(lines) and end == len(data):
+                log.warning("%s:%d: ignoring an unreadable last line", path, n)
+                break
+            raise StoreError(f"{path}:{n}: not valid JSON; the file is corrupt "
+                             "(only a torn last line can be repaired)")
+        out.append(rec)
+    return out
+
+
+def repair_jsonl(path: str | Path) -> int:
+    """Truncate a torn last line away (in place). Returns the number of bytes removed."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    data = path.read_bytes()
+    lines, end = _split_complete(data)
+    # A complete but unreadable last line is torn too (it cannot come from a whole write).
+    if lines and end == len(data) and lines[-1].strip() and _parse(lines[-1], path, len(lines)) is None:
+        end -= len(lines[-1]) + 1
+    removed = len(data) - end
+    if removed:
+        with open(path, "r+b") as f:
+            f.truncate(end)
+            f.flush()
+            os.fsync(f.fileno())
+        log.warning("%s: removed a torn last line (%d bytes) left by an interrupted run",
+                    path, removed)
+    return removed
+
+
+def read_union(paths: Iterable[str | Path], key: str = "key") -> dict[str, dict[str, Any]]:
+    """Records of several files (e.g. all shards of a relation) by ``record[key]``.
+
+    Each key is kept once (the first seen, files in the given order); duplicates, which only arise
+    when the same facts were run under two shard layouts at once, are logged and dropped.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    dupes = 0
+    for p in paths:
+        for rec in read_jsonl(p):
+            k = rec.get(key)
+            if not isinstance(k, str):
+                raise StoreError(f"{p}: record without a string {key!r} field")
+            if k in out:
+                dupes += 1
+                continue
+            out[k] = rec
+    if dupes:
+        log.warning("dropped %d duplicate record(s) while reading %s", dupes, key)
+    return out
+
+
+def stored_keys(paths: Iterable[str | Path], key: str = "key") -> set[str]:
+    """The keys present in any of ``paths``."""
+    return set(read_union(paths, key))
+
+
+class JsonlStore:
+    """An append-only JSON-lines file of keyed records, safe to kill at any moment.
+
+    Use as a context manager::
+
+        with JsonlStore(out / "P19.jsonl", done=stored_keys(relation_files(out, "P19"))) as st:
+            for bag in bags:
+                if bag.key not in st:
+                    st.append({"key": bag.key, ...})
+
+    Opening repairs a torn last line, takes an exclusive advisory lock (a second process appending
+    to the same file gets :class:`StoreError`) and reads the keys already present. ``append`` writes
+    the whole line, then ``fsync``; appending a key already present raises ``ValueError``.
+    """
+
+    def __init__(self, path: str | Path, *, key: str = "key", done: Iterable[str] = (),
+                 fsync: bool = True) -> None:
+        self.path = Path(path)
+        self.key = key
+        self.fsync = fsync
+        self._extra_done = set(done)
+        self._keys: set[str] = set()
+        self._fd: int | None = None
+
+    def open(self) -> "JsonlStore":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise StoreError(f"{self.path} is being written by another process "
+                                 "(is the same --shard running twice?)") from None
+        self._fd = fd
+        repair_jsonl(self.path)  # safe: we hold the lock
+        self._keys = set(read_union([self.path], self.key)) | self._extra_done
+        return self
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # releases the lock
+            self._fd = None
+
+    def __enter__(self) -> "JsonlStore":
+        return self.open()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __contains__(self, k: object) -> bool:
+        return k in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    @property
+    def keys(self) -> set[str]:
+        return set(self._keys)
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Append one record as one line, then flush it to disk."""
+        if self._fd is None:
+            raise RuntimeError(f"{self.path}: store is not open")
+        k = record.get(self.key)
+        if not isinstance(k, str):
+            raise ValueError(f"record needs a string {self.key!r} field, got {k!r}")
+        if k in self._keys:
+            raise ValueError(f"{self.path}: key {k!r} is already stored")
+        data = (json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n").encode()
+        if b"\n" in data[:-1]:  # json.dumps never emits raw newlines; guard anyway
+            raise ValueError("a record must serialise to one line")
+        view = memoryview(data)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+        if self.fsync:
+            os.fsync(self._fd)
+        self._keys.add(k)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(read_jsonl(self.path))
