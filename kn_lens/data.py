@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
 
 MASK = "[MASK]"
 RelationType = Literal["1-1", "N-1", "N-M"]
@@ -114,16 +115,16 @@ def _read_jsonl(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+                raise DataError(f"{path}, line {n}: not valid JSON ({e.msg})") from None
             if not isinstance(rec, dict):
-                raise DataError(f"{path}:{n}: expected a JSON object, got {type(rec).__name__}")
+                raise DataError(f"{path}, line {n}: expected a JSON object, got {type(rec).__name__}")
             yield n, rec
 
 
 def _require(rec: dict[str, Any], keys: Sequence[str], path: Path, n: int) -> None:
     missing = [k for k in keys if not isinstance(rec.get(k), str) or not rec.get(k)]
     if missing:
-        raise DataError(f"{path}:{n}: missing or non-string field(s) {', '.join(missing)}")
+        raise DataError(f"{path}, line {n}: missing or non-string field(s) {', '.join(missing)}")
 
 
 def load_relations(lama_dir: str | Path) -> dict[str, dict[str, Any]]:
@@ -135,7 +136,7 @@ def load_relations(lama_dir: str | Path) -> dict[str, dict[str, Any]]:
     for n, rec in _read_jsonl(path):
         _require(rec, ("relation", "type"), path, n)
         if rec["type"] not in RELATION_TYPES:
-            raise DataError(f"{path}:{n}: unknown relation type {rec['type']!r}")
+            raise DataError(f"{path}, line {n}: unknown relation type {rec['type']!r}")
         out[rec["relation"]] = rec
     return out
 
@@ -147,7 +148,7 @@ def load_patterns(path: str | Path) -> list[str]:
     for n, rec in _read_jsonl(path):
         _require(rec, ("pattern",), path, n)
         if "[X]" not in rec["pattern"] or "[Y]" not in rec["pattern"]:
-            raise DataError(f"{path}:{n}: pattern lacks [X] or [Y]: {rec['pattern']!r}")
+            raise DataError(f"{path}, line {n}: pattern lacks [X] or [Y]: {rec['pattern']!r}")
         patterns.append(rec["pattern"])
     return patterns
 
@@ -215,14 +216,14 @@ def load_jsonl_facts(path: str | Path) -> list[FactBag]:
         if not isinstance(templates, list) or not templates or not all(
             isinstance(t, str) for t in templates
         ):
-            raise DataError(f"{path}:{n}: 'templates' must be a non-empty list of strings")
+            raise DataError(f"{path}, line {n}: 'templates' must be a non-empty list of strings")
         rtype = rec.get("relation_type", "N-M")
         if rtype not in RELATION_TYPES:
-            raise DataError(f"{path}:{n}: unknown relation_type {rtype!r}")
+            raise DataError(f"{path}, line {n}: unknown relation_type {rtype!r}")
         try:
             prompts = tuple(fill_template(t, rec["subject"]) for t in templates)
         except ValueError as e:
-            raise DataError(f"{path}:{n}: {e}") from None
+            raise DataError(f"{path}, line {n}: {e}") from None
         fact = Fact(rec["subject"], rec["relation"], rec.get("relation_label", rec["relation"]),
                     rtype, rec["object"])
         idx = counts.get(fact.relation, 0)

@@ -1,0 +1,100 @@
+"""Facts, bags and the PARAREL / user JSON-lines loaders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kn_lens.data import (DataError, Fact, FactBag, check_prompt, filter_single_token,
+                          load_jsonl_facts, load_pararel)
+
+
+def test_check_prompt_names_the_prompt():
+    assert check_prompt("x [MASK] y") == "x [MASK] y"
+    with pytest.raises(ValueError, match="found 0: 'no mask here'"):
+        check_prompt("no mask here")
+    with pytest.raises(ValueError, match="found 2"):
+        check_prompt("[MASK] and [MASK]")
+
+
+def test_bag_rejects_bad_prompts_and_round_trips():
+    fact = Fact("Alice", "R1", "born in", "N-1", "Paris")
+    bag = FactBag(fact, ("Alice was born in [MASK] .",), index=4)
+    assert bag.key == "R1/4" and bag.object == "Paris" and bag.relation_type == "N-1"
+    assert FactBag.from_dict(json.loads(json.dumps(bag.to_dict()))) == bag
+    with pytest.raises(ValueError, match="Alice was born"):
+        FactBag(fact, ("Alice was born in Paris .",))
+
+
+def _write(path: Path, rows: list[object]) -> Path:
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_user_jsonl_facts(tmp_path: Path):
+    p = _write(tmp_path / "facts.jsonl", [
+        {"subject": "Alice", "relation": "born", "object": "Paris",
+         "templates": ["[X] was born in [Y] .", "[X] is from [Y] ."]},
+        "",
+        {"subject": "Bob", "relation": "born", "object": "London", "relation_type": "N-1",
+         "templates": ["[X] was born in [Y] ."]},
+    ])
+    bags = load_jsonl_facts(p)
+    assert [b.key for b in bags] == ["born/0", "born/1"]
+    assert bags[0].prompts == ("Alice was born in [MASK] .", "Alice is from [MASK] .")
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("{not json", "line 2: not valid JSON"),
+    ('{"subject": "A", "relation": "r", "templates": ["[X] [Y]"]}', "line 2: missing .*object"),
+    ('{"subject": "A", "relation": "r", "object": "B", "templates": "[X] [Y]"}', "line 2: 'templates'"),
+    ('{"subject": "A", "relation": "r", "object": "B", "templates": ["[X] only"]}', "line 2: .*\\[Y\\]"),
+    ('[1, 2]', "line 2: expected a JSON object"),
+])
+def test_malformed_lines_name_file_and_line(tmp_path: Path, bad: str, message: str):
+    good = {"subject": "A", "relation": "r", "object": "B", "templates": ["[X] is [Y] ."]}
+    p = _write(tmp_path / "facts.jsonl", [good, bad])
+    with pytest.raises(DataError, match=message) as err:
+        load_jsonl_facts(p)
+    assert "facts.jsonl, line 2" in str(err.value)
+
+
+def test_filter_single_token(tiny_model):
+    fact = lambda obj: FactBag(Fact("Alice", "r", "r", "N-1", obj), ("Alice [MASK] .",))  # noqa: E731
+    bags = [fact("Paris"), fact("Parisville zzz"), fact("London")]
+    check = filter_single_token(bags, tiny_model.tokenizer)
+    assert [b.object for b in check.kept] == ["Paris", "London"] and check.n_skipped == 1
+    assert "Parisville zzz" in check.skipped[0][1]
+    with pytest.raises(ValueError, match="fact r/0 .*'Parisville zzz'"):
+        filter_single_token(bags, tiny_model.tokenizer, on_error="raise")
+
+
+def test_pararel_counts(shared_data: Path):
+    """On the shared data: the paper's 34 relations, 27,738 bags, 253,448 prompts."""
+    bags = load_pararel(shared_data / "lama", shared_data / "pararel" / "patterns")
+    assert len({b.relation for b in bags}) == 34
+    assert len(bags) == 27_738
+    assert sum(len(b.prompts) for b in bags) == 253_448
+    # T-REx file order is kept, so bag.index is the line's rank in its relation file.
+    first = [json.loads(line) for line in
+             (shared_data / "lama" / "TREx" / "P19.jsonl").read_text().splitlines()[:3]]
+    p19 = [b for b in bags if b.relation == "P19"][:3]
+    assert [(b.subject, b.object, b.index) for b in p19] == [
+        (r["sub_label"], r["obj_label"], i) for i, r in enumerate(first)]
+    assert p19[0].relation_type == "N-1" and p19[0].relation_label == "place of birth"
+    assert all(p.count("[MASK]") == 1 and p19[0].subject in p for p in p19[0].prompts)
+
+
+def test_pararel_relation_selection(shared_data: Path):
+    bags = load_pararel(shared_data / "lama", shared_data / "pararel" / "patterns",
+                        relations=["P19", "P106"])
+    assert {b.relation for b in bags} == {"P19", "P106"}
+    with pytest.raises(ValueError, match="unknown relation.*P9999"):
+        load_pararel(shared_data / "lama", shared_data / "pararel" / "patterns", relations=["P9999"])
+
+
+def test_pararel_missing_folder(tmp_path: Path):
+    with pytest.raises(FileNotFoundError, match="data folder not found"):
+        load_pararel(tmp_path / "lama", tmp_path / "patterns")

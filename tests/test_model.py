@@ -1,0 +1,128 @@
+"""load_model: local Hugging Face folders, a real pretrained checkpoint, names, warnings."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from kn_lens import load_model
+from kn_lens.model import ModelLoadError
+from tests.conftest import make_tiny_checkpoint
+
+SENTENCES = ["the city of [MASK] is Paris .", "Alice was born in [MASK]", "Bob speaks [MASK] and French ."]
+
+
+def _hf_logits(hf_model, tokenizer, sentences):
+    enc = tokenizer(sentences, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        return hf_model(**enc).logits, enc
+
+
+@pytest.mark.parametrize("pretraining", [False, True], ids=["BertForMaskedLM", "BertForPreTraining"])
+def test_local_folder_matches_huggingface(tmp_path: Path, pretraining: bool):
+    from transformers import BertForMaskedLM
+
+    folder = make_tiny_checkpoint(tmp_path / "ckpt", n_layers=3, seed=1, pretraining=pretraining)
+    model = load_model(folder, device="cpu")
+    assert model.tokenizer is not None and model.cfg.n_layers == 3
+    hf = BertForMaskedLM.from_pretrained(folder).eval()
+    ref, enc = _hf_logits(hf, model.tokenizer, SENTENCES)
+    with torch.no_grad():
+        ours = model(enc.input_ids, token_type_ids=enc.token_type_ids,
+                     one_zero_attention_mask=enc.attention_mask)
+    real = enc.attention_mask.bool()
+    assert (ours - ref)[real].abs().max().item() < 1e-5
+
+
+def test_no_deprecation_warnings_reach_users(tiny_ckpt: Path):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_model(tiny_ckpt, device="cpu")
+    assert not [w for w in caught if issubclass(w.category, DeprecationWarning)], [
+        str(w.message) for w in caught]
+
+
+def test_missing_folder_pieces(tmp_path: Path, tiny_ckpt: Path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="config.json"):
+        load_model(tmp_path / "empty", device="cpu")
+    nov = tmp_path / "novocab"
+    nov.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        (nov / f).write_bytes((tiny_ckpt / f).read_bytes())
+    with pytest.raises(ModelLoadError, match="vocab.txt"):
+        load_model(nov, device="cpu")
+
+
+def test_unknown_name_is_a_clear_error():
+    with pytest.raises(ModelLoadError, match="unknown model 'no-such-bert'"):
+        load_model("no-such-bert", device="cpu")
+
+
+def test_known_name_offline_says_how_to_pass_a_folder(tmp_path: Path):
+    code = ("import kn_lens\n"
+            "try:\n    kn_lens.load_model('bert-base-cased', device='cpu')\n"
+            "except kn_lens.model.ModelLoadError as e:\n    print('ERR', e)\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "HF_HOME": str(tmp_path / "hf")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert "ERR" in out.stdout, out.stdout + out.stderr
+    assert "local folder" in out.stdout and "bert-base-cased" in out.stdout
+
+
+# --- a real pretrained checkpoint: AntiBERTy (antibody protein BERT, 8 layers, d_model 512) ------
+
+ANTIBODY_SEQUENCES = [  # heavy and light chain variable domains (trastuzumab, public sequences)
+    "EVQLVESGGGLVQPGGSLRLSCAASGFNIKDTYIHWVRQAPGKGLEWVARIYPTNGYTRYADSVKGRFTISADTSKNTAYLQMNSLRAEDTAVYYCSRWGGDGFYAMDYWGQGTLVTVSS",
+    "DIQMTQSPSSLSASVGDRVTITCRASQDVNTAVAWYQQKPGKAPKLLIYSASFLYSGVPSRFSGSRSGTDFTLTISSLQPEDFATYYCQQHYTTPPTFGQGTKVEIK",
+]
+
+
+def _masked(seq: str, positions: list[int]) -> str:
+    residues = list(seq)
+    for p in positions:
+        residues[p] = "[MASK]"
+    return " ".join(residues)
+
+
+@pytest.fixture(scope="module")
+def antiberty_dir() -> Path:
+    antiberty = pytest.importorskip("antiberty", reason="antiberty==0.1.3 (test extra) not installed")
+    base = Path(antiberty.__file__).parent / "trained_models"
+    ckpt = base / "AntiBERTy_md_smooth"
+    if not (ckpt / "pytorch_model.bin").is_file():
+        pytest.skip("this antiberty release ships no weights; pin antiberty==0.1.3")
+    return base
+
+
+def test_real_pretrained_checkpoint_matches_huggingface(antiberty_dir: Path):
+    from transformers import BertForMaskedLM, BertTokenizer
+
+    ckpt = antiberty_dir / "AntiBERTy_md_smooth"
+    tokenizer = BertTokenizer.from_pretrained(str(antiberty_dir), do_lower_case=False)
+    model = load_model(ckpt, device="cpu", tokenizer=tokenizer)
+    assert (model.cfg.n_layers, model.cfg.d_model, model.cfg.d_vocab) == (8, 512, 25)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hf = BertForMaskedLM.from_pretrained(str(ckpt)).eval()
+    sentences = [_masked(ANTIBODY_SEQUENCES[0], [5, 30, 60, 99]),
+                 _masked(ANTIBODY_SEQUENCES[1], [3, 50])]
+    ref, enc = _hf_logits(hf, tokenizer, sentences)
+    assert (enc.input_ids == tokenizer.mask_token_id).sum().item() == 6
+    with torch.no_grad():
+        ours = model(enc.input_ids, token_type_ids=enc.token_type_ids,
+                     one_zero_attention_mask=enc.attention_mask)
+    real = enc.attention_mask.bool()
+    assert (ours - ref)[real].abs().max().item() < 1e-4
+    # The pretrained model really knows antibodies: most masked residues are recovered.
+    is_mask = enc.input_ids == tokenizer.mask_token_id
+    truth = [ANTIBODY_SEQUENCES[0][p] for p in [5, 30, 60, 99]] + [ANTIBODY_SEQUENCES[1][p] for p in [3, 50]]
+    pred = tokenizer.convert_ids_to_tokens(ours[is_mask].argmax(-1).tolist())
+    assert sum(p == t for p, t in zip(pred, truth)) >= 4, (pred, truth)
