@@ -1,0 +1,241 @@
+"""Reading and changing feed-forward neuron activations at ``[MASK]``, through TransformerLens hooks.
+
+A neuron ``Neuron(layer, index)`` is the value ``blocks.{layer}.mlp.hook_post[..., index]`` (the
+activation after the non-linearity, which multiplies the row ``W_out[index]``). The paper's
+interventions change it only at the position of the ``[MASK]`` token:
+
+- **suppress**: set the activation to 0;
+- **amplify**: multiply it by 2 (``PaperConfig.amplify_factor``).
+
+Everything here works with hooks only, never by editing modules:
+
+- :func:`neuron_hooks` builds TransformerLens ``fwd_hooks`` (``(name, fn)`` pairs) for
+  ``model.hooks(...)``, ``run_with_hooks`` or :func:`kn_lens.prompts.mask_probs`;
+- :func:`scale_neurons`, :func:`suppress`, :func:`amplify` are context managers that attach those
+  hooks and always remove them on exit, exceptions included;
+- :func:`scaled_mask_probs` is the gold-answer probability under an intervention, batched safely;
+- :func:`neuron_activations` reads chosen neurons' activations at each prompt's ``[MASK]``.
+
+Positions are per prompt (``EncodedPrompts.mask_pos``, shape ``[prompt]``), so a hook built for a
+batch only fits a forward pass over exactly that batch; it raises ``ValueError`` otherwise rather
+than silently touching the wrong rows.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from transformer_lens import HookedEncoder
+
+from kn_lens.neuron import Neuron
+from kn_lens.prompts import EncodedPrompts, encode, mask_probs
+
+HookList = list[tuple[str, Callable[..., Any]]]
+
+
+def hook_name(layer: int) -> str:
+    """The TransformerLens hook point of layer ``layer``'s neuron activations."""
+    return f"blocks.{layer}.mlp.hook_post"
+
+
+def as_neurons(model: HookedEncoder, neurons: Sequence[Neuron] | Sequence[Sequence[int]]) -> list[Neuron]:
+    """``neurons`` as :class:`Neuron` records, checked against the model's shape.
+
+    Raises ``ValueError`` naming the first neuron whose layer or index is out of range.
+    """
+    n_layers, d_mlp = int(model.cfg.n_layers), int(model.cfg.d_mlp)
+    out = []
+    for n in neurons:
+        if len(n) != 2:
+            raise ValueError(f"a neuron is a (layer, index) pair, got {n!r}")
+        nn = Neuron(int(n[0]), int(n[1]))
+        if not 0 <= nn.layer < n_layers:
+            raise ValueError(f"neuron {nn} has layer {nn.layer}; the model has {n_layers} layers")
+        if not 0 <= nn.index < d_mlp:
+            raise ValueError(f"neuron {nn} has index {nn.index}; the model has d_mlp={d_mlp}")
+        out.append(nn)
+    return out
+
+
+def _by_layer(neurons: Sequence[Neuron]) -> dict[int, list[int]]:
+    groups: dict[int, list[int]] = {}
+    for n in neurons:
+        groups.setdefault(n.layer, [])
+        if n.index not in groups[n.layer]:
+            groups[n.layer].append(n.index)
+    return groups
+
+
+def neuron_hooks(
+    model: HookedEncoder,
+    neurons: Sequence[Neuron] | Sequence[Sequence[int]],
+    factor: float,
+    *,
+    positions: Int[Tensor, " prompt"] | None = None,
+) -> HookList:
+    """Forward hooks that multiply the chosen neurons' activations by ``factor``.
+
+    Args:
+        model: the model the hooks are for (used to check the neurons' range).
+        neurons: ``(layer, index)`` pairs; duplicates are applied once.
+        factor: 0 suppresses, 2 amplifies (any float works).
+        positions: ``[prompt]``; row ``b`` of the batch is changed only at position
+            ``positions[b]`` (each prompt's ``[MASK]``). ``None`` changes every position.
+
+    Returns:
+        ``(hook name, fn)`` pairs for ``model.hooks(fwd_hooks=...)`` / ``run_with_hooks``. Each hook
+        returns a modified copy of ``hook_post`` (``[batch, pos, d_mlp]``), so it is autograd-safe.
+    """
+    groups = _by_layer(as_neurons(model, neurons))
+    pos_cpu = None if positions is None else torch.as_tensor(positions, dtype=torch.long)
+
+    def make(idx_list: list[int]) -> Callable[..., Tensor]:
+        idx_cpu = torch.tensor(idx_list, dtype=torch.long)
+
+        def hook(act: Float[Tensor, "batch pos d_mlp"], hook: Any) -> Float[Tensor, "batch pos d_mlp"]:
+            idx = idx_cpu.to(act.device)
+            out = act.clone()
+            if pos_cpu is None:
+                out[..., idx] = act[..., idx] * factor
+                return out
+            if act.shape[0] != pos_cpu.shape[0]:
+                raise ValueError(
+                    f"{hook.name}: hook built for {pos_cpu.shape[0]} prompts but the batch has "
+                    f"{act.shape[0]}; build the hooks per batch"
+                )
+            rows = torch.arange(act.shape[0], device=act.device)[:, None]
+            pos = pos_cpu.to(act.device)[:, None]
+            out[rows, pos, idx[None, :]] = act[rows, pos, idx[None, :]] * factor
+            return out
+
+        return hook
+
+    return [(hook_name(layer), make(idx)) for layer, idx in sorted(groups.items())]
+
+
+@contextmanager
+def scale_neurons(
+    model: HookedEncoder,
+    neurons: Sequence[Neuron] | Sequence[Sequence[int]],
+    factor: float,
+    *,
+    positions: Int[Tensor, " prompt"] | None = None,
+) -> Iterator[HookedEncoder]:
+    """Context manager: within it, the neurons' activations are multiplied by ``factor``.
+
+    ``positions`` as in :func:`neuron_hooks`. The hooks are removed on exit, also when the body
+    raises.
+
+    Example::
+
+        enc = encode(model, prompts)
+        with scale_neurons(model, neurons, 0.0, positions=enc.mask_pos):
+            logits = model(enc.tokens, one_zero_attention_mask=enc.attention_mask)
+    """
+    hooks = neuron_hooks(model, neurons, factor, positions=positions)
+    with model.hooks(fwd_hooks=hooks):
+        yield model
+
+
+def suppress(
+    model: HookedEncoder,
+    neurons: Sequence[Neuron] | Sequence[Sequence[int]],
+    *,
+    positions: Int[Tensor, " prompt"] | None = None,
+) -> Any:
+    """Context manager that sets the neurons' activations to 0 (at ``positions`` if given)."""
+    return scale_neurons(model, neurons, 0.0, positions=positions)
+
+
+def amplify(
+    model: HookedEncoder,
+    neurons: Sequence[Neuron] | Sequence[Sequence[int]],
+    *,
+    positions: Int[Tensor, " prompt"] | None = None,
+    factor: float = 2.0,
+) -> Any:
+    """Context manager that multiplies the neurons' activations by ``factor`` (default 2)."""
+    return scale_neurons(model, neurons, factor, positions=positions)
+
+
+def _enc(model: HookedEncoder, prompts: Sequence[str] | EncodedPrompts) -> EncodedPrompts:
+    return prompts if isinstance(prompts, EncodedPrompts) else encode(model, prompts)
+
+
+def scaled_mask_probs(
+    model: HookedEncoder,
+    prompts: Sequence[str] | EncodedPrompts,
+    targets: Int[Tensor, " prompt"] | Sequence[int],
+    neurons: Sequence[Neuron] | Sequence[Sequence[int]],
+    factor: float | None,
+    *,
+    batch_size: int = 64,
+) -> Float[Tensor, " prompt"]:
+    """Probability of ``targets[i]`` at prompt i's ``[MASK]`` while the neurons, at each prompt's
+    ``[MASK]`` only, are multiplied by ``factor`` (``None``: no intervention).
+
+    Batches are formed here so that each batch gets hooks with its own ``[MASK]`` positions.
+    """
+    enc = _enc(model, prompts)
+    t = torch.as_tensor(targets, dtype=torch.long)
+    if t.shape[0] != len(enc):
+        raise ValueError(f"{t.shape[0]} targets for {len(enc)} prompts")
+    neurons = as_neurons(model, neurons)
+    out = []
+    for s in range(0, len(enc), batch_size):
+        rows = list(range(s, min(s + batch_size, len(enc))))
+        b = enc.select(rows)
+        hooks = [] if factor is None or not neurons else neuron_hooks(
+            model, neurons, factor, positions=b.mask_pos)
+        out.append(mask_probs(model, b, t[rows], fwd_hooks=hooks, batch_size=len(rows)))
+    return torch.cat(out).cpu()
+
+
+def neuron_activations(
+    model: HookedEncoder,
+    prompts: Sequence[str] | EncodedPrompts,
+    neurons: Sequence[Neuron] | Sequence[Sequence[int]],
+    *,
+    batch_size: int = 64,
+    fwd_hooks: Sequence[tuple[Any, Any]] = (),
+) -> Float[Tensor, "prompt neuron"]:
+    """Activations of ``neurons`` at each prompt's ``[MASK]``, read by hooks on ``hook_post``.
+
+    Column ``j`` is ``neurons[j]`` (order kept, duplicates allowed). Extra ``fwd_hooks`` (e.g. from
+    :func:`neuron_hooks`) run first, so an intervention on an earlier layer shows up here. Runs
+    without autograd; returns a CPU tensor ``[prompt, neuron]``.
+    """
+    enc = _enc(model, prompts).to(model.cfg.device)
+    neurons = as_neurons(model, neurons)
+    out = torch.zeros(len(enc), len(neurons))
+    if not neurons:
+        return out
+    layers = sorted({n.layer for n in neurons})
+    cols = {layer: [j for j, n in enumerate(neurons) if n.layer == layer] for layer in layers}
+    for s in range(0, len(enc), batch_size):
+        rows = list(range(s, min(s + batch_size, len(enc))))
+        b = enc.select(rows)
+        seen: dict[int, Tensor] = {}
+
+        def make_reader(layer: int) -> Callable[..., None]:
+            def read(act: Float[Tensor, "batch pos d_mlp"], hook: Any) -> None:
+                at_mask = act[torch.arange(act.shape[0], device=act.device), b.mask_pos.to(act.device)]
+                seen[layer] = at_mask.detach().float().cpu()
+            return read
+
+        readers = [(hook_name(layer), make_reader(layer)) for layer in layers]
+        with torch.no_grad(), model.hooks(fwd_hooks=[*fwd_hooks, *readers]):
+            model.encoder_output(b.tokens, b.token_type_ids, b.attention_mask)
+        for layer in layers:
+            idx = torch.tensor([neurons[j].index for j in cols[layer]])
+            out[torch.tensor(rows)[:, None], torch.tensor(cols[layer])[None, :]] = seen[layer][:, idx]
+    return out
+
+
+read_neuron_activations = neuron_activations  # the name used in the design notes
+
