@@ -1,0 +1,252 @@
+"""Typed edits of feed-forward value vectors, with exact restore.
+
+In TransformerLens, neuron ``(l, i)`` writes ``activation * blocks[l].mlp.W_out[i]`` into the
+residual stream, so row ``i`` of ``W_out`` (shape ``[d_mlp, d_model]``) is the neuron's *value
+vector*. Updating a fact and erasing a relation (Dai et al. 2022, section 5) change these rows
+directly; every such change in kn_lens goes through this module.
+
+Each change function
+
+- validates the neurons first (non-empty, no duplicates, layer and index in range), raising
+  ``ValueError`` naming the offending neuron;
+- saves the original rows, then writes the new ones in place under ``torch.no_grad`` on the
+  parameter's data (the ``Parameter`` object and its storage stay the same);
+- is all-or-nothing: if anything raises halfway through a multi-row change, the rows already
+  written are put back before the exception propagates, so nothing is left changed;
+- returns a :class:`RowEdit` handle whose :meth:`RowEdit.restore` puts the saved rows back bit
+  for bit. The handle is also a context manager that restores on exit::
+
+      with zero_rows(model, [Neuron(3, 17), Neuron(5, 2)]):
+          logits = mask_logits(model, prompts)  # rows zeroed here
+      # rows restored here, exactly
+
+Overlapping edits must be restored in reverse order (last applied, first restored), as nested
+``with`` blocks do; :meth:`RowEdit.restore` refuses, with ``RuntimeError``, when the rows no longer
+hold what its edit wrote.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from kn_lens.neuron import Neuron
+
+NeuronsLike = Iterable[Any]  # Neuron or (layer, index) pairs; checked by check_neurons
+
+
+def _as_int(x: Any) -> int:
+    if isinstance(x, bool):
+        raise TypeError
+    return operator.index(x)
+
+
+def check_neurons(model: Any, neurons: NeuronsLike) -> list[Neuron]:
+    """Validate ``neurons`` against ``model`` and return them as a list of :class:`Neuron`.
+
+    Raises:
+        ValueError: the set is empty, an item is not a ``(layer, index)`` pair of ints, a layer is
+            outside ``[0, n_layers)`` or an index outside ``[0, d_mlp)``, or a neuron repeats.
+            The message names the offending neuron.
+    """
+    if isinstance(neurons, (str, bytes)) or isinstance(neurons, Tensor):
+        raise ValueError(f"neurons must be a collection of (layer, index) pairs, got {neurons!r}")
+    items = list(neurons)
+    if not items:
+        raise ValueError("empty neuron set: at least one (layer, index) neuron is needed")
+    n_layers, d_mlp = int(model.cfg.n_layers), int(model.cfg.d_mlp)
+    out: list[Neuron] = []
+    seen: set[Neuron] = set()
+    for item in items:
+        try:
+            layer, index = item
+            n = Neuron(_as_int(layer), _as_int(index))
+        except (TypeError, ValueError):
+            raise ValueError(f"neuron {item!r} is not a (layer, index) pair of ints") from None
+        if not 0 <= n.layer < n_layers:
+            raise ValueError(f"neuron {n} ({tuple(n)}) out of range: layer must be in "
+                             f"[0, {n_layers}) for this model")
+        if not 0 <= n.index < d_mlp:
+            raise ValueError(f"neuron {n} ({tuple(n)}) out of range: index must be in "
+                             f"[0, {d_mlp}) for this model")
+        if n in seen:
+            raise ValueError(f"neuron {n} ({tuple(n)}) appears more than once in the neuron set")
+        seen.add(n)
+        out.append(n)
+    return out
+
+
+def w_out(model: Any, layer: int) -> torch.nn.Parameter:
+    """The ``W_out`` parameter of block ``layer`` (shape ``[d_mlp, d_model]``)."""
+    return model.blocks[layer].mlp.W_out
+
+
+def _read_row(model: Any, n: Neuron) -> Float[Tensor, " d_model"]:
+    return w_out(model, n.layer).data[n.index].detach().clone()
+
+
+def _write_row(model: Any, n: Neuron, row: Float[Tensor, " d_model"]) -> None:
+    """Copy ``row`` into ``W_out[n.index]`` of layer ``n.layer``, in place."""
+    with torch.no_grad():
+        w_out(model, n.layer).data[n.index].copy_(row)
+
+
+def read_value_vectors(model: Any, neurons: NeuronsLike) -> Float[Tensor, "neuron d_model"]:
+    """The value vectors (``W_out`` rows) of ``neurons``, in order, as a detached copy."""
+    ns = check_neurons(model, neurons)
+    return torch.stack([_read_row(model, n) for n in ns])
+
+
+class RowEdit:
+    """Handle of one applied ``W_out`` row change; :meth:`restore` undoes it bit for bit.
+
+    Attributes:
+        neurons: the edited neurons, in the order given.
+        original: ``[neuron, d_model]`` the rows before the edit.
+        written: ``[neuron, d_model]`` the rows the edit wrote.
+    """
+
+    def __init__(self, model: Any, neurons: Sequence[Neuron], original: Tensor,
+                 written: Tensor) -> None:
+        self.model = model
+        self.neurons: tuple[Neuron, ...] = tuple(neurons)
+        self.original = original
+        self.written = written
+        self._active = True
+
+    @property
+    def active(self) -> bool:
+        """True until :meth:`restore` has run."""
+        return self._active
+
+    def restore(self, *, force: bool = False) -> None:
+        """Put the original rows back exactly. Calling it again is a no-op.
+
+        Raises:
+            RuntimeError: a row no longer holds what this edit wrote (another edit of the same
+                rows was applied later and not restored first); pass ``force=True`` to restore
+                anyway.
+        """
+        if not self._active:
+            return
+        if not force:
+            for k, n in enumerate(self.neurons):
+                if not torch.equal(w_out(self.model, n.layer).data[n.index], self.written[k]):
+                    raise RuntimeError(
+                        f"row of neuron {n} changed since this edit; restore later edits of the "
+                        "same rows first (or pass force=True)"
+                    )
+        _write_rows_atomic(self.model, self.neurons, list(self.original))
+        self._active = False
+
+    def __enter__(self) -> "RowEdit":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
+
+    def __repr__(self) -> str:
+        state = "active" if self._active else "restored"
+        shown = ", ".join(str(n) for n in self.neurons[:5])
+        more = f", ... ({len(self.neurons)} total)" if len(self.neurons) > 5 else ""
+        return f"RowEdit([{shown}{more}], {state})"
+
+
+def _write_rows_atomic(model: Any, neurons: Sequence[Neuron], rows: Sequence[Tensor]) -> None:
+    """Write ``rows[k]`` into neuron ``k``'s row; on any exception, undo the rows already written."""
+    saved = [_read_row(model, n) for n in neurons]
+    done = 0
+    try:
+        for n, row in zip(neurons, rows):
+            _write_row(model, n, row)
+            done += 1
+    except BaseException:
+        with torch.no_grad():
+            for n, old in zip(neurons[:done], saved[:done]):
+                w_out(model, n.layer).data[n.index].copy_(old)
+        raise
+
+
+def edit_rows(
+    model: Any,
+    neurons: NeuronsLike,
+    fn: Callable[[Neuron, Tensor], Tensor],
+) -> RowEdit:
+    """Replace each neuron's value vector ``v`` by ``fn(neuron, v)``; all-or-nothing.
+
+    ``fn`` receives a copy of the original row (``[d_model]``) and returns the new row, of the
+    same shape. If ``fn`` or a write raises for any neuron, every row written so far is restored
+    before the exception propagates.
+    """
+    ns = check_neurons(model, neurons)
+    original = torch.stack([_read_row(model, n) for n in ns])
+    d_model = original.shape[-1]
+    written: list[Tensor] = []
+    done = 0
+    try:
+        for k, n in enumerate(ns):
+            new = fn(n, original[k].clone())
+            if not isinstance(new, Tensor) or tuple(new.shape) != (d_model,):
+                got = tuple(new.shape) if isinstance(new, Tensor) else type(new).__name__
+                raise ValueError(f"new row for neuron {n} must be a [{d_model}] tensor, got {got}")
+            new = new.detach().to(dtype=original.dtype, device=original.device)
+            _write_row(model, n, new)
+            done += 1
+            written.append(_read_row(model, n))
+    except BaseException:
+        with torch.no_grad():
+            for n, old in zip(ns[:done], original[:done]):
+                w_out(model, n.layer).data[n.index].copy_(old)
+        raise
+    return RowEdit(model, ns, original, torch.stack(written))
+
+
+def set_rows(
+    model: Any, neurons: NeuronsLike, values: Float[Tensor, "neuron d_model"]
+) -> RowEdit:
+    """Overwrite the value vectors of ``neurons`` with ``values`` (row k -> neuron k)."""
+    ns = check_neurons(model, neurons)
+    if values.shape[0] != len(ns):
+        raise ValueError(f"values has {values.shape[0]} rows for {len(ns)} neurons")
+    index = {n: k for k, n in enumerate(ns)}
+    return edit_rows(model, ns, lambda n, v: values[index[n]])
+
+
+def add_to_rows(
+    model: Any,
+    neurons: NeuronsLike,
+    vector: Float[Tensor, " d_model"] | Float[Tensor, "neuron d_model"],
+    scale: float | Sequence[float] | Float[Tensor, " neuron"] = 1.0,
+) -> RowEdit:
+    """Add ``scale[k] * vector`` (or ``scale[k] * vector[k]``) to neuron k's value vector.
+
+    Args:
+        vector: one ``[d_model]`` vector for all rows, or one row per neuron.
+        scale: one number for all rows, or one per neuron.
+    """
+    ns = check_neurons(model, neurons)
+    d_model = int(model.cfg.d_model)
+    vec = vector.detach()
+    if vec.shape[-1] != d_model:
+        raise ValueError(f"vector has size {vec.shape[-1]} in its last dimension, d_model is {d_model}")
+    if vec.dim() == 2 and vec.shape[0] != len(ns):
+        raise ValueError(f"vector has {vec.shape[0]} rows for {len(ns)} neurons")
+    s = torch.as_tensor(scale, dtype=vec.dtype).detach().reshape(-1)
+    if s.numel() == 1:
+        s = s.expand(len(ns))
+    if s.numel() != len(ns):
+        raise ValueError(f"scale has {s.numel()} entries for {len(ns)} neurons")
+    rows = vec.expand(len(ns), d_model) if vec.dim() == 1 else vec
+    deltas = s[:, None].to(rows.device) * rows
+    index = {n: k for k, n in enumerate(ns)}
+    return edit_rows(model, ns, lambda n, v: v + deltas[index[n]].to(v.device, v.dtype))
+
+
+def zero_rows(model: Any, neurons: NeuronsLike) -> RowEdit:
+    """Set the value vectors of ``neurons`` to zero (the neurons then write nothing)."""
+    return edit_rows(model, neurons, lambda n, v: torch.zeros_like(v))
