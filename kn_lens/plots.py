@@ -35,3 +35,31 @@ def save_figure(fig: go.Figure, stem: str | Path) -> dict[str, str]:
     except Exception as e:  # kaleido (or Chrome for kaleido>=1) not installed
         log.info("PNG export of %s skipped: %s", stem.name, str(e).splitlines()[0] if str(e) else e)
     return out
+
+
+def distant_figure(result: dict[str, Any]) -> go.Figure:
+    """Mean knowledge-neuron activation at [MASK] on web prompts T1/T2/T3, ours vs baseline
+    (the paper's Figure 6), from a ``DistantResult.to_dict()``. Error bars: standard error over
+    facts. The paper's values for its own neurons, when present, are drawn as markers."""
+    types = list(result.get("types", ["T1", "T2", "T3"]))
+    overall = result["overall"]
+    fig = go.Figure()
+    for name, label, colour in (("ours", "our knowledge neurons", OURS_COLOR),
+                                ("baseline", "baseline neurons", BASELINE_COLOR)):
+        vals = overall.get(name)
+        if not vals:
+            continue
+        sem = overall.get(f"{name}_sem") or {}
+        n = overall.get("n_facts" if name == "ours" else "n_facts_baseline")
+        fig.add_bar(x=types, y=[vals.get(t) for t in types], name=f"{label} (n={n} facts)",
+                    marker_color=colour,
+                    error_y=dict(type="data", array=[sem.get(t) or 0.0 for t in types], visible=True))
+    paper = (result.get("paper") or {}).get("ours")
+    if paper:
+        fig.add_scatter(x=types, y=[paper.get(t) for t in types], mode="markers",
+                        name=f"paper, ours ({result['paper'].get('model', '')})",
+                        marker=dict(symbol="diamond", size=11, color="black"))
+    fig.update_layout(barmode="group", title="Knowledge-neuron activation on web prompts",
+                      xaxis_title="prompt type (T1: head+tail, tail masked; T2: head only; T3: random)",
+                      yaxis_title="mean activation at [MASK]", template="plotly_white")
+    return fig

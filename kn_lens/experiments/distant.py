@@ -1,0 +1,339 @@
+"""Do knowledge neurons fire on web text about their fact? (paper, Section 5.2 / Figure 6)
+
+For each fact with knowledge neurons we build its T1, T2 and T3 web prompts (:mod:`kn_lens.web`):
+
+- **T1**: sentences with the head and the tail, the tail masked;
+- **T2**: sentences with only the head, a random word masked;
+- **T3**: random sentences from the whole pool, a random word masked.
+
+and read the activation of the fact's knowledge neurons at ``[MASK]``. A fact's value for a type is
+the mean over its prompts of that type and over its neurons; relation and overall values are
+means over facts. The same is done for the activation-baseline neurons, when given. The paper
+finds that knowledge neurons fire on T1 and stay near zero on T2/T3, while baseline neurons do not
+tell the types apart.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from kn_lens.config import PaperConfig
+from kn_lens.data import FactBag
+from kn_lens.neuron import Neuron
+from kn_lens.results import Result
+from kn_lens.web import (PROMPT_TYPES, FactPrompts, WebFact, WebPromptSet, build_web_prompts,
+                         encode_web, match_bags)
+
+#: The paper's Figure 6 (bert-base-cased, its knowledge neurons): mean activation at [MASK].
+PAPER: dict[str, Any] = {
+    "model": "bert-base-cased",
+    "ours": {"T1": 0.485, "T2": 0.019, "T3": -0.018},
+    "baseline": None,
+    "note": "The paper reports that baseline neurons have similar activations on T1, T2 and T3 "
+            "(they cannot tell the prompt types apart); it gives no baseline numbers in the text.",
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading activations for many facts, each with its own prompts and neurons
+# ----------------------------------------------------------------------------------------------
+
+
+def grouped_activations(
+    model: Any,
+    items: Sequence[tuple[Sequence[str], Sequence[Neuron]]],
+    *,
+    max_tokens: int = 512,
+    batch_size: int = 64,
+    progress: bool = False,
+    desc: str = "web prompts",
+) -> list[Tensor]:
+    """For each ``(prompts, neurons)`` item, its neurons' activations at each prompt's ``[MASK]``.
+
+    Items are packed into padded batches of about ``batch_size`` prompts (an item is never split);
+    each batch is encoded once (:func:`kn_lens.web.encode_web`, which keeps ``[MASK]`` inside the
+    ``max_tokens`` window) and read once for the union of its items' neurons through
+    :func:`kn_lens.interventions.neuron_activations` (hooks on ``blocks.{l}.mlp.hook_post``).
+
+    Returns one CPU tensor ``[len(prompts), len(neurons)]`` per item (columns in the item's order).
+    """
+    from kn_lens.interventions import as_neurons, neuron_activations
+
+    out: list[Tensor | None] = [None] * len(items)
+    groups: list[list[int]] = []
+    cur: list[int] = []
+    size = 0
+    for i, (prompts, _neurons) in enumerate(items):
+        if cur and size + len(prompts) > batch_size:
+            groups.append(cur)
+            cur, size = [], 0
+        cur.append(i)
+        size += len(prompts)
+    if cur:
+        groups.append(cur)
+    it: Iterable[list[int]] = groups
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(groups, desc=desc)
+    for group in it:
+        prompts = [p for i in group for p in items[i][0]]
+        union: list[Neuron] = []
+        col: dict[Neuron, int] = {}
+        for i in group:
+            for n in as_neurons(model, items[i][1]):
+                if n not in col:
+                    col[n] = len(union)
+                    union.append(n)
+        if not prompts or not union:
+            for i in group:
+                out[i] = torch.zeros(len(items[i][0]), len(items[i][1]))
+            continue
+        enc = encode_web(model, prompts, max_tokens=max_tokens)
+        acts = neuron_activations(model, enc, union, batch_size=max(batch_size, len(prompts)))
+        row = 0
+        for i in group:
+            n_p = len(items[i][0])
+            cols = [col[n] for n in as_neurons(model, items[i][1])]
+            out[i] = acts[row:row + n_p][:, cols] if cols else torch.zeros(n_p, 0)
+            row += n_p
+    return [t for t in out if t is not None]
+
+
+# ----------------------------------------------------------------------------------------------
+# Result types
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FactActivation:
+    """One fact's mean knowledge-neuron activation at [MASK] per prompt type.
+
+    Attributes:
+        key: bag key ``"{relation}/{index}"``.
+        relation, subject, object: the fact.
+        n_prompts: number of prompts per type ``{"T1": n, "T2": n, "T3": n}``.
+        n_neurons: number of our knowledge neurons of the fact.
+        ours: ``{type: mean activation}`` over the type's prompts and our neurons.
+        n_baseline_neurons: number of baseline neurons (0 when none were given for the fact).
+        baseline: the same for the baseline neurons, ``None`` where the fact has none.
+    """
+
+    key: str
+    relation: str
+    subject: str
+    object: str
+    n_prompts: dict[str, int]
+    n_neurons: int
+    ours: dict[str, float]
+    n_baseline_neurons: int = 0
+    baseline: dict[str, float] | None = None
+
+
+@dataclass
+class TypeMeans:
+    """Means over facts, per prompt type.
+
+    Attributes:
+        n_facts: facts with our neurons that were analysed.
+        ours: ``{type: mean over facts}``.
+        ours_sem: ``{type: standard error of that mean}`` (NaN with fewer than 2 facts).
+        n_facts_baseline: facts that also had baseline neurons.
+        baseline, baseline_sem: the same for the baseline neurons (``None`` if no fact had any).
+    """
+
+    n_facts: int
+    ours: dict[str, float]
+    ours_sem: dict[str, float]
+    n_facts_baseline: int = 0
+    baseline: dict[str, float] | None = None
+    baseline_sem: dict[str, float] | None = None
+
+
+@dataclass
+class DistantResult(Result):
+    """Knowledge-neuron activation on web prompts T1/T2/T3 (schema ``"distant"``).
+
+    Attributes:
+        types: the prompt types, ``("T1", "T2", "T3")``.
+        overall: :class:`TypeMeans` over all analysed facts.
+        per_relation: relation id -> :class:`TypeMeans`.
+        facts: one :class:`FactActivation` per analysed fact.
+        skipped_facts: fact key -> why it was not analysed (``"no_neurons"``,
+            ``"no_web_sentences"``, ``"no_T1_prompts"``, ``"no_T2_prompts"``).
+        prompt_counts: ``{type: {"built": n, reason: n_skipped, ...}}`` over the analysed facts'
+            sentences (see :data:`kn_lens.web.SKIP_REASONS`).
+        settings: seed, max_tokens, first_words used.
+        paper: the paper's numbers (:data:`PAPER`) for side-by-side reporting.
+    """
+
+    schema = "distant"
+
+    types: tuple[str, ...]
+    overall: TypeMeans
+    per_relation: dict[str, TypeMeans]
+    facts: list[FactActivation]
+    skipped_facts: dict[str, str] = field(default_factory=dict)
+    prompt_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    paper: dict[str, Any] = field(default_factory=lambda: dict(PAPER))
+
+
+# ----------------------------------------------------------------------------------------------
+# The experiment
+# ----------------------------------------------------------------------------------------------
+
+
+def _mean_sem(values: Sequence[float]) -> tuple[float, float]:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return math.nan, math.nan
+    m = sum(vals) / len(vals)
+    if len(vals) < 2:
+        return m, math.nan
+    var = sum((v - m) ** 2 for v in vals) / (len(vals) - 1)
+    return m, math.sqrt(var / len(vals))
+
+
+def summarize(facts: Sequence[FactActivation]) -> TypeMeans:
+    """Means (and standard errors) over facts, per prompt type."""
+    ours = {t: _mean_sem([f.ours[t] for f in facts]) for t in PROMPT_TYPES}
+    with_base = [f for f in facts if f.baseline is not None]
+    base = {t: _mean_sem([f.baseline[t] for f in with_base]) for t in PROMPT_TYPES}  # type: ignore[index]
+    return TypeMeans(
+        n_facts=len(facts),
+        ours={t: v[0] for t, v in ours.items()},
+        ours_sem={t: v[1] for t, v in ours.items()},
+        n_facts_baseline=len(with_base),
+        baseline={t: v[0] for t, v in base.items()} if with_base else None,
+        baseline_sem={t: v[1] for t, v in base.items()} if with_base else None,
+    )
+
+
+def select_facts(
+    web_facts: Mapping[str, Sequence[WebFact]],
+    neurons: Mapping[str, Sequence[Neuron]],
+    *,
+    bags: Sequence[FactBag] | None = None,
+) -> tuple[list[str], dict[str, str]]:
+    """The fact keys to analyse (those with neurons and web sentences) and the skipped ones.
+
+    With ``bags``, each bag is first checked against the web data by relation and index
+    (:func:`kn_lens.web.match_bags`); a subject/object mismatch raises ``ValueError``.
+    """
+    if bags is not None:
+        match_bags(web_facts, bags)
+    known = {f.key for rel in web_facts for f in web_facts[rel]}
+    keys, skipped = [], {}
+    for key, ns in neurons.items():
+        if not ns:
+            skipped[key] = "no_neurons"
+        elif key not in known:
+            skipped[key] = "no_web_sentences"
+        else:
+            keys.append(key)
+    return keys, skipped
+
+
+def _counts(prompts: WebPromptSet, keys: set[str]) -> dict[str, dict[str, int]]:
+    sub = WebPromptSet([fp for fp in prompts.facts if fp.key in keys],
+                       [s for s in prompts.skipped if s.key in keys], prompts.seed)
+    return sub.counts()
+
+
+def distant_activation(
+    model: Any,
+    web_facts: Mapping[str, Sequence[WebFact]],
+    neurons: Mapping[str, Sequence[Neuron]],
+    *,
+    baseline: Mapping[str, Sequence[Neuron]] | None = None,
+    bags: Sequence[FactBag] | None = None,
+    config: PaperConfig | None = None,
+    prompts: WebPromptSet | None = None,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> DistantResult:
+    """Mean activation of each fact's knowledge neurons at [MASK] on its T1/T2/T3 web prompts.
+
+    Args:
+        model: a ``HookedEncoder`` with its tokenizer (:func:`kn_lens.load_model`).
+        web_facts: ``{relation: [WebFact, ...]}`` (:func:`kn_lens.web.load_web_facts` for the Bing
+            data, :func:`kn_lens.web.default_web_facts` for the default world).
+        neurons: bag key -> our knowledge neurons. Only these facts are analysed, in this order.
+        baseline: bag key -> activation-baseline neurons (optional).
+        bags: if given, checked to agree with ``web_facts`` (same subject/object at each index).
+        config: seed, ``max_tokens`` (512) and ``t2_first_words`` (50) come from here.
+        prompts: prebuilt prompts (default: :func:`kn_lens.web.build_web_prompts` with the seed).
+        batch_size: prompts per forward pass (approximate; a fact's prompts share a batch).
+        progress: show a progress bar.
+
+    A fact is analysed when it has neurons, web sentences, at least one T1 and one T2 prompt
+    (the paper skips facts without examples); the others are listed in ``skipped_facts``.
+    """
+    config = config or PaperConfig()
+    keys, skipped = select_facts(web_facts, neurons, bags=bags)
+    if prompts is None:
+        prompts = build_web_prompts(web_facts, keys=keys, seed=config.seed,
+                                    first_words=config.t2_first_words)
+    by_key = prompts.by_key()
+    chosen: list[FactPrompts] = []
+    for key in keys:
+        fp = by_key.get(key)
+        if fp is None:
+            skipped[key] = "no_web_sentences"
+        elif not fp.t1:
+            skipped[key] = "no_T1_prompts"
+        elif not fp.t2:
+            skipped[key] = "no_T2_prompts"
+        else:
+            chosen.append(fp)
+    base = baseline or {}
+    items = []
+    for fp in chosen:
+        ours_n = list(neurons[fp.key])
+        base_n = list(base.get(fp.key, ()))
+        items.append(([*fp.t1, *fp.t2, *fp.t3], [*ours_n, *base_n]))
+    acts = grouped_activations(model, items, max_tokens=config.max_tokens,
+                               batch_size=batch_size, progress=progress, desc="distant")
+    facts: list[FactActivation] = []
+    for fp, a in zip(chosen, acts):
+        n_ours = len(neurons[fp.key])
+        n_base = len(base.get(fp.key, ()))
+        bounds, start = {}, 0
+        for t in PROMPT_TYPES:
+            n = len(fp.of_type(t))
+            bounds[t] = (start, start + n)
+            start += n
+
+        def type_means(cols: slice) -> dict[str, float]:
+            res = {}
+            for t, (s, e) in bounds.items():
+                block = a[s:e, cols]
+                res[t] = float(block.mean()) if block.numel() else math.nan
+            return res
+
+        facts.append(FactActivation(
+            key=fp.key, relation=fp.relation, subject=fp.subject, object=fp.object,
+            n_prompts={t: e - s for t, (s, e) in bounds.items()},
+            n_neurons=n_ours, ours=type_means(slice(0, n_ours)),
+            n_baseline_neurons=n_base,
+            baseline=type_means(slice(n_ours, n_ours + n_base)) if n_base else None,
+        ))
+    relations = sorted({f.relation for f in facts})
+    return DistantResult(
+        types=PROMPT_TYPES,
+        overall=summarize(facts),
+        per_relation={r: summarize([f for f in facts if f.relation == r]) for r in relations},
+        facts=facts,
+        skipped_facts=skipped,
+        prompt_counts=_counts(prompts, {f.key for f in facts}),
+        settings={"seed": config.seed, "max_tokens": config.max_tokens,
+                  "first_words": config.t2_first_words},
+        paper=dict(PAPER),
+    )

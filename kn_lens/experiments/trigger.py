@@ -1,0 +1,182 @@
+"""Which web sentences activate a fact's knowledge neurons most and least? (paper, Table 5)
+
+For each fact, its web prompts (by default T1 and T2, see :mod:`kn_lens.web`) are scored by the
+summed activation of the fact's knowledge neurons at ``[MASK]`` and ranked. The top ``k`` and the
+bottom ``k`` (``PaperConfig.top_k_prompts``, 3) are kept with their scores. The paper finds that
+the top prompts state the fact (the tail is the masked word), while the bottom ones do not.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from kn_lens.config import PaperConfig
+from kn_lens.data import FactBag
+from kn_lens.experiments.distant import grouped_activations, select_facts
+from kn_lens.neuron import Neuron
+from kn_lens.results import Result, to_jsonable
+from kn_lens.web import PROMPT_TYPES, WebFact, WebPromptSet, build_web_prompts
+
+
+@dataclass
+class ScoredPrompt:
+    """One web prompt and its score.
+
+    Attributes:
+        prompt: the masked sentence (exactly one ``[MASK]``).
+        type: ``"T1"`` (head and tail, tail masked) or ``"T2"`` (head only, random word masked),
+            or ``"T3"`` when requested.
+        score: sum over the fact's knowledge neurons of their activation at ``[MASK]``.
+    """
+
+    prompt: str
+    type: str
+    score: float
+
+
+@dataclass
+class FactTriggers:
+    """A fact's most and least activating prompts.
+
+    Attributes:
+        key, relation, subject, object: the fact.
+        neurons: its knowledge neurons as ``[layer, index]``.
+        n_ranked: number of prompts ranked.
+        top: the ``k`` highest-scoring prompts, highest first.
+        bottom: the ``k`` lowest-scoring prompts, lowest first (overlaps ``top`` when
+            ``n_ranked < 2k``).
+    """
+
+    key: str
+    relation: str
+    subject: str
+    object: str
+    neurons: list[tuple[int, int]]
+    n_ranked: int
+    top: list[ScoredPrompt]
+    bottom: list[ScoredPrompt]
+
+
+@dataclass
+class TriggerResult(Result):
+    """Most/least activating web prompts per fact (schema ``"trigger"``).
+
+    Attributes:
+        k: prompts kept at each end.
+        types: the prompt types ranked (default ``("T1", "T2")``).
+        facts: one :class:`FactTriggers` per fact with neurons and at least one prompt.
+        top_t1_share: fraction of all ``top`` prompts that are T1 (the paper's expectation: high).
+        bottom_t1_share: fraction of all ``bottom`` prompts that are T1.
+        skipped_facts: fact key -> reason (``"no_neurons"``, ``"no_web_sentences"``,
+            ``"no_prompts"``).
+        settings: seed, max_tokens, first_words used.
+    """
+
+    schema = "trigger"
+
+    k: int
+    types: tuple[str, ...]
+    facts: list[FactTriggers]
+    top_t1_share: float = float("nan")
+    bottom_t1_share: float = float("nan")
+    skipped_facts: dict[str, str] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def _share_t1(items: Sequence[ScoredPrompt]) -> float:
+    return sum(p.type == "T1" for p in items) / len(items) if items else float("nan")
+
+
+def activating_prompts(
+    model: Any,
+    web_facts: Mapping[str, Sequence[WebFact]],
+    neurons: Mapping[str, Sequence[Neuron]],
+    *,
+    k: int | None = None,
+    types: Sequence[str] = ("T1", "T2"),
+    bags: Sequence[FactBag] | None = None,
+    config: PaperConfig | None = None,
+    prompts: WebPromptSet | None = None,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> TriggerResult:
+    """Rank each fact's web prompts by the summed activation of its knowledge neurons.
+
+    Args:
+        model: a ``HookedEncoder`` with its tokenizer.
+        web_facts: ``{relation: [WebFact, ...]}``.
+        neurons: bag key -> knowledge neurons; only these facts are ranked.
+        k: prompts kept at each end (default ``config.top_k_prompts``, 3).
+        types: prompt types to rank, any of ``"T1"``, ``"T2"``, ``"T3"``.
+        bags: if given, checked to agree with ``web_facts``.
+        config: seed, ``max_tokens``, ``t2_first_words``, ``top_k_prompts``.
+        prompts: prebuilt prompts (default: built with ``config.seed``).
+        batch_size: prompts per forward pass (approximate).
+        progress: show a progress bar.
+    """
+    config = config or PaperConfig()
+    k = config.top_k_prompts if k is None else int(k)
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    bad = [t for t in types if t not in PROMPT_TYPES]
+    if bad or not types:
+        raise ValueError(f"unknown prompt type(s) {bad}; expected some of {PROMPT_TYPES}")
+    keys, skipped = select_facts(web_facts, neurons, bags=bags)
+    if prompts is None:
+        prompts = build_web_prompts(web_facts, keys=keys, seed=config.seed,
+                                    first_words=config.t2_first_words)
+    by_key = prompts.by_key()
+    chosen, items = [], []
+    for key in keys:
+        fp = by_key.get(key)
+        if fp is None:
+            skipped[key] = "no_web_sentences"
+            continue
+        labelled = [(p, t) for t in types for p in fp.of_type(t)]
+        if not labelled:
+            skipped[key] = "no_prompts"
+            continue
+        chosen.append((fp, labelled))
+        items.append(([p for p, _ in labelled], list(neurons[key])))
+    acts = grouped_activations(model, items, max_tokens=config.max_tokens,
+                               batch_size=batch_size, progress=progress, desc="trigger")
+    facts = []
+    for (fp, labelled), a in zip(chosen, acts):
+        scores = a.sum(-1).tolist()
+        scored = [ScoredPrompt(p, t, float(s)) for (p, t), s in zip(labelled, scores)]
+        order = sorted(range(len(scored)), key=lambda i: (-scored[i].score, i))
+        facts.append(FactTriggers(
+            key=fp.key, relation=fp.relation, subject=fp.subject, object=fp.object,
+            neurons=[(int(n[0]), int(n[1])) for n in neurons[fp.key]],
+            n_ranked=len(scored),
+            top=[scored[i] for i in order[:k]],
+            bottom=[scored[i] for i in reversed(order[-k:])],
+        ))
+    return TriggerResult(
+        k=k, types=tuple(types), facts=facts,
+        top_t1_share=_share_t1([p for f in facts for p in f.top]),
+        bottom_t1_share=_share_t1([p for f in facts for p in f.bottom]),
+        skipped_facts=skipped,
+        settings={"seed": config.seed, "max_tokens": config.max_tokens,
+                  "first_words": config.t2_first_words},
+    )
+
+
+def write_trigger_jsonl(result: TriggerResult | Mapping[str, Any], path: str | Path) -> Path:
+    """Write one JSON object per fact (the :class:`FactTriggers` fields) to ``path``.
+
+    Accepts the result or its ``to_dict()`` form. Returns the path written.
+    """
+    d = result.to_dict() if isinstance(result, TriggerResult) else dict(result)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for fact in d["facts"]:
+            f.write(json.dumps(to_jsonable(fact), ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    return path
