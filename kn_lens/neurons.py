@@ -1,0 +1,470 @@
+"""Knowledge neurons: coarse neurons per prompt, refinement across a bag, adaptive sharing threshold.
+
+The paper's procedure (Dai et al. 2022, section 3.3), for one fact and its bag of prompts:
+
+1. **Attribute.** Score every feed-forward neuron for every prompt with integrated gradients
+   (:func:`kn_lens.attribution.attribute`, ``method="ig"``). The baseline scores neurons by their
+   raw activation at ``[MASK]`` instead (``method="activation"``).
+2. **Coarse neurons** (:func:`coarse_neurons`). Per prompt, keep the neurons whose score is at least
+   ``t`` times that prompt's maximum score over all layers and neurons (``t = 0.2``; the baseline
+   uses ``t = 0.5``). A prompt whose maximum is not positive has no coarse neurons.
+3. **Refinement** (:func:`refine`). Keep the neurons that are coarse in at least
+   :func:`shared_count_threshold` ``(n, p, m) = max(ceil(p * n), min(m, n))`` of the bag's ``n``
+   prompts: a share ``p`` of them (``p = 0.7``, rounded *up* to a whole count of prompts, as a count
+   threshold ``count >= p * n``), and never fewer than ``m = 3`` prompts. A bag with fewer than 3
+   prompts cannot meet the floor of 3, so the floor there is capped at ``n``: the neuron must be
+   coarse in *every* prompt of the bag.
+4. **Adaptive p** (:func:`identify_relation`). For each relation, start at ``p = 0.7`` and refine all
+   its bags; while the mean number of knowledge neurons per fact is outside ``[2, 5]``, raise ``p``
+   by 0.05 (too many neurons) or lower it (too few), for at most 6 rounds in all. The neurons of the
+   last round are kept; ``converged`` says whether its mean lies in the range.
+
+Attribution is the only expensive step, so :func:`score_bag` runs it once per bag and method and
+stores the result sparsely in a :class:`BagScores` record (per prompt: the maximum and every neuron
+scoring at least ``floor = 0.1`` times it). Any ``t >= floor`` and any ``p`` can then be applied
+without recomputing gradients, and the record round-trips through JSON (``to_dict``/``from_dict``)
+so a run can store one per line and resume.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from transformer_lens import HookedEncoder
+
+from kn_lens.config import PaperConfig
+from kn_lens.data import FactBag
+from kn_lens.neuron import Neuron
+from kn_lens.results import Result
+
+METHODS: tuple[str, ...] = ("ig", "activation")
+DEFAULT_FLOOR = 0.1  # BagScores keeps neurons >= 0.1 x the prompt's max: enough for any t >= 0.1.
+
+
+def _check_method(method: str) -> str:
+    if method not in METHODS:
+        raise ValueError(f"unknown attribution method {method!r}; expected one of {METHODS}")
+    return method
+
+
+def coarse_threshold(config: PaperConfig, method: str) -> float:
+    """The coarse threshold ``t`` of ``method``: ``config.t`` for IG, ``config.baseline_t`` for the
+    activation baseline."""
+    return config.t if _check_method(method) == "ig" else config.baseline_t
+
+
+# --------------------------------------------------------------------------------------------
+# Sparse per-bag scores
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PromptScores:
+    """The kept scores of one prompt.
+
+    Attributes:
+        max_score: the prompt's maximum score over all layers and neurons (before sparsifying).
+        neurons: ``(layer, index, score)`` for every neuron with ``score >= floor * max_score``,
+            sorted by layer then index. Empty when ``max_score <= 0``.
+    """
+
+    max_score: float
+    neurons: tuple[tuple[int, int, float], ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"max": self.max_score, "neurons": [list(n) for n in self.neurons]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PromptScores":
+        return cls(float(d["max"]),
+                   tuple((int(layer), int(idx), float(s)) for layer, idx, s in d["neurons"]))
+
+
+def sparsify(
+    scores: Float[Tensor, "prompt layer d_mlp"], floor: float = DEFAULT_FLOOR
+) -> list[PromptScores]:
+    """Per prompt, the maximum score and the neurons scoring at least ``floor`` times it."""
+    if not 0 <= floor <= 1:
+        raise ValueError(f"floor must lie in [0, 1], got {floor}")
+    out = []
+    s_all = scores.detach().float().cpu()
+    for s in s_all:
+        mx = float(s.max())
+        if not math.isfinite(mx):
+            raise ValueError(f"attribution scores contain non-finite values (max {mx})")
+        if mx <= 0:
+            out.append(PromptScores(mx, ()))
+            continue
+        keep = (s >= floor * mx).nonzero().tolist()
+        out.append(PromptScores(mx, tuple((int(l_), int(i), float(s[l_, i])) for l_, i in keep)))
+    return out
+
+
+@dataclass
+class BagScores:
+    """Sparse attribution scores of one bag, for re-refining without recomputing gradients.
+
+    Attributes:
+        key: the bag's key (``"P19/3"``).
+        relation: relation id.
+        index: the bag's index within its relation.
+        object: the gold answer the scores are for.
+        n_prompts: number of prompts in the bag.
+        n_layers, d_mlp: the model's shape (for layer statistics).
+        floor: neurons below ``floor * max`` of their prompt were dropped (coarse ``t`` must be
+            ``>= floor``).
+        steps: integrated-gradient steps used.
+        scores: method (``"ig"``, ``"activation"``) -> one :class:`PromptScores` per prompt.
+
+    JSON form (``to_dict``): the fields above, with ``scores`` as
+    ``{method: [{"max": float, "neurons": [[layer, index, score], ...]}, ...]}``.
+    """
+
+    key: str
+    relation: str
+    index: int
+    object: str
+    n_prompts: int
+    n_layers: int
+    d_mlp: int
+    floor: float = DEFAULT_FLOOR
+    steps: int = 20
+    scores: dict[str, list[PromptScores]] = field(default_factory=dict)
+
+    schema: ClassVar[str] = "bag_scores"
+
+    def methods(self) -> tuple[str, ...]:
+        return tuple(self.scores)
+
+    def prompt_scores(self, method: str) -> list[PromptScores]:
+        _check_method(method)
+        if method not in self.scores:
+            raise ValueError(f"bag {self.key} has no {method!r} scores (has {list(self.scores)})")
+        return self.scores[method]
+
+    @classmethod
+    def from_tensors(
+        cls,
+        bag: FactBag,
+        tensors: dict[str, Float[Tensor, "prompt layer d_mlp"]],
+        *,
+        floor: float = DEFAULT_FLOOR,
+        steps: int = 20,
+    ) -> "BagScores":
+        """Build the record from dense ``[prompt, layer, d_mlp]`` scores per method."""
+        if not tensors:
+            raise ValueError("no scores given")
+        shapes = {tuple(t.shape) for t in tensors.values()}
+        if len(shapes) != 1:
+            raise ValueError(f"bag {bag.key}: methods' score shapes differ: {shapes}")
+        n, n_layers, d_mlp = shapes.pop()
+        if n != len(bag.prompts):
+            raise ValueError(f"bag {bag.key}: {n} score rows for {len(bag.prompts)} prompts")
+        return cls(bag.key, bag.relation, bag.index, bag.object, n, n_layers, d_mlp, floor, steps,
+                   {_check_method(m): sparsify(t, floor) for m, t in tensors.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": self.schema, "key": self.key, "relation": self.relation,
+                "index": self.index, "object": self.object, "n_prompts": self.n_prompts,
+                "n_layers": self.n_layers, "d_mlp": self.d_mlp, "floor": self.floor,
+                "steps": self.steps,
+                "scores": {m: [p.to_dict() for p in ps] for m, ps in self.scores.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "BagScores":
+        try:
+            scores = {str(m): [PromptScores.from_dict(p) for p in ps]
+                      for m, ps in d["scores"].items()}
+            out = cls(str(d["key"]), str(d["relation"]), int(d["index"]), str(d["object"]),
+                      int(d["n_prompts"]), int(d["n_layers"]), int(d["d_mlp"]),
+                      float(d.get("floor", DEFAULT_FLOOR)), int(d.get("steps", 20)), scores)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"malformed BagScores record {d.get('key', '?')!r}: {e}") from None
+        for m, ps in out.scores.items():
+            _check_method(m)
+            if len(ps) != out.n_prompts:
+                raise ValueError(f"BagScores {out.key}: {len(ps)} {m} prompts, expected {out.n_prompts}")
+        return out
+
+
+def score_bag(
+    model: HookedEncoder,
+    bag: FactBag,
+    config: PaperConfig | None = None,
+    *,
+    methods: Sequence[str] = METHODS,
+    floor: float = DEFAULT_FLOOR,
+) -> BagScores:
+    """Attribute every prompt of ``bag`` once per method and keep the sparse scores.
+
+    Calls :func:`kn_lens.attribution.attribute` with ``config.steps`` and ``config.batch_size``
+    for each of ``methods`` (default both ``"ig"`` and the ``"activation"`` baseline).
+    """
+    from kn_lens.attribution import attribute
+
+    config = config or PaperConfig()
+    tensors = {}
+    for m in methods:
+        tensors[_check_method(m)] = attribute(model, list(bag.prompts), bag.object,
+                                              steps=config.steps, method=m,
+                                              batch_size=config.batch_size)
+    return BagScores.from_tensors(bag, tensors, floor=floor, steps=config.steps)
+
+
+def score_bags(
+    model: HookedEncoder,
+    bags: Sequence[FactBag],
+    config: PaperConfig | None = None,
+    *,
+    methods: Sequence[str] = METHODS,
+    floor: float = DEFAULT_FLOOR,
+    progress: bool = False,
+) -> list[BagScores]:
+    """:func:`score_bag` for each bag (with a progress bar when ``progress``)."""
+    it: Iterable[FactBag] = bags
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(bags, desc="attributing bags", unit="bag")
+    return [score_bag(model, b, config, methods=methods, floor=floor) for b in it]
+
+
+# --------------------------------------------------------------------------------------------
+# Coarse neurons and refinement
+# --------------------------------------------------------------------------------------------
+
+
+def coarse_neurons(
+    scores: Float[Tensor, "prompt layer d_mlp"] | BagScores,
+    t: float,
+    *,
+    method: str = "ig",
+) -> list[set[Neuron]]:
+    """Per prompt, the neurons scoring at least ``t`` times the prompt's maximum score.
+
+    Args:
+        scores: dense ``[prompt, layer, d_mlp]`` scores, or a :class:`BagScores` record (then
+            ``method`` picks which scores, and ``t`` must be at least its ``floor``).
+        t: coarse threshold in ``[0, 1]``.
+
+    A prompt whose maximum score is ``<= 0`` has no coarse neurons.
+    """
+    if not 0 <= t <= 1:
+        raise ValueError(f"coarse threshold t must lie in [0, 1], got {t}")
+    if isinstance(scores, BagScores):
+        if t < scores.floor:
+            raise ValueError(f"t={t} is below the floor {scores.floor} kept in BagScores "
+                             f"{scores.key}; re-score with a lower floor")
+        out = []
+        for ps in scores.prompt_scores(method):
+            if ps.max_score <= 0:
+                out.append(set())
+                continue
+            cut = t * ps.max_score
+            out.append({Neuron(layer, idx) for layer, idx, s in ps.neurons if s >= cut})
+        return out
+    return [{Neuron(layer, idx) for layer, idx, _ in ps.neurons} for ps in sparsify(scores, t)]
+
+
+def shared_count_threshold(n_prompts: int, p: float, min_shared: int = 3) -> int:
+    """How many of a bag's ``n_prompts`` prompts a neuron must be coarse in to be kept:
+    ``max(ceil(p * n_prompts), min(min_shared, n_prompts))``.
+
+    ``ceil`` turns the share into the count test ``count >= p * n_prompts`` (a tolerance of 1e-9
+    keeps, e.g., ``0.7 * 10`` at 7). The floor ``min_shared`` is capped at ``n_prompts``, so a bag
+    with fewer prompts than the floor requires the neuron in all of them.
+    """
+    if n_prompts < 1:
+        raise ValueError("a bag needs at least one prompt")
+    if not 0 <= p <= 1:
+        raise ValueError(f"sharing threshold p must lie in [0, 1], got {p}")
+    return max(math.ceil(p * n_prompts - 1e-9), min(int(min_shared), n_prompts), 1)
+
+
+def coarse_counts(coarse: Sequence[set[Neuron]]) -> Counter[Neuron]:
+    """In how many prompts each neuron is coarse."""
+    c: Counter[Neuron] = Counter()
+    for s in coarse:
+        c.update(s)
+    return c
+
+
+def _select(counts: Counter[Neuron], need: int) -> list[Neuron]:
+    kept = [n for n, c in counts.items() if c >= need]
+    return sorted(kept, key=lambda n: (-counts[n], n.layer, n.index))
+
+
+def refine(coarse: Sequence[set[Neuron]], p: float, *, min_shared: int = 3) -> list[Neuron]:
+    """The knowledge neurons of a bag: those coarse in at least
+    :func:`shared_count_threshold` ``(len(coarse), p, min_shared)`` prompts.
+
+    Sorted by how many prompts share them (most first), then by layer and index.
+    """
+    need = shared_count_threshold(len(coarse), p, min_shared)
+    return _select(coarse_counts(coarse), need)
+
+
+def find_knowledge_neurons(
+    model: HookedEncoder,
+    bag: FactBag,
+    *,
+    config: PaperConfig | None = None,
+    method: str = "ig",
+    scores: BagScores | None = None,
+) -> list[Neuron]:
+    """The knowledge neurons of one fact, as ``Neuron(layer, index)`` pairs.
+
+    Attributes the bag (or uses precomputed ``scores``), takes coarse neurons at ``config.t``
+    (``config.baseline_t`` for ``method="activation"``) and refines them at the fixed
+    ``config.p`` with the floor ``config.min_shared_prompts``. The adaptive choice of ``p`` needs a
+    whole relation: use :func:`identify_relation` for that.
+
+    Example::
+
+        model = kn_lens.load_model("default")
+        bag = kn_lens.data.default_facts()[0]
+        kn_lens.find_knowledge_neurons(model, bag)   # e.g. [Neuron(layer=4, index=812), ...]
+    """
+    config = config or PaperConfig()
+    _check_method(method)
+    if scores is None:
+        scores = score_bag(model, bag, config, methods=(method,))
+    elif scores.key != bag.key:
+        raise ValueError(f"scores are for bag {scores.key}, not {bag.key}")
+    coarse = coarse_neurons(scores, coarse_threshold(config, method), method=method)
+    return refine(coarse, config.p, min_shared=config.min_shared_prompts)
+
+
+# --------------------------------------------------------------------------------------------
+# Adaptive sharing threshold per relation
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RelationNeurons(Result):
+    """Knowledge neurons of every bag of one relation, after the adaptive choice of ``p``.
+
+    Attributes:
+        relation: relation id.
+        method: ``"ig"`` (ours) or ``"activation"`` (baseline).
+        t: coarse threshold used.
+        p: the sharing threshold of the final round.
+        rounds: how many refinement rounds ran (1 .. ``config.p_rounds``).
+        converged: whether the final mean neurons per fact lies in ``config.target_neurons``.
+        mean_neurons: mean number of knowledge neurons per fact in the final round.
+        history: ``[[p, mean_neurons], ...]``, one entry per round.
+        neurons: bag key -> its knowledge neurons (``[[layer, index], ...]`` in JSON).
+    """
+
+    schema: ClassVar[str] = "relation_neurons"
+
+    relation: str
+    method: str
+    t: float
+    p: float
+    rounds: int
+    converged: bool
+    mean_neurons: float
+    history: list[tuple[float, float]]
+    neurons: dict[str, list[Neuron]]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RelationNeurons":
+        return cls(str(d["relation"]), str(d["method"]), float(d["t"]), float(d["p"]),
+                   int(d["rounds"]), bool(d["converged"]), float(d["mean_neurons"]),
+                   [(float(a), float(b)) for a, b in d["history"]],
+                   {k: [Neuron(int(a), int(b)) for a, b in v] for k, v in d["neurons"].items()})
+
+
+def adaptive_refine(
+    coarse_by_bag: dict[str, Sequence[set[Neuron]]],
+    *,
+    p: float = 0.7,
+    p_step: float = 0.05,
+    p_rounds: int = 6,
+    target: tuple[float, float] = (2.0, 5.0),
+    min_shared: int = 3,
+) -> tuple[float, int, bool, list[tuple[float, float]], dict[str, list[Neuron]]]:
+    """The adaptive-p loop on precomputed coarse neurons (pure; no model).
+
+    Round 1 refines every bag at ``p``. While the mean count of neurons per bag is above
+    ``target[1]`` p rises by ``p_step``; below ``target[0]`` it falls; at most ``p_rounds`` rounds,
+    and the loop also stops when ``p`` cannot move (clamped to ``[0, 1]``).
+
+    Returns ``(p, rounds, converged, history, neurons)`` of the final round.
+    """
+    if not coarse_by_bag:
+        raise ValueError("no bags to refine")
+    if p_rounds < 1:
+        raise ValueError(f"p_rounds must be >= 1, got {p_rounds}")
+    lo, hi = target
+    counts = {k: (len(c), coarse_counts(c)) for k, c in coarse_by_bag.items()}
+    history: list[tuple[float, float]] = []
+    neurons: dict[str, list[Neuron]] = {}
+    converged = False
+    for r in range(p_rounds):
+        neurons = {k: _select(cnt, shared_count_threshold(n, p, min_shared))
+                   for k, (n, cnt) in counts.items()}
+        mean = sum(len(v) for v in neurons.values()) / len(neurons)
+        history.append((p, mean))
+        if lo <= mean <= hi:
+            converged = True
+            break
+        new_p = min(1.0, max(0.0, round(p + (p_step if mean > hi else -p_step), 10)))
+        if r == p_rounds - 1 or new_p == p:
+            break
+        p = new_p
+    return p, len(history), converged, history, neurons
+
+
+def identify_relation(
+    bag_scores: Sequence[BagScores],
+    config: PaperConfig | None = None,
+    method: str = "ig",
+) -> RelationNeurons:
+    """Knowledge neurons of all bags of one relation, with the adaptive sharing threshold.
+
+    Coarse neurons use ``config.t`` (``config.baseline_t`` for ``method="activation"``); the loop
+    starts at ``config.p`` and moves by ``config.p_step`` for at most ``config.p_rounds`` rounds
+    until the mean neurons per fact lies in ``config.target_neurons``. No gradients are computed.
+
+    Raises ``ValueError`` if the bags are empty, mix relations, or lack ``method`` scores.
+    """
+    config = config or PaperConfig()
+    _check_method(method)
+    if not bag_scores:
+        raise ValueError("identify_relation needs at least one bag")
+    relation = bag_scores[0].relation
+    for bs in bag_scores:
+        if bs.relation != relation:
+            raise ValueError(f"bag {bs.key} is of relation {bs.relation}, not {relation}")
+    keys = [bs.key for bs in bag_scores]
+    if len(set(keys)) != len(keys):
+        dup = next(k for k in keys if keys.count(k) > 1)
+        raise ValueError(f"bag {dup} appears twice")
+    t = coarse_threshold(config, method)
+    coarse = {bs.key: coarse_neurons(bs, t, method=method) for bs in bag_scores}
+    p, rounds, converged, history, neurons = adaptive_refine(
+        coarse, p=config.p, p_step=config.p_step, p_rounds=config.p_rounds,
+        target=tuple(config.target_neurons), min_shared=config.min_shared_prompts)
+    return RelationNeurons(relation, method, t, p, rounds, converged, history[-1][1], history,
+                           neurons)
+
+
+def identify_all(
+    bag_scores: Sequence[BagScores],
+    config: PaperConfig | None = None,
+    method: str = "ig",
+) -> dict[str, RelationNeurons]:
+    """:func:`identify_relation` for every relation present, in first-seen order."""
+    groups: dict[str, list[BagScores]] = {}
+    for bs in bag_scores:
+        groups.setdefault(bs.relation, []).append(bs)
+    return {rel: identify_relation(g, config, method) for rel, g in groups.items()}
