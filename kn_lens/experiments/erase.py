@@ -1,0 +1,274 @@
+"""Erasing a relation by zeroing its most common knowledge neurons (Dai et al. 2022, section 5.2).
+
+For a relation, count in how many of its facts each neuron is a knowledge neuron, take the
+``erase_top`` (20) most frequent ones (ties: lower layer, then lower index first) and set their
+value vectors -- rows of ``blocks[l].mlp.W_out`` -- to zero through :mod:`kn_lens.weights`. The
+model is scored before and after on every relation's bags:
+
+- **accuracy**: share of prompts whose top-1 prediction at ``[MASK]`` is the gold answer;
+- **perplexity**: exp(mean NLL of the gold answer at ``[MASK]``) pooled over the relation's prompts.
+
+"Other relations" are reported per relation, pooled, and as the mean relative perplexity change.
+As a control, the same number of random neurons (uniform over all layers, excluding the erased
+ones) is zeroed. Weights are restored after each erasure. With PARAREL data the paper erases
+:data:`PAPER_RELATIONS`; :data:`PAPER` holds its figures.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from kn_lens.config import PaperConfig
+from kn_lens.data import FactBag
+from kn_lens.experiments.update import perplexity, relation_of_key, score_prompts
+from kn_lens.neuron import Neuron
+from kn_lens.prompts import EncodedPrompts, answer_token_id, encode
+from kn_lens.results import Result
+from kn_lens.weights import RowEdit, zero_rows
+
+#: The relations the paper erases (BERT-base-cased on PARAREL).
+PAPER_RELATIONS: tuple[str, ...] = ("P19", "P27", "P106", "P937")
+
+#: The paper's figures (Table 5 of Dai et al. 2022): perplexity of the erased relation before and
+#: after; other relations' perplexity rose by 1% to 10%.
+PAPER: dict[str, Any] = {
+    "P19": {"ppl_before": 1450.0, "ppl_after": 2996.0},
+    "P106": {"ppl_before": 2279.0, "ppl_after": 5202.0},
+    "other_relations_ppl_change": [0.01, 0.10],
+}
+
+
+def relation_top_neurons(
+    neurons: Mapping[str, Sequence[Any]], relation: str, top: int = 20
+) -> list[tuple[Neuron, int]]:
+    """The ``top`` neurons occurring in most of ``relation``'s facts, with their fact counts.
+
+    ``neurons`` maps bag keys (``"P19/3"``) to knowledge neurons; keys of other relations are
+    ignored. Ties are broken by lower layer, then lower index. Raises ``ValueError`` if the relation
+    has no knowledge neurons.
+    """
+    if top < 1:
+        raise ValueError(f"top must be >= 1, got {top}")
+    counts: Counter[Neuron] = Counter()
+    for key, ns in neurons.items():
+        if relation_of_key(key) == relation:
+            counts.update({Neuron(*map(int, n)) for n in ns})
+    if not counts:
+        raise ValueError(f"relation {relation!r} has no knowledge neurons in the given neuron sets")
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0].layer, kv[0].index))
+    return ranked[:top]
+
+
+def erase_relation(
+    model: Any, neurons: Mapping[str, Sequence[Any]], relation: str, top: int = 20
+) -> RowEdit:
+    """Zero the value vectors of ``relation``'s ``top`` most frequent knowledge neurons.
+
+    Returns the :class:`~kn_lens.weights.RowEdit` handle (a context manager) that restores them.
+    """
+    return zero_rows(model, [n for n, _ in relation_top_neurons(neurons, relation, top)])
+
+
+@dataclass
+class RelationScore:
+    """A relation's accuracy and perplexity over its bags' prompts."""
+
+    n_bags: int
+    n_prompts: int
+    accuracy: float
+    ppl: float
+
+
+@dataclass
+class Erasure:
+    """One erased relation.
+
+    Attributes:
+        erased: the zeroed neurons; counts: in how many of the relation's facts each occurs.
+        after: per relation, scores with the neurons zeroed.
+        random_neurons / random_after: the control (``None`` without control).
+        summary: ``accuracy_before/after``, ``ppl_before/after`` of the erased relation;
+            ``others_accuracy_before/after`` and ``others_ppl_before/after`` pooled over all other
+            relations' prompts; ``others_mean_ppl_change`` (mean over other relations of
+            after/before - 1), ``others_max_ppl_change``; and ``random_*`` counterparts.
+    """
+
+    relation: str
+    n_facts_with_neurons: int
+    erased: list[Neuron]
+    counts: list[int]
+    after: dict[str, RelationScore]
+    summary: dict[str, float]
+    random_neurons: list[Neuron] | None = None
+    random_after: dict[str, RelationScore] | None = None
+
+
+@dataclass
+class EraseResult(Result):
+    """Result of :func:`erase_experiment`: scores before, and after each erasure."""
+
+    schema: ClassVar[str] = "erase_relations"
+
+    erase_top: int
+    seed: int
+    relations: list[str]
+    max_bags_per_relation: int | None
+    before: dict[str, RelationScore]
+    erasures: list[Erasure]
+    paper: dict[str, Any] = field(default_factory=lambda: dict(PAPER))
+
+
+class _Eval:
+    """All evaluation prompts encoded once, scored per relation."""
+
+    def __init__(self, model: Any, bags: Sequence[FactBag], batch_size: int) -> None:
+        self.model, self.batch_size = model, batch_size
+        prompts, gold, rel = [], [], []
+        self.n_bags: Counter[str] = Counter()
+        for b in bags:
+            tid = answer_token_id(model, b.object)
+            self.n_bags[b.relation] += 1
+            for p in b.prompts:
+                prompts.append(p)
+                gold.append(tid)
+                rel.append(b.relation)
+        self.enc: EncodedPrompts = encode(model, prompts)
+        self.gold = torch.tensor(gold)
+        self.rel = rel
+        self.relations = sorted(self.n_bags)
+
+    def scores(self) -> dict[str, RelationScore]:
+        s = score_prompts(self.model, self.enc, self.gold, batch_size=self.batch_size)
+        correct = (s.top1 == self.gold)
+        out = {}
+        for r in self.relations:
+            m = torch.tensor([x == r for x in self.rel])
+            out[r] = RelationScore(self.n_bags[r], int(m.sum()), float(correct[m].float().mean()),
+                                   perplexity(s.gold_logp[m]))
+        self._last_logp, self._last_correct = s.gold_logp, correct
+        return out
+
+    def pooled_others(self, relation: str) -> tuple[float, float]:
+        m = torch.tensor([x != relation for x in self.rel])
+        if not m.any():
+            return float("nan"), float("nan")
+        return float(self._last_correct[m].float().mean()), perplexity(self._last_logp[m])
+
+
+def _summary(rel: str, before: dict[str, RelationScore], after: dict[str, RelationScore],
+             pooled_before: tuple[float, float], pooled_after: tuple[float, float],
+             prefix: str = "") -> dict[str, float]:
+    others = [r for r in before if r != rel]
+    changes = [after[r].ppl / before[r].ppl - 1 for r in others
+               if math.isfinite(before[r].ppl) and before[r].ppl > 0]
+    p = prefix
+    out = {
+        f"{p}accuracy_after": after[rel].accuracy,
+        f"{p}ppl_after": after[rel].ppl,
+        f"{p}others_accuracy_after": pooled_after[0],
+        f"{p}others_ppl_after": pooled_after[1],
+        f"{p}others_mean_ppl_change": sum(changes) / len(changes) if changes else float("nan"),
+        f"{p}others_max_ppl_change": max(changes) if changes else float("nan"),
+        f"{p}others_mean_accuracy_drop": (sum(before[r].accuracy - after[r].accuracy
+                                              for r in others) / len(others)
+                                          if others else float("nan")),
+    }
+    if not prefix:
+        out.update({"accuracy_before": before[rel].accuracy, "ppl_before": before[rel].ppl,
+                    "others_accuracy_before": pooled_before[0],
+                    "others_ppl_before": pooled_before[1]})
+    return out
+
+
+def erase_experiment(
+    model: Any,
+    bags: Sequence[FactBag],
+    neurons: Mapping[str, Sequence[Any]],
+    relations: Sequence[str],
+    config: PaperConfig = PaperConfig(),
+    *,
+    max_bags_per_relation: int | None = None,
+    control: bool = True,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> EraseResult:
+    """Erase each of ``relations`` in turn and score every relation before and after.
+
+    Args:
+        bags: evaluation bags (all relations); objects that are not one token are skipped.
+        neurons: knowledge neurons by bag key, found any way; a relation's frequent neurons are
+            counted over its keys here.
+        relations: relations to erase (e.g. :data:`PAPER_RELATIONS` on PARAREL).
+        config: ``erase_top`` (20) and ``seed``.
+        max_bags_per_relation: score only a seeded sample of this many bags per relation.
+        control: also zero as many random neurons per erased relation.
+
+    Returns:
+        :class:`EraseResult`; the weights are restored after each erasure.
+    """
+    if not relations:
+        raise ValueError("no relations to erase")
+    usable = []
+    for b in bags:
+        try:
+            answer_token_id(model, b.object)
+        except ValueError:
+            continue
+        usable.append(b)
+    by_rel: dict[str, list[FactBag]] = defaultdict(list)
+    for b in usable:
+        by_rel[b.relation].append(b)
+    missing = [r for r in relations if r not in by_rel]
+    if missing:
+        raise ValueError(f"relation(s) {', '.join(missing)} have no usable bags to score")
+    tops = {r: relation_top_neurons(neurons, r, config.erase_top) for r in relations}
+    if max_bags_per_relation is not None:
+        for r in list(by_rel):
+            if len(by_rel[r]) > max_bags_per_relation:
+                rng = random.Random(f"{config.seed}:erase-eval:{r}")
+                by_rel[r] = sorted(rng.sample(by_rel[r], max_bags_per_relation),
+                                   key=lambda b: b.index)
+    ev = _Eval(model, [b for r in sorted(by_rel) for b in by_rel[r]], batch_size)
+    before = ev.scores()
+    pooled_before = {r: ev.pooled_others(r) for r in relations}
+
+    n_layers, d_mlp = int(model.cfg.n_layers), int(model.cfg.d_mlp)
+    erasures: list[Erasure] = []
+    iterator: Iterable[str] = relations
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(list(relations), desc="erase relations")
+    for rel in iterator:
+        top = tops[rel]
+        erased = [n for n, _ in top]
+        with zero_rows(model, erased):
+            after = ev.scores()
+            pooled_after = ev.pooled_others(rel)
+        summary = _summary(rel, before, after, pooled_before[rel], pooled_after)
+        rand_ns = rand_after = None
+        if control:
+            rng = random.Random(f"{config.seed}:erase-control:{rel}")
+            exclude, rand_ns = set(erased), []
+            while len(rand_ns) < len(erased):
+                n = Neuron(rng.randrange(n_layers), rng.randrange(d_mlp))
+                if n not in exclude:
+                    exclude.add(n)
+                    rand_ns.append(n)
+            with zero_rows(model, rand_ns):
+                rand_after = ev.scores()
+                rand_pooled = ev.pooled_others(rel)
+            summary.update(_summary(rel, before, rand_after, pooled_before[rel], rand_pooled,
+                                    prefix="random_"))
+        n_facts = sum(1 for k in neurons if relation_of_key(k) == rel and neurons[k])
+        erasures.append(Erasure(rel, n_facts, erased, [c for _, c in top], after, summary,
+                                rand_ns, rand_after))
+    return EraseResult(config.erase_top, config.seed, list(relations), max_bags_per_relation,
+                       before, erasures)

@@ -1,0 +1,500 @@
+"""Updating facts by editing knowledge neurons' value vectors (Dai et al. 2022, section 5.1).
+
+The paper changes a fact ``<s, r, o>`` into ``<s, r, o'>`` by moving each knowledge neuron's
+value vector (row ``i`` of ``blocks[l].mlp.W_out``) away from the old answer's word embedding and
+towards the new answer's:
+
+    v_i <- v_i - lambda1 * (|v_i| / |e_o|)  * e_o
+               + lambda2 * (|v_i| / |e_o'|) * e_o'
+
+with ``|v_i|`` the norm of the original row and ``e = model.W_E[token]`` the word embeddings
+(defaults ``lambda1=1``, ``lambda2=8``, :class:`~kn_lens.config.PaperConfig`). Neurons that serve
+more than ``max_relation_share`` (10%) of the relation's facts are dropped first, since they
+encode the relation rather than the fact.
+
+:func:`update_fact` applies the rule and returns a :class:`~kn_lens.weights.RowEdit` handle (or
+use it as a context manager); :func:`update_experiment` runs the paper's evaluation:
+
+- **facts**: per relation, a seeded sample of facts the model *knows* -- the gold answer is top-1
+  on at least ``known_threshold`` (default half) of the bag's prompts -- and that have knowledge
+  neurons left after the share filter;
+- **new answer**: a seeded choice among the other single-token objects of the same relation;
+- **metrics**, over the bag's prompts (averaged per fact, then over facts):
+  *success rate* -- share of prompts whose top-1 becomes the new answer;
+  *change rate* -- share of the prompts that were answered correctly whose top-1 is no longer the
+  old answer; *probability gain* and *rank gain* of the new answer (rank 0 = top-1, gain = rank
+  before - rank after); *Delta perplexity* of the gold answers on ``ppl_bags`` (5) random other bags
+  of the same relation (intra) and of other relations (inter), after - before, where perplexity
+  = exp(mean NLL of the gold answer at ``[MASK]``) pooled over those bags' prompts;
+- **control**: the same rule on as many random neurons (uniform over all layers, excluding the
+  fact's knowledge neurons), on the same prompts and perplexity bags.
+
+Every edit is restored before the next fact. The result is a :class:`UpdateResult`, with
+:data:`PAPER` holding the paper's figures for side-by-side reports.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from kn_lens.config import PaperConfig
+from kn_lens.data import FactBag
+from kn_lens.neuron import Neuron
+from kn_lens.prompts import EncodedPrompts, answer_token_id, encode, mask_logits
+from kn_lens.results import Result
+from kn_lens.weights import RowEdit, add_to_rows, check_neurons, read_value_vectors
+
+#: The paper's figures (BERT-base-cased on PARAREL; Table 4 of Dai et al. 2022).
+PAPER: dict[str, float] = {
+    "success_rate": 0.344,
+    "change_rate": 0.485,
+    "delta_intra_ppl": 8.4,
+    "delta_inter_ppl": 7.2,
+    "random_success_rate": 0.0,
+    "random_change_rate": 0.047,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring prompts (shared with kn_lens.experiments.erase)
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class PromptScores:
+    """Per-prompt reads at ``[MASK]``.
+
+    Attributes:
+        top1: ``[prompt]`` the arg-max token.
+        gold_logp: ``[prompt]`` log-probability of the gold answer.
+        target_logp: ``[prompt]`` log-probability of an extra target (e.g. the new answer), or None.
+        target_rank: ``[prompt]`` rank of the extra target (0 = top-1), or None.
+    """
+
+    top1: Int[Tensor, " prompt"]
+    gold_logp: Float[Tensor, " prompt"]
+    target_logp: Float[Tensor, " prompt"] | None = None
+    target_rank: Int[Tensor, " prompt"] | None = None
+
+
+def score_prompts(
+    model: Any,
+    enc: EncodedPrompts,
+    gold: Int[Tensor, " prompt"],
+    target: Int[Tensor, " prompt"] | None = None,
+    *,
+    batch_size: int = 64,
+    chunk: int = 1024,
+) -> PromptScores:
+    """Top-1, gold log-prob and (optionally) a target's log-prob and rank, for each prompt.
+
+    Reads the model through :func:`kn_lens.prompts.mask_logits`, ``chunk`` prompts at a time so
+    the ``[prompt, d_vocab]`` logits never all sit in memory.
+    """
+    n = len(enc)
+    if gold.shape[0] != n or (target is not None and target.shape[0] != n):
+        raise ValueError(f"gold/target ids must have one entry per prompt ({n})")
+    top1, glp, tlp, trk = [], [], [], []
+    for s in range(0, n, chunk):
+        idx = list(range(s, min(s + chunk, n)))
+        logits = mask_logits(model, enc.select(idx), batch_size=batch_size).float().cpu()
+        logp = logits.log_softmax(-1)
+        top1.append(logits.argmax(-1))
+        glp.append(logp.gather(-1, gold[idx][:, None].cpu())[:, 0])
+        if target is not None:
+            t = target[idx][:, None].cpu()
+            tl = logits.gather(-1, t)
+            tlp.append(logp.gather(-1, t)[:, 0])
+            trk.append((logits > tl).sum(-1))
+    return PromptScores(
+        torch.cat(top1), torch.cat(glp),
+        torch.cat(tlp) if target is not None else None,
+        torch.cat(trk) if target is not None else None,
+    )
+
+
+def perplexity(gold_logp: Float[Tensor, " prompt"]) -> float:
+    """exp(mean negative log-likelihood) of the gold answers."""
+    if gold_logp.numel() == 0:
+        return float("nan")
+    return float(torch.exp(-gold_logp.double().mean()))
+
+
+def relation_of_key(key: str) -> str:
+    """``"P19/3"`` -> ``"P19"``."""
+    return key.rsplit("/", 1)[0]
+
+
+def _token(model: Any, answer: str | int, what: str) -> int:
+    if isinstance(answer, str):
+        try:
+            return answer_token_id(model, answer)
+        except ValueError as e:
+            raise ValueError(f"{what}: {e}") from None
+    tid = int(answer)
+    if not 0 <= tid < int(model.cfg.d_vocab):
+        raise ValueError(f"{what}: token id {tid} out of range [0, {model.cfg.d_vocab})")
+    return tid
+
+
+# --------------------------------------------------------------------------------------------
+# The update rule
+# --------------------------------------------------------------------------------------------
+
+def update_deltas(
+    values: Float[Tensor, "neuron d_model"],
+    e_old: Float[Tensor, " d_model"],
+    e_new: Float[Tensor, " d_model"],
+    lambda1: float = 1.0,
+    lambda2: float = 8.0,
+) -> Float[Tensor, "neuron d_model"]:
+    """The paper's change to each value vector: ``-l1 |v|/|e_old| e_old + l2 |v|/|e_new| e_new``."""
+    norms = values.norm(dim=-1, keepdim=True)
+    return (-lambda1 * norms / e_old.norm() * e_old[None]
+            + lambda2 * norms / e_new.norm() * e_new[None])
+
+
+def update_fact(
+    model: Any,
+    neurons: Iterable[Any],
+    old_answer: str | int,
+    new_answer: str | int,
+    *,
+    lambda1: float = 1.0,
+    lambda2: float = 8.0,
+) -> RowEdit:
+    """Apply the paper's update rule to ``neurons``' value vectors; returns the restore handle.
+
+    ``old_answer`` / ``new_answer`` are single-token words (or token ids). Raises ``ValueError`` if
+    an answer is not one token, the two answers are the same token, or a neuron is invalid.
+    """
+    old_id = _token(model, old_answer, "old answer")
+    new_id = _token(model, new_answer, "new answer")
+    if old_id == new_id:
+        raise ValueError(f"old and new answer are the same token ({old_answer!r})")
+    ns = check_neurons(model, neurons)
+    values = read_value_vectors(model, ns)
+    W_E = model.W_E.detach()
+    deltas = update_deltas(values, W_E[old_id].to(values), W_E[new_id].to(values), lambda1, lambda2)
+    return add_to_rows(model, ns, deltas)
+
+
+def filter_shared_neurons(
+    neurons: Mapping[str, Sequence[Any]], max_share: float = 0.1
+) -> tuple[dict[str, list[Neuron]], dict[str, list[Neuron]]]:
+    """Drop, per relation, the neurons found in more than ``max_share`` of its facts.
+
+    The relation of a bag key ``"P19/3"`` is ``"P19"``; its facts are the keys of that relation in
+    ``neurons``. A neuron of a single fact is always kept. Returns ``(kept, dropped)`` by key.
+    """
+    by_rel: dict[str, list[str]] = defaultdict(list)
+    for key in neurons:
+        by_rel[relation_of_key(key)].append(key)
+    kept: dict[str, list[Neuron]] = {}
+    dropped: dict[str, list[Neuron]] = {}
+    for rel, keys in by_rel.items():
+        counts = Counter(Neuron(*map(int, n)) for k in keys for n in set(map(tuple, neurons[k])))
+        limit = max(1.0, max_share * len(keys))
+        for k in keys:
+            ns = [Neuron(*map(int, n)) for n in neurons[k]]
+            kept[k] = [n for n in ns if counts[n] <= limit]
+            dropped[k] = [n for n in ns if counts[n] > limit]
+    return kept, dropped
+
+
+# --------------------------------------------------------------------------------------------
+# The experiment
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class EditMetrics:
+    """One edit's effect on the edited fact and on the perplexity bags.
+
+    Attributes:
+        success_rate: share of the bag's prompts whose top-1 is the new answer after the edit.
+        change_rate: share of the prompts answered correctly before whose top-1 is no longer the
+            old answer after the edit.
+        prob_gain: mean over prompts of p(new) after - before.
+        rank_gain: mean over prompts of rank(new) before - after (0 = top-1; positive = better).
+        intra_ppl_after / inter_ppl_after: perplexities after the edit.
+        delta_intra_ppl / delta_inter_ppl: after - before.
+    """
+
+    success_rate: float
+    change_rate: float
+    prob_gain: float
+    rank_gain: float
+    intra_ppl_after: float
+    inter_ppl_after: float
+    delta_intra_ppl: float
+    delta_inter_ppl: float
+
+
+@dataclass
+class FactUpdate:
+    """One updated fact: the edit with knowledge neurons and the random-neuron control."""
+
+    key: str
+    relation: str
+    subject: str
+    old_answer: str
+    new_answer: str
+    n_prompts: int
+    known_share: float  # share of the bag's prompts answered correctly before the edit
+    neurons: list[Neuron]
+    dropped_neurons: list[Neuron]  # removed by the max_relation_share filter
+    intra_keys: list[str]
+    inter_keys: list[str]
+    intra_ppl_before: float
+    inter_ppl_before: float
+    knowledge: EditMetrics
+    random_neurons: list[Neuron] | None = None
+    random: EditMetrics | None = None
+
+
+METRICS = ("success_rate", "change_rate", "prob_gain", "rank_gain", "delta_intra_ppl",
+           "delta_inter_ppl")
+
+
+@dataclass
+class UpdateResult(Result):
+    """Result of :func:`update_experiment`.
+
+    Attributes:
+        summary: ``{"knowledge": {metric: mean over facts}, "random": {...}}`` with the metrics of
+            :class:`EditMetrics` (``success_rate``, ``change_rate``, ``prob_gain``, ``rank_gain``,
+            ``delta_intra_ppl``, ``delta_inter_ppl``), plus ``n_facts``.
+        per_relation: the same, per relation.
+        facts: one :class:`FactUpdate` per edited fact.
+        skipped: ``{"key", "reason"}`` for candidate facts that were not edited.
+        n_candidates: per relation, facts with neurons; n_known: of those, facts the model knows.
+        paper: :data:`PAPER`.
+    """
+
+    schema: ClassVar[str] = "update_facts"
+
+    lambda1: float
+    lambda2: float
+    max_relation_share: float
+    ppl_bags: int
+    known_threshold: float
+    facts_per_relation: int | None
+    seed: int
+    relations: list[str]
+    n_candidates: dict[str, int]
+    n_known: dict[str, int]
+    summary: dict[str, dict[str, float]]
+    per_relation: dict[str, dict[str, dict[str, float]]]
+    facts: list[FactUpdate]
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    paper: dict[str, float] = field(default_factory=lambda: dict(PAPER))
+
+
+def _summarise(facts: Sequence[FactUpdate]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for arm in ("knowledge", "random"):
+        ms = [getattr(f, arm) for f in facts if getattr(f, arm) is not None]
+        if not ms:
+            continue
+        d: dict[str, float] = {"n_facts": float(len(ms))}
+        for m in METRICS:
+            vals = [getattr(x, m) for x in ms if math.isfinite(getattr(x, m))]
+            d[m] = sum(vals) / len(vals) if vals else float("nan")
+        out[arm] = d
+    return out
+
+
+def _edit_metrics(before: PromptScores, after: PromptScores, n_fact: int, n_intra: int,
+                  old_id: int, new_id: int, intra_before: float, inter_before: float
+                  ) -> EditMetrics:
+    f = slice(0, n_fact)
+    top_b, top_a = before.top1[f], after.top1[f]
+    success = float((top_a == new_id).float().mean())
+    correct = top_b == old_id
+    change = float((top_a[correct] != old_id).float().mean()) if correct.any() else float("nan")
+    assert before.target_logp is not None and after.target_logp is not None
+    assert before.target_rank is not None and after.target_rank is not None
+    prob_gain = float((after.target_logp[f].exp() - before.target_logp[f].exp()).mean())
+    rank_gain = float((before.target_rank[f] - after.target_rank[f]).float().mean())
+    intra_a = perplexity(after.gold_logp[n_fact:n_fact + n_intra])
+    inter_a = perplexity(after.gold_logp[n_fact + n_intra:])
+    return EditMetrics(success, change, prob_gain, rank_gain, intra_a, inter_a,
+                       intra_a - intra_before, inter_a - inter_before)
+
+
+def _rng(seed: int, *parts: str) -> random.Random:
+    return random.Random(":".join([str(seed), *parts]))
+
+
+def known_shares(model: Any, bags: Sequence[FactBag], *, batch_size: int = 64
+                 ) -> dict[str, float]:
+    """Per bag key, the share of its prompts whose top-1 prediction is the bag's object."""
+    prompts = [p for b in bags for p in b.prompts]
+    gold = torch.tensor([answer_token_id(model, b.object) for b in bags for _ in b.prompts])
+    scores = score_prompts(model, encode(model, prompts), gold, batch_size=batch_size)
+    out, s = {}, 0
+    for b in bags:
+        n = len(b.prompts)
+        out[b.key] = float((scores.top1[s:s + n] == gold[s:s + n]).float().mean())
+        s += n
+    return out
+
+
+def update_experiment(
+    model: Any,
+    bags: Sequence[FactBag],
+    neurons: Mapping[str, Sequence[Any]],
+    config: PaperConfig = PaperConfig(),
+    *,
+    relations: Sequence[str] | None = None,
+    facts_per_relation: int | None = 10,
+    known_threshold: float = 0.5,
+    control: bool = True,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> UpdateResult:
+    """Update facts through their knowledge neurons and measure the effect (paper section 5.1).
+
+    Args:
+        bags: the fact bags: the candidates to edit and the pool for perplexity bags. Bags whose
+            object is not one token are ignored.
+        neurons: knowledge neurons by bag key (``"P19/3"`` -> ``[Neuron, ...]``), found any way.
+            Keys without a bag in ``bags`` still count for the relation-share filter.
+        config: ``lambda1``, ``lambda2``, ``max_relation_share``, ``ppl_bags``, ``seed``.
+        relations: relations to edit (default: every relation with neurons and bags).
+        facts_per_relation: seeded sample size per relation among the known facts (None: all).
+        known_threshold: a fact is known when its gold answer is top-1 on at least this share of
+            its prompts.
+        control: also edit as many random neurons per fact.
+
+    Returns:
+        :class:`UpdateResult`. Every edit is restored before the function returns.
+    """
+    if not bags:
+        raise ValueError("no bags given")
+    usable: list[FactBag] = []
+    for b in bags:
+        try:
+            answer_token_id(model, b.object)
+        except ValueError:
+            continue
+        usable.append(b)
+    by_key = {b.key: b for b in usable}
+    by_rel: dict[str, list[FactBag]] = defaultdict(list)
+    for b in usable:
+        by_rel[b.relation].append(b)
+    kept, dropped = filter_shared_neurons(neurons, config.max_relation_share)
+    if relations is None:
+        relations = sorted({b.relation for b in usable if b.key in kept})
+    else:
+        missing = [r for r in relations if r not in by_rel]
+        if missing:
+            raise ValueError(f"relation(s) {', '.join(missing)} have no usable bags")
+    relations = list(relations)
+
+    skipped: list[dict[str, str]] = []
+    candidates: list[FactBag] = []
+    for rel in relations:
+        for b in by_rel[rel]:
+            if b.key not in kept:
+                continue
+            if not kept[b.key]:
+                skipped.append({"key": b.key, "reason": "no neurons left after the share filter"
+                                if neurons[b.key] else "no knowledge neurons"})
+                continue
+            candidates.append(b)
+    if not candidates:
+        raise ValueError("no facts to edit: no bag of the chosen relations has knowledge neurons")
+    shares = known_shares(model, candidates, batch_size=batch_size)
+    n_candidates = {r: sum(1 for b in candidates if b.relation == r) for r in relations}
+    n_known = {r: sum(1 for b in candidates if b.relation == r and shares[b.key] >= known_threshold)
+               for r in relations}
+
+    chosen: list[FactBag] = []
+    for rel in relations:
+        known = [b for b in candidates if b.relation == rel and shares[b.key] >= known_threshold]
+        for b in candidates:
+            if b.relation == rel and shares[b.key] < known_threshold:
+                skipped.append({"key": b.key, "reason": f"not known (top-1 on {shares[b.key]:.0%} "
+                                "of prompts)"})
+        if facts_per_relation is not None and len(known) > facts_per_relation:
+            known = sorted(_rng(config.seed, "facts", rel).sample(known, facts_per_relation),
+                           key=lambda b: b.index)
+        chosen.extend(known)
+
+    n_layers, d_mlp = int(model.cfg.n_layers), int(model.cfg.d_mlp)
+    facts: list[FactUpdate] = []
+    iterator: Iterable[FactBag] = chosen
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(chosen, desc="update facts")
+    for bag in iterator:
+        rng = _rng(config.seed, "fact", bag.key)
+        objects = sorted({b.object for b in by_rel[bag.relation]} - {bag.object})
+        if not objects:
+            skipped.append({"key": bag.key, "reason": "no other object in the relation"})
+            continue
+        new = rng.choice(objects)
+        old_id, new_id = answer_token_id(model, bag.object), answer_token_id(model, new)
+        same = [b for b in by_rel[bag.relation] if b.key != bag.key]
+        other = [b for rel, bs in sorted(by_rel.items()) if rel != bag.relation for b in bs]
+        intra = rng.sample(same, min(config.ppl_bags, len(same)))
+        inter = rng.sample(other, min(config.ppl_bags, len(other)))
+        prompts = list(bag.prompts) + [p for b in (*intra, *inter) for p in b.prompts]
+        gold = torch.tensor([old_id] * len(bag.prompts)
+                            + [answer_token_id(model, b.object) for b in (*intra, *inter)
+                               for _ in b.prompts])
+        target = torch.full_like(gold, new_id)
+        enc = encode(model, prompts)
+        n_fact = len(bag.prompts)
+        n_intra = sum(len(b.prompts) for b in intra)
+        before = score_prompts(model, enc, gold, target, batch_size=batch_size)
+        intra_b = perplexity(before.gold_logp[n_fact:n_fact + n_intra])
+        inter_b = perplexity(before.gold_logp[n_fact + n_intra:])
+
+        kn = kept[bag.key]
+        with update_fact(model, kn, old_id, new_id, lambda1=config.lambda1,
+                         lambda2=config.lambda2):
+            after = score_prompts(model, enc, gold, target, batch_size=batch_size)
+        km = _edit_metrics(before, after, n_fact, n_intra, old_id, new_id, intra_b, inter_b)
+
+        rand_ns: list[Neuron] | None = None
+        rm: EditMetrics | None = None
+        if control:
+            exclude = set(kn)
+            rand_ns = []
+            while len(rand_ns) < len(kn):
+                n = Neuron(rng.randrange(n_layers), rng.randrange(d_mlp))
+                if n not in exclude:
+                    exclude.add(n)
+                    rand_ns.append(n)
+            with update_fact(model, rand_ns, old_id, new_id, lambda1=config.lambda1,
+                             lambda2=config.lambda2):
+                after_r = score_prompts(model, enc, gold, target, batch_size=batch_size)
+            rm = _edit_metrics(before, after_r, n_fact, n_intra, old_id, new_id, intra_b, inter_b)
+
+        facts.append(FactUpdate(
+            key=bag.key, relation=bag.relation, subject=bag.subject, old_answer=bag.object,
+            new_answer=new, n_prompts=n_fact, known_share=shares[bag.key], neurons=list(kn),
+            dropped_neurons=list(dropped.get(bag.key, [])), intra_keys=[b.key for b in intra],
+            inter_keys=[b.key for b in inter], intra_ppl_before=intra_b, inter_ppl_before=inter_b,
+            knowledge=km, random_neurons=rand_ns, random=rm,
+        ))
+
+    per_relation = {rel: _summarise([f for f in facts if f.relation == rel]) for rel in relations}
+    return UpdateResult(
+        lambda1=config.lambda1, lambda2=config.lambda2,
+        max_relation_share=config.max_relation_share, ppl_bags=config.ppl_bags,
+        known_threshold=known_threshold, facts_per_relation=facts_per_relation, seed=config.seed,
+        relations=relations, n_candidates=n_candidates, n_known=n_known,
+        summary=_summarise(facts), per_relation=per_relation, facts=facts, skipped=skipped,
+    )

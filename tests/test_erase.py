@@ -1,0 +1,84 @@
+"""Erasing relations by zeroing knowledge neurons' value vectors (kn_lens.experiments.erase)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from kn_lens.config import PaperConfig
+from kn_lens.experiments.erase import (PAPER, PAPER_RELATIONS, EraseResult, erase_experiment,
+                                       erase_relation, relation_top_neurons)
+from kn_lens.neuron import Neuron
+from tests.test_update import tiny_bags, tiny_neurons
+
+
+def _state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _assert_same_state(model, before):
+    after = model.state_dict()
+    assert [k for k in before if not torch.equal(before[k], after[k])] == []
+
+
+NEURONS = {
+    "P1/0": [Neuron(1, 4), Neuron(0, 2), Neuron(0, 9)],
+    "P1/1": [Neuron(1, 4), Neuron(0, 9)],
+    "P1/2": [Neuron(1, 4), Neuron(0, 2), Neuron(1, 1)],
+    "P2/0": [Neuron(1, 4), Neuron(1, 4), Neuron(0, 30)],  # repeats count once per fact
+}
+
+
+def test_relation_top_neurons_counts_facts_and_breaks_ties():
+    top = relation_top_neurons(NEURONS, "P1", top=3)
+    assert top == [(Neuron(1, 4), 3), (Neuron(0, 2), 2), (Neuron(0, 9), 2)]
+    assert relation_top_neurons(NEURONS, "P2", top=20) == [(Neuron(0, 30), 1), (Neuron(1, 4), 1)]
+    with pytest.raises(ValueError, match="'P3' has no knowledge neurons"):
+        relation_top_neurons(NEURONS, "P3")
+    with pytest.raises(ValueError, match="top must be"):
+        relation_top_neurons(NEURONS, "P1", top=0)
+
+
+def test_erase_relation_zeroes_top_rows_and_restores_exactly(tiny_model):
+    before = _state(tiny_model)
+    with erase_relation(tiny_model, NEURONS, "P1", top=2) as h:
+        assert h.neurons == (Neuron(1, 4), Neuron(0, 2))
+        assert torch.count_nonzero(tiny_model.blocks[1].mlp.W_out[4]) == 0
+        assert torch.count_nonzero(tiny_model.blocks[0].mlp.W_out[2]) == 0
+        assert torch.equal(tiny_model.blocks[0].mlp.W_out[9], before["blocks.0.mlp.W_out"][9])
+    _assert_same_state(tiny_model, before)
+
+
+def test_erase_experiment_on_tiny_model(tiny_model):
+    bags = tiny_bags()
+    neurons = tiny_neurons(bags)
+    before = _state(tiny_model)
+    res = erase_experiment(tiny_model, bags, neurons, ["P1"], PaperConfig(erase_top=4))
+    _assert_same_state(tiny_model, before)
+    assert isinstance(res, EraseResult) and res.relations == ["P1"]
+    assert set(res.before) == {"P1", "P2"}
+    (er,) = res.erasures
+    assert len(er.erased) == 4 and er.counts == sorted(er.counts, reverse=True)
+    assert er.random_neurons is not None and not set(er.random_neurons) & set(er.erased)
+    s = er.summary
+    assert s["ppl_before"] == res.before["P1"].ppl
+    for k in ("accuracy_after", "ppl_after", "others_ppl_after", "others_mean_ppl_change",
+              "random_ppl_after"):
+        assert k in s
+    assert res.before["P1"].n_prompts == 6 * 3
+    d = res.to_dict()
+    assert d["schema"] == "erase_relations" and d["paper"] == PAPER
+    json.dumps(d)
+    assert PAPER_RELATIONS == ("P19", "P27", "P106", "P937")
+
+
+def test_erase_experiment_bad_input(tiny_model):
+    bags = tiny_bags()
+    with pytest.raises(ValueError, match="no relations"):
+        erase_experiment(tiny_model, bags, tiny_neurons(bags), [])
+    with pytest.raises(ValueError, match="P7"):
+        erase_experiment(tiny_model, bags, tiny_neurons(bags), ["P7"])
+    with pytest.raises(ValueError, match="'P2' has no knowledge neurons"):
+        erase_experiment(tiny_model, bags, {"P1/0": [Neuron(0, 1)]}, ["P2"])
