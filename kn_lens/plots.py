@@ -63,3 +63,49 @@ def distant_figure(result: dict[str, Any]) -> go.Figure:
                       xaxis_title="prompt type (T1: head+tail, tail masked; T2: head only; T3: random)",
                       yaxis_title="mean activation at [MASK]", template="plotly_white")
     return fig
+
+
+def update_figure(result: dict[str, Any]) -> go.Figure:
+    """Fact updates (``UpdateResult.to_dict()``): success and change rates, knowledge neurons vs
+    random neurons, beside the paper's figures."""
+    summary, paper = result.get("summary", {}), result.get("paper", {})
+    metrics = [("success_rate", "success rate"), ("change_rate", "change rate")]
+    labels = [label for _, label in metrics]
+    fig = go.Figure()
+    for arm, name, color in (("knowledge", "knowledge neurons (ours)", OURS_COLOR),
+                             ("random", "random neurons", BASELINE_COLOR)):
+        if arm in summary:
+            fig.add_bar(name=name, x=labels, marker_color=color,
+                        y=[summary[arm].get(m) for m, _ in metrics])
+    if paper:
+        fig.add_bar(name="paper: knowledge neurons", x=labels, marker_color="#9ecae1",
+                    y=[paper.get(m) for m, _ in metrics])
+        fig.add_bar(name="paper: random neurons", x=labels, marker_color="#fdd0a2",
+                    y=[paper.get(f"random_{m}") for m, _ in metrics])
+    n = int(summary.get("knowledge", {}).get("n_facts", 0))
+    fig.update_layout(barmode="group", title=f"Updating facts ({n} facts)",
+                      yaxis=dict(title="share of prompts", tickformat=".0%", range=[0, 1]))
+    return fig
+
+
+def erase_figure(result: dict[str, Any]) -> go.Figure:
+    """Relation erasure (``EraseResult.to_dict()``): perplexity of the erased relation and of the
+    other relations (pooled) before and after zeroing its top knowledge neurons."""
+    erasures = result.get("erasures", [])
+    x = [e["relation"] for e in erasures]
+    s = [e["summary"] for e in erasures]
+    fig = go.Figure()
+    fig.add_bar(name="erased relation, before", x=x, y=[d["ppl_before"] for d in s],
+                marker_color="#c6dbef")
+    fig.add_bar(name="erased relation, after", x=x, y=[d["ppl_after"] for d in s],
+                marker_color=OURS_COLOR)
+    fig.add_bar(name="other relations, before", x=x, y=[d["others_ppl_before"] for d in s],
+                marker_color="#fdd0a2")
+    fig.add_bar(name="other relations, after", x=x, y=[d["others_ppl_after"] for d in s],
+                marker_color=BASELINE_COLOR)
+    if any("random_ppl_after" in d for d in s):
+        fig.add_bar(name="erased relation, random neurons zeroed", x=x,
+                    y=[d.get("random_ppl_after") for d in s], marker_color="#bbbbbb")
+    fig.update_layout(barmode="group", title="Erasing relations: perplexity of the gold answer",
+                      yaxis=dict(title="perplexity", type="log"), xaxis=dict(title="erased relation"))
+    return fig

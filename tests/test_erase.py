@@ -71,6 +71,10 @@ def test_erase_experiment_on_tiny_model(tiny_model):
     d = res.to_dict()
     assert d["schema"] == "erase_relations" and d["paper"] == PAPER
     json.dumps(d)
+    from kn_lens.plots import erase_figure
+
+    fig = erase_figure(d)
+    assert [t.x[0] for t in fig.data] == ["P1"] * 5
     assert PAPER_RELATIONS == ("P19", "P27", "P106", "P937")
 
 

@@ -142,6 +142,9 @@ def test_update_experiment_on_tiny_model(tiny_model):
     d = res.to_dict()
     assert d["schema"] == "update_facts" and d["paper"] == PAPER
     json.dumps(d)
+    from kn_lens.plots import update_figure
+
+    assert len(update_figure(d).data) == 4  # ours, random, paper x2
     again = update_experiment(tiny_model, bags, neurons, cfg, known_threshold=0.0,
                               facts_per_relation=4, relations=["P2"])
     first_p2 = [f for f in d["facts"] if f["relation"] == "P2"]
