@@ -1,0 +1,121 @@
+"""Suppress / amplify experiment: bookkeeping on the tiny model, the real effect on the default one."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from kn_lens.config import PaperConfig
+from kn_lens.data import Fact, FactBag
+from kn_lens.experiments.modify import ModifyResult, modify, unrelated_bag
+from kn_lens.interventions import scaled_mask_probs
+from kn_lens.neuron import Neuron
+from kn_lens.prompts import answer_token_ids
+
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "kn_lens" / "default_model"
+
+
+def _tiny_bags() -> list[FactBag]:
+    born = Fact("Alice", "P19", "born in", "N-1", "Paris")
+    capital = Fact("Bob", "P36", "capital", "1-1", "London")
+    job = Fact("Alice", "P106", "occupation", "N-M", "doctor")
+    return [
+        FactBag(born, ("Alice was born in [MASK] .", "Alice is born in the city [MASK] ."), 0),
+        FactBag(capital, ("the capital of Bob is [MASK] .", "[MASK] is the capital of Bob ."), 0),
+        FactBag(job, ("Alice works as a [MASK] .", "Alice is a [MASK] ."), 0),
+    ]
+
+
+def test_unrelated_bag_is_seeded_and_of_another_relation():
+    bags = _tiny_bags()
+    for b in bags:
+        o = unrelated_bag(bags, b, 0)
+        assert o is not None and o.relation != b.relation
+        assert unrelated_bag(bags, b, 0) is o
+    assert unrelated_bag(bags[:1], bags[0], 0) is None
+
+
+def test_modify_bookkeeping_matches_direct_measurement(tiny_model):
+    bags = _tiny_bags()
+    ours = {"P19/0": [Neuron(1, 3), Neuron(1, 10)], "P36/0": [Neuron(0, 5)]}
+    base = {"P19/0": [Neuron(0, 1)], "P36/0": [], "P106/0": [Neuron(1, 7)]}
+    res = modify(tiny_model, bags, ours, base, PaperConfig(seed=3))
+    assert isinstance(res, ModifyResult) and res.methods == ("ours", "baseline")
+    assert [f.key for f in res.facts] == ["P19/0", "P36/0", "P106/0"]
+    f0 = res.facts[0]
+    other = next(b for b in bags if b.key == f0.other_key)
+    assert other.relation != "P19"
+    # Δp on own prompts equals a direct measurement with the same hooks
+    t = answer_token_ids(tiny_model, ["Paris"] * 2)
+    clean = scaled_mask_probs(tiny_model, list(bags[0].prompts), t, [], None)
+    for op, factor in (("suppress", 0.0), ("amplify", 2.0)):
+        hooked = scaled_mask_probs(tiny_model, list(bags[0].prompts), t, ours["P19/0"], factor)
+        assert f0.delta["ours"][op]["own"] == pytest.approx(float((hooked - clean).mean()), abs=1e-6)
+    assert f0.p_own == pytest.approx(float(clean.mean()), abs=1e-6)
+    # a fact without neurons of a method is left out of that method only
+    assert "baseline" not in res.facts[1].delta and "ours" not in res.facts[2].delta
+    assert res.relations["P36"]["baseline"]["suppress"].n_facts == 0
+    assert res.pooled["ours"]["suppress"].n_facts == 2
+    st = res.relations["P19"]["ours"]["suppress"]
+    assert st.own_pct == pytest.approx(100 * st.own_delta / st.own_p)
+    ov = res.overall["ours"]["amplify"]
+    assert ov["n_relations"] == 2 and ov["own_pct"] == pytest.approx(
+        (res.relations["P19"]["ours"]["amplify"].own_pct
+         + res.relations["P36"]["ours"]["amplify"].own_pct) / 2)
+    d = json.loads(json.dumps(res.to_dict()))
+    assert d["schema"] == "modify" and d["paper"]["suppress"]["ours"] == -29.03
+
+
+def test_modify_skips_facts_without_neurons_and_checks_input(tiny_model):
+    bags = _tiny_bags()
+    res = modify(tiny_model, bags, {"P19/0": [Neuron(1, 3)]})
+    assert res.methods == ("ours",) and res.skipped_facts == {"P36/0": "no_neurons",
+                                                              "P106/0": "no_neurons"}
+    with pytest.raises(ValueError, match="bag P19/0"):
+        modify(tiny_model, bags, {"P19/0": [Neuron(7, 3)]})
+    with pytest.raises(ValueError, match="appears twice"):
+        modify(tiny_model, bags + bags[:1], {})
+
+
+# ---- the default model ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def default_setup():
+    if not (DEFAULT_MODEL / "config.json").is_file():
+        pytest.skip("kn_lens/default_model is absent (train it with python -m kn_lens.world train)")
+    from kn_lens import load_model
+    from kn_lens.data import default_facts
+    from kn_lens.neurons import identify_all, score_bags
+
+    model = load_model("default", device="cpu")
+    by_rel: dict[str, list[FactBag]] = {}
+    for b in default_facts():
+        by_rel.setdefault(b.relation, []).append(b)
+    # A handful of facts from a few relations keeps this cheap; IG with 20 steps as in the paper.
+    bags = [b for rel in sorted(by_rel)[:3] for b in by_rel[rel][:3]]
+    cfg = PaperConfig()
+    scores = score_bags(model, bags, cfg)
+    ours = {k: v for rn in identify_all(scores, cfg, "ig").values() for k, v in rn.neurons.items()}
+    base = {k: v for rn in identify_all(scores, cfg, "activation").values()
+            for k, v in rn.neurons.items()}
+    return model, bags, ours, base, cfg
+
+
+def test_default_model_suppressing_knowledge_neurons(default_setup):
+    model, bags, ours, base, cfg = default_setup
+    res = modify(model, bags, ours, base, cfg)
+    s = res.pooled["ours"]["suppress"]
+    assert s.n_facts >= len(bags) // 2
+    # own facts lose far more than unrelated facts under the same neurons
+    assert s.own_pct < -30 and s.own_pct < s.other_pct - 20
+    assert math.isfinite(s.other_pct) and abs(s.other_pct) < 15
+    # amplifying raises the own answer's probability
+    assert res.pooled["ours"]["amplify"].own_pct > 0
+    # our neurons beat the activation baseline on the same measure
+    b = res.pooled["baseline"]["suppress"]
+    assert s.own_pct < b.own_pct - 15
