@@ -1,0 +1,222 @@
+"""kn_lens.attribution: exactness against a naive integrated-gradients reference, completeness,
+padding independence, input validation and the activation baseline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import make_tiny_checkpoint
+from kn_lens import load_model
+from kn_lens.attribution import attribute
+from kn_lens.prompts import answer_token_id, encode
+
+PROMPTS = [
+    "Alice was born in [MASK] .",
+    "the capital of the country is [MASK] .",
+    "[MASK] is the city of Bob",
+]
+TARGET = "Paris"
+
+
+def naive_ig(model, prompt: str, target: int, steps: int, layers=None) -> torch.Tensor:
+    """One prompt, one layer and one alpha at a time, each a full forward (run_with_hooks) and its
+    own backward pass. ``[layer, d_mlp]``."""
+    enc = encode(model, [prompt])
+    m = int(enc.mask_pos[0])
+    layers = range(model.cfg.n_layers) if layers is None else layers
+    out = []
+    for layer in layers:
+        name = f"blocks.{layer}.mlp.hook_post"
+        _, cache = model.run_with_cache(enc.tokens, one_zero_attention_mask=enc.attention_mask,
+                                        names_filter=name)
+        a = cache[name][0, m].detach()
+        grads = torch.zeros_like(a)
+        for k in range(steps):
+            leaf = (a * (k / steps)).clone().requires_grad_(True)
+
+            def put(act, hook, leaf=leaf):
+                act = act.clone()
+                act[0, m] = leaf
+                return act
+
+            logits = model.run_with_hooks(enc.tokens, one_zero_attention_mask=enc.attention_mask,
+                                          fwd_hooks=[(name, put)])
+            prob = logits[0, m].softmax(-1)[target]
+            (g,) = torch.autograd.grad(prob, leaf)
+            grads += g
+        out.append(a * grads / steps)
+    return torch.stack(out)
+
+
+def prob_with_scale(model, prompt: str, target: int, layer: int, scale: float) -> float:
+    enc = encode(model, [prompt])
+    m = int(enc.mask_pos[0])
+
+    def scale_mask(act, hook):
+        act = act.clone()
+        act[0, m] *= scale
+        return act
+
+    with torch.no_grad():
+        logits = model.run_with_hooks(enc.tokens, one_zero_attention_mask=enc.attention_mask,
+                                      fwd_hooks=[(f"blocks.{layer}.mlp.hook_post", scale_mask)])
+    return float(logits[0, m].softmax(-1)[target])
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest absolute difference relative to the largest reference magnitude."""
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.fixture(scope="module")
+def tiny64(tiny_ckpt: Path):
+    return load_model(tiny_ckpt, device="cpu", dtype=torch.float64)
+
+
+@pytest.fixture(scope="module")
+def three_layer_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny3"), n_layers=3, d_model=48,
+                                d_mlp=96, n_heads=4, seed=1)
+
+
+def test_shape_device_dtype(tiny_model):
+    scores = attribute(tiny_model, PROMPTS, TARGET, steps=4)
+    assert scores.shape == (len(PROMPTS), tiny_model.cfg.n_layers, tiny_model.cfg.d_mlp)
+    assert scores.device.type == "cpu" and scores.dtype == torch.float32
+    assert torch.isfinite(scores).all() and scores.abs().max() > 0
+
+
+@pytest.fixture(scope="module")
+def naive32(tiny_model):
+    target = answer_token_id(tiny_model, TARGET)
+    return torch.stack([naive_ig(tiny_model, p, target, steps=5) for p in PROMPTS])
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 64])
+def test_matches_naive_reference_float32(tiny_model, naive32, batch_size):
+    ours = attribute(tiny_model, PROMPTS, TARGET, steps=5, batch_size=batch_size)
+    for i, p in enumerate(PROMPTS):
+        assert rel_err(ours[i], naive32[i]) < 1e-5, (p, rel_err(ours[i], naive32[i]))
+
+
+def test_matches_naive_reference_float64_elementwise(tiny64):
+    target = answer_token_id(tiny64, TARGET)
+    ours = attribute(tiny64, PROMPTS, target, steps=6, batch_size=10)
+    assert ours.dtype == torch.float64
+    for i, p in enumerate(PROMPTS):
+        ref = naive_ig(tiny64, p, target, steps=6)
+        torch.testing.assert_close(ours[i], ref, rtol=1e-9, atol=1e-14)
+
+
+def test_three_layers_subset_and_order(three_layer_ckpt):
+    model = load_model(three_layer_ckpt, device="cpu", dtype=torch.float64)
+    target = answer_token_id(model, "London")
+    layers = [2, 0]
+    ours = attribute(model, PROMPTS, "London", steps=4, batch_size=9, layers=layers)
+    assert ours.shape == (len(PROMPTS), 2, model.cfg.d_mlp)
+    full = attribute(model, PROMPTS, "London", steps=4, batch_size=13)
+    torch.testing.assert_close(ours, full[:, layers], rtol=1e-10, atol=1e-15)
+    for i, p in enumerate(PROMPTS):
+        ref = naive_ig(model, p, target, steps=4, layers=layers)
+        torch.testing.assert_close(ours[i], ref, rtol=1e-9, atol=1e-14)
+
+
+def test_three_layers_float32(three_layer_ckpt):
+    model = load_model(three_layer_ckpt, device="cpu")
+    target = answer_token_id(model, "London")
+    ours = attribute(model, PROMPTS[:2], target, steps=3, batch_size=5)
+    for i, p in enumerate(PROMPTS[:2]):
+        assert rel_err(ours[i], naive_ig(model, p, target, steps=3)) < 1e-5
+
+
+def test_completeness_and_convergence(tiny64):
+    target = answer_token_id(tiny64, TARGET)
+    prompt = PROMPTS[0]
+    coarse = attribute(tiny64, [prompt], target, steps=20)[0]
+    fine = attribute(tiny64, [prompt], target, steps=200)[0]
+    for layer in range(tiny64.cfg.n_layers):
+        delta = prob_with_scale(tiny64, prompt, target, layer, 1.0) - prob_with_scale(
+            tiny64, prompt, target, layer, 0.0)
+        assert abs(delta) > 1e-6  # far above float64 noise: the check below is not vacuous
+        gap20 = abs(float(coarse[layer].sum()) - delta)
+        gap200 = abs(float(fine[layer].sum()) - delta)
+        # left Riemann sum: the error falls like 1/m, so 10x the steps gives ~1/10 the gap
+        assert gap200 < 0.15 * gap20
+        assert gap20 < 0.2 * abs(delta)
+        assert gap200 < 0.02 * abs(delta)
+
+
+def test_padding_does_not_change_scores(tiny_model):
+    short, long = "[MASK] of Bob", "the capital city of the country where Alice was born is [MASK] ."
+    mid = "Alice was born in [MASK] ."
+    alone = attribute(tiny_model, [mid], TARGET, steps=4)[0]
+    with_others = attribute(tiny_model, [long, mid, short], TARGET, steps=4, batch_size=5)
+    assert rel_err(with_others[1], alone) < 1e-5
+    assert rel_err(with_others[0], attribute(tiny_model, [long], TARGET, steps=4)[0]) < 1e-5
+    assert rel_err(with_others[2], attribute(tiny_model, [short], TARGET, steps=4)[0]) < 1e-5
+
+
+def test_padding_exact_in_float64(tiny64):
+    prompts = ["the capital city of the country where Alice was born is [MASK] .", "[MASK] of Bob"]
+    both = attribute(tiny64, prompts, TARGET, steps=3, batch_size=4)
+    for i, p in enumerate(prompts):
+        torch.testing.assert_close(both[i], attribute(tiny64, [p], TARGET, steps=3)[0],
+                                   rtol=1e-10, atol=1e-15)
+
+
+def test_bad_input_names_the_problem(tiny_model):
+    with pytest.raises(ValueError, match="no mask here"):
+        attribute(tiny_model, ["Alice was born in [MASK] .", "no mask here"], TARGET)
+    with pytest.raises(ValueError, match=r"\[MASK\] and \[MASK\]"):
+        attribute(tiny_model, ["[MASK] and [MASK] ."], TARGET)
+    with pytest.raises(ValueError, match="Zorvik"):
+        attribute(tiny_model, ["Alice was born in [MASK] ."], "Zorvik")
+    with pytest.raises(ValueError, match="method"):
+        attribute(tiny_model, PROMPTS, TARGET, method="gradient")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="layer 5"):
+        attribute(tiny_model, PROMPTS, TARGET, layers=[5])
+    with pytest.raises(ValueError, match="token id"):
+        attribute(tiny_model, PROMPTS, 10**6)
+    with pytest.raises(ValueError, match="steps"):
+        attribute(tiny_model, PROMPTS, TARGET, steps=0)
+
+
+def test_activation_method_equals_cache(tiny_model):
+    scores = attribute(tiny_model, PROMPTS, TARGET, method="activation")
+    for i, p in enumerate(PROMPTS):
+        enc = encode(tiny_model, [p])
+        _, cache = tiny_model.run_with_cache(enc.tokens, one_zero_attention_mask=enc.attention_mask)
+        m = int(enc.mask_pos[0])
+        for layer in range(tiny_model.cfg.n_layers):
+            torch.testing.assert_close(scores[i, layer], cache[f"blocks.{layer}.mlp.hook_post"][0, m],
+                                       rtol=1e-6, atol=1e-6)
+
+
+def test_hooks_removed_and_params_untouched(tiny_model):
+    grads_before = {n: p.requires_grad for n, p in tiny_model.named_parameters()}
+
+    class Boom(RuntimeError):
+        pass
+
+    def explode(act, hook):
+        raise Boom
+
+    with pytest.raises(Boom):
+        with tiny_model.hooks(fwd_hooks=[("blocks.1.hook_resid_post", explode)]):
+            attribute(tiny_model, PROMPTS[:1], TARGET, steps=2)
+    assert all(not hp.fwd_hooks and not hp.bwd_hooks for hp in tiny_model.hook_dict.values())
+    assert {n: p.requires_grad for n, p in tiny_model.named_parameters()} == grads_before
+
+
+def test_caller_hooks_still_apply(tiny_model):
+    """A caller's intervention (here: layer 0's attention output zeroed) is respected."""
+    def zero(act, hook):
+        return torch.zeros_like(act)
+
+    plain = attribute(tiny_model, PROMPTS[:1], TARGET, steps=3)
+    with tiny_model.hooks(fwd_hooks=[("blocks.0.hook_attn_out", zero)]):
+        hooked = attribute(tiny_model, PROMPTS[:1], TARGET, steps=3)
+    assert not torch.allclose(plain, hooked)
