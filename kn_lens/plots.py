@@ -109,3 +109,57 @@ def erase_figure(result: dict[str, Any]) -> go.Figure:
     fig.update_layout(barmode="group", title="Erasing relations: perplexity of the gold answer",
                       yaxis=dict(title="perplexity", type="log"), xaxis=dict(title="erased relation"))
     return fig
+
+
+def layer_distribution_figure(result: dict[str, Any], relation: str | None = None) -> go.Figure:
+    """Share (%) of knowledge neurons per layer, ours vs the activation baseline (the paper's
+    Figure 4 histogram), from an ``IdentificationResult.to_dict()``; all relations pooled, or one
+    ``relation``."""
+    stats = result["overall"] if relation is None else result["relations"][relation]
+    n_layers = int(result.get("n_layers") or len(stats["ours"]["layer_pct"]))
+    layers = [str(i + 1) for i in range(n_layers)]
+    fig = go.Figure()
+    for name, label, colour in (("ours", "our knowledge neurons", OURS_COLOR),
+                                ("baseline", "baseline neurons (activation)", BASELINE_COLOR)):
+        s = stats.get(name)
+        if not s:
+            continue
+        fig.add_bar(x=layers, y=s["layer_pct"], marker_color=colour,
+                    name=f"{label} ({sum(s['layer_counts'])} in {s['n_facts']} facts)")
+    where = "all relations" if relation is None else f"relation {relation}"
+    fig.update_layout(barmode="group", template="plotly_white",
+                      title=f"Knowledge neurons per layer ({where})",
+                      xaxis_title="layer", yaxis_title="% of knowledge neurons")
+    return fig
+
+
+def modify_figure(result: dict[str, Any]) -> go.Figure:
+    """Suppressing and amplifying knowledge neurons (the paper's Figure 3), from a
+    ``ModifyResult.to_dict()``: % change of the correct answer's probability on the facts' own
+    prompts and on unrelated facts' prompts, ours vs baseline (means over relations), beside the
+    paper's averages (own prompts only; the paper gives none for unrelated facts)."""
+    from plotly.subplots import make_subplots
+
+    ops = list(result.get("operations", ["suppress", "amplify"]))
+    overall, paper = result["overall"], result.get("paper") or {}
+    fig = make_subplots(rows=1, cols=len(ops), subplot_titles=ops)
+    x = ["own facts", "unrelated facts"]
+    arms = [("ours", "our knowledge neurons", OURS_COLOR),
+            ("baseline", "baseline neurons", BASELINE_COLOR)]
+    for col, op in enumerate(ops, start=1):
+        for name, label, colour in arms:
+            s = (overall.get(name) or {}).get(op)
+            if s is None:
+                continue
+            fig.add_bar(x=x, y=[s.get("own_pct"), s.get("other_pct")], marker_color=colour,
+                        name=label, legendgroup=name, showlegend=col == 1, row=1, col=col)
+        for name, label, colour in (("ours", "paper: knowledge neurons", "#9ecae1"),
+                                    ("baseline", "paper: baseline neurons", "#fdd0a2")):
+            v = (paper.get(op) or {}).get(name)
+            if v is not None:
+                fig.add_bar(x=x, y=[v, None], marker_color=colour, name=label,
+                            legendgroup=f"paper_{name}", showlegend=col == 1, row=1, col=col)
+    fig.update_layout(barmode="group", template="plotly_white",
+                      title="Suppressing and amplifying knowledge neurons")
+    fig.update_yaxes(title_text="% change of correct-answer probability", row=1, col=1)
+    return fig

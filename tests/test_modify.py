@@ -119,3 +119,17 @@ def test_default_model_suppressing_knowledge_neurons(default_setup):
     # our neurons beat the activation baseline on the same measure
     b = res.pooled["baseline"]["suppress"]
     assert s.own_pct < b.own_pct - 15
+
+
+def test_modify_figure_from_result_dict(tiny_model, tmp_path):
+    from kn_lens.plots import modify_figure, save_figure
+
+    res = modify(tiny_model, _tiny_bags(), {"P19/0": [Neuron(1, 3)], "P36/0": [Neuron(0, 5)]},
+                 {"P19/0": [Neuron(0, 1)]})
+    fig = modify_figure(json.loads(json.dumps(res.to_dict())))
+    names = {t.name for t in fig.data}
+    assert {"our knowledge neurons", "baseline neurons", "paper: knowledge neurons"} <= names
+    ours_suppress = next(t for t in fig.data if t.name == "our knowledge neurons")
+    assert ours_suppress.y[0] == pytest.approx(res.overall["ours"]["suppress"]["own_pct"])
+    out = save_figure(fig, tmp_path / "modify")
+    assert Path(out["html"]).is_file()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -308,3 +309,17 @@ def test_identification_from_scores_runs_both_methods():
     assert set(res.relations) == {"P1", "P2"} and res.relations["P1"].ours.p == pytest.approx(0.7)
     assert res.relations["P1"].baseline is not None
     assert res.n_layers == N_LAYERS and res.settings["t"] == 0.2
+
+
+def test_layer_distribution_figure(tmp_path):
+    from kn_lens.plots import layer_distribution_figure, save_figure
+
+    ours = {"P1": _rn("P1", {"P1/0": [Neuron(2, 0), Neuron(1, 1)], "P1/1": [Neuron(2, 0)]})}
+    base = {"P1": _rn("P1", {"P1/0": [Neuron(0, 0)], "P1/1": []}, "activation")}
+    d = identification_from_neurons(ours, base, n_layers=3, d_mlp=4).to_dict()
+    fig = layer_distribution_figure(json.loads(json.dumps(d)))
+    assert list(fig.data[0].x) == ["1", "2", "3"]
+    assert list(fig.data[0].y) == pytest.approx([0.0, 100 / 3, 200 / 3])
+    assert list(fig.data[1].y) == pytest.approx([100.0, 0.0, 0.0])
+    assert layer_distribution_figure(d, relation="P1").data[0].y == fig.data[0].y
+    assert Path(save_figure(fig, tmp_path / "layers")["html"]).is_file()
