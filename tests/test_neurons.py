@@ -323,3 +323,15 @@ def test_layer_distribution_figure(tmp_path):
     assert list(fig.data[1].y) == pytest.approx([100.0, 0.0, 0.0])
     assert layer_distribution_figure(d, relation="P1").data[0].y == fig.data[0].y
     assert Path(save_figure(fig, tmp_path / "layers")["html"]).is_file()
+
+
+def test_fast_pair_overlap_sum_matches_all_pairs():
+    import random as _random
+
+    from kn_lens.experiments.identification import same_relation_overlap_sum
+
+    rng = _random.Random(0)
+    lists = [[Neuron(rng.randrange(3), rng.randrange(6)) for _ in range(rng.randrange(5))]
+             for _ in range(12)]
+    total, pairs = same_relation_overlap_sum(lists)
+    assert pairs == 66 and total == sum(same_relation_overlaps(lists))

@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,15 +66,45 @@ def same_relation_overlaps(neuron_lists: Sequence[Sequence[Neuron]]) -> list[int
     return [overlap_count(a, b) for a, b in itertools.combinations(neuron_lists, 2)]
 
 
+class OtherRelationSampler:
+    """Draws facts of other relations for a fact, cheaply even with many facts.
+
+    The keys are laid out relation by relation, so "every fact outside relation r" is the flat
+    list minus one contiguous block; a sample is drawn from the index range and mapped around it.
+    """
+
+    def __init__(self, keys_by_relation: Mapping[str, Sequence[str]]):
+        self.flat: list[str] = []
+        self.block: dict[str, tuple[int, int]] = {}
+        for rel, keys in keys_by_relation.items():
+            self.block[rel] = (len(self.flat), len(keys))
+            self.flat.extend(keys)
+
+    def sample(self, key: str, relation: str, n: int, seed: int) -> list[str]:
+        start, size = self.block.get(relation, (len(self.flat), 0))
+        m = len(self.flat) - size
+        if m <= n:
+            return self.flat[:start] + self.flat[start + size:]
+        idx = random.Random(f"{seed}:{key}").sample(range(m), n)
+        return [self.flat[i if i < start else i + size] for i in idx]
+
+
 def other_relation_sample(
     keys_by_relation: Mapping[str, Sequence[str]], key: str, relation: str, n: int, seed: int
 ) -> list[str]:
     """``n`` keys drawn without replacement from relations other than ``relation``, seeded by
     ``seed`` and ``key`` (all of them if there are fewer)."""
-    pool = [k for rel, keys in keys_by_relation.items() if rel != relation for k in keys]
-    if len(pool) <= n:
-        return pool
-    return random.Random(f"{seed}:{key}").sample(pool, n)
+    return OtherRelationSampler(keys_by_relation).sample(key, relation, n, seed)
+
+
+def same_relation_overlap_sum(neuron_lists: Sequence[Sequence[Neuron]]) -> tuple[int, int]:
+    """``(sum of overlaps over all unordered pairs, number of pairs)``, in time linear in the
+    number of neurons: a neuron shared by ``c`` facts adds ``c (c - 1) / 2`` to the sum."""
+    counts: Counter[Neuron] = Counter()
+    for ns in neuron_lists:
+        counts.update(set(ns))
+    n = len(neuron_lists)
+    return sum(c * (c - 1) // 2 for c in counts.values()), n * (n - 1) // 2
 
 
 def layer_counts(neuron_lists: Sequence[Sequence[Neuron]], n_layers: int) -> list[int]:
@@ -94,6 +125,10 @@ def _pct(counts: Sequence[int]) -> list[float]:
 
 def _mean(values: Sequence[float] | Sequence[int]) -> float:
     return sum(values) / len(values) if values else math.nan
+
+
+def _ratio(total: float | int, n: int) -> float:
+    return total / n if n else math.nan
 
 
 # ----------------------------------------------------------------------------------------------
@@ -192,30 +227,33 @@ def _method_stats(
     neurons: Mapping[str, Sequence[Neuron]],
     relation_of: Mapping[str, str],
     keys_by_relation: Mapping[str, Sequence[str]],
+    sampler: OtherRelationSampler,
     n_layers: int,
     config: PaperConfig,
     rel_neurons: RelationNeurons | None = None,
-) -> tuple[MethodStats, list[int], list[int]]:
+) -> tuple[MethodStats, tuple[int, int], tuple[int, int]]:
     lists = [list(neurons.get(k, [])) for k in keys]
-    same: list[int] = []
+    same_sum, same_n = 0, 0
     for rel in dict.fromkeys(relation_of[k] for k in keys):
-        same += same_relation_overlaps([neurons.get(k, []) for k in keys_by_relation[rel]])
+        a, b = same_relation_overlap_sum([neurons.get(k, []) for k in keys_by_relation[rel]])
+        same_sum, same_n = same_sum + a, same_n + b
     other: list[int] = []
     for k in keys:
-        for o in other_relation_sample(keys_by_relation, k, relation_of[k],
-                                       config.random_other_facts, config.seed):
-            other.append(overlap_count(neurons.get(k, []), neurons.get(o, [])))
+        mine = set(neurons.get(k, []))
+        for o in sampler.sample(k, relation_of[k], config.random_other_facts, config.seed):
+            other.append(len(mine.intersection(neurons.get(o, []))))
     counts = layer_counts(lists, n_layers)
     stats = MethodStats(
         n_facts=len(keys), neurons_per_fact=_mean([len(x) for x in lists]),
         facts_without_neurons=sum(1 for x in lists if not x),
-        overlap_same_relation=_mean(same), n_pairs_same_relation=len(same),
+        overlap_same_relation=same_sum / same_n if same_n else math.nan,
+        n_pairs_same_relation=same_n,
         overlap_other_relations=_mean(other), n_pairs_other_relations=len(other),
         layer_counts=counts, layer_pct=_pct(counts),
         p=rel_neurons.p if rel_neurons else None,
         rounds=rel_neurons.rounds if rel_neurons else None,
         converged=rel_neurons.converged if rel_neurons else None)
-    return stats, same, other
+    return stats, (same_sum, same_n), (sum(other), len(other))
 
 
 def identification_from_neurons(
@@ -241,15 +279,17 @@ def identification_from_neurons(
     flat = {m: {k: v for rn in rns.values() for k, v in rn.neurons.items()}
             for m, rns in methods.items()}
     relations: dict[str, RelationStats] = {}
-    all_same: dict[str, list[int]] = {m: [] for m in methods}
-    all_other: dict[str, list[int]] = {m: [] for m in methods}
+    sampler = OtherRelationSampler(keys_by_relation)
+    all_same = {m: [0, 0] for m in methods}  # [sum of overlaps, pairs]
+    all_other = {m: [0, 0] for m in methods}
     for rel, keys in keys_by_relation.items():
         per: dict[str, MethodStats] = {}
         for m, rns in methods.items():
             per[m], same, other = _method_stats(keys, flat[m], relation_of, keys_by_relation,
-                                                n_layers, config, rns[rel])
-            all_same[m] += same
-            all_other[m] += other
+                                                sampler, n_layers, config, rns[rel])
+            for acc, (a, b) in ((all_same[m], same), (all_other[m], other)):
+                acc[0] += a
+                acc[1] += b
         relations[rel] = RelationStats(len(keys), per["ours"], per.get("baseline"))
     overall_per: dict[str, MethodStats] = {}
     all_keys = list(relation_of)
@@ -259,9 +299,9 @@ def identification_from_neurons(
         overall_per[m] = MethodStats(
             n_facts=len(all_keys), neurons_per_fact=_mean([len(x) for x in lists]),
             facts_without_neurons=sum(1 for x in lists if not x),
-            overlap_same_relation=_mean(all_same[m]), n_pairs_same_relation=len(all_same[m]),
-            overlap_other_relations=_mean(all_other[m]),
-            n_pairs_other_relations=len(all_other[m]),
+            overlap_same_relation=_ratio(*all_same[m]), n_pairs_same_relation=all_same[m][1],
+            overlap_other_relations=_ratio(*all_other[m]),
+            n_pairs_other_relations=all_other[m][1],
             layer_counts=counts, layer_pct=_pct(counts))
     overall = RelationStats(len(all_keys), overall_per["ours"], overall_per.get("baseline"))
     settings = {k: getattr(config, k) for k in (
