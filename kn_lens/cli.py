@@ -126,7 +126,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
     pass
 
 
-def _common(parser: argparse.ArgumentParser, *, shard: bool = False, web: bool = False) -> None:
+def _common(parser: argparse.ArgumentParser, *, shard: bool = False, web: bool = True) -> None:
     rec = " (default: %s, or the value DIR/run.json recorded)"
     g = parser.add_argument_group("model and data")
     g.add_argument("--model", metavar="NAME|DIR",

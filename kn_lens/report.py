@@ -33,7 +33,7 @@ import importlib
 import json
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -342,13 +342,13 @@ def _fmt(v: Any) -> str:
 # Figures and examples
 # ----------------------------------------------------------------------------------------------
 
-#: analysis -> names of kn_lens.plots functions taking the result dict and returning a figure.
-#: Missing functions are skipped, so the report works with any subset of the analyses.
+#: analysis -> names of kn_lens.plots functions taking the result dict and returning a figure
+#: (or a dict of figures). Besides these, any ``kn_lens.plots.<analysis>_figure`` is used. Missing
+#: functions are skipped, so the report works with any subset of the analyses.
 FIGURES: dict[str, tuple[str, ...]] = {
-    "identification": ("layer_distribution_figure", "plot_layer_distribution",
-                       "neuron_statistics_figure"),
-    "modify": ("modify_figure", "plot_modify", "suppress_amplify_figure"),
-    "distant": ("distant_figure", "plot_distant"),
+    "identification": ("layer_distribution_figure", "identification_figure"),
+    "modify": ("modify_figure",),
+    "distant": ("distant_figure",),
     "trigger": ("trigger_figure",),
     "update": ("update_figure",),
     "erase": ("erase_figure",),
@@ -364,9 +364,7 @@ def figures(doc: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
         return []
     out = []
     for name, res in doc.get("results", {}).items():
-        fig_names = list(FIGURES.get(name, ()))
-        extra = getattr(plots, "FIGURES", {}).get(name, ()) if hasattr(plots, "FIGURES") else ()
-        fig_names += [f for f in extra if f not in fig_names]
+        fig_names = list(dict.fromkeys([*FIGURES.get(name, ()), f"{name}_figure"]))
         for fn_name in fig_names:
             fn = getattr(plots, fn_name, None)
             if fn is None:
@@ -384,55 +382,63 @@ def figures(doc: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
     return out
 
 
-def _find_lists(d: Any, keys: Iterable[str]) -> list[Any]:
-    """Lists found under any of ``keys`` anywhere in ``d`` (depth first)."""
-    keys = tuple(keys)
-    found: list[Any] = []
-    if isinstance(d, dict):
-        for k, v in d.items():
-            if k in keys and isinstance(v, list):
-                found.extend(v)
-            else:
-                found.extend(_find_lists(v, keys))
-    return found
+def _spread(items: list[Any], n: int) -> list[Any]:
+    """Up to ``n`` items, one per relation first (items are dicts with "relation")."""
+    seen: set[Any] = set()
+    first, rest = [], []
+    for it in items:
+        rel = it.get("relation") if isinstance(it, dict) else None
+        (rest if rel in seen else first).append(it)
+        seen.add(rel)
+    return (first + rest)[:n]
 
 
-def examples(doc: Mapping[str, Any], n: int = 3) -> dict[str, list[str]]:
-    """A few activating prompts and a few edits, as display lines.
-
-    An experiment module may define ``examples(result_dict, n) -> list[str]``; otherwise lists
-    named ``top``/``top_prompts``/``examples`` (trigger) and ``edits``/``examples`` (update) are
-    shown.
-    """
-    out: dict[str, list[str]] = {}
-    res = doc.get("results", {})
-    for name, keys in (("trigger", ("examples", "top", "top_prompts", "prompts")),
-                       ("update", ("examples", "edits", "cases"))):
-        if name not in res:
-            continue
-        custom = _module_attr(name, "examples")
-        lines: list[str] = []
-        if custom is not None:
-            try:
-                lines = [str(x) for x in custom(res[name], n)]
-            except Exception as e:  # noqa: BLE001
-                log.warning("%s.examples failed: %s", name, e)
-        if not lines:
-            for item in _find_lists(res[name], keys)[:n]:
-                lines.append(_describe(item))
-        if lines:
-            out[name] = lines[:n]
+def _trigger_examples(res: Mapping[str, Any], n: int) -> list[str]:
+    out = []
+    facts = [f for f in res.get("facts", []) if isinstance(f, dict) and f.get("top")]
+    for f in _spread(facts, n):
+        top, bottom = f["top"][0], (f.get("bottom") or [None])[0]
+        line = (f"{f.get('subject')} --{f.get('relation')}--> {f.get('object')} "
+                f"({len(f.get('neurons', []))} neurons): most activating "
+                f"\"{top.get('prompt')}\" ({top.get('type')}, {_fmt(top.get('score'))})")
+        if bottom:
+            line += (f"; least activating \"{bottom.get('prompt')}\" ({bottom.get('type')}, "
+                     f"{_fmt(bottom.get('score'))})")
+        out.append(line)
     return out
 
 
-def _describe(item: Any) -> str:
-    if isinstance(item, str):
-        return item
-    if isinstance(item, dict):
-        parts = [f"{k}: {_fmt(v) if not isinstance(v, (dict, list)) else json.dumps(v)[:120]}"
-                 for k, v in item.items()]
-        return "; ".join(parts)[:400]
-    return json.dumps(item)[:400]
+def _update_examples(res: Mapping[str, Any], n: int) -> list[str]:
+    out = []
+    facts = [f for f in res.get("facts", []) if isinstance(f, dict)]
+    for f in _spread(facts, n):
+        k = f.get("knowledge") or {}
+        line = (f"{f.get('subject')} ({f.get('relation')}): {f.get('old_answer')} -> "
+                f"{f.get('new_answer')} by editing {len(f.get('neurons', []))} neuron(s): "
+                f"success {_fmt(k.get('success_rate'))}, change {_fmt(k.get('change_rate'))}, "
+                f"Δ intra-ppl {_fmt(k.get('delta_intra_ppl'))}")
+        r = f.get("random")
+        if isinstance(r, dict):
+            line += f"; random neurons: success {_fmt(r.get('success_rate'))}"
+        out.append(line)
+    return out
+
+
+def examples(doc: Mapping[str, Any], n: int = 3) -> dict[str, list[str]]:
+    """A few activating prompts (trigger) and a few edits (update), as display lines, one fact
+    per relation first."""
+    out: dict[str, list[str]] = {}
+    res = doc.get("results", {})
+    for name, fn in (("trigger", _trigger_examples), ("update", _update_examples)):
+        if isinstance(res.get(name), dict):
+            try:
+                lines = fn(res[name], n)
+            except Exception as e:  # noqa: BLE001 - examples are decoration; never fail
+                log.warning("no %s examples: %s", name, e)
+                lines = []
+            if lines:
+                out[name] = lines
+    return out
 
 
 # ----------------------------------------------------------------------------------------------

@@ -116,8 +116,7 @@ def test_missing_data_folder(tmp_path, capsys):
 
 def test_data_folder_without_pararel(tmp_path, tiny_ckpt, capsys):
     (tmp_path / "empty").mkdir()
-    rc = cli.main(base_args(tiny_ckpt, tmp_path / "empty", tmp_path / "o")[:0] + [
-        "attribute", *base_args(tiny_ckpt, tmp_path / "empty", tmp_path / "o")])
+    rc = cli.main(["attribute", *base_args(tiny_ckpt, tmp_path / "empty", tmp_path / "o")])
     assert rc == 2
     _assert_clean_error(capsys, rc, "kn-lens: error:", "lama")
 
@@ -232,11 +231,11 @@ needs_neurons = pytest.mark.skipif(importlib.util.find_spec("kn_lens.neurons") i
 
 @needs_neurons
 def test_kill_and_resume_exactly_once(tmp_path, tiny_ckpt):
-    facts = write_facts(tmp_path / "facts.jsonl", per_relation=20)
-    n_total = 3 * 20
+    facts = write_facts(tmp_path / "facts.jsonl", per_relation=5)
+    n_total = 3 * 5
     out = tmp_path / "o"
     cmd = [sys.executable, "-m", "kn_lens", "attribute", "--model", str(tiny_ckpt), "--data",
-           str(facts), "--out", str(out), "--device", "cpu", "--steps", "20", "--no-progress"]
+           str(facts), "--out", str(out), "--device", "cpu", "--steps", "4", "--no-progress"]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
@@ -245,7 +244,7 @@ def test_kill_and_resume_exactly_once(tmp_path, tiny_ckpt):
     try:
         while time.monotonic() < deadline and proc.poll() is None:
             n = len(all_keys(out)) if (out / "attribution").is_dir() else 0
-            if n >= 3:
+            if n >= 2:
                 proc.send_signal(signal.SIGKILL)
                 killed_at = n
                 break
@@ -259,6 +258,10 @@ def test_kill_and_resume_exactly_once(tmp_path, tiny_ckpt):
     assert proc.returncode == -signal.SIGKILL
     before = all_keys(out)
     assert len(before) < n_total, "killed too late to test resume"
+    # Also leave a torn line behind, as a kill in the middle of a write would.
+    torn = out / "attribution" / "P106.jsonl"
+    with open(torn, "ab") as f:
+        f.write(b'{"key": "P106/4", "scores": {"ig": [')
     # Resume.
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -269,4 +272,127 @@ def test_kill_and_resume_exactly_once(tmp_path, tiny_ckpt):
     # Every stored line is a whole record.
     for f in relation_files(out / "attribution", "P19"):
         assert f.read_bytes().endswith(b"\n")
-    assert len(read_union(relation_files(out / "attribution", "P106"))) == 20
+    assert len(read_union(relation_files(out / "attribution", "P106"))) == 5
+
+
+# ---------------------------------------------------------------------------------------------
+# Every subcommand on the tiny model and tiny facts (in-process, real analyses)
+# ---------------------------------------------------------------------------------------------
+
+def write_web(folder: Path, facts_path: Path, relations=("P19", "P106")) -> Path:
+    """Bing-format web sentences for some relations of a facts file (same order as the facts)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    facts = [json.loads(line) for line in facts_path.read_text().splitlines() if line.strip()]
+    pairs = {}
+    for rel in relations:
+        fs = [f for f in facts if f["relation"] == rel]
+        pairs[rel] = [[f["subject"], f["object"]] for f in fs]
+        bags = [{"th_bags": [f"{f['subject']} was born in {f['object']} .",
+                             f"the {f['object']} of {f['subject']} is a city ."],
+                 "h_bags": [f"{f['subject']} is a doctor in London .",
+                            f"{f['subject']} speaks French and German ."]} for f in fs]
+        (folder / f"final_distant_allbags_{rel}_new.json").write_text(json.dumps(bags))
+    (folder / "query_pairs.json").write_text(json.dumps(pairs))
+    return folder
+
+
+needs_all = pytest.mark.skipif(
+    any(importlib.util.find_spec(m) is None for m in (
+        "kn_lens.neurons", "kn_lens.experiments.identification", "kn_lens.experiments.modify",
+        "kn_lens.experiments.distant", "kn_lens.experiments.trigger",
+        "kn_lens.experiments.update", "kn_lens.experiments.erase")),
+    reason="an analysis module is not installed yet")
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, tiny_ckpt):
+    """Run every step once, in order, as separate commands on one --out folder."""
+    root = tmp_path_factory.mktemp("pipeline")
+    facts = write_facts(root / "facts.jsonl", per_relation=3)
+    web = write_web(root / "web", facts)
+    out = root / "out"
+    rcs = {"attribute": cli.main(["attribute", *base_args(tiny_ckpt, facts, out, "--steps", "3",
+                                                          "--web", str(web))])}
+    # Later commands reuse the recorded options (model, data, web, steps).
+    for cmd in ("neurons", "modify", "distant", "trigger", "edit", "erase", "plot"):
+        extra = ["--lambda1", "1", "--lambda2", "8"] if cmd == "edit" else []
+        if cmd == "plot":
+            rcs[cmd] = cli.main(["plot", "--out", str(out), "-q"])
+        else:
+            rcs[cmd] = cli.main([cmd, "--out", str(out), "--device", "cpu", "--no-progress", "-q",
+                                 *extra])
+    return out, rcs
+
+
+@needs_all
+@pytest.mark.parametrize("command", ["attribute", "neurons", "modify", "distant", "trigger",
+                                     "edit", "erase", "plot"])
+def test_each_command_runs(pipeline, command):
+    out, rcs = pipeline
+    assert rcs[command] == 0
+    doc = json.loads((out / "results.json").read_text())
+    name = {"neurons": "identification", "edit": "update"}.get(command, command)
+    if command not in ("attribute", "plot"):
+        assert name in doc["results"]
+        assert doc["meta"]["timings"][name] >= 0
+    if command == "attribute":
+        assert sorted(all_keys(out)) == sorted(f"{r}/{i}" for r in RELATIONS for i in range(3))
+    if command == "neurons":
+        neurons = json.loads((out / "neurons.json").read_text())
+        assert set(neurons["neurons"]) == {"ours", "baseline"}
+        assert set(neurons["neurons"]["ours"]) == {f"{r}/{i}" for r in RELATIONS for i in range(3)}
+    if command == "trigger":
+        assert (out / "trigger_prompts.jsonl").is_file()
+    if command == "edit":
+        assert doc["results"]["update"]["lambda2"] == 8
+    if command == "plot":
+        assert (out / "report.md").is_file() and (out / "report.html").is_file()
+        assert list((out / "figures").glob("*.html"))
+
+
+@needs_all
+def test_pipeline_results_json_is_valid(pipeline):
+    from kn_lens.report import validate_results
+
+    out, _ = pipeline
+    doc = json.loads((out / "results.json").read_text())
+    assert validate_results(doc) == []
+    assert doc["meta"]["model"]["n_layers"] == 2
+    assert doc["meta"]["data"]["n_facts"] == 9
+    assert set(doc["results"]) >= {"identification", "modify", "distant", "trigger", "update",
+                                   "erase"}
+    md = (out / "report.md").read_text()
+    assert "Paper vs this run" in md and "4.13" in md  # the paper's neurons per fact
+
+
+@needs_all
+def test_reproduce_runs_everything(tmp_path, tiny_ckpt):
+    facts = write_facts(tmp_path / "facts.jsonl", per_relation=2)
+    web = write_web(tmp_path / "web", facts)
+    out = tmp_path / "out"
+    rc = cli.main(["reproduce", *base_args(tiny_ckpt, facts, out, "--steps", "2", "--web",
+                                           str(web), "--skip", "erase")])
+    assert rc == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert set(doc["results"]) == {"identification", "modify", "distant", "trigger", "update"}
+    assert "reproduce" in doc["meta"]["timings"]
+    html = (out / "report.html").read_text()
+    assert html.count("window.PlotlyConfig") == 1  # plotly.js embedded once
+    # Rerunning resumes: attribution is not recomputed.
+    before = (out / "attribution" / "P19.jsonl").read_bytes()
+    assert cli.main(["reproduce", "--out", str(out), "--no-progress", "-q", "--skip", "erase",
+                     "--skip", "distant", "--skip", "trigger", "--skip", "edit",
+                     "--skip", "modify"]) == 0
+    assert (out / "attribution" / "P19.jsonl").read_bytes() == before
+
+
+def test_distant_without_web_on_user_data(tmp_path, tiny_ckpt, facts, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "SCORE_FN", fake_score)
+    out = tmp_path / "o"
+    (out).mkdir()
+    (out / "neurons.json").write_text(json.dumps({
+        "schema": "kn_lens.neurons", "schema_version": 1,
+        "neurons": {"ours": {"P19/0": [[1, 2]]}, "baseline": {}}, "relations": {}}))
+    rc = cli.main(["distant", *base_args(tiny_ckpt, facts, out)])
+    assert rc == 2
+    _assert_clean_error(capsys, rc, "--web")
