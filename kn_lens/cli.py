@@ -33,8 +33,9 @@ order: relations in load order, facts in index order) is scored by shard ``K`` w
 ``i % N == K - 1``. Shards write disjoint files and can run as independent processes; the other
 commands read the union.
 
-Exit status: 0 success, 2 bad arguments or input (``kn-lens: error: ...`` on stderr, no
-traceback), 3 an analysis whose module is not installed, 130 interrupted.
+Exit status: 0 success; 1 ``reproduce`` finished but some analyses failed (the others are
+saved and reported); 2 bad arguments or input (``kn-lens: error: ...`` on stderr, no
+traceback); 3 an analysis whose module is not installed; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -92,6 +93,10 @@ class CliError(ValueError):
 
 class NotAvailable(RuntimeError):
     """An analysis whose module is missing from this installation (exit status 3)."""
+
+
+class StepsFailed(RuntimeError):
+    """``reproduce`` finished, but some analyses failed (exit status 1)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -935,18 +940,30 @@ def cmd_step(args: argparse.Namespace) -> int:
     run = Run.from_args(args)
     run.out.mkdir(parents=True, exist_ok=True)
     run.record_options()
+    failed: list[str] = []
     if args.command == "reproduce":
         t0 = time.perf_counter()
         for step in STEPS:
             if step in getattr(args, "skip", []):
                 log.info("skipping %s (--skip)", step)
                 continue
-            run_step(run, step)
+            if step in ("attribute", "neurons"):  # everything else depends on these
+                run_step(run, step)
+                continue
+            try:
+                run_step(run, step)
+            except (NotAvailable, CliError, ValueError) as e:
+                # One analysis failing must not lose the others: report it and go on.
+                log.error("%s failed: %s", step, e)
+                failed.append(f"{step} ({e})")
         run.save_result("reproduce", None, time.perf_counter() - t0)
     else:
         run_step(run, args.command)
     if args.command != "attribute":
         write_outputs(run.out)
+    if failed:
+        raise StepsFailed("some analyses did not run: " + "; ".join(failed)
+                          + f". The others are in {run.out / 'results.json'}")
     return 0
 
 
@@ -994,7 +1011,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # --help, --version, or a usage error (already printed)
         return int(e.code or 0) if not isinstance(e.code, str) else 2
     args.argv = argv
+    logger = logging.getLogger("kn_lens")
+    saved = (logger.level, logger.propagate, list(logger.handlers))
     setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False))
+    try:
+        return _dispatch(args)
+    finally:  # leave logging as we found it (main() may be called in-process)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+        logger.handlers[:] = saved[2]
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         from kn_lens.model import ModelLoadError
 
@@ -1010,6 +1038,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NotAvailable as e:
         _error(str(e))
         return 3
+    except StepsFailed as e:
+        _error(str(e))
+        return 1
     except user_errors as e:
         _error(str(e) or type(e).__name__)
         return 2

@@ -396,3 +396,37 @@ def test_distant_without_web_on_user_data(tmp_path, tiny_ckpt, facts, capsys, mo
     rc = cli.main(["distant", *base_args(tiny_ckpt, facts, out)])
     assert rc == 2
     _assert_clean_error(capsys, rc, "--web")
+
+
+@needs_all
+def test_missing_analysis_is_not_available(pipeline, monkeypatch, capsys):
+    out, _ = pipeline
+    monkeypatch.setitem(sys.modules, "kn_lens.experiments.erase", None)
+    rc = cli.main(["erase", "--out", str(out), "--no-progress", "-q"])
+    assert rc == 3
+    _assert_clean_error(capsys, rc, "not available", "kn_lens.experiments.erase")
+    # reproduce carries on without it, reports it, and exits non-zero.
+    rc = cli.main(["reproduce", "--out", str(out), "--no-progress", "-q", "--skip", "distant",
+                   "--skip", "trigger", "--skip", "edit", "--skip", "modify"])
+    assert rc == 1
+    _assert_clean_error(capsys, rc, "erase", "not available")
+    assert (out / "report.md").is_file()
+
+
+def test_pararel_data_unknown_relation(shared_data, tmp_path, tiny_ckpt, capsys):
+    rc = cli.main(["attribute", *base_args(tiny_ckpt, shared_data, tmp_path / "o", "--relations",
+                                           "P19,P999")])
+    _assert_clean_error(capsys, rc, "P999")
+    assert rc == 2
+
+
+def test_pararel_data_attribute_with_shards(shared_data, tmp_path, tiny_ckpt, monkeypatch):
+    monkeypatch.setattr(cli, "SCORE_FN", fake_score)
+    out = tmp_path / "o"
+    for k in (1, 2):
+        assert cli.main(["attribute", *base_args(tiny_ckpt, shared_data, out, "--relations",
+                                                 "P19", "--max-bags", "4", "--shard",
+                                                 f"{k}/2")]) == 0
+    keys = all_keys(out)
+    assert len(keys) == len(set(keys)) and 0 < len(keys) <= 4
+    assert all(k.startswith("P19/") for k in keys)
