@@ -645,21 +645,25 @@ def attribution_dir(out: Path) -> Path:
     return out / "attribution"
 
 
-def _check_attribution_meta(run: Run) -> None:
-    """Refuse to mix scores computed with another model, data or number of steps."""
+def _check_attribution_meta(run: Run, *, write: bool = True,
+                            keys: Sequence[str] = ATTRIBUTION_KEYS) -> None:
+    """Refuse to mix (or read) scores computed with another model, data or number of steps."""
     from kn_lens.results import write_json_atomic
 
     path = attribution_dir(run.out) / "meta.json"
     mine = {k: run.opts[k] for k in ATTRIBUTION_KEYS}
     if path.is_file():
-        theirs = json.loads(path.read_text()).get("options", {})
-        diff = [k for k in ATTRIBUTION_KEYS if k in theirs and theirs[k] != mine[k]]
+        try:
+            theirs = json.loads(path.read_text()).get("options", {})
+        except (json.JSONDecodeError, AttributeError):
+            raise CliError(f"{path} is unreadable; remove it if the scores are right") from None
+        diff = [k for k in keys if k in theirs and theirs[k] != mine[k]]
         if diff:
             raise CliError(
                 f"{path.parent} holds scores computed with "
                 + ", ".join(f"--{k.replace('_', '-')} {theirs[k]}" for k in diff)
                 + "; use the same options or another --out")
-    else:
+    elif write:
         write_json_atomic(path, {"options": mine, "created": _now()})
 
 
@@ -720,6 +724,7 @@ def step_attribute(run: Run) -> dict[str, Any]:
 
 def read_scores(run: Run) -> dict[str, list[dict[str, Any]]]:
     """Stored attribution records of the selected facts, by relation (union of all shards)."""
+    _check_attribution_meta(run, write=False, keys=[k for k in ATTRIBUTION_KEYS if k != "steps"])
     adir = attribution_dir(run.out)
     out: dict[str, list[dict[str, Any]]] = {}
     missing: dict[str, int] = {}

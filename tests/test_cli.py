@@ -430,3 +430,15 @@ def test_pararel_data_attribute_with_shards(shared_data, tmp_path, tiny_ckpt, mo
     keys = all_keys(out)
     assert len(keys) == len(set(keys)) and 0 < len(keys) <= 4
     assert all(k.startswith("P19/") for k in keys)
+
+
+def test_later_steps_refuse_scores_of_another_model(tmp_path, tiny_ckpt, facts, monkeypatch,
+                                                    capsys):
+    monkeypatch.setattr(cli, "SCORE_FN", fake_score)
+    out = tmp_path / "o"
+    assert cli.main(["attribute", *base_args(tiny_ckpt, facts, out)]) == 0
+    other = tmp_path / "other_ckpt"
+    other.mkdir()
+    rc = cli.main(["neurons", "--model", str(other), "--out", str(out), "-q"])
+    assert rc == 2
+    _assert_clean_error(capsys, rc, "--model", str(tiny_ckpt))
