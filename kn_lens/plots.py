@@ -163,3 +163,24 @@ def modify_figure(result: dict[str, Any]) -> go.Figure:
                       title="Suppressing and amplifying knowledge neurons")
     fig.update_yaxes(title_text="% change of correct-answer probability", row=1, col=1)
     return fig
+
+
+def trigger_figure(result: dict[str, Any]) -> go.Figure:
+    """Share of T1 prompts (head and tail, tail masked) among each fact's top-k and bottom-k
+    activating web prompts, from a ``TriggerResult.to_dict()``; bars also give the mean score."""
+    facts = [f for f in result.get("facts", []) if isinstance(f, dict)]
+    fig = go.Figure()
+    xs, shares, means = [], [], []
+    for end in ("top", "bottom"):
+        items = [p for f in facts for p in (f.get(end) or [])]
+        xs.append(f"{end} {result.get('k', '')} prompts")
+        shares.append(sum(p.get("type") == "T1" for p in items) / len(items) if items else None)
+        scores = [p["score"] for p in items if p.get("score") is not None]
+        means.append(sum(scores) / len(scores) if scores else None)
+    fig.add_bar(x=xs, y=shares, marker_color=OURS_COLOR, name="share of T1 prompts",
+                text=[f"mean score {m:.3g}" if m is not None else "" for m in means],
+                textposition="outside")
+    fig.update_layout(title=f"Most and least activating web prompts ({len(facts)} facts)",
+                      yaxis_title="share of T1 (head + tail) prompts", yaxis_range=[0, 1.15],
+                      template="plotly_white", showlegend=False)
+    return fig

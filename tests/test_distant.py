@@ -123,6 +123,11 @@ def test_activating_prompts_rank_and_jsonl(tiny_model, tmp_path):
     assert lines[0]["top"][0]["prompt"].count("[MASK]") == 1
     with pytest.raises(ValueError):
         activating_prompts(tiny_model, wf, NEURONS, types=("T4",))
+    from kn_lens.plots import trigger_figure
+
+    fig = trigger_figure(res.to_dict())
+    assert list(fig.data[0].y) == [pytest.approx(res.top_t1_share),
+                                   pytest.approx(res.bottom_t1_share)]
 
 
 # --- the default model ------------------------------------------------------------------------
