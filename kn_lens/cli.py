@@ -163,6 +163,9 @@ def _common(parser: argparse.ArgumentParser, *, shard: bool = False, web: bool =
                    help="rows per forward/backward pass" + rec % RECORDED_DEFAULTS["batch_size"])
     g.add_argument("--device", metavar="DEV",
                    help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
+    g.add_argument("--threads", type=_positive_int, metavar="N",
+                   help="CPU threads for torch (default: torch's choice, about one per core; "
+                        "use 1 on a machine shared with other jobs)")
     g.add_argument("--seed", type=int, metavar="S",
                    help="random seed of sampling and of the analyses"
                         + rec % RECORDED_DEFAULTS["seed"])
@@ -362,6 +365,10 @@ class Run:
                 and opts["data"] == "default" and "max_bags" not in recorded:
             opts["max_bags"] = REPRODUCE_DEFAULT_MAX_BAGS
         opts["device"] = getattr(args, "device", None)
+        if getattr(args, "threads", None):
+            import torch
+
+            torch.set_num_threads(int(args.threads))
         overrides = parse_overrides(getattr(args, "overrides", []))
         run = cls(args, out, opts, overrides)
         run._check_paths()
@@ -506,7 +513,8 @@ class Run:
                     [PROG, *(getattr(self.args, "argv", None) or [self.args.command])]),
                 "device": str(self._model.cfg.device) if self._model is not None else None}
 
-    def save_result(self, name: str, result: Any, seconds: float, paper: Any = None) -> Path:
+    def save_result(self, name: str, result: Any, seconds: float, paper: Any = None,
+                    cpu_seconds: float | None = None) -> Path:
         """Merge one analysis' result into DIR/results.json (under a lock: shards may race)."""
         from kn_lens.results import to_jsonable, write_json_atomic
 
@@ -520,6 +528,8 @@ class Run:
             meta.setdefault("created", _now())
             meta["updated"] = _now()
             meta.setdefault("timings", {})[name] = round(float(seconds), 3)
+            if cpu_seconds is not None:
+                meta.setdefault("cpu_seconds", {})[name] = round(float(cpu_seconds), 3)
             if result is not None:
                 d = result.to_dict() if hasattr(result, "to_dict") else to_jsonable(result)
                 doc["results"][name] = d
@@ -905,18 +915,20 @@ STEP_FUNCS: dict[str, Callable[[Run], Any]] = {
 
 def run_step(run: Run, command: str) -> Any:
     """Run one step, store its result in DIR/results.json and return it."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     log.info("== %s ==", command)
     if command == "attribute":
         summary = step_attribute(run)
-        run.save_result("attribute", None, time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        run.save_result("attribute", None, seconds, cpu_seconds=time.process_time() - c0)
+        log.info("attribute done in %.1fs", seconds)
         return summary
     name, module = ANALYSES[command]
     result = STEP_FUNCS[command](run)
     paper = getattr(sys.modules.get(f"kn_lens.experiments.{module}"), "PAPER", None)
     seconds = time.perf_counter() - t0
     run.timings[command] = seconds
-    run.save_result(name, result, seconds, paper=paper)
+    run.save_result(name, result, seconds, paper=paper, cpu_seconds=time.process_time() - c0)
     log.info("%s done in %.1fs", command, seconds)
     return result
 
@@ -947,7 +959,7 @@ def cmd_step(args: argparse.Namespace) -> int:
     run.record_options()
     failed: list[str] = []
     if args.command == "reproduce":
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for step in STEPS:
             if step in getattr(args, "skip", []):
                 log.info("skipping %s (--skip)", step)
@@ -961,7 +973,8 @@ def cmd_step(args: argparse.Namespace) -> int:
                 # One analysis failing must not lose the others: report it and go on.
                 log.error("%s failed: %s", step, e)
                 failed.append(f"{step} ({e})")
-        run.save_result("reproduce", None, time.perf_counter() - t0)
+        run.save_result("reproduce", None, time.perf_counter() - t0,
+                        cpu_seconds=time.process_time() - c0)
     else:
         run_step(run, args.command)
     if args.command != "attribute":

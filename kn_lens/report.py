@@ -9,7 +9,8 @@
         "data":     {"data": str, "relations": [str] | null, "max_bags": int | null,
                      "n_facts": int, "facts_per_relation": {relation: int}, ...},
         "config":   {PaperConfig field: value},       # kn_lens.config.PaperConfig.to_dict()
-        "timings":  {step: seconds},
+        "timings":  {step: wall seconds},
+        "cpu_seconds": {step: CPU seconds of the process},   # optional
         "versions": {"kn_lens": str, "torch": str, "python": str, ...},
         "created": ISO time, "updated": ISO time, "command": str
       },
@@ -473,10 +474,10 @@ def _meta_lines(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
         changed = {}
     rows.append(("Config", "the paper's defaults" + (
         "; changed: " + ", ".join(f"{k}={v}" for k, v in changed.items()) if changed else "")))
-    t = meta.get("timings", {})
-    if t:
-        rows.append(("Timings", ", ".join(f"{k} {v:.1f}s" for k, v in t.items()
-                                          if _is_num(v))))
+    for key, label in (("timings", "Wall time"), ("cpu_seconds", "CPU time (this process)")):
+        t = meta.get(key, {})
+        if isinstance(t, dict) and t:
+            rows.append((label, ", ".join(f"{k} {v:.1f}s" for k, v in t.items() if _is_num(v))))
     v = meta.get("versions", {})
     if v:
         rows.append(("Versions", ", ".join(f"{k} {x}" for k, x in v.items())))
