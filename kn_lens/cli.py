@@ -475,6 +475,7 @@ class Run:
                 raise CliError("no facts left to analyse (check --data, --relations and that "
                                "answers are single tokens of the model's vocabulary)")
             self._bags = bags
+            self.record_options()  # only options that selected facts are reused later
             rels = list(dict.fromkeys(b.relation for b in bags))
             log.info("%d facts from %d relation(s): %s", len(bags), len(rels),
                      ", ".join(rels) if len(rels) <= 12 else ", ".join(rels[:12]) + ", ...")
@@ -695,9 +696,10 @@ def step_attribute(run: Run) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     shard: Shard = getattr(run.args, "shard", Shard())
+    _check_attribution_meta(run, write=False)
+    mine = shard.select(run.bags)
     _check_attribution_meta(run)
     adir = attribution_dir(run.out)
-    mine = shard.select(run.bags)
     by_rel: dict[str, list[Any]] = {}
     for b in mine:
         by_rel.setdefault(b.relation, []).append(b)
@@ -956,7 +958,6 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_step(args: argparse.Namespace) -> int:
     run = Run.from_args(args)
     run.out.mkdir(parents=True, exist_ok=True)
-    run.record_options()
     failed: list[str] = []
     if args.command == "reproduce":
         t0, c0 = time.perf_counter(), time.process_time()

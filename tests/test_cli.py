@@ -126,6 +126,7 @@ def test_unknown_relation(tmp_path, tiny_ckpt, facts, capsys):
                                            "P19,P999")])
     assert rc == 2
     _assert_clean_error(capsys, rc, "P999", "P19")
+    assert not (tmp_path / "o" / "run.json").exists()  # bad options are not recorded for reuse
 
 
 def test_unknown_model_offline(tmp_path, facts, capsys):
