@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from kn_lens.store import (JsonlStore, Shard, StoreError, read_union, relation_files, safe_name,
+                           write_json_atomic,
                            stored_keys)
 
 log = logging.getLogger("kn_lens.cli")
@@ -487,8 +488,6 @@ class Run:
 
     # ---- recorded options --------------------------------------------------------------------
     def record_options(self) -> None:
-        from kn_lens.results import write_json_atomic
-
         write_json_atomic(self.out / "run.json", {
             "options": {k: self.opts[k] for k in RECORDED_DEFAULTS},
             "command": self.args.command, "argv": getattr(self.args, "argv", None),
@@ -517,7 +516,7 @@ class Run:
     def save_result(self, name: str, result: Any, seconds: float, paper: Any = None,
                     cpu_seconds: float | None = None) -> Path:
         """Merge one analysis' result into DIR/results.json (under a lock: shards may race)."""
-        from kn_lens.results import to_jsonable, write_json_atomic
+        from kn_lens.results import to_jsonable
 
         path = self.out / "results.json"
         with _locked(self.out / ".results.lock"):
@@ -607,7 +606,7 @@ def save_neurons(path: Path, neurons: dict[str, dict[str, Any]], relations: dict
          "neurons": {"ours": {bag key: [[layer, index], ...]}, "baseline": {...}},
          "relations": {relation: {"ours": {"p": ..., "rounds": ..., "converged": ...}, ...}}}
     """
-    from kn_lens.results import to_jsonable, write_json_atomic
+    from kn_lens.results import to_jsonable
 
     write_json_atomic(path, {"schema": NEURONS_SCHEMA, "schema_version": 1,
                              "neurons": to_jsonable(neurons), "relations": to_jsonable(relations)})
@@ -659,8 +658,6 @@ def attribution_dir(out: Path) -> Path:
 def _check_attribution_meta(run: Run, *, write: bool = True,
                             keys: Sequence[str] = ATTRIBUTION_KEYS) -> None:
     """Refuse to mix (or read) scores computed with another model, data or number of steps."""
-    from kn_lens.results import write_json_atomic
-
     path = attribution_dir(run.out) / "meta.json"
     mine = {k: run.opts[k] for k in ATTRIBUTION_KEYS}
     if path.is_file():

@@ -22,6 +22,7 @@ with it. Relation ids that are not plain file names are made safe by :func:`safe
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "Shard", "JsonlStore", "StoreError", "safe_name", "relation_files", "repair_jsonl",
-    "read_jsonl", "read_union", "stored_keys",
+    "read_jsonl", "read_union", "stored_keys", "write_json_atomic",
 ]
 
 
@@ -279,3 +280,28 @@ class JsonlStore:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return iter(read_jsonl(self.path))
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """Write JSON to ``path`` through a uniquely named temporary file and an atomic rename.
+
+    Safe when several processes (shards) write the same file at once: each writes its own
+    temporary file, and the last rename wins with a whole file.
+    """
+    import tempfile
+
+    from kn_lens.results import to_jsonable
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(to_jsonable(data), f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
