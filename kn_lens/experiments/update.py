@@ -69,7 +69,7 @@ PAPER: dict[str, float] = {
 # --------------------------------------------------------------------------------------------
 
 @dataclass
-class PromptScores:
+class MaskScores:
     """Per-prompt reads at ``[MASK]``.
 
     Attributes:
@@ -93,7 +93,7 @@ def score_prompts(
     *,
     batch_size: int = 64,
     chunk: int = 1024,
-) -> PromptScores:
+) -> MaskScores:
     """Top-1, gold log-prob and (optionally) a target's log-prob and rank, for each prompt.
 
     Reads the model through :func:`kn_lens.prompts.mask_logits`, ``chunk`` prompts at a time so
@@ -114,7 +114,7 @@ def score_prompts(
             tl = logits.gather(-1, t)
             tlp.append(logp.gather(-1, t)[:, 0])
             trk.append((logits > tl).sum(-1))
-    return PromptScores(
+    return MaskScores(
         torch.cat(top1), torch.cat(glp),
         torch.cat(tlp) if target is not None else None,
         torch.cat(trk) if target is not None else None,
@@ -312,7 +312,7 @@ def _summarise(facts: Sequence[FactUpdate]) -> dict[str, dict[str, float]]:
     return out
 
 
-def _edit_metrics(before: PromptScores, after: PromptScores, n_fact: int, n_intra: int,
+def _edit_metrics(before: MaskScores, after: MaskScores, n_fact: int, n_intra: int,
                   old_id: int, new_id: int, intra_before: float, inter_before: float
                   ) -> EditMetrics:
     f = slice(0, n_fact)
