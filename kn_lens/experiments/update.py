@@ -226,6 +226,7 @@ class EditMetrics:
         rank_gain: mean over prompts of rank(new) before - after (0 = top-1; positive = better).
         intra_ppl_after / inter_ppl_after: perplexities after the edit.
         delta_intra_ppl / delta_inter_ppl: after - before.
+        intra_ppl_change / inter_ppl_change: after / before - 1 (relative change).
     """
 
     success_rate: float
@@ -236,6 +237,8 @@ class EditMetrics:
     inter_ppl_after: float
     delta_intra_ppl: float
     delta_inter_ppl: float
+    intra_ppl_change: float
+    inter_ppl_change: float
 
 
 @dataclass
@@ -261,7 +264,7 @@ class FactUpdate:
 
 
 METRICS = ("success_rate", "change_rate", "prob_gain", "rank_gain", "delta_intra_ppl",
-           "delta_inter_ppl")
+           "delta_inter_ppl", "intra_ppl_change", "inter_ppl_change")
 
 
 @dataclass
@@ -271,7 +274,9 @@ class UpdateResult(Result):
     Attributes:
         summary: ``{"knowledge": {metric: mean over facts}, "random": {...}}`` with the metrics of
             :class:`EditMetrics` (``success_rate``, ``change_rate``, ``prob_gain``, ``rank_gain``,
-            ``delta_intra_ppl``, ``delta_inter_ppl``), plus ``n_facts``.
+            ``delta_intra_ppl``, ``delta_inter_ppl``, ``intra_ppl_change``, ``inter_ppl_change``),
+            plus ``n_facts``; NaNs (e.g. no correctly answered prompt for the change rate) are
+            left out of the means.
         per_relation: the same, per relation.
         facts: one :class:`FactUpdate` per edited fact.
         skipped: ``{"key", "reason"}`` for candidate facts that were not edited.
@@ -327,7 +332,8 @@ def _edit_metrics(before: MaskScores, after: MaskScores, n_fact: int, n_intra: i
     intra_a = perplexity(after.gold_logp[n_fact:n_fact + n_intra])
     inter_a = perplexity(after.gold_logp[n_fact + n_intra:])
     return EditMetrics(success, change, prob_gain, rank_gain, intra_a, inter_a,
-                       intra_a - intra_before, inter_a - inter_before)
+                       intra_a - intra_before, inter_a - inter_before,
+                       intra_a / intra_before - 1, inter_a / inter_before - 1)
 
 
 def _rng(seed: int, *parts: str) -> random.Random:
