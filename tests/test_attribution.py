@@ -220,3 +220,10 @@ def test_caller_hooks_still_apply(tiny_model):
     with tiny_model.hooks(fwd_hooks=[("blocks.0.hook_attn_out", zero)]):
         hooked = attribute(tiny_model, PROMPTS[:1], TARGET, steps=3)
     assert not torch.allclose(plain, hooked)
+
+
+def test_works_inside_no_grad(tiny_model):
+    plain = attribute(tiny_model, PROMPTS[:2], TARGET, steps=3)
+    with torch.no_grad():
+        inside = attribute(tiny_model, PROMPTS[:2], TARGET, steps=3)
+    torch.testing.assert_close(inside, plain, rtol=0, atol=0)
