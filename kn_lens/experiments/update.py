@@ -393,7 +393,6 @@ def update_experiment(
         except ValueError:
             continue
         usable.append(b)
-    by_key = {b.key: b for b in usable}
     by_rel: dict[str, list[FactBag]] = defaultdict(list)
     for b in usable:
         by_rel[b.relation].append(b)
