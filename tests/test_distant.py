@@ -138,6 +138,11 @@ needs_default = pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "config.json").is_fi
 
 @needs_default
 def test_default_model_t1_exceeds_t3():
+    """On the default model, knowledge neurons fire on T1 and not on T2/T3.
+
+    Measured (4 facts, steps=10): T1 1.306, T2 -0.010, T3 -0.023; every fact's T1 exceeds its T3
+    by at least 0.33. The asserted margins leave room for numerical and retraining noise.
+    """
     from kn_lens import load_model
     from kn_lens.config import PaperConfig
     from kn_lens.data import default_facts
@@ -146,24 +151,19 @@ def test_default_model_t1_exceeds_t3():
 
     model = load_model("default", device="cpu")
     wf = default_web_facts()
-    cfg = PaperConfig(steps=20)
-    neurons = {}
-    seen: dict[str, int] = {}
-    for bag in default_facts():  # two facts per relation, cheap
-        if seen.get(bag.relation, 0) >= 2 or bag.relation not in wf:
-            continue
-        ns = find_knowledge_neurons(model, bag, config=cfg)
-        if ns:
-            neurons[bag.key] = ns
-            seen[bag.relation] = seen.get(bag.relation, 0) + 1
-        if len(neurons) >= 6:
-            break
+    cfg = PaperConfig(steps=10)
+    bags = {b.key: b for b in default_facts()}
+    keys = [k for k in ("W01/0", "W03/0", "W05/0", "W07/0") if k in bags]
+    neurons = {k: find_knowledge_neurons(model, bags[k], config=cfg) for k in keys}
+    neurons = {k: v for k, v in neurons.items() if v}
     assert len(neurons) >= 3
-    res = distant_activation(model, wf, neurons, config=cfg)
-    assert res.overall.n_facts >= 3
+    res = distant_activation(model, wf, neurons, bags=list(bags.values()), config=cfg)
+    assert res.overall.n_facts == len(neurons)
     ours = res.overall.ours
     assert ours["T1"] > ours["T3"] + MARGIN_T1_T3
-    assert ours["T1"] > ours["T2"]
+    assert ours["T1"] > ours["T2"] + MARGIN_T1_T3
+    assert abs(ours["T3"]) < 0.2 and abs(ours["T2"]) < 0.2
+    assert sum(f.ours["T1"] > f.ours["T3"] for f in res.facts) >= len(res.facts) - 1
 
 
-MARGIN_T1_T3 = 0.1
+MARGIN_T1_T3 = 0.5  # measured difference: 1.33
