@@ -1,0 +1,640 @@
+"""Training the default model: WordPiece tokenizer and a small BERT masked LM on the fact world.
+
+:func:`train_default_model` builds the world (:mod:`kn_lens.world`), trains a cased WordPiece
+vocabulary on its text with Hugging Face ``tokenizers``, then trains a ``BertForMaskedLM`` from
+scratch with ordinary MLM masking plus extra masking of the object positions of fact sentences.
+
+It is meant to behave like a pretrained LM, not a lookup table: facts are mentioned with
+Zipf-like frequencies, and training stops early, once top-1 accuracy on (a sample of) the training
+prompts passes ``stop_acc``, so the model's confidence stays spread (mean gold probability well
+below 1) and interventions on neurons move it visibly.
+
+The output folder holds ``config.json``, ``model.safetensors``, ``vocab.txt``,
+``tokenizer_config.json``, ``train_report.json`` and a model card ``README.md``: exactly what
+:func:`kn_lens.load_model` reads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from kn_lens.data import MASK
+from kn_lens.world import World, build_world, greedy_wordpiece, training_text
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Model shape and training schedule of the default model.
+
+    ``stop_acc``: stop as soon as top-1 accuracy on ``eval_prompts`` sampled training prompts
+    (checked every ``eval_every`` steps) reaches it. ``p_object_mask``: chance that a fact
+    sentence's object is masked (on top of the ordinary ``mlm_prob`` masking). ``mix``: shares of
+    template sentences, web sentences and filler in a batch.
+    """
+
+    seed: int = 0
+    n_layers: int = 4
+    d_model: int = 256
+    n_heads: int = 4
+    d_mlp: int = 1024
+    max_len: int = 128
+    dropout: float = 0.0
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    max_steps: int = 20000
+    max_minutes: float = 35.0
+    eval_every: int = 200
+    eval_prompts: int = 800
+    stop_acc: float = 0.88
+    mlm_prob: float = 0.15
+    p_object_mask: float = 1.0
+    extra_object_weight: float = 0.3
+    mix: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    threads: int | None = 1
+    focus_share: float = 0.1
+    focus_steps: int = 400
+
+    def replace(self, **kw: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **kw)
+
+
+@dataclass
+class TrainReport:
+    """What a training run did and how the model scored (also written as ``train_report.json``)."""
+
+    config: dict[str, Any]
+    world: dict[str, Any]
+    steps: int
+    seconds: float  # wall clock, tokenizer + training (not the final evaluation)
+    stopped_early: bool
+    loss_history: list[tuple[int, float]]
+    eval_history: list[tuple[int, float, float]]  # (step, sampled train acc, mean gold p)
+    train_acc: float = math.nan
+    held_out_acc: float = math.nan
+    mean_gold_p: float = math.nan
+    held_out_mean_gold_p: float = math.nan
+    filler_mlm_loss: float = math.nan
+    vocab_size: int = 0
+    n_params: int = 0
+    per_relation: dict[str, dict[str, float]] = field(default_factory=dict)
+    cpu_seconds: float = math.nan  # CPU time of this process over the same span
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def summary_line(self) -> str:
+        return (f"steps {self.steps} ({self.seconds / 60:.1f} min, early stop {self.stopped_early}); "
+                f"train acc {self.train_acc:.3f}, held-out acc {self.held_out_acc:.3f}, "
+                f"mean gold p {self.mean_gold_p:.3f}, filler MLM loss {self.filler_mlm_loss:.3f}")
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenizer
+# --------------------------------------------------------------------------------------------
+
+
+def build_tokenizer(world: World, out_dir: str | Path, *, vocab_size: int = 4000) -> Any:
+    """Train a cased WordPiece vocabulary on the world's text and save it to ``out_dir``.
+
+    The vocabulary is trained (``tokenizers.WordPieceTrainer``) on the training text with the
+    invented subject names taken out; the name pieces (``Zor``, ``##vik``, ...) are then added as
+    the world's morphology, so every subject splits into its 2-3 pieces. Every object must come
+    out as a single token (``ValueError`` naming it otherwise).
+
+    Returns:
+        A ``transformers.BertTokenizer`` read back from ``out_dir`` (``vocab.txt`` and
+        ``tokenizer_config.json``, ``do_lower_case=False``).
+    """
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import BertTokenizer
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    subjects = set(world.subject_pieces)
+    word = re.compile(r"[A-Z][a-z]+")
+    texts = [word.sub(lambda m: "" if m.group() in subjects else m.group(), s)
+             for s in training_text(world)]
+    texts.extend(world.objects)
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                                strip_accents=False, lowercase=False)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=1,
+                                        special_tokens=list(SPECIAL_TOKENS),
+                                        continuing_subword_prefix="##", show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
+    words = [w for w, _ in vocab]
+    if words[: len(SPECIAL_TOKENS)] != list(SPECIAL_TOKENS):
+        raise RuntimeError(f"unexpected special-token order in trained vocab: {words[:5]}")
+    have = set(words)
+    for pieces in world.subject_pieces.values():
+        for p in pieces:
+            if p not in have:
+                words.append(p)
+                have.add(p)
+    # Word pieces the trainer merged from other words (e.g. "##saw" of "Warsaw") can capture a
+    # name's pieces under greedy longest-match; drop those (never whole words of the text).
+    text_words = {w for t in texts for w in re.findall(r"\w+", t)}
+    name_pieces = {p for pieces in world.subject_pieces.values() for p in pieces}
+    for _ in range(10):
+        bad: set[str] = set()
+        for s, pieces in world.subject_pieces.items():
+            got = greedy_wordpiece(s, have)
+            if list(got) != list(pieces):
+                bad |= {g for g in got if g not in name_pieces and len(g.lstrip("#")) > 1}
+        if not bad:
+            break
+        if bad & text_words:
+            raise ValueError(f"subject names collide with words of the text: {sorted(bad & text_words)}")
+        words = [w for w in words if w not in bad]
+        have -= bad
+    for o in world.objects:  # normally already whole words; make sure
+        if o not in have:
+            words.append(o)
+            have.add(o)
+    (out_dir / "vocab.txt").write_text("\n".join(words) + "\n", encoding="utf-8")
+    (out_dir / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "BertTokenizer", "do_lower_case": False, "strip_accents": False,
+        "tokenize_chinese_chars": True, "model_max_length": 128, "unk_token": "[UNK]",
+        "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]",
+    }, indent=2) + "\n")
+    bert_tok = BertTokenizer.from_pretrained(str(out_dir))
+    check_vocabulary(world, bert_tok)
+    return bert_tok
+
+
+def check_vocabulary(world: World, tokenizer: Any) -> None:
+    """``ValueError`` naming the first object that is not one token, or subject not 2-3 pieces."""
+    for o in world.objects:
+        ids = tokenizer(o, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1 or ids[0] == tokenizer.unk_token_id:
+            raise ValueError(f"object {o!r} is not a single token: "
+                             f"{tokenizer.convert_ids_to_tokens(ids)}")
+    for s in world.subject_pieces:
+        pieces = tokenizer.tokenize(s)
+        if not 2 <= len(pieces) <= 3 or tokenizer.unk_token in pieces:
+            raise ValueError(f"subject {s!r} splits into {pieces}, not 2-3 known pieces")
+
+
+# --------------------------------------------------------------------------------------------
+# Training examples
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Pool:
+    """Token-id sequences of one kind, their object positions and sampling weights."""
+
+    ids: list[list[int]] = field(default_factory=list)
+    obj_pos: list[list[int]] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+    subjects: list[str | None] = field(default_factory=list)
+
+    def add(self, ids: list[int], obj_pos: list[int], weight: float, subject: str | None) -> None:
+        self.ids.append(ids)
+        self.obj_pos.append(obj_pos)
+        self.weights.append(weight)
+        self.subjects.append(subject)
+
+
+def _encode(tokenizer: Any, sentences: Sequence[str], max_len: int) -> list[list[int]]:
+    enc = tokenizer(list(sentences), add_special_tokens=True, truncation=True,
+                    max_length=max_len)["input_ids"]
+    return [list(x) for x in enc]
+
+
+def build_pools(world: World, tokenizer: Any, config: TrainConfig) -> dict[str, _Pool]:
+    """The training sentences: ``"template"`` (training templates, plus N-M second objects),
+    ``"web"`` (the training part of each fact's T1 and T2 sentences) and ``"filler"``."""
+    pools = {"template": _Pool(), "web": _Pool(), "filler": _Pool()}
+    obj_id = {o: tokenizer.convert_tokens_to_ids(o) for o in world.objects}
+    for rel, extra in world.extra_objects.items():
+        for o in extra:
+            obj_id.setdefault(o, tokenizer.convert_tokens_to_ids(o))
+
+    def add(pool: _Pool, sentences: list[str], objs: list[str | None], weights: list[float],
+            subjects: list[str | None]):
+        for ids, o, w, s in zip(_encode(tokenizer, sentences, config.max_len), objs, weights,
+                                subjects):
+            pos = [i for i, t in enumerate(ids) if o is not None and t == obj_id[o]]
+            pool.add(ids, pos, w, s)
+
+    sents, objs, ws, subs = [], [], [], []
+    for bag, w in zip(world.bags, world.weights):
+        spec = world.relation(bag.relation)
+        k = len(spec.train_templates)
+        for p in bag.prompts:
+            sents.append(p.replace(MASK, bag.object))
+            objs.append(bag.object)
+            ws.append(w / k)
+            subs.append(bag.subject)
+        for o in world.extra_objects.get((bag.relation, bag.subject), ()):
+            for t in spec.train_templates:
+                sents.append(t.replace("[X]", bag.subject).replace("[Y]", o))
+                objs.append(o)
+                ws.append(w * config.extra_object_weight / k)
+                subs.append(bag.subject)
+    add(pools["template"], sents, objs, ws, subs)
+    sents, objs, ws, subs = [], [], [], []
+    n = world.n_train_web
+    for bag, w in zip(world.bags, world.weights):
+        d = world.web[bag.relation][bag.index]
+        for s in d["th_bags"][:n]:
+            sents.append(s)
+            objs.append(bag.object)
+            ws.append(w / max(1, n))
+            subs.append(bag.subject)
+        for s in d["h_bags"][:n]:
+            sents.append(s)
+            objs.append(None)
+            ws.append(w / max(1, n))
+            subs.append(bag.subject)
+    add(pools["web"], sents, objs, ws, subs)
+    nf = len(world.filler)
+    add(pools["filler"], list(world.filler), [None] * nf, [1.0] * nf, [None] * nf)
+    return pools
+
+
+class _Sampler:
+    """Draws masked MLM batches from the pools (deterministic for a seed)."""
+
+    def __init__(self, pools: dict[str, _Pool], tokenizer: Any, config: TrainConfig) -> None:
+        self.pools = [p for p in pools.values()]
+        self.mix = list(config.mix)
+        self.cum = [list(_cumsum(p.weights)) for p in self.pools]
+        self.rng = random.Random(config.seed + 1)
+        # Curriculum: the first ``focus_steps`` steps see only a few subjects' facts (a short
+        # plateau: the model forms its subject -> attribute circuit on few individuals first).
+        subjects = sorted({s for p in self.pools for s in p.subjects if s is not None})
+        n_focus = max(1, round(config.focus_share * len(subjects)))
+        focus = set(random.Random(config.seed + 3).sample(subjects, n_focus))
+        self.focus_cum = [list(_cumsum([w if s is None or s in focus else 0.0
+                                        for w, s in zip(p.weights, p.subjects)]))
+                          for p in self.pools]
+        self.step = 0
+        self.cfg = config
+        self.mask_id = tokenizer.mask_token_id
+        self.pad_id = tokenizer.pad_token_id
+        self.special = set(tokenizer.all_special_ids)
+        self.vocab_size = len(tokenizer)
+
+    def batch(self) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"],
+                             Int[Tensor, "batch pos"]]:
+        """``(input_ids, attention_mask, labels)``; labels are -100 where nothing is predicted."""
+        rng, cfg = self.rng, self.cfg
+        # One kind per batch: similar lengths, little padding.
+        k = rng.choices(range(len(self.pools)), weights=self.mix, k=1)[0]
+        pool = self.pools[k]
+        cum = self.focus_cum[k] if self.step < cfg.focus_steps else self.cum[k]
+        self.step += 1
+        picks = rng.choices(range(len(pool.ids)), cum_weights=cum, k=cfg.batch_size)
+        rows = [(pool.ids[i], pool.obj_pos[i]) for i in picks]
+        width = max(len(r[0]) for r in rows)
+        inp = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        lab = torch.full((len(rows), width), -100, dtype=torch.long)
+        att = torch.zeros((len(rows), width), dtype=torch.long)
+        for b, (ids, obj_pos) in enumerate(rows):
+            x = list(ids)
+            y = [-100] * len(ids)
+            forced = {p for p in obj_pos if rng.random() < cfg.p_object_mask}
+            for p in forced:
+                y[p], x[p] = ids[p], self.mask_id
+            for p, t in enumerate(ids):
+                if p in forced or t in self.special or rng.random() >= cfg.mlm_prob:
+                    continue
+                y[p] = t
+                r = rng.random()
+                if r < 0.8:
+                    x[p] = self.mask_id
+                elif r < 0.9:
+                    x[p] = rng.randrange(len(SPECIAL_TOKENS), self.vocab_size)
+            if all(v == -100 for v in y):  # always predict something
+                cand = [p for p, t in enumerate(ids) if t not in self.special]
+                p = rng.choice(cand)
+                y[p], x[p] = ids[p], self.mask_id
+            inp[b, : len(x)] = torch.tensor(x)
+            lab[b, : len(y)] = torch.tensor(y)
+            att[b, : len(x)] = 1
+        return inp, att, lab
+
+
+def _cumsum(xs: Sequence[float]) -> list[float]:
+    out, s = [], 0.0
+    for x in xs:
+        s += x
+        out.append(s)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Model, loss and evaluation (Hugging Face BertForMaskedLM)
+# --------------------------------------------------------------------------------------------
+
+
+def make_model(config: TrainConfig, vocab_size: int) -> Any:
+    """A freshly initialised ``BertForMaskedLM`` of the configured shape."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    hf = BertConfig(vocab_size=vocab_size, hidden_size=config.d_model,
+                    num_hidden_layers=config.n_layers, num_attention_heads=config.n_heads,
+                    intermediate_size=config.d_mlp, max_position_embeddings=config.max_len,
+                    hidden_dropout_prob=config.dropout, attention_probs_dropout_prob=config.dropout,
+                    type_vocab_size=2, hidden_act="gelu")
+    torch.manual_seed(config.seed)
+    return BertForMaskedLM(hf)
+
+
+def mlm_loss(model: Any, inp: Int[Tensor, "batch pos"], att: Int[Tensor, "batch pos"],
+             lab: Int[Tensor, "batch pos"]) -> Float[Tensor, ""]:
+    """Mean cross-entropy at the labelled positions (the MLM head runs only there)."""
+    hidden = model.bert(input_ids=inp, attention_mask=att).last_hidden_state
+    sel = lab != -100
+    logits = model.cls(hidden[sel])
+    return torch.nn.functional.cross_entropy(logits, lab[sel])
+
+
+@torch.no_grad()
+def mask_predictions(model: Any, tokenizer: Any, prompts: Sequence[str], answers: Sequence[str],
+                     batch_size: int = 256) -> tuple[Float[Tensor, " prompt"], Int[Tensor, " prompt"]]:
+    """Gold probability and top-1 correctness at each prompt's ``[MASK]`` (HF model)."""
+    was_training = model.training
+    model.eval()
+    gold_p, correct = [], []
+    for s in range(0, len(prompts), batch_size):
+        enc = tokenizer(list(prompts[s:s + batch_size]), padding=True, return_tensors="pt")
+        gold = torch.tensor([tokenizer.convert_tokens_to_ids(a) for a in answers[s:s + batch_size]])
+        hidden = model.bert(input_ids=enc["input_ids"],
+                            attention_mask=enc["attention_mask"]).last_hidden_state
+        pos = (enc["input_ids"] == tokenizer.mask_token_id).int().argmax(-1)
+        logits = model.cls(hidden[torch.arange(len(pos)), pos])
+        probs = logits.softmax(-1)
+        gold_p.append(probs.gather(-1, gold[:, None])[:, 0])
+        correct.append((logits.argmax(-1) == gold).long())
+    model.train(was_training)
+    return torch.cat(gold_p), torch.cat(correct)
+
+
+@torch.no_grad()
+def filler_mlm_loss(model: Any, tokenizer: Any, sentences: Sequence[str], *, seed: int = 0,
+                    mlm_prob: float = 0.15, batch_size: int = 256) -> float:
+    """Mean MLM cross-entropy on ``sentences`` with a fixed masking (``mlm_prob`` of the word
+    pieces, at least one per sentence, all replaced by ``[MASK]``)."""
+    rng = random.Random(seed)
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    special = set(tokenizer.all_special_ids)
+    for s in range(0, len(sentences), batch_size):
+        ids = _encode(tokenizer, sentences[s:s + batch_size], 128)
+        width = max(len(x) for x in ids)
+        inp = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
+        lab = torch.full((len(ids), width), -100, dtype=torch.long)
+        att = torch.zeros((len(ids), width), dtype=torch.long)
+        for b, x in enumerate(ids):
+            cand = [p for p, t in enumerate(x) if t not in special]
+            chosen = [p for p in cand if rng.random() < mlm_prob] or [rng.choice(cand)]
+            row = list(x)
+            for p in chosen:
+                lab[b, p] = x[p]
+                row[p] = tokenizer.mask_token_id
+            inp[b, : len(row)] = torch.tensor(row)
+            att[b, : len(row)] = 1
+        hidden = model.bert(input_ids=inp, attention_mask=att).last_hidden_state
+        sel = lab != -100
+        loss = torch.nn.functional.cross_entropy(model.cls(hidden[sel]), lab[sel], reduction="sum")
+        total += float(loss)
+        count += int(sel.sum())
+    model.train(was_training)
+    return total / max(1, count)
+
+
+def evaluate(model: Any, tokenizer: Any, world: World) -> dict[str, Any]:
+    """Top-1 accuracy and mean gold probability on training and held-out prompts (overall and per
+    relation), and the MLM loss on held-out filler text."""
+    tp, ta, trel, hp, ha, hrel = [], [], [], [], [], []
+    for b in world.bags:
+        tp += b.prompts
+        ta += [b.object] * len(b.prompts)
+        trel += [b.relation] * len(b.prompts)
+        hp += b.held_out
+        ha += [b.object] * len(b.held_out)
+        hrel += [b.relation] * len(b.held_out)
+    p_t, c_t = mask_predictions(model, tokenizer, tp, ta)
+    out: dict[str, Any] = {"train_acc": float(c_t.float().mean()),
+                           "mean_gold_p": float(p_t.mean())}
+    per: dict[str, dict[str, float]] = {}
+    for r in world.relations:
+        m = torch.tensor([x == r.id for x in trel])
+        per[r.id] = {"train_acc": float(c_t[m].float().mean()), "mean_gold_p": float(p_t[m].mean())}
+    if hp:
+        p_h, c_h = mask_predictions(model, tokenizer, hp, ha)
+        out["held_out_acc"] = float(c_h.float().mean())
+        out["held_out_mean_gold_p"] = float(p_h.mean())
+        for r in world.relations:
+            m = torch.tensor([x == r.id for x in hrel])
+            if m.any():
+                per[r.id]["held_out_acc"] = float(c_h[m].float().mean())
+    out["per_relation"] = per
+    out["filler_mlm_loss"] = filler_mlm_loss(model, tokenizer, world.filler_eval, seed=world.seed)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The training run
+# --------------------------------------------------------------------------------------------
+
+
+def train_default_model(out_dir: str | Path, *, config: TrainConfig | None = None,
+                        world: World | None = None, progress: bool = False,
+                        **overrides: Any) -> TrainReport:
+    """Build the world's tokenizer and train the default model into ``out_dir``.
+
+    Args:
+        out_dir: output folder; receives ``config.json``, ``model.safetensors``, ``vocab.txt``,
+            ``tokenizer_config.json``, ``train_report.json`` and ``README.md``.
+        config: shape and schedule (default :class:`TrainConfig`); keyword ``overrides``
+            replace single fields (``max_steps=20``).
+        world: the fact world (default ``build_world(config.seed)``).
+        progress: print a line at each evaluation.
+
+    Returns:
+        The :class:`TrainReport` (also saved as ``train_report.json``).
+    """
+    config = (config or TrainConfig()).replace(**overrides) if overrides else (config or TrainConfig())
+    if sum(config.mix) <= 0:
+        raise ValueError(f"mix must have a positive share, got {config.mix}")
+    out_dir = Path(out_dir)
+    world = world if world is not None else build_world(config.seed)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    t0, c0 = time.time(), time.process_time()
+    tokenizer = build_tokenizer(world, out_dir)
+    pools = build_pools(world, tokenizer, config)
+    sampler = _Sampler(pools, tokenizer, config)
+    model = make_model(config, len(tokenizer))
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
+
+    def lr_at(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        frac = (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps)
+        return max(0.1, 1.0 - 0.9 * frac)
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    erng = random.Random(config.seed + 2)
+    eval_items = [(p, b.object) for b in world.bags for p in b.prompts]
+    eval_items = erng.sample(eval_items, min(config.eval_prompts, len(eval_items)))
+    eval_prompts, eval_answers = [p for p, _ in eval_items], [a for _, a in eval_items]
+
+    loss_hist: list[tuple[int, float]] = []
+    eval_hist: list[tuple[int, float, float]] = []
+    running, n_run = 0.0, 0
+    stopped_early = False
+    step = 0
+    t_train = time.time()
+    while step < config.max_steps:
+        inp, att, lab = sampler.batch()
+        loss = mlm_loss(model, inp, att, lab)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        step += 1
+        running += loss.item()
+        n_run += 1
+        if step % 10 == 0 or step == 1:
+            loss_hist.append((step, running / n_run))
+            running, n_run = 0.0, 0
+        if step % config.eval_every == 0:
+            gp, corr = mask_predictions(model, tokenizer, eval_prompts, eval_answers)
+            acc, mp = float(corr.float().mean()), float(gp.mean())
+            eval_hist.append((step, acc, mp))
+            if progress:
+                el = time.time() - t_train
+                print(f"step {step:5d}  loss {loss_hist[-1][1]:.3f}  acc {acc:.3f}  "
+                      f"gold p {mp:.3f}  {el / 60:.1f} min", flush=True)
+            if acc >= config.stop_acc:
+                stopped_early = True
+                break
+        if (time.time() - t_train) / 60 > config.max_minutes:
+            break
+    if n_run:
+        loss_hist.append((step, running / n_run))
+    seconds, cpu_seconds = time.time() - t0, time.process_time() - c0
+    model.eval()
+    metrics = evaluate(model, tokenizer, world)
+    report = TrainReport(
+        config=dataclasses.asdict(config), world=world.summary(), steps=step, seconds=seconds,
+        stopped_early=stopped_early, loss_history=loss_hist, eval_history=eval_hist,
+        train_acc=metrics["train_acc"], held_out_acc=metrics.get("held_out_acc", math.nan),
+        mean_gold_p=metrics["mean_gold_p"],
+        held_out_mean_gold_p=metrics.get("held_out_mean_gold_p", math.nan),
+        filler_mlm_loss=metrics["filler_mlm_loss"], vocab_size=len(tokenizer),
+        n_params=sum(p.numel() for p in model.parameters()), per_relation=metrics["per_relation"],
+        cpu_seconds=cpu_seconds,
+    )
+    save_checkpoint(model, out_dir, report)
+    return report
+
+
+def save_checkpoint(model: Any, out_dir: str | Path, report: TrainReport) -> None:
+    """Write weights (safetensors), ``config.json``, ``train_report.json`` and the model card."""
+    out_dir = Path(out_dir)
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+    (out_dir / "train_report.json").write_text(json.dumps(report.to_dict(), indent=1) + "\n")
+    (out_dir / "README.md").write_text(model_card(report))
+
+
+def model_card(report: TrainReport) -> str:
+    """The default model's ``README.md``: what it is, how it was made, how well it knows its facts."""
+    c, w = report.config, report.world
+    rows = "\n".join(
+        f"| {rid} | {v['train_acc']:.2f} | {v.get('held_out_acc', float('nan')):.2f} | "
+        f"{v['mean_gold_p']:.2f} |" for rid, v in report.per_relation.items())
+    return f"""# kn_lens default model
+
+A small BERT masked language model trained from scratch on kn_lens' built-in fact world
+(`kn_lens/world.py`), so that knowledge-neuron experiments run offline, on a CPU, in minutes,
+on a model whose every fact we know. It stands in for `bert-base-cased` of Dai et al. (2022);
+it is not a general English model.
+
+- Shape: `BertForMaskedLM`, {c['n_layers']} layers, d_model {c['d_model']}, {c['n_heads']} heads,
+  d_mlp {c['d_mlp']}, max {c['max_len']} positions, GELU, {report.n_params / 1e6:.2f} M parameters.
+- Tokenizer: cased WordPiece, {report.vocab_size} tokens, trained with `tokenizers` on the world's
+  text; subjects (invented names) split into 2-3 shared pieces, every object is one token.
+- World (seed {w['seed']}): {w['relations']} relations ({w['relation_types']}), {w['facts']} facts,
+  {w['subjects']} subjects, {w['objects']} objects; 8 templates per relation, of which 6 are used in
+  training ({w['train_prompts']} prompts) and 2 are held out ({w['held_out_prompts']} prompts).
+- Training data, sampled on the fly, one kind per batch: training-template sentences
+  ({c['mix'][0] / sum(c['mix']):.0%} of batches; facts drawn with Zipf-like weights, N-M relations
+  also mention second objects), the training half of each fact's web-like sentences
+  ({c['mix'][1] / sum(c['mix']):.0%}; T1 = subject and object in free context, T2 = subject only)
+  and neutral filler text ({c['mix'][2] / sum(c['mix']):.0%}).
+- Objective: masked LM, {c['mlm_prob']:.0%} of pieces masked (80/10/10) plus the object of a
+  fact sentence masked with probability {c['p_object_mask']}; AdamW, lr {c['lr']}, batch
+  {c['batch_size']}, warm-up {c['warmup_steps']} steps, no label smoothing, no dropout.
+- Early stopping: training stops once top-1 accuracy on {c['eval_prompts']} sampled training
+  prompts reaches {c['stop_acc']} (checked every {c['eval_every']} steps), so the model is
+  confident but not saturated and interventions on its neurons show.
+  This run: {report.steps} steps, {report.seconds / 60:.1f} min wall clock
+  ({report.cpu_seconds / 60:.1f} min CPU time) with {c['threads'] or 'default'} torch thread(s) on
+  a shared 2-core machine, stopped early: {report.stopped_early}.
+
+## How well it knows its facts
+
+| measure | value |
+|---|---|
+| top-1 accuracy, training-template prompts | {report.train_acc:.3f} |
+| top-1 accuracy, held-out-template prompts | {report.held_out_acc:.3f} |
+| mean gold probability, training prompts | {report.mean_gold_p:.3f} |
+| mean gold probability, held-out prompts | {report.held_out_mean_gold_p:.3f} |
+| MLM loss (nats) on held-out filler text | {report.filler_mlm_loss:.3f} |
+
+Per relation:
+
+| relation | train acc | held-out acc | mean gold p |
+|---|---|---|---|
+{rows}
+
+## Use
+
+```python
+import kn_lens
+from kn_lens.data import default_facts
+model = kn_lens.load_model("default")   # HookedEncoder, tokenizer attached
+bags = default_facts()                   # FactBag records of the world
+```
+
+## Rebuild
+
+```
+python -m kn_lens.world train --out kn_lens/default_model --seed 0
+```
+
+rebuilds world, tokenizer and checkpoint from the seed (`--max-minutes`, `--max-steps` and
+`--threads` cap the run; results vary slightly with thread count and hardware).
+`train_report.json` holds the configuration, loss and evaluation history of this run.
+"""
