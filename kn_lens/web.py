@@ -13,8 +13,8 @@ and ``query_pairs.json``: ``{relation: [[head, tail], ...]}`` in the same order.
   ``[MASK]``. Occurrences of the head are protected: a tail inside the head's name is never masked.
 - **T2** -- a head-only sentence with one random word among its first ``t2_first_words`` (50)
   replaced by ``[MASK]``, never a word of the head.
-- **T3** -- as many random sentences from the whole pool (every ``th``/``h`` sentence of every loaded
-  fact) as the fact has T1 prompts, each with one random word among its first 50 masked.
+- **T3** -- as many random sentences from the whole pool (every ``th``/``h`` sentence of every
+  loaded fact) as the fact has T1 prompts, each with one random word among its first 50 masked.
 
 A *word* is a whitespace-separated token holding at least one letter or digit; only its core (first
 to last letter/digit) is replaced, so ``"Victoria),"`` becomes ``"[MASK]),"``. Sentences that
@@ -76,7 +76,7 @@ def _check_sentence(sentence: Any) -> str:
 
 
 def _occurrences(text: str, needle: str) -> list[tuple[int, int]]:
-    """All (possibly overlapping) ``[start, end)`` spans of ``needle`` in ``text`` (plain text, no regex)."""
+    """All (possibly overlapping) ``[start, end)`` spans of plain text ``needle`` in ``text``."""
     spans: list[tuple[int, int]] = []
     if not needle:
         return spans
@@ -211,13 +211,14 @@ def web_facts_from_dict(
     out: dict[str, list[WebFact]] = {}
     for rel in rels:
         if rel not in web_bags:
-            raise ValueError(f"relation {rel!r} has no web sentences; available: {sorted(web_bags)}")
+            raise ValueError(f"relation {rel!r} has no web sentences; "
+                             f"available: {sorted(web_bags)}")
         if rel not in query_pairs:
             raise ValueError(f"relation {rel!r} has web sentences but no query pairs")
         bags, pairs = web_bags[rel], query_pairs[rel]
         if len(bags) != len(pairs):
-            raise ValueError(f"relation {rel!r}: {len(bags)} web bags but {len(pairs)} query pairs; "
-                             "they must be in the same order and of the same length")
+            raise ValueError(f"relation {rel!r}: {len(bags)} web bags but {len(pairs)} query "
+                             "pairs; they must be in the same order and of the same length")
         facts = []
         for i, (bag, pair) in enumerate(zip(bags, pairs)):
             if not isinstance(bag, Mapping) or not isinstance(bag.get("th_bags", []), list) \
@@ -225,7 +226,8 @@ def web_facts_from_dict(
                 raise ValueError(f"{rel}/{i}: expected an object with list fields th_bags, h_bags")
             if (not isinstance(pair, (list, tuple)) or len(pair) != 2
                     or not all(isinstance(x, str) and x for x in pair)):
-                raise ValueError(f"{rel}/{i}: query pair must be [head, tail] strings, got {pair!r}")
+                raise ValueError(f"{rel}/{i}: query pair must be [head, tail] strings, "
+                                 f"got {pair!r}")
             facts.append(WebFact(rel, i, pair[0], pair[1], tuple(bag.get("th_bags", [])),
                                  tuple(bag.get("h_bags", []))))
         out[rel] = facts
@@ -272,7 +274,7 @@ def load_web_facts(
 
 
 def default_web_facts() -> dict[str, list[WebFact]]:
-    """The default world's web-like sentences (the stand-in for the Bing data), as :class:`WebFact`."""
+    """The default world's web-like sentences (standing in for the Bing data), as WebFacts."""
     from kn_lens import world
 
     return web_facts_from_dict(world.default_web_bags(), world.default_query_pairs())

@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from kn_lens.experiments.distant import PAPER, DistantResult, distant_activation, grouped_activations
+from kn_lens.experiments.distant import (PAPER, DistantResult, distant_activation,
+                                         grouped_activations)
 from kn_lens.experiments.trigger import activating_prompts, write_trigger_jsonl
 from kn_lens.interventions import neuron_activations
 from kn_lens.model import DEFAULT_MODEL_DIR
@@ -41,7 +42,8 @@ BASELINE = {"P19/0": [Neuron(0, 2)], "P27/0": [Neuron(1, 1), Neuron(1, 2)]}
 
 
 def test_grouped_activations_match_one_by_one(tiny_model):
-    items = [(["Alice was born in [MASK] .", "the [MASK] of Paris ."], [Neuron(0, 3), Neuron(1, 4)]),
+    items = [(["Alice was born in [MASK] .", "the [MASK] of Paris ."],
+              [Neuron(0, 3), Neuron(1, 4)]),
              (["Bob is a [MASK] ."], [Neuron(1, 4)]),
              (["[MASK] speaks French and English in London and Paris ."] * 3, [Neuron(0, 9)]),
              (["a [MASK] ."], [Neuron(1, 10), Neuron(1, 10), Neuron(0, 3)])]

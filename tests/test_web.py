@@ -8,7 +8,7 @@ import pytest
 
 from kn_lens.data import MASK
 from kn_lens.prompts import encode
-from kn_lens.web import (MaskError, WebFact, build_web_prompts, encode_web, load_web_facts,
+from kn_lens.web import (MaskError, build_web_prompts, encode_web, load_web_facts,
                          mask_random_word, mask_tail, maskable_words, match_bags,
                          web_facts_from_dict)
 
@@ -17,7 +17,8 @@ from kn_lens.web import (MaskError, WebFact, build_web_prompts, encode_web, load
 
 def test_tail_inside_head_is_protected():
     s = "Paris Hilton was born in New York , not in Paris ."
-    assert mask_tail(s, "Paris Hilton", "Paris") == "Paris Hilton was born in New York , not in [MASK] ."
+    expected = "Paris Hilton was born in New York , not in [MASK] ."
+    assert mask_tail(s, "Paris Hilton", "Paris") == expected
     # the only occurrence of the tail is inside the head -> not maskable
     with pytest.raises(MaskError) as e:
         mask_tail("Paris Hilton is an American media personality .", "Paris Hilton", "Paris")
@@ -26,7 +27,8 @@ def test_tail_inside_head_is_protected():
 
 def test_tail_is_matched_as_whole_word_first_occurrence():
     s = "A Parisian studio moved to Paris, then back to Paris."
-    assert mask_tail(s, "studio", "Paris") == "A Parisian studio moved to [MASK], then back to Paris."
+    expected = "A Parisian studio moved to [MASK], then back to Paris."
+    assert mask_tail(s, "studio", "Paris") == expected
     # hyphenated compound: the tail is a whole word before the hyphen
     assert mask_tail("a Paris-based firm", "firm", "Paris") == "a [MASK]-based firm"
 
@@ -148,9 +150,10 @@ def test_match_bags_detects_order_mismatch():
     from kn_lens.data import Fact, FactBag
 
     wf = _toy_web()
-    good = FactBag(Fact("Bob", "P19", "born in", "N-1", "London"), ("Bob born in [MASK] .",), index=1)
+    fact = Fact("Bob", "P19", "born in", "N-1", "London")
+    good = FactBag(fact, ("Bob born in [MASK] .",), index=1)
     assert match_bags(wf, [good])[0][1].subject == "Bob"
-    bad = FactBag(Fact("Bob", "P19", "born in", "N-1", "London"), ("Bob born in [MASK] .",), index=0)
+    bad = FactBag(fact, ("Bob born in [MASK] .",), index=0)
     with pytest.raises(ValueError, match="P19/0"):
         match_bags(wf, [bad])
 

@@ -205,7 +205,8 @@ def summarize(facts: Sequence[FactActivation]) -> TypeMeans:
     """Means (and standard errors) over facts, per prompt type."""
     ours = {t: _mean_sem([f.ours[t] for f in facts]) for t in PROMPT_TYPES}
     with_base = [f for f in facts if f.baseline is not None]
-    base = {t: _mean_sem([f.baseline[t] for f in with_base]) for t in PROMPT_TYPES}  # type: ignore[index]
+    base = {t: _mean_sem([f.baseline[t] for f in with_base])  # type: ignore[index]
+            for t in PROMPT_TYPES}
     return TypeMeans(
         n_facts=len(facts),
         ours={t: v[0] for t, v in ours.items()},
