@@ -639,7 +639,8 @@ def build_world(seed: int = 0, *, scale: float = 1.0, n_web: int = 6, n_train_we
 
     return World(seed=seed, relations=specs, bags=bags, weights=weights, extra_objects=extra,
                  web=web, n_train_web=n_train_web, filler=filler, filler_eval=filler_eval,
-                 subject_pieces={s: subject_pieces[s] for s in dict.fromkeys(b.subject for b in bags)},
+                 subject_pieces={s: subject_pieces[s]
+                                 for s in dict.fromkeys(b.subject for b in bags)},
                  objects=tuple(all_objects), companies=companies)
 
 

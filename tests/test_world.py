@@ -73,7 +73,8 @@ def test_default_world_shape():
     for b in bags[::50]:
         for p in b.held_out:
             assert p.replace(MASK, b.object) not in text
-    assert abs(sum(w.weights) - 1) < 1e-9 and max(w.weights) / min(w.weights) > 3  # Zipf-like spread
+    assert abs(sum(w.weights) - 1) < 1e-9
+    assert max(w.weights) / min(w.weights) > 3  # Zipf-like spread of mention frequencies
 
 
 def test_web_bags_and_query_pairs_follow_bag_order():
@@ -133,10 +134,11 @@ def test_shipped_checkpoint_meets_targets():
     logits = mask_logits(model, prompts, batch_size=256)
     acc = (logits.argmax(-1) == gold).float().mean().item()
     mean_p = logits.softmax(-1).gather(-1, gold[:, None]).mean().item()
-    held = [p for b in bags for p in b.held_out]
-    held_gold = answer_token_ids(model, [b.object for b in bags for _ in b.held_out])
+    held = [p for b in bags[::2] for p in b.held_out]
+    held_gold = answer_token_ids(model, [b.object for b in bags[::2] for _ in b.held_out])
     held_acc = (mask_logits(model, held, batch_size=256).argmax(-1) == held_gold).float().mean()
-    print(f"default model: train acc {acc:.3f}, held-out acc {held_acc:.3f}, mean gold p {mean_p:.3f}")
+    print(f"default model: train acc {acc:.3f}, held-out acc {held_acc:.3f} (every 2nd bag), "
+          f"mean gold p {mean_p:.3f}")
     assert acc >= 0.85
     assert 0.3 <= mean_p <= 0.9
     assert held_acc.item() >= 0.3  # paraphrase generalisation: reported, asserted loosely
