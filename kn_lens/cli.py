@@ -165,8 +165,9 @@ def _common(parser: argparse.ArgumentParser, *, shard: bool = False, web: bool =
     g.add_argument("--device", metavar="DEV",
                    help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
     g.add_argument("--threads", type=_positive_int, metavar="N",
-                   help="CPU threads for torch (default: torch's choice, about one per core; "
-                        "use 1 on a machine shared with other jobs)")
+                   help="CPU threads for torch (default: 1 for the built-in model, whose small "
+                        "matrices gain little from threads and lose much when the cores are "
+                        "shared; torch's choice, about one per core, for other models)")
     g.add_argument("--seed", type=int, metavar="S",
                    help="random seed of sampling and of the analyses"
                         + rec % RECORDED_DEFAULTS["seed"])
@@ -366,10 +367,16 @@ class Run:
                 and opts["data"] == "default" and "max_bags" not in recorded:
             opts["max_bags"] = REPRODUCE_DEFAULT_MAX_BAGS
         opts["device"] = getattr(args, "device", None)
-        if getattr(args, "threads", None):
+        threads = getattr(args, "threads", None)
+        on_cpu = str(opts["device"] or "cpu") == "cpu"
+        if threads is None and opts["model"] == "default" and on_cpu:
+            threads = 1
+        if threads:
             import torch
 
-            torch.set_num_threads(int(args.threads))
+            if torch.get_num_threads() != threads:
+                log.info("using %d CPU thread(s) (--threads)", threads)
+                torch.set_num_threads(int(threads))
         overrides = parse_overrides(getattr(args, "overrides", []))
         run = cls(args, out, opts, overrides)
         run._check_paths()

@@ -443,3 +443,22 @@ def test_later_steps_refuse_scores_of_another_model(tmp_path, tiny_ckpt, facts, 
     rc = cli.main(["neurons", "--model", str(other), "--out", str(out), "-q"])
     assert rc == 2
     _assert_clean_error(capsys, rc, "--model", str(tiny_ckpt))
+
+
+def test_reproduce_defaults_on_the_builtin_world(tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        parser = cli.build_parser()
+        run = cli.Run.from_args(parser.parse_args(["reproduce", "--out", str(tmp_path / "a")]))
+        assert run.opts["max_bags"] == cli.REPRODUCE_DEFAULT_MAX_BAGS
+        assert run.opts["model"] == "default" and run.opts["data"] == "default"
+        assert torch.get_num_threads() == 1  # small built-in model: one thread by default
+        run = cli.Run.from_args(parser.parse_args(["attribute", "--out", str(tmp_path / "b")]))
+        assert run.opts["max_bags"] is None
+        run = cli.Run.from_args(parser.parse_args(["reproduce", "--max-bags", "3", "--out",
+                                                   str(tmp_path / "c")]))
+        assert run.opts["max_bags"] == 3
+    finally:
+        torch.set_num_threads(before)
