@@ -236,7 +236,8 @@ def test_kill_and_resume_exactly_once(tmp_path, tiny_ckpt):
     n_total = 3 * 5
     out = tmp_path / "o"
     cmd = [sys.executable, "-m", "kn_lens", "attribute", "--model", str(tiny_ckpt), "--data",
-           str(facts), "--out", str(out), "--device", "cpu", "--steps", "4", "--no-progress"]
+           str(facts), "--out", str(out), "--device", "cpu", "--steps", "4", "--threads", "1",
+           "--no-progress"]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
