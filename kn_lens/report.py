@@ -6,17 +6,21 @@
       "schema": "kn_lens.results", "schema_version": 1,
       "meta": {
         "model":    {"name": str, "n_layers": int, "d_mlp": int, ...},
-        "data":     {"data": str, "relations": [str] | null, "max_bags": int | null,
-                     "n_facts": int, "facts_per_relation": {relation: int}, ...},
+        "data":     {"data": str, "lama"/"patterns"/"web": str | null,
+                     "relations": [str] | null, "max_bags": int | null, "n_facts": int,
+                     "n_relations": int, "facts_per_relation": {relation: int},
+                     "relation_labels": {relation: str}},
         "config":   {PaperConfig field: value},       # kn_lens.config.PaperConfig.to_dict()
         "timings":  {step: wall seconds},
         "cpu_seconds": {step: CPU seconds of the process},   # optional
         "versions": {"kn_lens": str, "torch": str, "python": str, ...},
         "created": ISO time, "updated": ISO time, "command": str
       },
-      "results": {analysis: Result.to_dict()},   # "identification", "modify", "distant",
-                                                # "trigger", "update", "erase"; each has
-                                                # "schema" (str) and "schema_version" (int)
+      "results": {analysis: Result.to_dict()},   # each has "schema" (str), "schema_version"
+                                                # (int) and the fields RESULTS.md documents:
+          # "identification" (schema identification, from `kn-lens neurons`),
+          # "modify" (modify), "distant" (distant), "trigger" (trigger),
+          # "update" (update_facts, from `kn-lens edit`), "erase" (erase_relations)
       "paper":   {analysis: the experiment module's PAPER dict}
     }
 
@@ -51,6 +55,12 @@ ANALYSES: dict[str, tuple[str, str]] = {
     "trigger": ("Prompts that activate knowledge neurons (Sec. 5.2, Tab. 3)", "trigger"),
     "update": ("Updating facts (Sec. 6.1, Tab. 4)", "update"),
     "erase": ("Erasing relations (Sec. 6.2, Tab. 5)", "erase"),
+}
+
+#: analysis key in results.json -> the ``schema`` its result carries.
+RESULT_SCHEMAS: dict[str, str] = {
+    "identification": "identification", "modify": "modify", "distant": "distant",
+    "trigger": "trigger", "update": "update_facts", "erase": "erase_relations",
 }
 
 # A small JSON-schema-like specification: {"type": ..., "required": {...}, "values": spec}.
@@ -112,7 +122,8 @@ def _check(value: Any, spec: Mapping[str, Any], where: str, errors: list[str]) -
 def validate_results(doc: Any) -> list[str]:
     """Problems of a results.json document against :data:`RESULTS_SPEC` (empty when valid).
 
-    Besides the spec, the document must be strict JSON (no NaN/Infinity).
+    Besides the spec, the document must be strict JSON (no NaN/Infinity), and each known
+    analysis must carry its own schema (:data:`RESULT_SCHEMAS`).
     """
     errors: list[str] = []
     _check(doc, RESULTS_SPEC, "results.json", errors)
@@ -122,6 +133,13 @@ def validate_results(doc: Any) -> list[str]:
         errors.append("results.json: holds NaN or Infinity (not strict JSON)")
     except TypeError as e:
         errors.append(f"results.json: not JSON data ({e})")
+    results = doc.get("results") if isinstance(doc, dict) else None
+    if isinstance(results, dict):
+        for name, want in RESULT_SCHEMAS.items():
+            got = results.get(name, {}).get("schema") if isinstance(results.get(name), dict) \
+                else None
+            if got is not None and got != want:
+                errors.append(f"results.json.results.{name}: schema is {got!r}, expected {want!r}")
     return errors
 
 

@@ -87,6 +87,7 @@ def test_valid_document_passes():
     (lambda d: d["results"]["distant"].pop("schema"), "results.distant: missing required key"),
     (lambda d: d["results"].__setitem__("modify", []), "results.modify: expected object"),
     (lambda d: d["results"]["distant"]["overall"]["ours"].__setitem__("T1", math.nan), "NaN"),
+    (lambda d: d["results"]["update"].__setitem__("schema", "modify"), "expected 'update_facts'"),
 ])
 def test_invalid_documents_are_named(mutate, needle):
     doc = copy.deepcopy(minimal_doc())
