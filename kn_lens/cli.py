@@ -442,6 +442,9 @@ class Run:
         rels = o["relations"]
         src = o["data"]
         lama, patterns = o["lama"], o["patterns"]
+        if src == "default" and bool(lama) != bool(patterns):
+            raise CliError("give both --lama DIR and --patterns DIR, or --data DIR holding "
+                           "lama/ and pararel/patterns/")
         if src == "default" and not (lama and patterns):
             bags = kd.default_facts()
             kind = "the built-in fact world"

@@ -463,3 +463,16 @@ def test_reproduce_defaults_on_the_builtin_world(tmp_path):
         assert run.opts["max_bags"] == 3
     finally:
         torch.set_num_threads(before)
+
+
+def test_lama_and_patterns_options(shared_data, tmp_path, tiny_ckpt, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "SCORE_FN", fake_score)
+    out = tmp_path / "o"
+    common = ["--model", str(tiny_ckpt), "--out", str(out), "--no-progress", "-q",
+              "--relations", "P19", "--max-bags", "2"]
+    rc = cli.main(["attribute", *common, "--lama", str(shared_data / "lama")])
+    assert rc == 2
+    _assert_clean_error(capsys, rc, "--patterns")
+    assert cli.main(["attribute", *common, "--lama", str(shared_data / "lama"), "--patterns",
+                     str(shared_data / "pararel" / "patterns")]) == 0
+    assert all(k.startswith("P19/") for k in all_keys(out)) and all_keys(out)
