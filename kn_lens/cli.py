@@ -189,6 +189,31 @@ def _common(parser: argparse.ArgumentParser, *, shard: bool = False, web: bool =
     g.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
 
 
+def _trigger_options(g: Any) -> None:
+    g.add_argument("--top-k", type=_positive_int, metavar="K",
+                   help="trigger: prompts kept at each end (default: PaperConfig.top_k_prompts, 3)")
+
+
+def _edit_options(g: Any) -> None:
+    g.add_argument("--lambda1", type=_float, metavar="L1",
+                   help="edit: weight of subtracting the old answer's embedding (default: 1)")
+    g.add_argument("--lambda2", type=_float, metavar="L2",
+                   help="edit: weight of adding the new answer's embedding (default: 8)")
+    g.add_argument("--n-edits", type=_positive_int, metavar="N",
+                   help="edit: facts edited per relation, a seeded sample of the facts the model "
+                        "knows (default: 10)")
+
+
+def _erase_options(g: Any) -> None:
+    g.add_argument("--erase", metavar="R1,R2", action="append",
+                   help="erase: relations to erase, comma-separated or repeated (default: the "
+                        "paper's P19, P27, P106, P937 among the selected relations, or on other "
+                        "data the relations with their labels -- place of birth, country of "
+                        "citizenship, occupation, work location -- else every selected relation)")
+    g.add_argument("--top", type=_positive_int, metavar="N",
+                   help="erase: neurons zeroed per relation (default: PaperConfig.erase_top, 20)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``kn-lens`` argument parser."""
     p = argparse.ArgumentParser(
@@ -216,23 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
         "probability (ours vs baseline).")
     add("distant", "Activation of knowledge neurons on web prompts T1 (head and tail), T2 (head "
         "only) and T3 (random).", web=True)
-    sp = add("trigger", "Top and bottom activating web prompts of knowledge neurons.", web=True)
-    sp.add_argument("--top-k", type=_positive_int, metavar="K",
-                    help="prompts kept at each end (default: PaperConfig.top_k_prompts = 3)")
-    sp = add("edit", "Update facts by editing the value vectors of their knowledge neurons.")
-    sp.add_argument("--lambda1", type=_float, metavar="L1",
-                    help="weight of subtracting the old answer's embedding (default: 1)")
-    sp.add_argument("--lambda2", type=_float, metavar="L2",
-                    help="weight of adding the new answer's embedding (default: 8)")
-    sp.add_argument("--n-edits", type=_positive_int, metavar="N",
-                    help="facts edited per relation (default: the update module's default)")
-    sp = add("erase", "Erase relations by zeroing the value vectors of their most frequent "
-             "knowledge neurons.")
-    sp.add_argument("--erase", metavar="R1,R2", action="append",
-                    help="relations to erase, comma-separated or repeated (default: the erase "
-                         "module's choice among the selected relations)")
-    sp.add_argument("--top", type=_positive_int, metavar="N",
-                    help="neurons zeroed per relation (default: PaperConfig.erase_top = 20)")
+    _trigger_options(add("trigger", "Top and bottom activating web prompts of knowledge "
+                         "neurons (all prompts also go to DIR/trigger_prompts.jsonl)."))
+    _edit_options(add("edit", "Update facts by editing the value vectors of their knowledge "
+                      "neurons (and random neurons, as the control)."))
+    _erase_options(add("erase", "Erase relations by zeroing the value vectors of their most "
+                       "frequent knowledge neurons (and random neurons, as the control)."))
     sp = sub.add_parser("plot", help="Redraw figures and the report from DIR/results.json alone.",
                         description="Redraw DIR/figures/*.html, DIR/report.md and "
                                     "DIR/report.html from DIR/results.json alone.",
@@ -243,13 +257,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sp = add("reproduce", "Run every step in order (attribute, neurons, modify, distant, trigger, "
              "edit, erase) and write DIR/results.json, DIR/report.md and DIR/report.html. On the "
-             f"built-in world --max-bags defaults to {REPRODUCE_DEFAULT_MAX_BAGS} per relation.",
-             web=True)
-    sp.add_argument("--lambda1", type=_float, metavar="L1", help="as for `edit` (default: 1)")
-    sp.add_argument("--lambda2", type=_float, metavar="L2", help="as for `edit` (default: 8)")
-    sp.add_argument("--skip", metavar="STEP", action="append", default=[],
-                    choices=[s for s in STEPS if s not in ("attribute", "neurons")],
-                    help="leave out an analysis step (repeatable)")
+             f"built-in world --max-bags defaults to {REPRODUCE_DEFAULT_MAX_BAGS} per relation.")
+    g = sp.add_argument_group("analyses")
+    g.add_argument("--skip", metavar="STEP", action="append", default=[],
+                   choices=[s for s in STEPS if s not in ("attribute", "neurons")],
+                   help="leave out an analysis: modify, distant, trigger, edit or erase "
+                        "(repeatable; default: run all)")
+    _trigger_options(g)
+    _edit_options(g)
+    _erase_options(g)
     return p
 
 
