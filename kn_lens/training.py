@@ -25,6 +25,7 @@ import math
 import random
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -118,8 +119,10 @@ def build_tokenizer(world: World, out_dir: str | Path, *, vocab_size: int = 4000
 
     The vocabulary is trained (``tokenizers.WordPieceTrainer``) on the training text with the
     invented subject names taken out; the name pieces (``Zor``, ``##vik``, ...) are then added as
-    the world's morphology, so every subject splits into its 2-3 pieces. Every object must come
-    out as a single token (``ValueError`` naming it otherwise).
+    the world's morphology, so every subject splits into its 2-3 pieces. Only the trainer's
+    deterministic output is kept (alphabet and whole words, in a canonical order), so the same
+    world always gives the same ``vocab.txt``. Every object must come out as a single token and
+    every subject as its pieces (``ValueError`` naming it otherwise).
 
     Returns:
         A ``transformers.BertTokenizer`` read back from ``out_dir`` (``vocab.txt`` and
@@ -143,37 +146,34 @@ def build_tokenizer(world: World, out_dir: str | Path, *, vocab_size: int = 4000
                                         special_tokens=list(SPECIAL_TOKENS),
                                         continuing_subword_prefix="##", show_progress=False)
     tok.train_from_iterator(texts, trainer)
-    vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
-    words = [w for w, _ in vocab]
-    if words[: len(SPECIAL_TOKENS)] != list(SPECIAL_TOKENS):
-        raise RuntimeError(f"unexpected special-token order in trained vocab: {words[:5]}")
+    # The trainer breaks ties between equally frequent merges arbitrarily, so its intermediate
+    # pieces (e.g. "##dney" vs "##dne") differ from run to run. Keep only its deterministic part,
+    # in a canonical order: special tokens, the alphabet (as word starts and as "##" pieces),
+    # every word of the text whole (most frequent first), then the name pieces.
+    trained = tok.get_vocab()
+    split = tok.pre_tokenizer.pre_tokenize_str
+    counts: Counter[str] = Counter(
+        w for t in texts for w, _ in split(tok.normalizer.normalize_str(t)))
+    missing = [w for w in counts if w not in trained]
+    if missing:
+        raise ValueError(f"vocab_size {vocab_size} too small: words not learnt whole, e.g. "
+                         f"{missing[:5]}")
+    chars = sorted(w for w in trained if len(w) == 1 and w not in SPECIAL_TOKENS)
+    cont = sorted(w for w in trained if w.startswith("##") and len(w) == 3)
+    text_words = sorted((w for w in counts if len(w) > 1), key=lambda w: (-counts[w], w))
+    words = [*SPECIAL_TOKENS, *chars, *cont, *text_words]
     have = set(words)
-    for pieces in world.subject_pieces.values():
-        for p in pieces:
-            if p not in have:
-                words.append(p)
-                have.add(p)
-    # Word pieces the trainer merged from other words (e.g. "##saw" of "Warsaw") can capture a
-    # name's pieces under greedy longest-match; drop those (never whole words of the text).
-    text_words = {w for t in texts for w in re.findall(r"\w+", t)}
-    name_pieces = {p for pieces in world.subject_pieces.values() for p in pieces}
-    for _ in range(10):
-        bad: set[str] = set()
-        for s, pieces in world.subject_pieces.items():
-            got = greedy_wordpiece(s, have)
-            if list(got) != list(pieces):
-                bad |= {g for g in got if g not in name_pieces and len(g.lstrip("#")) > 1}
-        if not bad:
-            break
-        if bad & text_words:
-            raise ValueError("subject names collide with words of the text: "
-                             f"{sorted(bad & text_words)}")
-        words = [w for w in words if w not in bad]
-        have -= bad
-    for o in world.objects:  # normally already whole words; make sure
-        if o not in have:
-            words.append(o)
-            have.add(o)
+    heads = sorted({p[0] for p in world.subject_pieces.values()})
+    tails = sorted({x for p in world.subject_pieces.values() for x in p[1:]})
+    for p in [*heads, *tails, *world.objects]:
+        if p not in have:
+            words.append(p)
+            have.add(p)
+    for s, pieces in world.subject_pieces.items():
+        got = greedy_wordpiece(s, have)
+        if got != list(pieces):
+            raise ValueError(f"subject {s!r} would split into {got}, not {list(pieces)}: a word "
+                             "of the text captures its pieces")
     (out_dir / "vocab.txt").write_text("\n".join(words) + "\n", encoding="utf-8")
     (out_dir / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "BertTokenizer", "do_lower_case": False, "strip_accents": False,
@@ -600,7 +600,9 @@ it is not a general English model.
 - Shape: `BertForMaskedLM`, {c['n_layers']} layers, d_model {c['d_model']}, {c['n_heads']} heads,
   d_mlp {c['d_mlp']}, max {c['max_len']} positions, GELU, {report.n_params / 1e6:.2f} M parameters.
 - Tokenizer: cased WordPiece, {report.vocab_size} tokens, trained with `tokenizers` on the world's
-  text; subjects (invented names) split into 2-3 shared pieces, every object is one token.
+  text and kept canonical (special tokens, alphabet, every word of the text whole, name pieces;
+  the trainer's tie-dependent intermediate pieces dropped), so every rebuild gets the same
+  vocabulary. Subjects (invented names) split into 2-3 shared pieces; every object is one token.
 - World (seed {w['seed']}): {w['relations']} relations ({types}), {w['facts']} facts,
   {w['subjects']} subjects, {w['objects']} objects; 8 templates per relation, of which 6 are used in
   training ({w['train_prompts']} prompts) and 2 are held out ({w['held_out_prompts']} prompts).
