@@ -296,6 +296,7 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; these are ordinary result files
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(to_jsonable(data), f, indent=2)
             f.flush()
