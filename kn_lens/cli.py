@@ -19,9 +19,10 @@ Layout of ``--out DIR``::
     DIR/attribution/P19.jsonl      one attribution record per fact, appended fact by fact
     DIR/attribution/P19.shard2of4.jsonl   ... the same, written by ``--shard 2/4``
     DIR/neurons.json               knowledge neurons per fact (ours and the baseline)
+    DIR/trigger_prompts.jsonl      every fact's most and least activating web prompts
     DIR/results.json               every analysis' result + run metadata (see kn_lens.report)
     DIR/report.md, DIR/report.html the paper's numbers beside this run's, figures, examples
-    DIR/figures/*.html             one file per figure
+    DIR/figures/*.html             one file per figure (sharing DIR/figures/plotly.min.js)
 
 Data, model and sample options (``--model``, ``--data``, ``--relations``, ``--max-bags``, ``--steps``,
 ``--seed`` ...) that are not given on the command line are taken from ``DIR/run.json`` when it
