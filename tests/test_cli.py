@@ -476,3 +476,24 @@ def test_lama_and_patterns_options(shared_data, tmp_path, tiny_ckpt, monkeypatch
     assert cli.main(["attribute", *common, "--lama", str(shared_data / "lama"), "--patterns",
                      str(shared_data / "pararel" / "patterns")]) == 0
     assert all(k.startswith("P19/") for k in all_keys(out)) and all_keys(out)
+
+
+@needs_neurons
+def test_concurrent_shard_processes(tmp_path, tiny_ckpt):
+    """Two shards as simultaneous processes: disjoint files, union = every fact exactly once."""
+    facts = write_facts(tmp_path / "facts.jsonl", per_relation=2)
+    out = tmp_path / "o"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "kn_lens", "attribute", "--model", str(tiny_ckpt), "--data",
+         str(facts), "--out", str(out), "--device", "cpu", "--steps", "2", "--threads", "1",
+         "--no-progress", "-q", "--shard", f"{k}/2"], cwd=REPO, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for k in (1, 2)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+    files = sorted(p.name for p in (out / "attribution").glob("*.jsonl"))
+    assert files == sorted(f"{r}.shard{k}of2.jsonl" for r in RELATIONS for k in (1, 2))
+    keys = all_keys(out)
+    assert sorted(keys) == sorted(f"{r}/{i}" for r in RELATIONS for i in range(2))
+    assert json.loads((out / "run.json").read_text())["options"]["data"] == str(facts)
