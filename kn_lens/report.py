@@ -538,6 +538,8 @@ def render_markdown(doc: Mapping[str, Any], figure_files: Mapping[str, list[str]
             lines += [f"Paper: {notes}", ""]
         for f in figure_files.get(name, []):
             lines.append(f"- figure: [{Path(f).name}]({f})")
+        if name == "identification":
+            lines += _relation_table(results.get(name), doc.get("meta", {}))
     ex = examples(doc)
     if ex:
         lines += ["", "## Examples", ""]
@@ -549,6 +551,22 @@ def render_markdown(doc: Mapping[str, Any], figure_files: Mapping[str, list[str]
         lines += ["", f"Not run: {', '.join(missing)}."]
     lines += ["", "Figures with plotly.js embedded: report.html.", ""]
     return "\n".join(lines)
+
+
+def _relation_table(res: Any, meta: Any) -> list[str]:
+    """Per relation: facts, the adaptive p and neurons per fact (ours and baseline)."""
+    rels = _dig(res, "relations")
+    if not isinstance(rels, dict) or not rels:
+        return []
+    labels = _dig(meta, "data", "relation_labels") or {}
+    out = ["", "| relation | label | facts | p (ours) | neurons/fact (ours) | p (baseline) | "
+           "neurons/fact (baseline) |", "|---|---|---:|---:|---:|---:|---:|"]
+    for rel, st in rels.items():
+        out.append(f"| {_md(rel)} | {_md(labels.get(rel, ''))} | {_fmt(_dig(st, 'n_facts'))} | "
+                   f"{_fmt(_dig(st, 'ours', 'p'))} | {_fmt(_dig(st, 'ours', 'neurons_per_fact'))} | "
+                   f"{_fmt(_dig(st, 'baseline', 'p'))} | "
+                   f"{_fmt(_dig(st, 'baseline', 'neurons_per_fact'))} |")
+    return out
 
 
 def _md(s: Any) -> str:
