@@ -142,8 +142,9 @@ needs_default = pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "config.json").is_fi
 def test_default_model_t1_exceeds_t3():
     """On the default model, knowledge neurons fire on T1 and not on T2/T3.
 
-    Measured (4 facts, steps=10): T1 1.306, T2 -0.010, T3 -0.023; every fact's T1 exceeds its T3
-    by at least 0.33. The asserted margins leave room for numerical and retraining noise.
+    Measured on the shipped checkpoint (the first 2 facts of each of the 14 relations, IG
+    steps=10): T1 0.762, T2 -0.005, T3 -0.013 (means over 28 facts); 26 of 28 facts have T1 above
+    T3. The margins below are well under the measured gaps, so numerical noise cannot flip them.
     """
     from kn_lens import load_model
     from kn_lens.config import PaperConfig
@@ -155,17 +156,17 @@ def test_default_model_t1_exceeds_t3():
     wf = default_web_facts()
     cfg = PaperConfig(steps=10)
     bags = {b.key: b for b in default_facts()}
-    keys = [k for k in ("W01/0", "W03/0", "W05/0", "W07/0") if k in bags]
+    keys = [f"W{r:02d}/{i}" for r in range(1, 15) for i in (0, 1) if f"W{r:02d}/{i}" in bags]
     neurons = {k: find_knowledge_neurons(model, bags[k], config=cfg) for k in keys}
     neurons = {k: v for k, v in neurons.items() if v}
-    assert len(neurons) >= 3
+    assert len(neurons) >= 20
     res = distant_activation(model, wf, neurons, bags=list(bags.values()), config=cfg)
     assert res.overall.n_facts == len(neurons)
     ours = res.overall.ours
     assert ours["T1"] > ours["T3"] + MARGIN_T1_T3
     assert ours["T1"] > ours["T2"] + MARGIN_T1_T3
-    assert abs(ours["T3"]) < 0.2 and abs(ours["T2"]) < 0.2
-    assert sum(f.ours["T1"] > f.ours["T3"] for f in res.facts) >= len(res.facts) - 1
+    assert abs(ours["T3"]) < 0.1 and abs(ours["T2"]) < 0.1
+    assert sum(f.ours["T1"] > f.ours["T3"] for f in res.facts) >= 0.8 * len(res.facts)
 
 
-MARGIN_T1_T3 = 0.5  # measured difference: 1.33
+MARGIN_T1_T3 = 0.35  # measured differences: 0.77 (T1 - T3), 0.77 (T1 - T2)
