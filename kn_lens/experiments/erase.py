@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -27,7 +27,8 @@ import torch
 
 from kn_lens.config import PaperConfig
 from kn_lens.data import FactBag
-from kn_lens.experiments.update import perplexity, relation_of_key, score_prompts
+from kn_lens.experiments.update import (bags_by_relation, perplexity, relation_of_key,
+                                       score_prompts)
 from kn_lens.neuron import Neuron
 from kn_lens.prompts import EncodedPrompts, answer_token_id, encode
 from kn_lens.results import Result
@@ -215,16 +216,7 @@ def erase_experiment(
     """
     if not relations:
         raise ValueError("no relations to erase")
-    usable = []
-    for b in bags:
-        try:
-            answer_token_id(model, b.object)
-        except ValueError:
-            continue
-        usable.append(b)
-    by_rel: dict[str, list[FactBag]] = defaultdict(list)
-    for b in usable:
-        by_rel[b.relation].append(b)
+    by_rel = bags_by_relation(model, bags)
     missing = [r for r in relations if r not in by_rel]
     if missing:
         raise ValueError(f"relation(s) {', '.join(missing)} have no usable bags to score")

@@ -47,7 +47,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from kn_lens.config import PaperConfig
-from kn_lens.data import FactBag
+from kn_lens.data import FactBag, filter_single_token
 from kn_lens.neuron import Neuron
 from kn_lens.prompts import EncodedPrompts, answer_token_id, encode, mask_logits
 from kn_lens.results import Result
@@ -354,6 +354,14 @@ def known_shares(model: Any, bags: Sequence[FactBag], *, batch_size: int = 64
     return out
 
 
+
+def bags_by_relation(model: Any, bags: Iterable[FactBag]) -> dict[str, list[FactBag]]:
+    """The bags whose answer is one vocabulary token, grouped by relation in input order."""
+    by_rel: dict[str, list[FactBag]] = defaultdict(list)
+    for b in filter_single_token(list(bags), model.tokenizer).kept:
+        by_rel[b.relation].append(b)
+    return by_rel
+
 def update_experiment(
     model: Any,
     bags: Sequence[FactBag],
@@ -386,19 +394,11 @@ def update_experiment(
     """
     if not bags:
         raise ValueError("no bags given")
-    usable: list[FactBag] = []
-    for b in bags:
-        try:
-            answer_token_id(model, b.object)
-        except ValueError:
-            continue
-        usable.append(b)
-    by_rel: dict[str, list[FactBag]] = defaultdict(list)
-    for b in usable:
-        by_rel[b.relation].append(b)
+    by_rel = bags_by_relation(model, bags)
     kept, dropped = filter_shared_neurons(neurons, config.max_relation_share)
     if relations is None:
-        relations = sorted({b.relation for b in usable if b.key in kept})
+        relations = sorted({b.relation for rel_bags in by_rel.values() for b in rel_bags
+                            if b.key in kept})
     else:
         missing = [r for r in relations if r not in by_rel]
         if missing:
