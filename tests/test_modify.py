@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
-import torch
 
 from kn_lens.config import PaperConfig
 from kn_lens.data import Fact, FactBag
