@@ -29,7 +29,7 @@ import argparse
 import functools
 import random
 from dataclasses import dataclass, field
-from typing import Sequence
+from collections.abc import Sequence
 
 from kn_lens.data import Fact, FactBag, fill_template
 
