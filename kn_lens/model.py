@@ -14,6 +14,8 @@ The returned model has its tokenizer attached (``model.tokenizer``) and is in ev
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import warnings
 from contextlib import contextmanager
@@ -194,7 +196,8 @@ def _load_folder(folder: Path, tokenizer: Any, device: str, dtype: torch.dtype) 
     if missing or unexpected:
         raise ModelLoadError(f"{folder}: weights do not fit the model (missing {missing}, "
                              f"unexpected {unexpected})")
-    return model.to(device)
+    with contextlib.redirect_stdout(io.StringIO()):  # TransformerLens prints "Moving model to ..."
+        return model.to(device)
 
 
 def _load_named(name: str, tokenizer: Any, device: str, dtype: torch.dtype) -> Any:
