@@ -67,7 +67,7 @@ PROG = "kn-lens"
 DEFAULT_OUT = "kn-lens-out"
 # Facts per relation that ``reproduce`` samples on the built-in world (keeps it within minutes on
 # 2 CPU cores); on PARAREL data it uses every fact unless --max-bags is given.
-REPRODUCE_DEFAULT_MAX_BAGS = 12
+REPRODUCE_DEFAULT_MAX_BAGS = 20
 
 # Options resolved as: command line > DIR/run.json > these defaults.
 RECORDED_DEFAULTS: dict[str, Any] = {
