@@ -22,7 +22,7 @@ Layout of ``--out DIR``::
     DIR/trigger_prompts.jsonl      every fact's most and least activating web prompts
     DIR/results.json               every analysis' result + run metadata (see kn_lens.report)
     DIR/report.md, DIR/report.html the paper's numbers beside this run's, figures, examples
-    DIR/figures/*.html             one file per figure (sharing DIR/figures/plotly.min.js)
+    DIR/figures/*.html             one self-contained file per figure (+ .png with kaleido)
 
 Data, model and sample options (``--model``, ``--data``, ``--relations``, ``--max-bags``, ``--steps``,
 ``--seed`` ...) that are not given on the command line are taken from ``DIR/run.json`` when it

@@ -618,24 +618,13 @@ def render_html(doc: Mapping[str, Any], figs: list[tuple[str, str, Any]]) -> str
     return "\n".join(parts)
 
 
-def save_figure_html(fig: Any, stem: Path) -> Path:
-    """``{stem}.html`` loading plotly.js from ``plotly.min.js`` beside it (written once per folder,
-    so six figures do not carry six copies), and ``{stem}.png`` when a static exporter is
-    installed."""
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    path = stem.with_suffix(".html")
-    fig.write_html(str(path), include_plotlyjs="directory", full_html=True)
-    try:
-        fig.write_image(str(stem.with_suffix(".png")))
-    except Exception as e:  # noqa: BLE001 - kaleido (or its browser) not installed
-        log.debug("PNG export of %s skipped: %s", stem.name, e)
-    return path
-
-
 def write_report(out: str | Path, doc: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Write ``figures/*.html`` (+ ``figures/plotly.min.js``), ``report.md`` and ``report.html``
-    (self-contained: plotly.js inlined once) into ``out`` from ``out/results.json`` (or ``doc``).
+    """Write ``figures/*.html`` (each self-contained; ``.png`` beside it when a static exporter is
+    installed), ``report.md`` and ``report.html`` (self-contained: plotly.js inlined once) into
+    ``out`` from ``out/results.json`` (or ``doc``).
     Returns the written paths."""
+    from kn_lens.plots import save_figure
+
     out = Path(out)
     if doc is None:
         doc = load_results(out / "results.json")
@@ -645,7 +634,7 @@ def write_report(out: str | Path, doc: Mapping[str, Any] | None = None) -> dict[
     fig_files: dict[str, list[str]] = {}
     written: dict[str, Any] = {"figures": []}
     for name, stem, fig in figs:
-        path = save_figure_html(fig, out / "figures" / stem)
+        path = Path(save_figure(fig, out / "figures" / stem)["html"])
         fig_files.setdefault(name, []).append(str(path.relative_to(out)))
         written["figures"].append(str(path))
     md = out / "report.md"

@@ -349,7 +349,12 @@ def test_each_command_runs(pipeline, command):
         assert doc["results"]["update"]["lambda2"] == 8
     if command == "plot":
         assert (out / "report.md").is_file() and (out / "report.html").is_file()
-        assert list((out / "figures").glob("*.html"))
+        figure_files = list((out / "figures").glob("*.html"))
+        assert figure_files
+        for f in figure_files:  # self-contained: plotly.js inlined, nothing loaded from beside it
+            text = f.read_text()
+            assert 'src="plotly.min.js"' not in text and "Plotly.newPlot" in text
+            assert len(text) > 1_000_000, f"{f.name} does not inline plotly.js"
 
 
 @needs_all
