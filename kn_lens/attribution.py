@@ -40,25 +40,12 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedEncoder
 
-from kn_lens.prompts import EncodedPrompts, answer_token_id, encode
+from kn_lens.prompts import EncodedPrompts, encode, token_id
 
 Method = Literal["ig", "activation"]
 METHODS: tuple[str, ...] = ("ig", "activation")
 
 __all__ = ["attribute", "METHODS", "Method"]
-
-
-def _resolve_target(model: HookedEncoder, target: str | int) -> int:
-    if isinstance(target, bool):
-        raise ValueError(f"target must be an answer string or a token id, not {target!r}")
-    if isinstance(target, str):
-        return answer_token_id(model, target)
-    if isinstance(target, int) or (isinstance(target, Tensor) and target.numel() == 1):
-        tid = int(target)
-        if not 0 <= tid < model.cfg.d_vocab:
-            raise ValueError(f"target token id {tid} is outside the vocabulary [0, {model.cfg.d_vocab})")
-        return tid
-    raise ValueError(f"target must be an answer string or a token id, not {target!r}")
 
 
 def _resolve_layers(model: HookedEncoder, layers: Sequence[int] | None) -> list[int]:
@@ -235,7 +222,7 @@ def attribute(
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     sel_layers = _resolve_layers(model, layers)
     enc = encode(model, prompts)  # validates the prompts (one [MASK] each)
-    target_id = _resolve_target(model, target)
+    target_id = token_id(model, target)
     enc = enc.to(model.cfg.device)
 
     # Prompts sorted by length so that chunks carry little padding; groups of at most

@@ -918,9 +918,11 @@ def erase_relations(run: Run) -> list[str]:
 
 
 def step_erase(run: Run) -> Any:
+    from kn_lens.data import relation_of_key
+
     mod = _module("experiments.erase", "erase")
     rels = erase_relations(run)
-    with_neurons = {k.rsplit("/", 1)[0] for k, v in run.neurons("ours").items() if v}
+    with_neurons = {relation_of_key(k) for k, v in run.neurons("ours").items() if v}
     skipped = [r for r in rels if r not in with_neurons]
     if skipped:
         log.warning("not erasing %s: no knowledge neurons", ", ".join(skipped))

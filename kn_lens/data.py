@@ -91,6 +91,11 @@ class FactBag:
                    tuple(d.get("held_out", ())))
 
 
+def relation_of_key(key: str) -> str:
+    """The relation of a bag key: ``"P19/3"`` -> ``"P19"`` (see :attr:`FactBag.key`)."""
+    return key.rsplit("/", 1)[0]
+
+
 def check_prompt(prompt: str) -> str:
     """Return ``prompt`` if it holds exactly one ``[MASK]``; raise ``ValueError`` naming it if not."""
     n = prompt.count(MASK)

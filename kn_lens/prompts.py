@@ -70,6 +70,25 @@ def answer_token_id(model_or_tokenizer: Any, answer: str) -> int:
     return int(ids[0])
 
 
+def token_id(model: Any, answer: str | int | Tensor) -> int:
+    """A vocabulary id from an answer string (exactly one token) or a token id (range-checked).
+
+    Raises ``ValueError`` naming the answer when it is several tokens, unknown, out of the
+    vocabulary's range, or neither a string nor an integer.
+    """
+    if isinstance(answer, str):
+        return answer_token_id(model, answer)
+    if isinstance(answer, bool) or not (
+        isinstance(answer, int) or (isinstance(answer, Tensor) and answer.numel() == 1)
+    ):
+        raise ValueError(f"expected an answer string or a token id, not {answer!r}")
+    tid = int(answer)
+    d_vocab = int(model.cfg.d_vocab)
+    if not 0 <= tid < d_vocab:
+        raise ValueError(f"token id {tid} is out of range of the vocabulary [0, {d_vocab})")
+    return tid
+
+
 def answer_token_ids(model_or_tokenizer: Any, answers: Sequence[str]) -> Int[Tensor, " n"]:
     """:func:`answer_token_id` for each answer."""
     return torch.tensor([answer_token_id(model_or_tokenizer, a) for a in answers], dtype=torch.long)

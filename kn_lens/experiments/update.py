@@ -47,9 +47,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from kn_lens.config import PaperConfig
-from kn_lens.data import FactBag, filter_single_token
+from kn_lens.data import FactBag, filter_single_token, relation_of_key
 from kn_lens.neuron import Neuron
-from kn_lens.prompts import EncodedPrompts, answer_token_id, encode, mask_logits
+from kn_lens.prompts import EncodedPrompts, answer_token_id, encode, mask_logits, token_id
 from kn_lens.results import Result
 from kn_lens.weights import RowEdit, add_to_rows, check_neurons, read_value_vectors
 
@@ -128,21 +128,11 @@ def perplexity(gold_logp: Float[Tensor, " prompt"]) -> float:
     return float(torch.exp(-gold_logp.double().mean()))
 
 
-def relation_of_key(key: str) -> str:
-    """``"P19/3"`` -> ``"P19"``."""
-    return key.rsplit("/", 1)[0]
-
-
 def _token(model: Any, answer: str | int, what: str) -> int:
-    if isinstance(answer, str):
-        try:
-            return answer_token_id(model, answer)
-        except ValueError as e:
-            raise ValueError(f"{what}: {e}") from None
-    tid = int(answer)
-    if not 0 <= tid < int(model.cfg.d_vocab):
-        raise ValueError(f"{what}: token id {tid} out of range [0, {model.cfg.d_vocab})")
-    return tid
+    try:
+        return token_id(model, answer)
+    except ValueError as e:
+        raise ValueError(f"{what}: {e}") from None
 
 
 # --------------------------------------------------------------------------------------------
