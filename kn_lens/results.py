@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 SCHEMA_VERSION = 1
@@ -31,6 +32,12 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
+
+
+def mean_or_nan(values: Iterable[float] | Iterable[int] | Iterable[bool]) -> float:
+    """The mean of ``values``, or NaN when there are none (a statistic over an empty group)."""
+    vals = list(values)
+    return sum(vals) / len(vals) if vals else math.nan
 
 
 @dataclasses.dataclass

@@ -30,7 +30,7 @@ from kn_lens.data import FactBag, relation_of_key
 from kn_lens.experiments.update import bags_by_relation, perplexity, score_prompts
 from kn_lens.neuron import Neuron
 from kn_lens.prompts import EncodedPrompts, answer_token_id, encode
-from kn_lens.results import Result
+from kn_lens.results import Result, mean_or_nan
 from kn_lens.weights import RowEdit, zero_rows
 
 #: The relations the paper erases (BERT-base-cased on PARAREL).
@@ -174,11 +174,10 @@ def _summary(rel: str, before: dict[str, RelationScore], after: dict[str, Relati
         f"{p}ppl_after": after[rel].ppl,
         f"{p}others_accuracy_after": pooled_after[0],
         f"{p}others_ppl_after": pooled_after[1],
-        f"{p}others_mean_ppl_change": sum(changes) / len(changes) if changes else float("nan"),
+        f"{p}others_mean_ppl_change": mean_or_nan(changes),
         f"{p}others_max_ppl_change": max(changes) if changes else float("nan"),
-        f"{p}others_mean_accuracy_drop": (sum(before[r].accuracy - after[r].accuracy
-                                              for r in others) / len(others)
-                                          if others else float("nan")),
+        f"{p}others_mean_accuracy_drop": mean_or_nan(before[r].accuracy - after[r].accuracy
+                                                     for r in others),
     }
     if not prefix:
         out.update({"accuracy_before": before[rel].accuracy, "ppl_before": before[rel].ppl,

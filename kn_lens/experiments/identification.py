@@ -35,7 +35,7 @@ from kn_lens.config import PaperConfig
 from kn_lens.data import FactBag
 from kn_lens.neuron import Neuron
 from kn_lens.neurons import BagScores, RelationNeurons, identify_all, score_bags
-from kn_lens.results import Result
+from kn_lens.results import Result, mean_or_nan
 
 #: The paper's numbers for bert-base-cased on PARAREL (Section 4.3, Table 1, Figure 4).
 PAPER: dict[str, Any] = {
@@ -121,10 +121,6 @@ def layer_counts(neuron_lists: Sequence[Sequence[Neuron]], n_layers: int) -> lis
 def _pct(counts: Sequence[int]) -> list[float]:
     total = sum(counts)
     return [100.0 * c / total if total else 0.0 for c in counts]
-
-
-def _mean(values: Sequence[float] | Sequence[int]) -> float:
-    return sum(values) / len(values) if values else math.nan
 
 
 def _ratio(total: float | int, n: int) -> float:
@@ -244,11 +240,11 @@ def _method_stats(
             other.append(len(mine.intersection(neurons.get(o, []))))
     counts = layer_counts(lists, n_layers)
     stats = MethodStats(
-        n_facts=len(keys), neurons_per_fact=_mean([len(x) for x in lists]),
+        n_facts=len(keys), neurons_per_fact=mean_or_nan([len(x) for x in lists]),
         facts_without_neurons=sum(1 for x in lists if not x),
         overlap_same_relation=same_sum / same_n if same_n else math.nan,
         n_pairs_same_relation=same_n,
-        overlap_other_relations=_mean(other), n_pairs_other_relations=len(other),
+        overlap_other_relations=mean_or_nan(other), n_pairs_other_relations=len(other),
         layer_counts=counts, layer_pct=_pct(counts),
         p=rel_neurons.p if rel_neurons else None,
         rounds=rel_neurons.rounds if rel_neurons else None,
@@ -297,7 +293,7 @@ def identification_from_neurons(
         lists = [flat[m].get(k, []) for k in all_keys]
         counts = layer_counts(lists, n_layers)
         overall_per[m] = MethodStats(
-            n_facts=len(all_keys), neurons_per_fact=_mean([len(x) for x in lists]),
+            n_facts=len(all_keys), neurons_per_fact=mean_or_nan([len(x) for x in lists]),
             facts_without_neurons=sum(1 for x in lists if not x),
             overlap_same_relation=_ratio(*all_same[m]), n_pairs_same_relation=all_same[m][1],
             overlap_other_relations=_ratio(*all_other[m]),

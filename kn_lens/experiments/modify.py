@@ -35,7 +35,7 @@ from kn_lens.data import FactBag
 from kn_lens.interventions import as_neurons, scaled_mask_probs
 from kn_lens.neuron import Neuron
 from kn_lens.prompts import answer_token_id, encode
-from kn_lens.results import Result
+from kn_lens.results import Result, mean_or_nan
 
 #: The paper's Figure 3 averages for bert-base-cased (% change of the correct answer's probability).
 PAPER: dict[str, Any] = {
@@ -134,10 +134,6 @@ def unrelated_bag(bags: Sequence[FactBag], bag: FactBag, seed: int) -> FactBag |
     return pool[random.Random(f"{seed}:modify:{bag.key}").randrange(len(pool))]
 
 
-def _mean(xs: Sequence[float]) -> float:
-    return sum(xs) / len(xs) if xs else math.nan
-
-
 def _ratio(delta: float, p: float) -> float:
     return 100.0 * delta / p if p and math.isfinite(p) and math.isfinite(delta) else math.nan
 
@@ -146,8 +142,8 @@ def _stats(facts: Sequence[FactChange], method: str, op: str) -> ChangeStats:
     own = [(f.p_own, f.delta[method][op]["own"]) for f in facts if method in f.delta]
     oth = [(f.p_other, f.delta[method][op]["other"]) for f in facts
            if method in f.delta and f.p_other is not None]
-    own_p, own_d = _mean([a for a, _ in own]), _mean([b for _, b in own])
-    oth_p, oth_d = _mean([a for a, _ in oth]), _mean([b for _, b in oth])
+    own_p, own_d = mean_or_nan([a for a, _ in own]), mean_or_nan([b for _, b in own])
+    oth_p, oth_d = mean_or_nan([a for a, _ in oth]), mean_or_nan([b for _, b in oth])
     return ChangeStats(len(own), own_p, own_d, _ratio(own_d, own_p),
                        len(oth), oth_p, oth_d, _ratio(oth_d, oth_p))
 
@@ -239,7 +235,7 @@ def modify(
             rel_stats = [r[m][op] for r in relations.values() if r[m][op].n_facts]
             own = [s.own_pct for s in rel_stats if math.isfinite(s.own_pct)]
             oth = [s.other_pct for s in rel_stats if math.isfinite(s.other_pct)]
-            overall[m][op] = {"own_pct": _mean(own), "other_pct": _mean(oth),
+            overall[m][op] = {"own_pct": mean_or_nan(own), "other_pct": mean_or_nan(oth),
                               "n_relations": len(rel_stats),
                               "n_facts": sum(s.n_facts for s in rel_stats)}
             pooled[m][op] = _stats(facts, m, op)

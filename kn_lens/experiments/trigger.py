@@ -18,7 +18,7 @@ from kn_lens.config import PaperConfig
 from kn_lens.data import FactBag
 from kn_lens.experiments.distant import grouped_activations, select_facts
 from kn_lens.neuron import Neuron
-from kn_lens.results import Result, to_jsonable
+from kn_lens.results import Result, mean_or_nan, to_jsonable
 from kn_lens.web import PROMPT_TYPES, WebFact, WebPromptSet, build_web_prompts
 
 
@@ -88,7 +88,7 @@ class TriggerResult(Result):
 
 
 def _share_t1(items: Sequence[ScoredPrompt]) -> float:
-    return sum(p.type == "T1" for p in items) / len(items) if items else float("nan")
+    return mean_or_nan(p.type == "T1" for p in items)
 
 
 def activating_prompts(

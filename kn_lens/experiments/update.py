@@ -50,7 +50,7 @@ from kn_lens.config import PaperConfig
 from kn_lens.data import FactBag, filter_single_token, relation_of_key
 from kn_lens.neuron import Neuron
 from kn_lens.prompts import EncodedPrompts, answer_token_id, encode, mask_logits, token_id
-from kn_lens.results import Result
+from kn_lens.results import Result, mean_or_nan
 from kn_lens.weights import RowEdit, add_to_rows, check_neurons, read_value_vectors
 
 #: The paper's figures (BERT-base-cased on PARAREL; Table 4 of Dai et al. 2022).
@@ -301,8 +301,7 @@ def _summarise(facts: Sequence[FactUpdate]) -> dict[str, dict[str, float]]:
             continue
         d: dict[str, float] = {"n_facts": float(len(ms))}
         for m in METRICS:
-            vals = [getattr(x, m) for x in ms if math.isfinite(getattr(x, m))]
-            d[m] = sum(vals) / len(vals) if vals else float("nan")
+            d[m] = mean_or_nan(getattr(x, m) for x in ms if math.isfinite(getattr(x, m)))
         out[arm] = d
     return out
 
