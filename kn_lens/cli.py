@@ -77,14 +77,14 @@ RECORDED_DEFAULTS: dict[str, Any] = {
 # Options whose change makes the stored attribution scores stale.
 ATTRIBUTION_KEYS = ("model", "data", "lama", "patterns", "steps")
 
-# command -> (analysis name in results.json, module under kn_lens.experiments)
-ANALYSES: dict[str, tuple[str, str]] = {
-    "neurons": ("identification", "identification"),
-    "modify": ("modify", "modify"),
-    "distant": ("distant", "distant"),
-    "trigger": ("trigger", "trigger"),
-    "edit": ("update", "update"),
-    "erase": ("erase", "erase"),
+# command -> analysis name in results.json (its experiment module: kn_lens.report.ANALYSES)
+ANALYSES: dict[str, str] = {
+    "neurons": "identification",
+    "modify": "modify",
+    "distant": "distant",
+    "trigger": "trigger",
+    "edit": "update",
+    "erase": "erase",
 }
 STEPS = ("attribute", "neurons", "modify", "distant", "trigger", "edit", "erase")
 
@@ -951,7 +951,10 @@ def run_step(run: Run, command: str) -> Any:
         run.save_result("attribute", None, seconds, cpu_seconds=time.process_time() - c0)
         log.info("attribute done in %.1fs", seconds)
         return summary
-    name, module = ANALYSES[command]
+    from kn_lens.report import ANALYSES as REPORTED
+
+    name = ANALYSES[command]
+    module = REPORTED[name][1]
     result = STEP_FUNCS[command](run)
     paper = getattr(sys.modules.get(f"kn_lens.experiments.{module}"), "PAPER", None)
     seconds = time.perf_counter() - t0
