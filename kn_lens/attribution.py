@@ -40,7 +40,7 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedEncoder
 
-from kn_lens.prompts import EncodedPrompts, encode, token_id
+from kn_lens.prompts import EncodedPrompts, encode, logits_at_mask, token_id
 
 Method = Literal["ig", "activation"]
 METHODS: tuple[str, ...] = ("ig", "activation")
@@ -173,8 +173,7 @@ def _ig_group(
                 assert resid is not None
                 resid = model.blocks[j](resid, add_mask[: resid.shape[0]])
             assert resid is not None
-            at_mask = resid[arange_cache[: c1 - c0], mask_pos]
-            logits = model.unembed(model.mlm_head(at_mask[:, None]))[:, 0]
+            logits = logits_at_mask(model, resid, mask_pos)
             prob = logits.softmax(-1)[:, target]
             (grad,) = torch.autograd.grad(prob.sum(), leaf)
             grad_sum.index_add_(0, c_prompt * n_sel + c_sel, grad)

@@ -142,6 +142,17 @@ def encode(
     return enc.to(dev) if dev is not None else enc
 
 
+def logits_at_mask(
+    model: HookedEncoder,
+    resid: Float[Tensor, "batch pos d_model"],
+    mask_pos: Int[Tensor, " batch"],
+) -> Float[Tensor, "batch d_vocab"]:
+    """The MLM head (``mlm_head`` then ``unembed``) applied to the final residual stream at each
+    row's ``[MASK]`` position only, instead of at every position."""
+    at_mask = resid[torch.arange(resid.shape[0], device=resid.device), mask_pos.to(resid.device)]
+    return model.unembed(model.mlm_head(at_mask[:, None]))[:, 0]
+
+
 def mask_logits(
     model: HookedEncoder,
     prompts: Sequence[str] | EncodedPrompts,
@@ -161,8 +172,7 @@ def mask_logits(
         for s in range(0, len(enc), batch_size):
             b = enc.select(range(s, min(s + batch_size, len(enc))))
             resid = model.encoder_output(b.tokens, b.token_type_ids, b.attention_mask)
-            at_mask = resid[torch.arange(len(b), device=resid.device), b.mask_pos]
-            out.append(model.unembed(model.mlm_head(at_mask[:, None]))[:, 0])
+            out.append(logits_at_mask(model, resid, b.mask_pos))
     return torch.cat(out)
 
 
