@@ -96,15 +96,25 @@ def head_flops(n_pos: int, d: int, v: int) -> float:
     return n_pos * 2 * (d * d + d * v)
 
 
+def block_at_mask_flops(n_tok: int, d: int, f: int) -> float:
+    """Forward FLOPs of one BERT block whose output is needed at one position only: keys and
+    values at every position, the rest at that position."""
+    return n_tok * 2 * 2 * d * d + 2 * (2 * d * d + 2 * d * f) + 2 * 2 * n_tok * d
+
+
 def flops_kn_lens(lengths: list[int], shape: str, steps: int) -> float:
-    """Clean forward once; per layer l and step: blocks l.. forward + input-gradient backward
-    (each ~ the forward), MLM head at [MASK] only, forward + backward."""
+    """Clean forward once; per layer l and step, forward + input-gradient backward (each ~ the
+    forward) of: layer l's MLP output at [MASK], blocks l+1..L-2 in full, the last block at [MASK]
+    (keys and values everywhere) and the MLM head at [MASK]."""
     n_layers, d, f, _, v = SHAPES[shape]
     total = 0.0
     for n in lengths:
         total += n_layers * block_flops(n, d, f)
         for layer in range(n_layers):
-            total += steps * 2 * ((n_layers - layer) * block_flops(n, d, f) + head_flops(1, d, v))
+            above = 0.0
+            if layer < n_layers - 1:
+                above = (n_layers - 2 - layer) * block_flops(n, d, f) + block_at_mask_flops(n, d, f)
+            total += steps * 2 * (above + 2 * d * f + head_flops(1, d, v))
     return total
 
 

@@ -36,7 +36,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedEncoder
 
@@ -88,30 +88,75 @@ def _additive_mask(attention_mask: Tensor, dtype: torch.dtype) -> Tensor:
     return torch.where(attention_mask[:, None, None, :] == 0, ninf, zero)
 
 
+def _after_attention(block: Any, resid_mid: Tensor) -> Tensor:
+    """The second half of ``BertBlock.forward``, from ``resid_mid`` (after ``hook_resid_mid``) to the
+    block output, firing the same hook points in the same order; works on any number of positions."""
+    mlp_in = block.hook_mlp_in(resid_mid.clone()) if block.cfg.use_hook_mlp_in else resid_mid
+    normalized_resid_mid = block.ln1(mlp_in)
+    mlp_out = block.hook_mlp_out(block.mlp(normalized_resid_mid))
+    resid_post = block.hook_resid_post(normalized_resid_mid + mlp_out)
+    return block.hook_normalized_resid_post(block.ln2(resid_post))
+
+
+def _block_at_mask(
+    block: Any,
+    resid: Float[Tensor, "batch pos d_model"],
+    additive_mask: Float[Tensor, "batch 1 1 pos"],
+    mask_pos: Int[Tensor, " batch"],
+) -> Float[Tensor, "batch 1 d_model"]:
+    """``block(resid, additive_mask)`` at each row's ``[MASK]`` position only.
+
+    Keys and values still come from every position; the query, the attention output, the MLP and
+    the layer norms are computed at ``[MASK]`` alone. It calls the block's own submodules and hook
+    points in ``BertBlock.forward``'s order, so hooks fire (from ``hook_attn_out`` on, on the
+    ``[MASK]`` position only). Used for the last block, whose other positions nobody reads.
+    """
+    rows = torch.arange(resid.shape[0], device=resid.device)
+    if block.cfg.use_split_qkv_input:  # per-head inputs: keep TransformerLens' own path
+        return block(resid, additive_mask)[rows, mask_pos][:, None]
+    resid = block.hook_resid_pre(resid)
+    query = resid[rows, mask_pos][:, None]
+    attn_out = block.hook_attn_out(
+        block.attn(query, resid, resid, additive_attention_mask=additive_mask)
+    )
+    return _after_attention(block, block.hook_resid_mid(query + attn_out))
+
+
 def _clean_pass(
     model: HookedEncoder, enc: EncodedPrompts, layers: list[int], keep_resid: bool
-) -> tuple[dict[int, Tensor], Tensor]:
+) -> tuple[dict[int, Tensor], dict[int, Tensor], Tensor]:
     """One no-grad forward over ``enc``.
 
-    Returns ``resid_pre[l]`` (``[prompt, pos, d_model]``, for each ``l`` in ``layers`` when
-    ``keep_resid``) and the clean ``[MASK]`` activations ``[prompt, len(layers), d_mlp]``.
+    Returns, when ``keep_resid``, for each ``l`` in ``layers``: the output of block ``l``
+    (``[prompt, pos, d_model]``, not kept for the last block) and ``hook_resid_mid`` of block ``l``
+    at ``[MASK]`` (``[prompt, d_model]``); and always the clean ``[MASK]`` activations
+    ``[prompt, len(layers), d_mlp]``.
     """
     rows = torch.arange(len(enc), device=enc.tokens.device)
-    resid: dict[int, Tensor] = {}
+    last = model.cfg.n_layers - 1
+    block_out: dict[int, Tensor] = {}
+    mid: dict[int, Tensor] = {}
     acts: dict[int, Tensor] = {}
 
-    def keep_resid_pre(t: Tensor, hook: Any) -> None:
-        resid[int(hook.name.split(".")[1])] = t.detach()
+    def layer_of(hook: Any) -> int:
+        return int(hook.name.split(".")[1])
+
+    def keep_out(t: Tensor, hook: Any) -> None:
+        block_out[layer_of(hook)] = t.detach()
+
+    def keep_mid(t: Tensor, hook: Any) -> None:
+        mid[layer_of(hook)] = t[rows, enc.mask_pos].detach()
 
     def keep_post(t: Tensor, hook: Any) -> None:
-        acts[int(hook.name.split(".")[1])] = t[rows, enc.mask_pos].detach()
+        acts[layer_of(hook)] = t[rows, enc.mask_pos].detach()
 
     hooks: list[tuple[str, Any]] = [(f"blocks.{l}.mlp.hook_post", keep_post) for l in layers]
     if keep_resid:
-        hooks += [(f"blocks.{l}.hook_resid_pre", keep_resid_pre) for l in layers]
+        hooks += [(f"blocks.{l}.hook_resid_mid", keep_mid) for l in layers]
+        hooks += [(f"blocks.{l}.hook_normalized_resid_post", keep_out) for l in layers if l < last]
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
         model.encoder_output(enc.tokens, enc.token_type_ids, enc.attention_mask)
-    return resid, torch.stack([acts[l] for l in layers], dim=1)
+    return block_out, mid, torch.stack([acts[l] for l in layers], dim=1)
 
 
 def _ig_group(
@@ -125,59 +170,71 @@ def _ig_group(
     """IG scores ``[prompt, len(layers), d_mlp]`` for one group of prompts (on the model's device)."""
     dev = enc.tokens.device
     n_prompts, n_sel = len(enc), len(layers)
-    resid_pre, clean = _clean_pass(model, enc, layers, keep_resid=True)
+    last = model.cfg.n_layers - 1
+    block_out, resid_mid, clean = _clean_pass(model, enc, layers, keep_resid=True)
     lengths = enc.attention_mask.sum(-1)
 
-    # Rows in (layer ascending, prompt, alpha) order, so in any chunk the rows of a layer form one
-    # contiguous span after the rows of all lower layers: the batch at block j is a prefix.
-    order = sorted(range(n_sel), key=lambda i: layers[i])
-    sel = torch.tensor(order, device=dev).repeat_interleave(n_prompts * steps)
-    prompt = torch.arange(n_prompts, device=dev).repeat_interleave(steps).repeat(n_sel)
+    # Rows in (prompt, layer, alpha) order, so that a chunk mostly holds one prompt (little
+    # padding); inside a chunk they are then stably sorted by layer, so the rows scaled at or below
+    # layer j always form a prefix of the chunk.
+    prompt = torch.arange(n_prompts, device=dev).repeat_interleave(n_sel * steps)
+    sel = torch.arange(n_sel, device=dev).repeat_interleave(steps).repeat(n_prompts)
     k = torch.arange(steps, device=dev).repeat(n_prompts * n_sel)
     block = torch.tensor(layers, device=dev)[sel]
     alpha = k.to(clean.dtype) / steps
 
     grad_sum = torch.zeros(n_prompts * n_sel, model.cfg.d_mlp, dtype=clean.dtype, device=dev)
-    arange_cache = torch.arange(batch_size, device=dev)
-    state: dict[int, tuple[int, int, Tensor, Tensor]] = {}
+    scaled: list[Tensor | None] = [None]  # the values hook_post returns while a scaled MLP runs
 
     def put_scaled(act: Tensor, hook: Any) -> Tensor:
-        span = state.get(int(hook.name.split(".")[1]))
-        if span is None:  # no row of this chunk is scaled at this layer
-            return act
-        start, stop, pos, leaf = span
-        return act.index_put((arange_cache[start:stop], pos), leaf)
+        return act if scaled[0] is None else scaled[0].to(act.dtype)
 
     hook_names = [(f"blocks.{l}.mlp.hook_post", put_scaled) for l in layers]
     n_rows = len(sel)
     with _no_param_grads(model), torch.enable_grad(), model.hooks(fwd_hooks=hook_names):
         for c0 in range(0, n_rows, batch_size):
             c1 = min(c0 + batch_size, n_rows)
-            c_sel, c_prompt, c_block = sel[c0:c1], prompt[c0:c1], block[c0:c1]
+            perm = c0 + torch.sort(block[c0:c1], stable=True).indices
+            c_sel, c_prompt, c_block = sel[perm], prompt[perm], block[perm]
             width = int(lengths[c_prompt].max())
             mask_pos = enc.mask_pos[c_prompt]
             add_mask = _additive_mask(enc.attention_mask[c_prompt, :width], clean.dtype)
-            leaf = (alpha[c0:c1, None] * clean[c_prompt, c_sel]).requires_grad_(True)
+            leaf = (alpha[perm, None] * clean[c_prompt, c_sel]).requires_grad_(True)
             blocks_here = c_block.tolist()
-            first = blocks_here[0]
-            state.clear()
-            resid: Tensor | None = None
-            for j in range(first, model.cfg.n_layers):
-                # rows scaled at layer j join here, from the clean input of block j
-                start = blocks_here.index(j) if j in blocks_here else None
-                if start is not None:
-                    stop = len(blocks_here) - blocks_here[::-1].index(j)
-                    joining = resid_pre[j][c_prompt[start:stop], :width]
-                    resid = joining if resid is None else torch.cat([resid, joining])
-                    state[j] = (start, stop, mask_pos[start:stop], leaf[start:stop])
-                assert resid is not None
-                resid = model.blocks[j](resid, add_mask[: resid.shape[0]])
+            resid: Tensor | None = None  # rows scaled below block j, entering block j
+            for j in range(blocks_here[0], model.cfg.n_layers):
+                blk = model.blocks[j]
+                if resid is not None:
+                    n = resid.shape[0]
+                    if j == last:  # nothing reads the last block away from [MASK]
+                        resid = _block_at_mask(blk, resid, add_mask[:n], mask_pos[:n])
+                    else:
+                        resid = blk(resid, add_mask[:n])
+                if j not in blocks_here:
+                    continue
+                # Rows scaled at layer j: below its MLP nothing changed, and its MLP changes only
+                # [MASK]. Run the block's second half at [MASK] with hook_post replaced by the
+                # scaled activations, and put the result into the clean block output.
+                start = blocks_here.index(j)
+                stop = len(blocks_here) - blocks_here[::-1].index(j)
+                rows_j = c_prompt[start:stop]
+                scaled[0] = leaf[start:stop, None]
+                try:
+                    at_mask = _after_attention(blk, resid_mid[j][rows_j][:, None])
+                finally:
+                    scaled[0] = None
+                if j == last:
+                    joining = at_mask
+                else:
+                    joining = block_out[j][rows_j, :width].index_put(
+                        (torch.arange(stop - start, device=dev), mask_pos[start:stop]), at_mask[:, 0]
+                    )
+                resid = joining if resid is None else torch.cat([resid, joining])
             assert resid is not None
-            logits = logits_at_mask(model, resid, mask_pos)
+            logits = logits_at_mask(model, resid, torch.zeros_like(mask_pos))
             prob = logits.softmax(-1)[:, target]
             (grad,) = torch.autograd.grad(prob.sum(), leaf)
             grad_sum.index_add_(0, c_prompt * n_sel + c_sel, grad)
-            state.clear()
     return clean * grad_sum.view(n_prompts, n_sel, -1) / steps
 
 
@@ -233,7 +290,7 @@ def attribute(
         idx = by_length[g0:g0 + batch_size]
         group = enc.select(idx)
         if method == "activation":
-            _, scores = _clean_pass(model, group, sel_layers, keep_resid=False)
+            _, _, scores = _clean_pass(model, group, sel_layers, keep_resid=False)
         else:
             scores = _ig_group(model, group, target_id, sel_layers, steps, batch_size)
         out[torch.tensor(idx)] = scores.detach().to("cpu", model.cfg.dtype)

@@ -222,6 +222,60 @@ def test_caller_hooks_still_apply(tiny_model):
     assert not torch.allclose(plain, hooked)
 
 
+def test_caller_hooks_exact_against_naive(three_layer_ckpt):
+    """Under a caller's position-wise interventions (layer 0's attention output halved, a neuron of
+    the last MLP silenced), the scores still equal the naive reference run under the same hooks,
+    though attribution runs the scaled layer's MLP and the last block at [MASK] only."""
+    model = load_model(three_layer_ckpt, device="cpu", dtype=torch.float64)
+    target = answer_token_id(model, "London")
+
+    def halve(act, hook):
+        return act * 0.5
+
+    def silence(act, hook):
+        act = act.clone()
+        act[..., 3] = 0.0
+        return act
+
+    caller = [("blocks.0.hook_attn_out", halve), ("blocks.2.mlp.hook_post", silence)]
+    with model.hooks(fwd_hooks=caller):
+        ours = attribute(model, PROMPTS, target, steps=3, batch_size=8)
+        refs = [naive_ig(model, p, target, steps=3) for p in PROMPTS]
+    plain = attribute(model, PROMPTS, target, steps=3, batch_size=8)
+    assert not torch.allclose(ours, plain)
+    assert torch.all(ours[:, 2, 3] == 0)  # the silenced neuron has no attribution
+    for i in range(len(PROMPTS)):
+        torch.testing.assert_close(ours[i], refs[i], rtol=1e-9, atol=1e-14)
+
+
+def test_last_block_at_mask_equals_full_block(three_layer_ckpt):
+    """The last block computed at [MASK] only gives the full block's output there, padding included,
+    and fires the same hook points."""
+    from kn_lens.attribution import _additive_mask, _block_at_mask
+
+    model = load_model(three_layer_ckpt, device="cpu", dtype=torch.float64)
+    enc = encode(model, PROMPTS)
+    resid = model.blocks[0](model.embed(enc.tokens, enc.token_type_ids),
+                            _additive_mask(enc.attention_mask, torch.float64)).detach()
+    add_mask = _additive_mask(enc.attention_mask, torch.float64)
+    block = model.blocks[1]
+    fired_full: list[str] = []
+    fired_mask: list[str] = []
+    names = [n for n in model.hook_dict if n.startswith("blocks.1.")]
+
+    def record(into):
+        return [(n, lambda act, hook: into.append(hook.name)) for n in names]
+
+    with model.hooks(fwd_hooks=record(fired_full)):
+        full = block(resid, add_mask)
+    with model.hooks(fwd_hooks=record(fired_mask)):
+        at_mask = _block_at_mask(block, resid, add_mask, enc.mask_pos)
+    rows = torch.arange(len(PROMPTS))
+    assert at_mask.shape == (len(PROMPTS), 1, model.cfg.d_model)
+    torch.testing.assert_close(at_mask[:, 0], full[rows, enc.mask_pos], rtol=1e-12, atol=1e-12)
+    assert fired_mask == fired_full
+
+
 def test_works_inside_no_grad(tiny_model):
     plain = attribute(tiny_model, PROMPTS[:2], TARGET, steps=3)
     with torch.no_grad():
