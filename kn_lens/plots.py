@@ -33,7 +33,8 @@ def save_figure(fig: go.Figure, stem: str | Path) -> dict[str, str]:
         fig.write_image(str(stem.with_suffix(".png")))
         out["png"] = str(stem.with_suffix(".png"))
     except Exception as e:  # kaleido (or Chrome for kaleido>=1) not installed
-        log.info("PNG export of %s skipped: %s", stem.name, str(e).splitlines()[0] if str(e) else e)
+        reason = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        log.info("PNG export of %s skipped: %s", stem.name, reason)
     return out
 
 

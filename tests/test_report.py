@@ -135,3 +135,22 @@ def test_load_results_rejects_bad_files(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps({"schema": "x"}))
     with pytest.raises(ValueError, match="invalid results.json"):
         load_results(tmp_path)
+
+
+def test_missing_png_exporter_is_a_readable_notice(tmp_path, monkeypatch, caplog):
+    """Without an image exporter a figure is still written as HTML, and the notice gives the
+    exporter's reason (its first non-empty line), not an empty string."""
+    import logging
+
+    import plotly.graph_objects as go
+
+    from kn_lens.plots import save_figure
+
+    def no_exporter(self, *args, **kwargs):
+        raise RuntimeError("\nImage export requires the Kaleido package, v1.0.0 or greater,\n")
+
+    monkeypatch.setattr(go.Figure, "write_image", no_exporter)
+    with caplog.at_level(logging.INFO, logger="kn_lens"):
+        out = save_figure(go.Figure(), tmp_path / "fig")
+    assert set(out) == {"html"} and (tmp_path / "fig.html").stat().st_size > 0
+    assert "PNG export of fig skipped: Image export requires the Kaleido package" in caplog.text
