@@ -15,18 +15,24 @@ The scores of a layer add up to about ``p_y(a) - p_y(0)`` (completeness), the cl
 (the same numbers as one full forward and backward pass per layer and step); the speed comes from
 not doing work whose result is known:
 
-- the prompts and the alpha-steps of several layers share one batch (rows ``layer x prompt x
+- the prompts and the alpha-steps of several layers share one batch (rows ``prompt x layer x
   alpha``, cut into chunks of ``batch_size`` rows so memory stays bounded);
-- scaling at layer ``l`` cannot change anything below ``l``. One clean forward pass (no autograd)
-  keeps each layer's input ``blocks.{l}.hook_resid_pre``; a row for layer ``l`` enters the batch at
-  block ``l`` from that cache, so a chunk runs its blocks bottom-up and the batch grows as rows
-  join at their layer;
-- the masked-LM head runs only at ``[MASK]``;
+- scaling at layer ``l`` changes nothing below layer ``l``'s MLP, and in that MLP only the
+  ``[MASK]`` position. One clean forward pass (no autograd) keeps each scored layer's block output
+  and its ``hook_resid_mid`` at ``[MASK]``; a row for layer ``l`` recomputes only the second half of
+  block ``l`` at ``[MASK]`` (with ``hook_post`` replaced by the scaled activation), puts that into
+  the clean block output and joins the batch at block ``l + 1``. A chunk runs its blocks bottom-up
+  and the batch grows as rows join;
+- nothing reads the last block away from ``[MASK]``: it computes keys and values at every position
+  and everything else at ``[MASK]`` only, and so does the masked-LM head;
 - autograd records only what depends on the scaled activation (a single leaf tensor per chunk),
   and the gradient is taken with ``torch.autograd.grad`` with respect to that leaf alone.
 
-The blocks are called as modules and the scaling is a TransformerLens hook on
-``blocks.{l}.mlp.hook_post``, so hooks a caller attached (for example an intervention) still fire.
+The blocks and their parts are called as TransformerLens modules and hook points, in
+``BertBlock.forward``'s order, and the scaling is a hook on ``blocks.{l}.mlp.hook_post``, so hooks a
+caller attached (for example an intervention) still fire. Where a block is computed at ``[MASK]``
+only (the second half of the scaled block, and the last block from ``hook_attn_out`` on), those
+hooks see one position instead of all: position-wise hooks behave exactly as in a full forward.
 """
 
 from __future__ import annotations
