@@ -118,6 +118,20 @@ def flops_kn_lens(lengths: list[int], shape: str, steps: int) -> float:
     return total
 
 
+def flops_exact_floor(lengths: list[int], shape: str, steps: int) -> float:
+    """``flops_kn_lens`` less the one further exact saving we know of: in block ``l+1`` the
+    queries, keys and values of every position but ``[MASK]`` equal the clean ones (forward and
+    backward; keys and values only when block ``l+1`` is the last, which has its query at
+    ``[MASK]`` already). The work every exact implementation of the paper's scores must do."""
+    n_layers, d, f, _, v = SHAPES[shape]
+    saved = 0.0
+    for n in lengths:
+        full_next = max(n_layers - 2, 0)  # layers l whose block l+1 runs in full
+        last_next = 1 if n_layers >= 2 else 0  # layer L-2, whose block l+1 is the last
+        saved += steps * 2 * (n - 1) * 2 * d * d * (3 * full_next + 2 * last_next)
+    return flops_kn_lens(lengths, shape, steps) - saved
+
+
 def flops_knowledge_neurons(lengths: list[int], shape: str, steps: int) -> float:
     """Per layer: a baseline forward; per step: a full forward (all blocks, head at every
     position) and the backward from the head down to layer l."""
@@ -189,6 +203,8 @@ class ModelReport:
     kn_gflop: float | None
     ours_gflops: float
     kn_gflops: float | None
+    floor_gflop: float
+    bound_speedup_at_matmul_peak: float | None
     bag_s_per_prompt: dict
     max_logit_diff_hf_vs_tl: float
 
@@ -199,7 +215,7 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a @ b) / (a.norm() * b.norm()))
 
 
-def run_model(shape: str, args: argparse.Namespace, log) -> ModelReport:
+def run_model(shape: str, args: argparse.Namespace, log, matmul_peak: float) -> ModelReport:
     from transformers import BertForMaskedLM
 
     from kn_lens import load_model
@@ -271,7 +287,8 @@ def run_model(shape: str, args: argparse.Namespace, log) -> ModelReport:
     log(f"[{shape}] kn_lens, the {len(prompts)} prompts as one bag: {bag_dt / len(prompts):.3f} s/prompt "
         f"(scores equal the one-at-a-time ones to {bag_max_diff:.1e} relative)")
 
-    kn_s = speedup = corr = top20 = kn_flop = kn_gflops = None
+    kn_s = speedup = corr = top20 = kn_flop = kn_gflops = bound = None
+    floor_flop = flops_exact_floor(lengths, shape, args.steps)
     per_prompt = None
     if kn is not None:
         kn_s = sum(kn_t) / len(prompts)
@@ -297,6 +314,11 @@ def run_model(shape: str, args: argparse.Namespace, log) -> ModelReport:
             f"{kn_flop / ours_flop:.2f}")
         log(f"[{shape}] Pearson r of the scores: {corr:.5f} (per prompt min {min(per_prompt):.5f});  "
             f"top-20 neuron overlap {top20:.2f}")
+        floor_s = floor_flop / (matmul_peak * 1e9)
+        bound = kn_s * len(prompts) / floor_s
+        log(f"[{shape}] bound: any exact implementation does >= {floor_flop / len(prompts) / 1e9:.1f} "
+            f"GFLOP/prompt; at the plain matmul's {matmul_peak:.1f} GFLOP/s that is "
+            f">= {floor_s / len(prompts):.3f} s/prompt, so at most {bound:.2f}x knowledge-neurons")
 
     bag_costs = {}
     for n in args.bags:
@@ -318,6 +340,7 @@ def run_model(shape: str, args: argparse.Namespace, log) -> ModelReport:
         ours_gflop=ours_flop / len(prompts) / 1e9,
         kn_gflop=None if kn_flop is None else kn_flop / len(prompts) / 1e9,
         ours_gflops=ours_flop / ours_s / len(prompts) / 1e9, kn_gflops=kn_gflops,
+        floor_gflop=floor_flop / len(prompts) / 1e9, bound_speedup_at_matmul_peak=bound,
         bag_s_per_prompt=bag_costs, max_logit_diff_hf_vs_tl=max_diff,
     )
 
@@ -358,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         _, d, f, _, _ = SHAPES[shape]
         mm[shape] = matmul_gflops(args.device, 64 * 12, d, f)
         log(f"plain torch matmul [{64 * 12}x{d}] @ [{d}x{f}] float32: {mm[shape]:.1f} GFLOP/s")
-    reports = [run_model(s, args, log) for s in args.models.split(",") if s]
+    reports = [run_model(s, args, log, mm[s]) for s in args.models.split(",") if s]
     wall = time.perf_counter() - t_start
     load_end = os.getloadavg() if hasattr(os, "getloadavg") else None
     log(f"total wall time {wall:.0f} s; load average at end {load_end}")
