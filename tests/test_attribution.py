@@ -281,3 +281,21 @@ def test_works_inside_no_grad(tiny_model):
     with torch.no_grad():
         inside = attribute(tiny_model, PROMPTS[:2], TARGET, steps=3)
     torch.testing.assert_close(inside, plain, rtol=0, atol=0)
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+
+
+@needs_cuda
+def test_cuda_matches_cpu(three_layer_ckpt):
+    """The same scores on a CUDA device as on the CPU (float64, so the comparison is tight), and
+    the result comes back on the CPU."""
+    cpu = load_model(three_layer_ckpt, device="cpu", dtype=torch.float64)
+    gpu = load_model(three_layer_ckpt, device="cuda", dtype=torch.float64)
+    on_cpu = attribute(cpu, PROMPTS, "London", steps=4, batch_size=7)
+    on_gpu = attribute(gpu, PROMPTS, "London", steps=4, batch_size=7)
+    assert on_gpu.device.type == "cpu"
+    torch.testing.assert_close(on_gpu, on_cpu, rtol=1e-9, atol=1e-12)
+    base_gpu = attribute(gpu, PROMPTS, "London", method="activation")
+    torch.testing.assert_close(base_gpu, attribute(cpu, PROMPTS, "London", method="activation"),
+                               rtol=1e-9, atol=1e-12)

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from kn_lens import cli
 from kn_lens.store import read_jsonl, read_union, relation_files
@@ -391,6 +392,26 @@ def test_reproduce_runs_everything(tmp_path, tiny_ckpt):
                      "--skip", "distant", "--skip", "trigger", "--skip", "edit",
                      "--skip", "modify"]) == 0
     assert (out / "attribution" / "P19.jsonl").read_bytes() == before
+
+
+@needs_all
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_reproduce_on_cuda(tmp_path, tiny_ckpt):
+    """Every analysis runs with --device cuda, and finds (nearly always) the CPU run's neurons."""
+    facts = write_facts(tmp_path / "facts.jsonl", per_relation=2)
+    web = write_web(tmp_path / "web", facts)
+    docs, neurons = {}, {}
+    for device in ("cpu", "cuda"):
+        out = tmp_path / device
+        args = base_args(tiny_ckpt, facts, out, "--steps", "2", "--web", str(web))
+        args[args.index("--device") + 1] = device
+        assert cli.main(["reproduce", *args]) == 0
+        docs[device] = json.loads((out / "results.json").read_text())
+        neurons[device] = json.loads((out / "neurons.json").read_text())["neurons"]
+    assert set(docs["cuda"]["results"]) == set(docs["cpu"]["results"])
+    for method, per_fact in neurons["cpu"].items():
+        same = [per_fact[key] == neurons["cuda"][method][key] for key in per_fact]
+        assert sum(same) >= 0.8 * len(same), method  # float noise may flip a borderline neuron
 
 
 def test_distant_without_web_on_user_data(tmp_path, tiny_ckpt, facts, capsys, monkeypatch):
