@@ -119,16 +119,29 @@ def flops_kn_lens(lengths: list[int], shape: str, steps: int) -> float:
 
 
 def flops_exact_floor(lengths: list[int], shape: str, steps: int) -> float:
-    """``flops_kn_lens`` less the one further exact saving we know of: in block ``l+1`` the
-    queries, keys and values of every position but ``[MASK]`` equal the clean ones (forward and
-    backward; keys and values only when block ``l+1`` is the last, which has its query at
-    ``[MASK]`` already). The work every exact implementation of the paper's scores must do."""
+    """``flops_kn_lens`` less every further exact saving we know of, all in block ``l+1`` (the
+    first block after the scaled layer), whose input differs from the clean one at ``[MASK]`` only:
+
+    - at the other positions its queries, keys and values are the clean ones;
+    - there its attention output changes only through the ``[MASK]`` key and value, so per head it
+      is a mix of three vectors (the clean head output, the clean and the new ``W_O v`` at
+      ``[MASK]``): no ``W_O`` product is needed per position;
+    - after the layer norm, ``W_in`` of that change is a mix of the same vectors times precomputed
+      per-head matrices ``W_in diag(w_ln) W_O^h``: no ``W_in`` product per position either.
+
+    What is left at those positions is ``W_out`` after the GELU, whose input now differs in every
+    coordinate, and from block ``l+2`` on the input differs at every position, so every product
+    there is needed. Forward and backward both save; the per-row and per-prompt costs of the
+    tricks themselves (about one position's worth) are ignored, so this errs low. When block
+    ``l+1`` is the last one only its keys and values at the other positions are saved (its query
+    is at ``[MASK]`` already)."""
     n_layers, d, f, _, v = SHAPES[shape]
     saved = 0.0
     for n in lengths:
-        full_next = max(n_layers - 2, 0)  # layers l whose block l+1 runs in full
+        full_next = max(n_layers - 2, 0)  # layers l whose block l+1 is not the last
         last_next = 1 if n_layers >= 2 else 0  # layer L-2, whose block l+1 is the last
-        saved += steps * 2 * (n - 1) * 2 * d * d * (3 * full_next + 2 * last_next)
+        per_pos = full_next * (4 * d * d + d * f) + last_next * 2 * d * d
+        saved += steps * 2 * (n - 1) * 2 * per_pos
     return flops_kn_lens(lengths, shape, steps) - saved
 
 
@@ -316,7 +329,7 @@ def run_model(shape: str, args: argparse.Namespace, log, matmul_peak: float) -> 
             f"top-20 neuron overlap {top20:.2f}")
         floor_s = floor_flop / (matmul_peak * 1e9)
         bound = kn_s * len(prompts) / floor_s
-        log(f"[{shape}] bound: any exact implementation does >= {floor_flop / len(prompts) / 1e9:.1f} "
+        log(f"[{shape}] bound: an exact method does >= {floor_flop / len(prompts) / 1e9:.1f} "
             f"GFLOP/prompt; at the plain matmul's {matmul_peak:.1f} GFLOP/s that is "
             f">= {floor_s / len(prompts):.3f} s/prompt, so at most {bound:.2f}x knowledge-neurons")
 
