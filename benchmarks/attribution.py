@@ -14,6 +14,7 @@ each beside a plain torch matmul's on this machine, and kn_lens' cost per prompt
     python benchmarks/attribution.py                       # both models, CPU
     python benchmarks/attribution.py --models base --kn-prompts 5
     python benchmarks/attribution.py --device cuda --kn-prompts 10 --bags 1,4,9,20
+    python benchmarks/attribution.py --models base --also-dtype bfloat16   # + an approximation
 
 Needs ``pip install -r benchmarks/requirements.txt`` (installs knowledge-neurons without its
 dependencies, which would otherwise pull another torch). knowledge-neurons is imported here only,
@@ -220,6 +221,7 @@ class ModelReport:
     bound_speedup_at_matmul_peak: float | None
     bag_s_per_prompt: dict
     max_logit_diff_hf_vs_tl: float
+    lower_precision: dict | None
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -240,6 +242,8 @@ def run_model(shape: str, args: argparse.Namespace, log, matmul_peak: float) -> 
         folder = make_checkpoint(Path(tmp) / shape, shape, seed=args.seed)
         tl = load_model(folder, device=device)
         hf = BertForMaskedLM.from_pretrained(str(folder)).eval().to(device)
+        tl_low = (load_model(folder, device=device, dtype=getattr(torch, args.also_dtype))
+                  if args.also_dtype else None)
     tok = tl.tokenizer
     target = "Paris"
     n_layers, d, f, heads, v = SHAPES[shape]
@@ -333,6 +337,33 @@ def run_model(shape: str, args: argparse.Namespace, log, matmul_peak: float) -> 
             f"GFLOP/prompt; at the plain matmul's {matmul_peak:.1f} GFLOP/s that is "
             f">= {floor_s / len(prompts):.3f} s/prompt, so at most {bound:.2f}x knowledge-neurons")
 
+    low = None
+    if tl_low is not None:
+        # An opt-in approximation, timed beside the exact float32 run: the same prompts one at a
+        # time with the model in a lower precision; agreement is against kn_lens' float32 scores.
+        attribute(tl_low, prompts[:1], target, steps=2, batch_size=args.batch_size)  # warm-up
+        low_t, low_rows = [], []
+        for p in prompts:
+            sync(device)
+            t0 = time.perf_counter()
+            low_rows.append(attribute(tl_low, [p], target, steps=args.steps,
+                                      batch_size=args.batch_size)[0].float())
+            sync(device)
+            low_t.append(time.perf_counter() - t0)
+        low_scores = torch.stack(low_rows)
+        low_s = sum(low_t) / len(prompts)
+        low_top = sum(len(set(low_scores[i].flatten().topk(20).indices.tolist())
+                          & set(ours[i].flatten().topk(20).indices.tolist())) / 20
+                      for i in range(len(prompts))) / len(prompts)
+        low = {"dtype": args.also_dtype, "s_per_prompt": low_s,
+               "speedup_vs_knowledge_neurons": None if kn_s is None else kn_s / low_s,
+               "speedup_vs_float32": ours_s / low_s, "pearson_vs_float32": pearson(low_scores, ours),
+               "top20_overlap_vs_float32": low_top}
+        log(f"[{shape}] kn_lens in {args.also_dtype} (approximate): {low_s:.3f} s/prompt, "
+            f"{ours_s / low_s:.2f}x its float32 run"
+            + ("" if kn_s is None else f", {kn_s / low_s:.2f}x knowledge-neurons (float32)")
+            + f"; Pearson r vs float32 {low['pearson_vs_float32']:.5f}, top-20 overlap {low_top:.2f}")
+
     bag_costs = {}
     for n in args.bags:
         bag = make_prompts(n, seed=args.seed + 1000 + n)
@@ -354,7 +385,7 @@ def run_model(shape: str, args: argparse.Namespace, log, matmul_peak: float) -> 
         kn_gflop=None if kn_flop is None else kn_flop / len(prompts) / 1e9,
         ours_gflops=ours_flop / ours_s / len(prompts) / 1e9, kn_gflops=kn_gflops,
         floor_gflop=floor_flop / len(prompts) / 1e9, bound_speedup_at_matmul_peak=bound,
-        bag_s_per_prompt=bag_costs, max_logit_diff_hf_vs_tl=max_diff,
+        bag_s_per_prompt=bag_costs, max_logit_diff_hf_vs_tl=max_diff, lower_precision=low,
     )
 
 
@@ -370,6 +401,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="knowledge-neurons batch size (its default, 10; must divide --steps)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default torch's)")
     ap.add_argument("--skip-kn", action="store_true", help="time kn_lens only")
+    ap.add_argument("--also-dtype", default=None, choices=["bfloat16", "float16"],
+                    help="also time kn_lens with the model in this lower precision (an opt-in "
+                         "approximation) and compare its scores with float32's")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args(argv)

@@ -187,9 +187,12 @@ def _ig_group(
     sel = torch.arange(n_sel, device=dev).repeat_interleave(steps).repeat(n_prompts)
     k = torch.arange(steps, device=dev).repeat(n_prompts * n_sel)
     block = torch.tensor(layers, device=dev)[sel]
-    alpha = k.to(clean.dtype) / steps
+    # Sums and the alpha grid in at least float32, so a half-precision model only rounds what
+    # its own forward and backward passes round.
+    acc = torch.promote_types(clean.dtype, torch.float32)
+    alpha = k.to(acc) / steps
 
-    grad_sum = torch.zeros(n_prompts * n_sel, model.cfg.d_mlp, dtype=clean.dtype, device=dev)
+    grad_sum = torch.zeros(n_prompts * n_sel, model.cfg.d_mlp, dtype=acc, device=dev)
     scaled: list[Tensor | None] = [None]  # the values hook_post returns while a scaled MLP runs
 
     def put_scaled(act: Tensor, hook: Any) -> Tensor:
@@ -205,7 +208,7 @@ def _ig_group(
             width = int(lengths[c_prompt].max())
             mask_pos = enc.mask_pos[c_prompt]
             add_mask = _additive_mask(enc.attention_mask[c_prompt, :width], clean.dtype)
-            leaf = (alpha[perm, None] * clean[c_prompt, c_sel]).requires_grad_(True)
+            leaf = (alpha[perm, None] * clean[c_prompt, c_sel]).to(clean.dtype).requires_grad_(True)
             blocks_here = c_block.tolist()
             resid: Tensor | None = None  # rows scaled below block j, entering block j
             for j in range(blocks_here[0], model.cfg.n_layers):
@@ -240,7 +243,7 @@ def _ig_group(
             logits = logits_at_mask(model, resid, torch.zeros_like(mask_pos))
             prob = logits.softmax(-1)[:, target]
             (grad,) = torch.autograd.grad(prob.sum(), leaf)
-            grad_sum.index_add_(0, c_prompt * n_sel + c_sel, grad)
+            grad_sum.index_add_(0, c_prompt * n_sel + c_sel, grad.to(acc))
     return clean * grad_sum.view(n_prompts, n_sel, -1) / steps
 
 

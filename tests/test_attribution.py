@@ -283,6 +283,20 @@ def test_works_inside_no_grad(tiny_model):
     torch.testing.assert_close(inside, plain, rtol=0, atol=0)
 
 
+def test_bfloat16_model_is_close_to_float32(tiny_ckpt, tiny_model):
+    """A bfloat16 model (an opt-in approximation) gives bfloat16 scores that track float32's: the
+    alpha grid and the sums are kept in float32, so only the model's own passes round."""
+    half = load_model(tiny_ckpt, device="cpu", dtype=torch.bfloat16)
+    ours = attribute(half, PROMPTS, TARGET, steps=5)
+    ref = attribute(tiny_model, PROMPTS, TARGET, steps=5)
+    assert ours.dtype == torch.bfloat16 and torch.isfinite(ours.float()).all()
+    r = torch.corrcoef(torch.stack([ours.float().flatten(), ref.flatten()]))[0, 1]
+    assert r > 0.99, float(r)
+    for i in range(len(PROMPTS)):
+        top = set(ref[i].flatten().topk(5).indices.tolist())
+        assert len(top & set(ours[i].float().flatten().topk(5).indices.tolist())) >= 4
+
+
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 
 
