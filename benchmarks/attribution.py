@@ -335,7 +335,8 @@ def run_model(shape: str, args: argparse.Namespace, log, matmul_peak: float) -> 
         bound = kn_s * len(prompts) / floor_s
         log(f"[{shape}] bound: an exact method does >= {floor_flop / len(prompts) / 1e9:.1f} "
             f"GFLOP/prompt; at the plain matmul's {matmul_peak:.1f} GFLOP/s that is "
-            f">= {floor_s / len(prompts):.3f} s/prompt, so at most {bound:.2f}x knowledge-neurons")
+            f">= {floor_s / len(prompts):.3f} s/prompt, so at most {bound:.2f}x knowledge-neurons; "
+            f"at equal efficiency at most {kn_flop / floor_flop:.2f}x (the work ratio)")
 
     low = None
     if tl_low is not None:
