@@ -230,6 +230,15 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a @ b) / (a.norm() * b.norm()))
 
 
+def top_overlap(a: torch.Tensor, b: torch.Tensor, k: int = 20) -> float:
+    """Mean over prompts of the share of ``a``'s top-``k`` neurons that are also ``b``'s."""
+    def top(t: torch.Tensor) -> set[int]:
+        return set(t.flatten().topk(k).indices.tolist())
+
+    shares = [len(top(x) & top(y)) / k for x, y in zip(a, b)]
+    return sum(shares) / len(shares)
+
+
 def run_model(shape: str, args: argparse.Namespace, log, matmul_peak: float) -> ModelReport:
     from transformers import BertForMaskedLM
 
@@ -259,10 +268,10 @@ def run_model(shape: str, args: argparse.Namespace, log, matmul_peak: float) -> 
     log(f"[{shape}] {n_layers} layers, d_model {d}, d_mlp {f}, vocab {v}; prompts of {lengths} tokens;"
         f" max |logit_HF - logit_TL| at [MASK] = {max_diff:.2e}")
 
-    def time_ours(ps: list[str]) -> tuple[float, torch.Tensor]:
+    def time_ours(ps: list[str], model=tl) -> tuple[float, torch.Tensor]:
         sync(device)
         t0 = time.perf_counter()
-        scores = attribute(tl, ps, target, steps=args.steps, batch_size=args.batch_size)
+        scores = attribute(model, ps, target, steps=args.steps, batch_size=args.batch_size)
         sync(device)
         return time.perf_counter() - t0, scores
 
@@ -315,13 +324,7 @@ def run_model(shape: str, args: argparse.Namespace, log, matmul_peak: float) -> 
         speedup = kn_s / ours_s
         corr = pearson(ours, theirs_t)
         per_prompt = [pearson(ours[i], theirs_t[i]) for i in range(len(prompts))]
-        k = 20
-        overlaps = []
-        for i in range(len(prompts)):
-            a = set(ours[i].flatten().topk(k).indices.tolist())
-            b = set(theirs_t[i].flatten().topk(k).indices.tolist())
-            overlaps.append(len(a & b) / k)
-        top20 = sum(overlaps) / len(overlaps)
+        top20 = top_overlap(ours, theirs_t)
         log(f"[{shape}] knowledge-neurons: {kn_s:8.3f} s/prompt  {1 / kn_s:8.3f} prompts/s  "
             f"{kn_flop / len(prompts) / 1e9:7.1f} GFLOP/prompt  {kn_gflops:6.1f} GFLOP/s"
             f"   (per prompt: {', '.join(f'{t:.2f}' for t in kn_t)} s)")
@@ -343,19 +346,10 @@ def run_model(shape: str, args: argparse.Namespace, log, matmul_peak: float) -> 
         # An opt-in approximation, timed beside the exact float32 run: the same prompts one at a
         # time with the model in a lower precision; agreement is against kn_lens' float32 scores.
         attribute(tl_low, prompts[:1], target, steps=2, batch_size=args.batch_size)  # warm-up
-        low_t, low_rows = [], []
-        for p in prompts:
-            sync(device)
-            t0 = time.perf_counter()
-            low_rows.append(attribute(tl_low, [p], target, steps=args.steps,
-                                      batch_size=args.batch_size)[0].float())
-            sync(device)
-            low_t.append(time.perf_counter() - t0)
-        low_scores = torch.stack(low_rows)
-        low_s = sum(low_t) / len(prompts)
-        low_top = sum(len(set(low_scores[i].flatten().topk(20).indices.tolist())
-                          & set(ours[i].flatten().topk(20).indices.tolist())) / 20
-                      for i in range(len(prompts))) / len(prompts)
+        low_runs = [time_ours([p], model=tl_low) for p in prompts]
+        low_scores = torch.stack([sc[0].float() for _, sc in low_runs])
+        low_s = sum(dt for dt, _ in low_runs) / len(prompts)
+        low_top = top_overlap(low_scores, ours)
         low = {"dtype": args.also_dtype, "s_per_prompt": low_s,
                "speedup_vs_knowledge_neurons": None if kn_s is None else kn_s / low_s,
                "speedup_vs_float32": ours_s / low_s, "pearson_vs_float32": pearson(low_scores, ours),

@@ -255,9 +255,8 @@ def test_last_block_at_mask_equals_full_block(three_layer_ckpt):
 
     model = load_model(three_layer_ckpt, device="cpu", dtype=torch.float64)
     enc = encode(model, PROMPTS)
-    resid = model.blocks[0](model.embed(enc.tokens, enc.token_type_ids),
-                            _additive_mask(enc.attention_mask, torch.float64)).detach()
     add_mask = _additive_mask(enc.attention_mask, torch.float64)
+    resid = model.blocks[0](model.embed(enc.tokens, enc.token_type_ids), add_mask).detach()
     block = model.blocks[1]
     fired_full: list[str] = []
     fired_mask: list[str] = []
