@@ -14,7 +14,7 @@ from kn_lens.attribution import attribute
 from kn_lens.config import PaperConfig
 from kn_lens.model import load_model
 from kn_lens.neuron import Neuron
-from kn_lens.neurons import find_knowledge_neurons
+from kn_lens.knowledge_neurons import find_knowledge_neurons
 
 __version__ = "0.1.0"
 

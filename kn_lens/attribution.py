@@ -46,6 +46,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedEncoder
 
+from kn_lens.neuron import hook_name
 from kn_lens.prompts import EncodedPrompts, encode, logits_at_mask, token_id
 
 Method = Literal["ig", "activation"]
@@ -156,7 +157,7 @@ def _clean_pass(
     def keep_post(t: Tensor, hook: Any) -> None:
         acts[layer_of(hook)] = t[rows, enc.mask_pos].detach()
 
-    hooks: list[tuple[str, Any]] = [(f"blocks.{l}.mlp.hook_post", keep_post) for l in layers]
+    hooks: list[tuple[str, Any]] = [(hook_name(l), keep_post) for l in layers]
     if keep_resid:
         hooks += [(f"blocks.{l}.hook_resid_mid", keep_mid) for l in layers]
         hooks += [(f"blocks.{l}.hook_normalized_resid_post", keep_out) for l in layers if l < last]
@@ -198,7 +199,7 @@ def _ig_group(
     def put_scaled(act: Tensor, hook: Any) -> Tensor:
         return act if scaled[0] is None else scaled[0].to(act.dtype)
 
-    hook_names = [(f"blocks.{l}.mlp.hook_post", put_scaled) for l in layers]
+    hook_names = [(hook_name(l), put_scaled) for l in layers]
     n_rows = len(sel)
     with _no_param_grads(model), torch.enable_grad(), model.hooks(fwd_hooks=hook_names):
         for c0 in range(0, n_rows, batch_size):

@@ -24,7 +24,7 @@ than silently touching the wrong rows.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -32,34 +32,10 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedEncoder
 
-from kn_lens.neuron import Neuron
-from kn_lens.prompts import EncodedPrompts, encode, mask_probs
+from kn_lens.neuron import Neuron, NeuronsLike, check_neurons, hook_name
+from kn_lens.prompts import EncodedPrompts, encode, encode_web, mask_probs
 
 HookList = list[tuple[str, Callable[..., Any]]]
-
-
-def hook_name(layer: int) -> str:
-    """The TransformerLens hook point of layer ``layer``'s neuron activations."""
-    return f"blocks.{layer}.mlp.hook_post"
-
-
-def as_neurons(model: HookedEncoder, neurons: Sequence[Neuron] | Sequence[Sequence[int]]) -> list[Neuron]:
-    """``neurons`` as :class:`Neuron` records, checked against the model's shape.
-
-    Raises ``ValueError`` naming the first neuron whose layer or index is out of range.
-    """
-    n_layers, d_mlp = int(model.cfg.n_layers), int(model.cfg.d_mlp)
-    out = []
-    for n in neurons:
-        if len(n) != 2:
-            raise ValueError(f"a neuron is a (layer, index) pair, got {n!r}")
-        nn = Neuron(int(n[0]), int(n[1]))
-        if not 0 <= nn.layer < n_layers:
-            raise ValueError(f"neuron {nn} has layer {nn.layer}; the model has {n_layers} layers")
-        if not 0 <= nn.index < d_mlp:
-            raise ValueError(f"neuron {nn} has index {nn.index}; the model has d_mlp={d_mlp}")
-        out.append(nn)
-    return out
 
 
 def _by_layer(neurons: Sequence[Neuron]) -> dict[int, list[int]]:
@@ -91,7 +67,7 @@ def neuron_hooks(
         ``(hook name, fn)`` pairs for ``model.hooks(fwd_hooks=...)`` / ``run_with_hooks``. Each hook
         returns a modified copy of ``hook_post`` (``[batch, pos, d_mlp]``), so it is autograd-safe.
     """
-    groups = _by_layer(as_neurons(model, neurons))
+    groups = _by_layer(check_neurons(model, neurons, allow_empty=True, unique=False))
     pos_cpu = None if positions is None else torch.as_tensor(positions, dtype=torch.long)
 
     def make(idx_list: list[int]) -> Callable[..., Tensor]:
@@ -185,7 +161,7 @@ def scaled_mask_probs(
     t = torch.as_tensor(targets, dtype=torch.long)
     if t.shape[0] != len(enc):
         raise ValueError(f"{t.shape[0]} targets for {len(enc)} prompts")
-    neurons = as_neurons(model, neurons)
+    neurons = check_neurons(model, neurons, allow_empty=True, unique=False)
     out = []
     for s in range(0, len(enc), batch_size):
         rows = list(range(s, min(s + batch_size, len(enc))))
@@ -211,7 +187,7 @@ def neuron_activations(
     without autograd; returns a CPU tensor ``[prompt, neuron]``.
     """
     enc = _enc(model, prompts).to(model.cfg.device)
-    neurons = as_neurons(model, neurons)
+    neurons = check_neurons(model, neurons, allow_empty=True, unique=False)
     out = torch.zeros(len(enc), len(neurons))
     if not neurons:
         return out
@@ -237,5 +213,65 @@ def neuron_activations(
     return out
 
 
-read_neuron_activations = neuron_activations  # the name used in the design notes
+# ----------------------------------------------------------------------------------------------
+# Reading activations for many facts (web prompts), each with its own prompts and neurons
+# ----------------------------------------------------------------------------------------------
 
+
+def grouped_activations(
+    model: Any,
+    items: Sequence[tuple[Sequence[str], Sequence[Neuron]]],
+    *,
+    max_tokens: int = 512,
+    batch_size: int = 64,
+    progress: bool = False,
+    desc: str = "web prompts",
+) -> list[Tensor]:
+    """For each ``(prompts, neurons)`` item, its neurons' activations at each prompt's ``[MASK]``.
+
+    Items are packed into padded batches of about ``batch_size`` prompts (an item is never split);
+    each batch is encoded once (:func:`kn_lens.prompts.encode_web`, which keeps ``[MASK]`` inside the
+    ``max_tokens`` window) and read once for the union of its items' neurons through
+    :func:`neuron_activations` (hooks on ``blocks.{l}.mlp.hook_post``).
+
+    Returns one CPU tensor ``[len(prompts), len(neurons)]`` per item (columns in the item's order).
+    """
+    out: list[Tensor | None] = [None] * len(items)
+    groups: list[list[int]] = []
+    cur: list[int] = []
+    size = 0
+    for i, (prompts, _neurons) in enumerate(items):
+        if cur and size + len(prompts) > batch_size:
+            groups.append(cur)
+            cur, size = [], 0
+        cur.append(i)
+        size += len(prompts)
+    if cur:
+        groups.append(cur)
+    it: Iterable[list[int]] = groups
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(groups, desc=desc)
+    for group in it:
+        prompts = [p for i in group for p in items[i][0]]
+        union: list[Neuron] = []
+        col: dict[Neuron, int] = {}
+        for i in group:
+            for n in check_neurons(model, items[i][1], allow_empty=True, unique=False):
+                if n not in col:
+                    col[n] = len(union)
+                    union.append(n)
+        if not prompts or not union:
+            for i in group:
+                out[i] = torch.zeros(len(items[i][0]), len(items[i][1]))
+            continue
+        enc = encode_web(model, prompts, max_tokens=max_tokens)
+        acts = neuron_activations(model, enc, union, batch_size=max(batch_size, len(prompts)))
+        row = 0
+        for i in group:
+            n_p = len(items[i][0])
+            cols = [col[n] for n in check_neurons(model, items[i][1], allow_empty=True, unique=False)]
+            out[i] = acts[row:row + n_p][:, cols] if cols else torch.zeros(n_p, 0)
+            row += n_p
+    return [t for t in out if t is not None]

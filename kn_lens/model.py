@@ -252,7 +252,7 @@ def load_model(
         if not (DEFAULT_MODEL_DIR / "config.json").is_file():
             raise ModelLoadError(
                 f"the built-in default model is missing from {DEFAULT_MODEL_DIR}; rebuild it with "
-                "`python -m kn_lens.world train --out kn_lens/default_model`"
+                "`python -m kn_lens.training train --out kn_lens/default_model`"
             )
         model = _load_folder(DEFAULT_MODEL_DIR, tokenizer, dev, dtype)
     elif Path(name_or_path).expanduser().is_dir():

@@ -1,8 +1,17 @@
-"""The :class:`Neuron` record: one feed-forward neuron, named the TransformerLens way."""
+"""The neuron concept: :class:`Neuron`, its TransformerLens hook name, and its one validator.
+
+A knowledge neuron is a feed-forward neuron ``(layer, index)``, layer first. Its activation is
+``blocks.{layer}.mlp.hook_post[..., index]`` (:func:`hook_name`) and its value vector is the row
+``blocks[layer].mlp.W_out[index]``. For gated MLPs ``hook_post`` is the gated product, so the same
+row is still the neuron's value vector. Every module that takes neurons checks them with
+:func:`check_neurons`.
+"""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import operator
+from collections.abc import Iterable
+from typing import Any, NamedTuple
 
 
 class Neuron(NamedTuple):
@@ -17,3 +26,66 @@ class Neuron(NamedTuple):
 
     def __str__(self) -> str:  # "L3.N512"
         return f"L{self.layer}.N{self.index}"
+
+
+#: Neurons as given by a caller: :class:`Neuron` records or plain ``(layer, index)`` pairs.
+NeuronsLike = Iterable[Any]
+
+
+def hook_name(layer: int) -> str:
+    """The TransformerLens hook point of layer ``layer``'s neuron activations."""
+    return f"blocks.{layer}.mlp.hook_post"
+
+
+def _as_int(x: Any) -> int:
+    if isinstance(x, bool):
+        raise TypeError
+    return operator.index(x)
+
+
+def check_neurons(
+    model: Any, neurons: NeuronsLike, *, allow_empty: bool = False, unique: bool = True
+) -> list[Neuron]:
+    """Validate ``neurons`` against ``model`` and return them as a list of :class:`Neuron`.
+
+    Args:
+        model: anything with ``cfg.n_layers`` and ``cfg.d_mlp`` (a TransformerLens model).
+        neurons: :class:`Neuron` records or ``(layer, index)`` pairs of ints.
+        allow_empty: accept an empty collection (reading no neurons is fine; editing none is not).
+        unique: refuse a neuron that appears twice (weight edits); with ``False`` repeats are kept
+            as given, for callers that apply each neuron once anyway (hooks).
+
+    Raises:
+        ValueError: the collection is empty (unless ``allow_empty``), an item is not a
+            ``(layer, index)`` pair of ints, a layer is outside ``[0, n_layers)`` or an index outside
+            ``[0, d_mlp)``, or (with ``unique``) a neuron repeats. The message names the neuron.
+    """
+    if isinstance(neurons, (str, bytes)) or hasattr(neurons, "shape"):
+        raise ValueError(f"neurons must be a collection of (layer, index) pairs, got {neurons!r}")
+    items = list(neurons)
+    if not items and not allow_empty:
+        raise ValueError("empty neuron set: at least one (layer, index) neuron is needed")
+    n_layers, d_mlp = int(model.cfg.n_layers), int(model.cfg.d_mlp)
+    out: list[Neuron] = []
+    seen: set[Neuron] = set()
+    for item in items:
+        try:
+            layer, index = item
+            n = Neuron(_as_int(layer), _as_int(index))
+        except (TypeError, ValueError):
+            raise ValueError(f"neuron {item!r} is not a (layer, index) pair of ints") from None
+        if not 0 <= n.layer < n_layers:
+            raise ValueError(
+                f"neuron {n} ({tuple(n)}) out of range: layer must be in [0, {n_layers}) for "
+                "this model"
+            )
+        if not 0 <= n.index < d_mlp:
+            raise ValueError(
+                f"neuron {n} ({tuple(n)}) out of range: index must be in [0, {d_mlp}) for "
+                "this model"
+            )
+        if unique and n in seen:
+            raise ValueError(f"neuron {n} ({tuple(n)}) appears more than once in the neuron set")
+        seen.add(n)
+        out.append(n)
+    return out

@@ -7,16 +7,17 @@ handled once.
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedEncoder
 
-from kn_lens.data import MASK, check_prompt
+from kn_lens.data.facts import MASK, FactBag, check_prompt
 
 
 @dataclass
@@ -196,3 +197,119 @@ def mask_probs(
     logits = mask_logits(model, prompts, fwd_hooks=fwd_hooks, batch_size=batch_size)
     t = torch.as_tensor(targets, dtype=torch.long, device=logits.device)
     return logits.softmax(-1).gather(-1, t[:, None])[:, 0]
+
+
+@dataclass
+class VocabCheck:
+    """Result of :func:`filter_single_token`: the kept bags and the skipped ones, with reasons."""
+
+    kept: list[FactBag]
+    skipped: list[tuple[FactBag, str]]
+
+    @property
+    def n_skipped(self) -> int:
+        return len(self.skipped)
+
+
+def filter_single_token(
+    bags: Sequence[FactBag], tokenizer: Any, *, on_error: Literal["skip", "raise"] = "skip"
+) -> VocabCheck:
+    """Keep bags whose object is exactly one vocabulary token (the paper keeps only these).
+
+    With ``on_error="raise"`` the first offending object raises ``ValueError`` naming it and its
+    fact; with ``"skip"`` it is dropped and counted in the returned :class:`VocabCheck`.
+    """
+    kept, skipped = [], []
+    for bag in bags:
+        try:
+            answer_token_id(tokenizer, bag.object)
+        except ValueError as e:
+            if on_error == "raise":
+                raise ValueError(f"fact {bag.key} ({bag.subject!r}): {e}") from None
+            skipped.append((bag, str(e)))
+        else:
+            kept.append(bag)
+    return VocabCheck(kept, skipped)
+
+
+def bags_by_relation(model: Any, bags: Iterable[FactBag]) -> dict[str, list[FactBag]]:
+    """The bags whose answer is one vocabulary token, grouped by relation in input order."""
+    by_rel: dict[str, list[FactBag]] = defaultdict(list)
+    for b in filter_single_token(list(bags), model.tokenizer).kept:
+        by_rel[b.relation].append(b)
+    return by_rel
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring prompts: top-1, log-probabilities, perplexity (update and erase)
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class MaskScores:
+    """Per-prompt reads at ``[MASK]``.
+
+    Attributes:
+        top1: ``[prompt]`` the arg-max token.
+        gold_logp: ``[prompt]`` log-probability of the gold answer.
+        target_logp: ``[prompt]`` log-probability of an extra target (e.g. the new answer), or None.
+        target_rank: ``[prompt]`` rank of the extra target (0 = top-1), or None.
+    """
+
+    top1: Int[Tensor, " prompt"]
+    gold_logp: Float[Tensor, " prompt"]
+    target_logp: Float[Tensor, " prompt"] | None = None
+    target_rank: Int[Tensor, " prompt"] | None = None
+
+
+def score_prompts(
+    model: Any,
+    enc: EncodedPrompts,
+    gold: Int[Tensor, " prompt"],
+    target: Int[Tensor, " prompt"] | None = None,
+    *,
+    batch_size: int = 64,
+    chunk: int = 1024,
+) -> MaskScores:
+    """Top-1, gold log-prob and (optionally) a target's log-prob and rank, for each prompt.
+
+    Reads the model through :func:`mask_logits`, ``chunk`` prompts at a time so
+    the ``[prompt, d_vocab]`` logits never all sit in memory.
+    """
+    n = len(enc)
+    if gold.shape[0] != n or (target is not None and target.shape[0] != n):
+        raise ValueError(f"gold/target ids must have one entry per prompt ({n})")
+    top1, glp, tlp, trk = [], [], [], []
+    for s in range(0, n, chunk):
+        idx = list(range(s, min(s + chunk, n)))
+        logits = mask_logits(model, enc.select(idx), batch_size=batch_size).float().cpu()
+        logp = logits.log_softmax(-1)
+        top1.append(logits.argmax(-1))
+        glp.append(logp.gather(-1, gold[idx][:, None].cpu())[:, 0])
+        if target is not None:
+            t = target[idx][:, None].cpu()
+            tl = logits.gather(-1, t)
+            tlp.append(logp.gather(-1, t)[:, 0])
+            trk.append((logits > tl).sum(-1))
+    return MaskScores(
+        torch.cat(top1), torch.cat(glp),
+        torch.cat(tlp) if target is not None else None,
+        torch.cat(trk) if target is not None else None,
+    )
+
+
+def perplexity(gold_logp: Float[Tensor, " prompt"]) -> float:
+    """exp(mean negative log-likelihood) of the gold answers."""
+    if gold_logp.numel() == 0:
+        return float("nan")
+    return float(torch.exp(-gold_logp.double().mean()))
+
+
+def encode_web(model: Any, prompts: Sequence[str], *, max_tokens: int = 512,
+               device: Any = None) -> Any:
+    """:func:`kn_lens.prompts.encode` with the paper's 512-token cut, capped at the model context.
+
+    A prompt longer than ``min(max_tokens, model.cfg.n_ctx)`` tokens is cut to a window of that
+    many tokens that keeps its ``[MASK]``.
+    """
+    limit = min(int(max_tokens), int(model.cfg.n_ctx))
+    return encode(model, prompts, max_tokens=limit, device=device)

@@ -1,6 +1,6 @@
 """Training the default model: WordPiece tokenizer and a small BERT masked LM on the fact world.
 
-:func:`train_default_model` builds the world (:mod:`kn_lens.world`), trains a cased WordPiece
+:func:`train_default_model` builds the world (:mod:`kn_lens.data.world`), trains a cased WordPiece
 vocabulary on its text with Hugging Face ``tokenizers``, then trains a ``BertForMaskedLM`` from
 scratch with ordinary MLM masking plus extra masking of the object positions of fact sentences.
 
@@ -19,6 +19,7 @@ The output folder holds ``config.json``, ``model.safetensors``, ``vocab.txt``,
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
@@ -35,8 +36,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from kn_lens.data import MASK
-from kn_lens.world import World, build_world, greedy_wordpiece, training_text
+from kn_lens.data.facts import MASK
+from kn_lens.data.world import World, build_world, greedy_wordpiece, training_text
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -581,7 +582,7 @@ def model_card(report: TrainReport, extra: str = "") -> str:
     """The default model's ``README.md``: what it is, how it was made, how well it knows facts.
 
     ``extra`` (markdown) is inserted before the usage section."""
-    from kn_lens.world import RELATIONS
+    from kn_lens.data.world import RELATIONS
 
     c, w = report.config, report.world
     specs = {r.id: r for r in RELATIONS}
@@ -594,7 +595,7 @@ def model_card(report: TrainReport, extra: str = "") -> str:
     return f"""# kn_lens default model
 
 A small BERT masked language model trained from scratch on kn_lens' built-in fact world
-(`kn_lens/world.py`), so that knowledge-neuron experiments run offline, on a CPU, in minutes,
+(`kn_lens/data/world.py`), so that knowledge-neuron experiments run offline, on a CPU, in minutes,
 on a model whose every fact we know. It stands in for `bert-base-cased` of Dai et al. (2022);
 it is not a general English model.
 
@@ -658,10 +659,51 @@ bags = default_facts()                   # FactBag records of the world
 ## Rebuild
 
 ```
-python -m kn_lens.world train --out kn_lens/default_model --seed 0
+python -m kn_lens.training train --out kn_lens/default_model --seed 0
 ```
 
 rebuilds world, tokenizer and checkpoint from the seed (`--max-minutes`, `--max-steps` and
 `--threads` cap the run; results vary slightly with thread count and hardware).
 `train_report.json` holds the configuration, loss and evaluation history of this run.
 """
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kn_lens.training",
+                                     description="kn_lens' built-in fact world and default model")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    tr = sub.add_parser("train", help="rebuild world, tokenizer and checkpoint into --out")
+    tr.add_argument("--out", required=True, help="output folder (e.g. kn_lens/default_model)")
+    tr.add_argument("--seed", type=int, default=0, help="world and training seed")
+    tr.add_argument("--max-steps", type=int, default=None, help="training step cap")
+    tr.add_argument("--max-minutes", type=float, default=None, help="wall-clock cap")
+    tr.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    tr.add_argument("--quiet", action="store_true", help="no progress lines")
+    sh = sub.add_parser("show", help="print the world's summary and a few bags")
+    sh.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.cmd == "show":
+        import json
+
+        w = build_world(args.seed)
+        print(json.dumps(w.summary(), indent=2))
+        for r in w.relations:
+            b = w.bags_of(r.id)[0]
+            print(f"{r.id} {r.label} ({r.type}): {b.prompts[0]}  -> {b.object}")
+        return 0
+    cfg = TrainConfig(seed=args.seed)
+    overrides = {k: v for k, v in (("max_steps", args.max_steps), ("max_minutes", args.max_minutes),
+                                   ("threads", args.threads)) if v is not None}
+    cfg = cfg.replace(**overrides)
+    report = train_default_model(args.out, config=cfg, progress=not args.quiet)
+    print(report.summary_line())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

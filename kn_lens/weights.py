@@ -27,7 +27,6 @@ hold what its edit wrote.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -35,51 +34,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from kn_lens.neuron import Neuron
-
-NeuronsLike = Iterable[Any]  # Neuron or (layer, index) pairs; checked by check_neurons
-
-
-def _as_int(x: Any) -> int:
-    if isinstance(x, bool):
-        raise TypeError
-    return operator.index(x)
-
-
-def check_neurons(model: Any, neurons: NeuronsLike) -> list[Neuron]:
-    """Validate ``neurons`` against ``model`` and return them as a list of :class:`Neuron`.
-
-    Raises:
-        ValueError: the set is empty, an item is not a ``(layer, index)`` pair of ints, a layer is
-            outside ``[0, n_layers)`` or an index outside ``[0, d_mlp)``, or a neuron repeats.
-            The message names the offending neuron.
-    """
-    if isinstance(neurons, (str, bytes)) or isinstance(neurons, Tensor):
-        raise ValueError(f"neurons must be a collection of (layer, index) pairs, got {neurons!r}")
-    items = list(neurons)
-    if not items:
-        raise ValueError("empty neuron set: at least one (layer, index) neuron is needed")
-    n_layers, d_mlp = int(model.cfg.n_layers), int(model.cfg.d_mlp)
-    out: list[Neuron] = []
-    seen: set[Neuron] = set()
-    for item in items:
-        try:
-            layer, index = item
-            n = Neuron(_as_int(layer), _as_int(index))
-        except (TypeError, ValueError):
-            raise ValueError(f"neuron {item!r} is not a (layer, index) pair of ints") from None
-        if not 0 <= n.layer < n_layers:
-            raise ValueError(f"neuron {n} ({tuple(n)}) out of range: layer must be in "
-                             f"[0, {n_layers}) for this model")
-        if not 0 <= n.index < d_mlp:
-            raise ValueError(f"neuron {n} ({tuple(n)}) out of range: index must be in "
-                             f"[0, {d_mlp}) for this model")
-        if n in seen:
-            raise ValueError(f"neuron {n} ({tuple(n)}) appears more than once in the neuron set")
-        seen.add(n)
-        out.append(n)
-    return out
-
+from kn_lens.neuron import Neuron, NeuronsLike, check_neurons
 
 def w_out(model: Any, layer: int) -> torch.nn.Parameter:
     """The ``W_out`` parameter of block ``layer`` (shape ``[d_mlp, d_model]``)."""

@@ -56,7 +56,7 @@ def facts(tmp_path: Path) -> Path:
 
 
 def fake_score(model, bag, config):
-    """A cheap stand-in for kn_lens.neurons.score_bag(...).to_dict()."""
+    """A cheap stand-in for kn_lens.knowledge_neurons.score_bag(...).to_dict()."""
     return {"key": bag.key, "relation": bag.relation, "n_prompts": len(bag.prompts),
             "steps": config.steps}
 
@@ -151,8 +151,8 @@ def test_plot_without_results(tmp_path, capsys):
 
 
 def test_neurons_before_attribute(tmp_path, tiny_ckpt, facts, capsys, monkeypatch):
-    if importlib.util.find_spec("kn_lens.neurons") is None:
-        pytest.skip("kn_lens.neurons not installed")
+    if importlib.util.find_spec("kn_lens.knowledge_neurons") is None:
+        pytest.skip("kn_lens.knowledge_neurons not installed")
     rc = cli.main(["neurons", *base_args(tiny_ckpt, facts, tmp_path / "o")])
     assert rc == 2
     _assert_clean_error(capsys, rc, "kn-lens attribute")
@@ -227,8 +227,8 @@ def test_max_bags_sample_is_seeded_and_ordered(tmp_path, tiny_ckpt, monkeypatch)
 # kill -9 in the middle of a real run, then resume: every fact exactly once
 # ---------------------------------------------------------------------------------------------
 
-needs_neurons = pytest.mark.skipif(importlib.util.find_spec("kn_lens.neurons") is None,
-                                   reason="kn_lens.neurons (score_bag) not installed yet")
+needs_neurons = pytest.mark.skipif(importlib.util.find_spec("kn_lens.knowledge_neurons") is None,
+                                   reason="kn_lens.knowledge_neurons (score_bag) not installed yet")
 
 
 @needs_neurons
@@ -301,7 +301,7 @@ def write_web(folder: Path, facts_path: Path, relations=("P19", "P106")) -> Path
 
 needs_all = pytest.mark.skipif(
     any(importlib.util.find_spec(m) is None for m in (
-        "kn_lens.neurons", "kn_lens.experiments.identification", "kn_lens.experiments.modify",
+        "kn_lens.knowledge_neurons", "kn_lens.experiments.identification", "kn_lens.experiments.modify",
         "kn_lens.experiments.distant", "kn_lens.experiments.trigger",
         "kn_lens.experiments.update", "kn_lens.experiments.erase")),
     reason="an analysis module is not installed yet")

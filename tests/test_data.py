@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from kn_lens.data import (DataError, Fact, FactBag, check_prompt, filter_single_token,
-                          load_jsonl_facts, load_pararel)
+from kn_lens.data import DataError, Fact, FactBag, check_prompt, load_jsonl_facts, load_pararel
+from kn_lens.prompts import filter_single_token
 
 
 def test_check_prompt_names_the_prompt():

@@ -8,13 +8,12 @@ import math
 import pytest
 import torch
 
-from kn_lens.experiments.distant import (PAPER, DistantResult, distant_activation,
-                                         grouped_activations)
+from kn_lens.experiments.distant import PAPER, DistantResult, distant_activation
 from kn_lens.experiments.trigger import activating_prompts, write_trigger_jsonl
-from kn_lens.interventions import neuron_activations
+from kn_lens.interventions import grouped_activations, neuron_activations
 from kn_lens.model import DEFAULT_MODEL_DIR
 from kn_lens.neuron import Neuron
-from kn_lens.web import build_web_prompts, web_facts_from_dict
+from kn_lens.data.web import build_web_prompts, web_facts_from_dict
 
 
 def _toy_web():
@@ -149,8 +148,8 @@ def test_default_model_t1_exceeds_t3():
     from kn_lens import load_model
     from kn_lens.config import PaperConfig
     from kn_lens.data import default_facts
-    from kn_lens.neurons import find_knowledge_neurons
-    from kn_lens.web import default_web_facts
+    from kn_lens.knowledge_neurons import find_knowledge_neurons
+    from kn_lens.data.web import default_web_facts
 
     model = load_model("default", device="cpu")
     wf = default_web_facts()

@@ -105,7 +105,7 @@ def test_hook_rejects_wrong_batch(tiny_model):
 def test_bad_neuron_is_named(tiny_model):
     with pytest.raises(ValueError, match="L5.N0"):
         neuron_hooks(tiny_model, [Neuron(5, 0)], 0.0)
-    with pytest.raises(ValueError, match="d_mlp=64"):
+    with pytest.raises(ValueError, match=r"index must be in \[0, 64\)"):
         neuron_hooks(tiny_model, [(0, 64)], 0.0)
 
 

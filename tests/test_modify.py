@@ -85,10 +85,10 @@ def test_modify_skips_facts_without_neurons_and_checks_input(tiny_model):
 @pytest.fixture(scope="module")
 def default_setup():
     if not (DEFAULT_MODEL / "config.json").is_file():
-        pytest.skip("kn_lens/default_model is absent (train it with python -m kn_lens.world train)")
+        pytest.skip("kn_lens/default_model is absent (train it with python -m kn_lens.data.world train)")
     from kn_lens import load_model
     from kn_lens.data import default_facts
-    from kn_lens.neurons import identify_all, score_bags
+    from kn_lens.knowledge_neurons import identify_all, score_bags
 
     model = load_model("default", device="cpu")
     by_rel: dict[str, list[FactBag]] = {}

@@ -11,7 +11,7 @@ import torch
 from kn_lens.config import PaperConfig
 from kn_lens.data import Fact, FactBag
 from kn_lens.neuron import Neuron
-from kn_lens.neurons import (
+from kn_lens.knowledge_neurons import (
     BagScores,
     RelationNeurons,
     adaptive_refine,
@@ -217,7 +217,7 @@ def test_find_knowledge_neurons_uses_attribution_once_per_method(monkeypatch, ti
 
 def test_score_bag_with_real_attribution(tiny_model):
     from kn_lens.attribution import attribute
-    from kn_lens.neurons import score_bag
+    from kn_lens.knowledge_neurons import score_bag
 
     bag = FactBag(Fact("Alice", "P19", "born in", "N-1", "Paris"),
                   ("Alice was born in [MASK] .", "Alice is born in the city of [MASK] .",

@@ -197,7 +197,7 @@ def _default_model_and_bags():
 def default_neurons(relation: str) -> dict[str, list[Neuron]]:
     """IG knowledge neurons (adaptive p) of the first bags of ``relation`` on the default model;
     cached for the session (shared with tests/test_erase.py)."""
-    from kn_lens.neurons import identify_relation, score_bags
+    from kn_lens.knowledge_neurons import identify_relation, score_bags
 
     model, bags = _default_model_and_bags()
     cfg = PaperConfig(steps=10)

@@ -8,7 +8,8 @@ import pytest
 
 from kn_lens.data import MASK
 from kn_lens.prompts import encode
-from kn_lens.web import (MaskError, build_web_prompts, encode_web, load_web_facts,
+from kn_lens.prompts import encode_web
+from kn_lens.data.web import (MaskError, build_web_prompts, load_web_facts,
                          mask_random_word, mask_tail, maskable_words, match_bags,
                          web_facts_from_dict)
 

@@ -7,7 +7,8 @@ import torch
 
 from kn_lens import weights
 from kn_lens.neuron import Neuron
-from kn_lens.weights import (RowEdit, add_to_rows, check_neurons, edit_rows, read_value_vectors,
+from kn_lens.neuron import check_neurons
+from kn_lens.weights import (RowEdit, add_to_rows, edit_rows, read_value_vectors,
                              set_rows, zero_rows)
 
 NEURONS = [Neuron(0, 3), Neuron(1, 10), Neuron(0, 40), Neuron(1, 63)]

@@ -1,4 +1,4 @@
-"""The built-in fact world (kn_lens.world), its tokenizer and the shipped default model."""
+"""The built-in fact world (kn_lens.data.world), its tokenizer and the shipped default model."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import torch
 
 from kn_lens.data import MASK, FactBag, default_facts
 from kn_lens.model import DEFAULT_MODEL_DIR
-from kn_lens.world import (
+from kn_lens.training import main as training_main
+from kn_lens.data.world import (
     build_world,
     default_query_pairs,
     default_web_bags,
     default_world,
-    main,
     training_text,
 )
 
@@ -178,7 +178,7 @@ def test_short_training_on_tiny_world_lowers_loss(tmp_path):
 
 
 def test_cli_show(capsys):
-    assert main(["show", "--seed", "0"]) == 0
+    assert training_main(["show", "--seed", "0"]) == 0
     out = capsys.readouterr().out
     assert '"facts": 1620' in out and "W14" in out
 

@@ -1,6 +1,6 @@
 """Do knowledge neurons fire on web text about their fact? (paper, Section 5.2 / Figure 6)
 
-For each fact with knowledge neurons we build its T1, T2 and T3 web prompts (:mod:`kn_lens.web`):
+For each fact with knowledge neurons we build its T1, T2 and T3 web prompts (:mod:`kn_lens.data.web`):
 
 - **T1**: sentences with the head and the tail, the tail masked;
 - **T2**: sentences with only the head, a random word masked;
@@ -27,8 +27,9 @@ from kn_lens.config import PaperConfig
 from kn_lens.data import FactBag
 from kn_lens.neuron import Neuron
 from kn_lens.results import Result
-from kn_lens.web import (PROMPT_TYPES, FactPrompts, WebFact, WebPromptSet, build_web_prompts,
-                         encode_web, match_bags)
+from kn_lens.data.web import (PROMPT_TYPES, FactPrompts, WebFact, WebPromptSet, build_web_prompts,
+                              select_facts)
+from kn_lens.interventions import grouped_activations
 
 #: The paper's Figure 6 (bert-base-cased, its knowledge neurons): mean activation at [MASK].
 PAPER: dict[str, Any] = {
@@ -38,72 +39,6 @@ PAPER: dict[str, Any] = {
     "note": "The paper reports that baseline neurons have similar activations on T1, T2 and T3 "
             "(they cannot tell the prompt types apart); it gives no baseline numbers in the text.",
 }
-
-
-# ----------------------------------------------------------------------------------------------
-# Reading activations for many facts, each with its own prompts and neurons
-# ----------------------------------------------------------------------------------------------
-
-
-def grouped_activations(
-    model: Any,
-    items: Sequence[tuple[Sequence[str], Sequence[Neuron]]],
-    *,
-    max_tokens: int = 512,
-    batch_size: int = 64,
-    progress: bool = False,
-    desc: str = "web prompts",
-) -> list[Tensor]:
-    """For each ``(prompts, neurons)`` item, its neurons' activations at each prompt's ``[MASK]``.
-
-    Items are packed into padded batches of about ``batch_size`` prompts (an item is never split);
-    each batch is encoded once (:func:`kn_lens.web.encode_web`, which keeps ``[MASK]`` inside the
-    ``max_tokens`` window) and read once for the union of its items' neurons through
-    :func:`kn_lens.interventions.neuron_activations` (hooks on ``blocks.{l}.mlp.hook_post``).
-
-    Returns one CPU tensor ``[len(prompts), len(neurons)]`` per item (columns in the item's order).
-    """
-    from kn_lens.interventions import as_neurons, neuron_activations
-
-    out: list[Tensor | None] = [None] * len(items)
-    groups: list[list[int]] = []
-    cur: list[int] = []
-    size = 0
-    for i, (prompts, _neurons) in enumerate(items):
-        if cur and size + len(prompts) > batch_size:
-            groups.append(cur)
-            cur, size = [], 0
-        cur.append(i)
-        size += len(prompts)
-    if cur:
-        groups.append(cur)
-    it: Iterable[list[int]] = groups
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(groups, desc=desc)
-    for group in it:
-        prompts = [p for i in group for p in items[i][0]]
-        union: list[Neuron] = []
-        col: dict[Neuron, int] = {}
-        for i in group:
-            for n in as_neurons(model, items[i][1]):
-                if n not in col:
-                    col[n] = len(union)
-                    union.append(n)
-        if not prompts or not union:
-            for i in group:
-                out[i] = torch.zeros(len(items[i][0]), len(items[i][1]))
-            continue
-        enc = encode_web(model, prompts, max_tokens=max_tokens)
-        acts = neuron_activations(model, enc, union, batch_size=max(batch_size, len(prompts)))
-        row = 0
-        for i in group:
-            n_p = len(items[i][0])
-            cols = [col[n] for n in as_neurons(model, items[i][1])]
-            out[i] = acts[row:row + n_p][:, cols] if cols else torch.zeros(n_p, 0)
-            row += n_p
-    return [t for t in out if t is not None]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -168,7 +103,7 @@ class DistantResult(Result):
         skipped_facts: fact key -> why it was not analysed (``"no_neurons"``,
             ``"no_web_sentences"``, ``"no_T1_prompts"``, ``"no_T2_prompts"``).
         prompt_counts: ``{type: {"built": n, reason: n_skipped, ...}}`` over the analysed facts'
-            sentences (see :data:`kn_lens.web.SKIP_REASONS`).
+            sentences (see :data:`kn_lens.data.web.SKIP_REASONS`).
         settings: seed, max_tokens, first_words used.
         paper: the paper's numbers (:data:`PAPER`) for side-by-side reporting.
     """
@@ -217,31 +152,6 @@ def summarize(facts: Sequence[FactActivation]) -> TypeMeans:
     )
 
 
-def select_facts(
-    web_facts: Mapping[str, Sequence[WebFact]],
-    neurons: Mapping[str, Sequence[Neuron]],
-    *,
-    bags: Sequence[FactBag] | None = None,
-) -> tuple[list[str], dict[str, str]]:
-    """The fact keys to analyse (those with neurons and web sentences) and the skipped ones.
-
-    With ``bags``, each bag is first checked against the web data by relation and index
-    (:func:`kn_lens.web.match_bags`); a subject/object mismatch raises ``ValueError``.
-    """
-    if bags is not None:
-        match_bags(web_facts, bags)
-    known = {f.key for rel in web_facts for f in web_facts[rel]}
-    keys, skipped = [], {}
-    for key, ns in neurons.items():
-        if not ns:
-            skipped[key] = "no_neurons"
-        elif key not in known:
-            skipped[key] = "no_web_sentences"
-        else:
-            keys.append(key)
-    return keys, skipped
-
-
 def _counts(prompts: WebPromptSet, keys: set[str]) -> dict[str, dict[str, int]]:
     sub = WebPromptSet([fp for fp in prompts.facts if fp.key in keys],
                        [s for s in prompts.skipped if s.key in keys], prompts.seed)
@@ -264,13 +174,13 @@ def distant_activation(
 
     Args:
         model: a ``HookedEncoder`` with its tokenizer (:func:`kn_lens.load_model`).
-        web_facts: ``{relation: [WebFact, ...]}`` (:func:`kn_lens.web.load_web_facts` for the Bing
-            data, :func:`kn_lens.web.default_web_facts` for the default world).
+        web_facts: ``{relation: [WebFact, ...]}`` (:func:`kn_lens.data.web.load_web_facts` for the Bing
+            data, :func:`kn_lens.data.web.default_web_facts` for the default world).
         neurons: bag key -> our knowledge neurons. Only these facts are analysed, in this order.
         baseline: bag key -> activation-baseline neurons (optional).
         bags: if given, checked to agree with ``web_facts`` (same subject/object at each index).
         config: seed, ``max_tokens`` (512) and ``t2_first_words`` (50) come from here.
-        prompts: prebuilt prompts (default: :func:`kn_lens.web.build_web_prompts` with the seed).
+        prompts: prebuilt prompts (default: :func:`kn_lens.data.web.build_web_prompts` with the seed).
         batch_size: prompts per forward pass (approximate; a fact's prompts share a batch).
         progress: show a progress bar.
 

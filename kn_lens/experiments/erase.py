@@ -27,9 +27,9 @@ import torch
 
 from kn_lens.config import PaperConfig
 from kn_lens.data import FactBag, relation_of_key
-from kn_lens.experiments.update import bags_by_relation, perplexity, score_prompts
 from kn_lens.neuron import Neuron
-from kn_lens.prompts import EncodedPrompts, answer_token_id, encode
+from kn_lens.prompts import (EncodedPrompts, answer_token_id, bags_by_relation, encode, perplexity,
+                             score_prompts)
 from kn_lens.results import Result, mean_or_nan
 from kn_lens.weights import RowEdit, zero_rows
 

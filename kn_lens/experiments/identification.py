@@ -1,8 +1,8 @@
 """Identifying knowledge neurons, and their statistics (paper, Section 4.3 / Figure 4 / Table 1).
 
-For every bag we attribute once (:func:`kn_lens.neurons.score_bags`, both IG and the activation
+For every bag we attribute once (:func:`kn_lens.knowledge_neurons.score_bags`, both IG and the activation
 baseline), pick the knowledge neurons of each relation with the adaptive sharing threshold
-(:func:`kn_lens.neurons.identify_relation`: IG at ``t = 0.2``; baseline on raw activations at
+(:func:`kn_lens.knowledge_neurons.identify_relation`: IG at ``t = 0.2``; baseline on raw activations at
 ``t = 0.5``), and report, per relation and overall, for ours and the baseline:
 
 - **neurons per fact**: the mean number of knowledge neurons per fact (facts with none count as 0);
@@ -34,7 +34,7 @@ from transformer_lens import HookedEncoder
 from kn_lens.config import PaperConfig
 from kn_lens.data import FactBag
 from kn_lens.neuron import Neuron
-from kn_lens.neurons import BagScores, RelationNeurons, identify_all, score_bags
+from kn_lens.knowledge_neurons import BagScores, RelationNeurons, identify_all, score_bags
 from kn_lens.results import Result, mean_or_nan
 
 #: The paper's numbers for bert-base-cased on PARAREL (Section 4.3, Table 1, Figure 4).

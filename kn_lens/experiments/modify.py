@@ -32,7 +32,8 @@ from transformer_lens import HookedEncoder
 
 from kn_lens.config import PaperConfig
 from kn_lens.data import FactBag
-from kn_lens.interventions import as_neurons, scaled_mask_probs
+from kn_lens.interventions import scaled_mask_probs
+from kn_lens.neuron import check_neurons
 from kn_lens.neuron import Neuron
 from kn_lens.prompts import answer_token_id, encode
 from kn_lens.results import Result, mean_or_nan
@@ -183,7 +184,7 @@ def modify(
     for m, table in methods.items():
         for k, ns in table.items():
             try:
-                as_neurons(model, ns)
+                check_neurons(model, ns, allow_empty=True, unique=False)
             except ValueError as e:
                 raise ValueError(f"{m} neurons of bag {k}: {e}") from None
     for b in bags:

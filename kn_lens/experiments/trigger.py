@@ -1,6 +1,6 @@
 """Which web sentences activate a fact's knowledge neurons most and least? (paper, Table 5)
 
-For each fact, its web prompts (by default T1 and T2, see :mod:`kn_lens.web`) are scored by the
+For each fact, its web prompts (by default T1 and T2, see :mod:`kn_lens.data.web`) are scored by the
 summed activation of the fact's knowledge neurons at ``[MASK]`` and ranked. The top ``k`` and the
 bottom ``k`` (``PaperConfig.top_k_prompts``, 3) are kept with their scores. The paper finds that
 the top prompts state the fact (the tail is the masked word), while the bottom ones do not.
@@ -16,10 +16,10 @@ from typing import Any
 
 from kn_lens.config import PaperConfig
 from kn_lens.data import FactBag
-from kn_lens.experiments.distant import grouped_activations, select_facts
+from kn_lens.interventions import grouped_activations
 from kn_lens.neuron import Neuron
 from kn_lens.results import Result, mean_or_nan, to_jsonable
-from kn_lens.web import PROMPT_TYPES, WebFact, WebPromptSet, build_web_prompts
+from kn_lens.data.web import PROMPT_TYPES, WebFact, WebPromptSet, build_web_prompts, select_facts
 
 
 @dataclass

@@ -47,11 +47,13 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from kn_lens.config import PaperConfig
-from kn_lens.data import FactBag, filter_single_token, relation_of_key
+from kn_lens.data import FactBag, relation_of_key
 from kn_lens.neuron import Neuron
-from kn_lens.prompts import EncodedPrompts, answer_token_id, encode, mask_logits, token_id
+from kn_lens.prompts import (EncodedPrompts, MaskScores, answer_token_id, bags_by_relation, encode,
+                             perplexity, score_prompts, token_id)
 from kn_lens.results import Result, mean_or_nan
-from kn_lens.weights import RowEdit, add_to_rows, check_neurons, read_value_vectors
+from kn_lens.neuron import check_neurons
+from kn_lens.weights import RowEdit, add_to_rows, read_value_vectors
 
 #: The paper's figures (BERT-base-cased on PARAREL; Table 4 of Dai et al. 2022).
 PAPER: dict[str, float] = {
@@ -62,70 +64,6 @@ PAPER: dict[str, float] = {
     "random_success_rate": 0.0,
     "random_change_rate": 0.047,
 }
-
-
-# --------------------------------------------------------------------------------------------
-# Scoring prompts (shared with kn_lens.experiments.erase)
-# --------------------------------------------------------------------------------------------
-
-@dataclass
-class MaskScores:
-    """Per-prompt reads at ``[MASK]``.
-
-    Attributes:
-        top1: ``[prompt]`` the arg-max token.
-        gold_logp: ``[prompt]`` log-probability of the gold answer.
-        target_logp: ``[prompt]`` log-probability of an extra target (e.g. the new answer), or None.
-        target_rank: ``[prompt]`` rank of the extra target (0 = top-1), or None.
-    """
-
-    top1: Int[Tensor, " prompt"]
-    gold_logp: Float[Tensor, " prompt"]
-    target_logp: Float[Tensor, " prompt"] | None = None
-    target_rank: Int[Tensor, " prompt"] | None = None
-
-
-def score_prompts(
-    model: Any,
-    enc: EncodedPrompts,
-    gold: Int[Tensor, " prompt"],
-    target: Int[Tensor, " prompt"] | None = None,
-    *,
-    batch_size: int = 64,
-    chunk: int = 1024,
-) -> MaskScores:
-    """Top-1, gold log-prob and (optionally) a target's log-prob and rank, for each prompt.
-
-    Reads the model through :func:`kn_lens.prompts.mask_logits`, ``chunk`` prompts at a time so
-    the ``[prompt, d_vocab]`` logits never all sit in memory.
-    """
-    n = len(enc)
-    if gold.shape[0] != n or (target is not None and target.shape[0] != n):
-        raise ValueError(f"gold/target ids must have one entry per prompt ({n})")
-    top1, glp, tlp, trk = [], [], [], []
-    for s in range(0, n, chunk):
-        idx = list(range(s, min(s + chunk, n)))
-        logits = mask_logits(model, enc.select(idx), batch_size=batch_size).float().cpu()
-        logp = logits.log_softmax(-1)
-        top1.append(logits.argmax(-1))
-        glp.append(logp.gather(-1, gold[idx][:, None].cpu())[:, 0])
-        if target is not None:
-            t = target[idx][:, None].cpu()
-            tl = logits.gather(-1, t)
-            tlp.append(logp.gather(-1, t)[:, 0])
-            trk.append((logits > tl).sum(-1))
-    return MaskScores(
-        torch.cat(top1), torch.cat(glp),
-        torch.cat(tlp) if target is not None else None,
-        torch.cat(trk) if target is not None else None,
-    )
-
-
-def perplexity(gold_logp: Float[Tensor, " prompt"]) -> float:
-    """exp(mean negative log-likelihood) of the gold answers."""
-    if gold_logp.numel() == 0:
-        return float("nan")
-    return float(torch.exp(-gold_logp.double().mean()))
 
 
 def _token(model: Any, answer: str | int, what: str) -> int:
@@ -343,13 +281,6 @@ def known_shares(model: Any, bags: Sequence[FactBag], *, batch_size: int = 64
     return out
 
 
-
-def bags_by_relation(model: Any, bags: Iterable[FactBag]) -> dict[str, list[FactBag]]:
-    """The bags whose answer is one vocabulary token, grouped by relation in input order."""
-    by_rel: dict[str, list[FactBag]] = defaultdict(list)
-    for b in filter_single_token(list(bags), model.tokenizer).kept:
-        by_rel[b.relation].append(b)
-    return by_rel
 
 def update_experiment(
     model: Any,

@@ -19,19 +19,18 @@ that world from a seed:
 - a Zipf-like mention weight per fact (:attr:`World.weights`), so training sees some facts often
   and others rarely, which spreads the model's confidence the way a pretrained LM's is spread.
 
-``python -m kn_lens.world train --out DIR --seed 0`` rebuilds world, tokenizer and checkpoint
-(:mod:`kn_lens.training`); ``python -m kn_lens.world show`` prints a summary and a few bags.
+``python -m kn_lens.training train --out DIR --seed 0`` rebuilds world, tokenizer and checkpoint
+(:mod:`kn_lens.training`); ``python -m kn_lens.training show`` prints a summary and a few bags.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import random
 from dataclasses import dataclass, field
 from collections.abc import Sequence
 
-from kn_lens.data import Fact, FactBag, fill_template
+from kn_lens.data.facts import Fact, FactBag, fill_template
 
 # --------------------------------------------------------------------------------------------
 # Vocabulary of the world
@@ -706,44 +705,6 @@ def default_query_pairs() -> dict[str, list[list[str]]]:
     return default_world().query_pairs()
 
 
-# --------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kn_lens.world",
-                                     description="kn_lens' built-in fact world and default model")
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    tr = sub.add_parser("train", help="rebuild world, tokenizer and checkpoint into --out")
-    tr.add_argument("--out", required=True, help="output folder (e.g. kn_lens/default_model)")
-    tr.add_argument("--seed", type=int, default=0, help="world and training seed")
-    tr.add_argument("--max-steps", type=int, default=None, help="training step cap")
-    tr.add_argument("--max-minutes", type=float, default=None, help="wall-clock cap")
-    tr.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    tr.add_argument("--quiet", action="store_true", help="no progress lines")
-    sh = sub.add_parser("show", help="print the world's summary and a few bags")
-    sh.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    if args.cmd == "show":
-        import json
-
-        w = build_world(args.seed)
-        print(json.dumps(w.summary(), indent=2))
-        for r in w.relations:
-            b = w.bags_of(r.id)[0]
-            print(f"{r.id} {r.label} ({r.type}): {b.prompts[0]}  -> {b.object}")
-        return 0
-    from kn_lens.training import TrainConfig, train_default_model
-
-    cfg = TrainConfig(seed=args.seed)
-    overrides = {k: v for k, v in (("max_steps", args.max_steps), ("max_minutes", args.max_minutes),
-                                   ("threads", args.threads)) if v is not None}
-    cfg = cfg.replace(**overrides)
-    report = train_default_model(args.out, config=cfg, progress=not args.quiet)
-    print(report.summary_line())
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def default_facts() -> list[FactBag]:
+    """The bags of the built-in fact world that the default model was trained on."""
+    return default_bags()

@@ -27,7 +27,7 @@ Long sentences are not cut here: :func:`encode_web` (a thin wrapper of
 always keeps the ``[MASK]``.
 
 The default model's world generates web-like sentences in the same format
-(:func:`kn_lens.world.default_web_bags`), so :func:`default_web_facts` runs the same code offline.
+(:func:`kn_lens.data.world.default_web_bags`), so :func:`default_web_facts` runs the same code offline.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ from pathlib import Path
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
-from kn_lens.data import MASK, FactBag
+from kn_lens.data.facts import MASK, FactBag
+from kn_lens.data.world import default_query_pairs, default_web_bags
 
 PromptType = Literal["T1", "T2", "T3"]
 PROMPT_TYPES: tuple[str, ...] = ("T1", "T2", "T3")
@@ -275,9 +276,7 @@ def load_web_facts(
 
 def default_web_facts() -> dict[str, list[WebFact]]:
     """The default world's web-like sentences (standing in for the Bing data), as WebFacts."""
-    from kn_lens import world
-
-    return web_facts_from_dict(world.default_web_bags(), world.default_query_pairs())
+    return web_facts_from_dict(default_web_bags(), default_query_pairs())
 
 
 def match_bags(web_facts: Mapping[str, Sequence[WebFact]], bags: Sequence[FactBag]
@@ -458,14 +457,26 @@ def build_web_prompts(
     return WebPromptSet(facts, skipped, seed)
 
 
-def encode_web(model: Any, prompts: Sequence[str], *, max_tokens: int = 512,
-               device: Any = None) -> Any:
-    """:func:`kn_lens.prompts.encode` with the paper's 512-token cut, capped at the model context.
+def select_facts(
+    web_facts: Mapping[str, Sequence[WebFact]],
+    neurons: Mapping[str, Sequence[Any]],
+    *,
+    bags: Sequence[FactBag] | None = None,
+) -> tuple[list[str], dict[str, str]]:
+    """The fact keys to analyse (those with neurons and web sentences) and the skipped ones.
 
-    A prompt longer than ``min(max_tokens, model.cfg.n_ctx)`` tokens is cut to a window of that
-    many tokens that keeps its ``[MASK]``.
+    With ``bags``, each bag is first checked against the web data by relation and index
+    (:func:`match_bags`); a subject/object mismatch raises ``ValueError``.
     """
-    from kn_lens.prompts import encode
-
-    limit = min(int(max_tokens), int(model.cfg.n_ctx))
-    return encode(model, prompts, max_tokens=limit, device=device)
+    if bags is not None:
+        match_bags(web_facts, bags)
+    known = {f.key for rel in web_facts for f in web_facts[rel]}
+    keys, skipped = [], {}
+    for key, ns in neurons.items():
+        if not ns:
+            skipped[key] = "no_neurons"
+        elif key not in known:
+            skipped[key] = "no_web_sentences"
+        else:
+            keys.append(key)
+    return keys, skipped

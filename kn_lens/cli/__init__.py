@@ -491,7 +491,8 @@ class Run:
     def bags(self) -> list[Any]:
         """The selected facts in global order (relations in load order, bags by index)."""
         if self._bags is None:
-            from kn_lens.data import filter_single_token
+            from kn_lens.data import sample_bags
+            from kn_lens.prompts import filter_single_token
 
             bags = self._load_all_bags()
             check = filter_single_token(bags, self.model.tokenizer)
@@ -578,27 +579,6 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def sample_bags(bags: Sequence[Any], max_bags: int | None, seed: int) -> list[Any]:
-    """At most ``max_bags`` bags per relation: a seeded random sample, kept in the given order.
-
-    The sample of a relation depends only on ``seed``, the relation id and its bag count, so every
-    shard and every later command selects the same facts.
-    """
-    if max_bags is None:
-        return list(bags)
-    by_rel: dict[str, list[int]] = {}
-    for i, b in enumerate(bags):
-        by_rel.setdefault(b.relation, []).append(i)
-    keep: set[int] = set()
-    for rel, idx in by_rel.items():
-        if len(idx) <= max_bags:
-            keep.update(idx)
-        else:
-            rng = random.Random(f"{seed}:{rel}:{len(idx)}")
-            keep.update(rng.sample(idx, max_bags))
-    return [b for i, b in enumerate(bags) if i in keep]
-
-
 def new_results_doc() -> dict[str, Any]:
     from kn_lens.report import RESULTS_SCHEMA, RESULTS_SCHEMA_VERSION
 
@@ -622,14 +602,14 @@ def load_results(path: Path) -> dict[str, Any]:
 # Neurons file
 # ----------------------------------------------------------------------------------------------
 
-NEURONS_SCHEMA = "kn_lens.neurons"
+NEURONS_SCHEMA = "kn_lens.knowledge_neurons"
 
 
 def save_neurons(path: Path, neurons: dict[str, dict[str, Any]], relations: dict[str, Any]
                  ) -> None:
     """Write DIR/neurons.json::
 
-        {"schema": "kn_lens.neurons", "schema_version": 1,
+        {"schema": "kn_lens.knowledge_neurons", "schema_version": 1,
          "neurons": {"ours": {bag key: [[layer, index], ...]}, "baseline": {...}},
          "relations": {relation: {"ours": {"p": ..., "rounds": ..., "converged": ...}, ...}}}
     """
@@ -703,8 +683,8 @@ def _check_attribution_meta(run: Run, *, write: bool = True,
 
 
 def default_score_fn(model: Any, bag: Any, config: Any) -> dict[str, Any]:
-    """The attribution record of one bag: ``kn_lens.neurons.score_bag(...).to_dict()``."""
-    neurons = _module("neurons", "attribute")
+    """The attribution record of one bag: ``kn_lens.knowledge_neurons.score_bag(...).to_dict()``."""
+    neurons = _module("knowledge_neurons", "attribute")
     scores = _attr(neurons, "score_bag", "attribute")(model, bag, config=config)
     d = scores.to_dict()
     d.setdefault("key", bag.key)
@@ -782,7 +762,7 @@ def read_scores(run: Run) -> dict[str, list[dict[str, Any]]]:
 def step_neurons(run: Run) -> Any:
     """Adaptive-p neurons per relation (ours = IG, baseline = activation) and their statistics,
     from the stored attribution scores (no gradients); writes DIR/neurons.json."""
-    nmod = _module("neurons", "neurons")
+    nmod = _module("knowledge_neurons", "neurons")
     ident = _module("experiments.identification", "neurons")
     BagScores = _attr(nmod, "BagScores", "neurons")
     scores = [BagScores.from_dict(r) for recs in read_scores(run).values() for r in recs]
@@ -830,7 +810,7 @@ def web_facts(run: Run, command: str) -> Any:
     """Web sentences for distant/trigger: --web DIR, DATA/bing_distant, or the built-in world's."""
     if run._web is not None:
         return run._web
-    web = _module("web", command)
+    web = _module("data.web", command)
     o = run.opts
     folder = o["web"]
     if folder is None and o["data"] != "default" and Path(o["data"]).expanduser().is_dir():

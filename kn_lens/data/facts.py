@@ -4,14 +4,17 @@ A :class:`Fact` is one (subject, relation, object) triple. A :class:`FactBag` is
 prompt per paraphrase template of its relation, each holding exactly one ``[MASK]`` where the
 object goes. Every analysis in kn_lens consumes bags; they come from
 
-- :func:`load_pararel` -- the paper's PARAREL patterns over LAMA T-REx facts;
+- :func:`kn_lens.data.pararel.load_pararel` -- the paper's PARAREL patterns over LAMA T-REx facts;
 - :func:`load_jsonl_facts` -- a user's own facts in JSON lines;
-- :func:`default_facts` -- the built-in fact world of the default model (:mod:`kn_lens.world`).
+- :func:`kn_lens.data.world.default_facts` -- the built-in fact world of the default model.
+
+This package holds facts only: no torch, no model.
 """
 
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from collections.abc import Iterable, Sequence
@@ -111,7 +114,7 @@ def fill_template(template: str, subject: str) -> str:
     return template.replace("[X]", subject).replace("[Y]", MASK)
 
 
-def _read_jsonl(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
+def read_jsonl_records(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, record)``; blank lines are skipped, malformed ones raise DataError."""
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, start=1):
@@ -126,86 +129,10 @@ def _read_jsonl(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
             yield n, rec
 
 
-def _require(rec: dict[str, Any], keys: Sequence[str], path: Path, n: int) -> None:
+def require_strings(rec: dict[str, Any], keys: Sequence[str], path: Path, n: int) -> None:
     missing = [k for k in keys if not isinstance(rec.get(k), str) or not rec.get(k)]
     if missing:
         raise DataError(f"{path}, line {n}: missing or non-string field(s) {', '.join(missing)}")
-
-
-def load_relations(lama_dir: str | Path) -> dict[str, dict[str, Any]]:
-    """LAMA's ``relations.jsonl``: relation id -> its record (label, template, type, ...)."""
-    path = Path(lama_dir) / "relations.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"LAMA relations file not found: {path}")
-    out: dict[str, dict[str, Any]] = {}
-    for n, rec in _read_jsonl(path):
-        _require(rec, ("relation", "type"), path, n)
-        if rec["type"] not in RELATION_TYPES:
-            raise DataError(f"{path}, line {n}: unknown relation type {rec['type']!r}")
-        out[rec["relation"]] = rec
-    return out
-
-
-def load_patterns(path: str | Path) -> list[str]:
-    """The ``pattern`` strings of one PARAREL patterns file, in file order."""
-    path = Path(path)
-    patterns = []
-    for n, rec in _read_jsonl(path):
-        _require(rec, ("pattern",), path, n)
-        if "[X]" not in rec["pattern"] or "[Y]" not in rec["pattern"]:
-            raise DataError(f"{path}, line {n}: pattern lacks [X] or [Y]: {rec['pattern']!r}")
-        patterns.append(rec["pattern"])
-    return patterns
-
-
-def load_pararel(
-    lama_dir: str | Path,
-    patterns_dir: str | Path,
-    *,
-    relations: Sequence[str] | None = None,
-    min_patterns: int = 4,
-) -> list[FactBag]:
-    """Build the paper's bags from LAMA T-REx facts and PARAREL patterns.
-
-    A relation is kept when it has a T-REx file and more than 3 patterns (``min_patterns=4``). Each
-    fact of it becomes a bag with one prompt per pattern (``[X]`` -> subject, ``[Y]`` -> ``[MASK]``);
-    the answer is the object label, the type comes from ``relations.jsonl``. Relations come in
-    sorted id order, facts in T-REx file order (``bag.index`` is the line's rank in its file).
-
-    Args:
-        lama_dir: folder with ``relations.jsonl`` and ``TREx/P*.jsonl``.
-        patterns_dir: folder with PARAREL ``P*.jsonl`` pattern files.
-        relations: only these relation ids (default: all that qualify). An id that does not
-            qualify raises ``ValueError`` naming it.
-    """
-    lama_dir, patterns_dir = Path(lama_dir), Path(patterns_dir)
-    trex_dir = lama_dir / "TREx"
-    for d in (trex_dir, patterns_dir):
-        if not d.is_dir():
-            raise FileNotFoundError(f"data folder not found: {d}")
-    rel_info = load_relations(lama_dir)
-    available = sorted(
-        p.stem for p in patterns_dir.glob("P*.jsonl") if (trex_dir / p.name).is_file()
-    )
-    patterns = {r: load_patterns(patterns_dir / f"{r}.jsonl") for r in available}
-    qualifying = [r for r in available if len(patterns[r]) >= min_patterns and r in rel_info]
-    if relations is not None:
-        unknown = [r for r in relations if r not in qualifying]
-        if unknown:
-            raise ValueError(
-                f"unknown relation(s) {', '.join(unknown)}; available: {', '.join(qualifying)}"
-            )
-        qualifying = [r for r in qualifying if r in set(relations)]
-    bags: list[FactBag] = []
-    for rel in qualifying:
-        info = rel_info[rel]
-        path = trex_dir / f"{rel}.jsonl"
-        for i, (n, rec) in enumerate(_read_jsonl(path)):
-            _require(rec, ("sub_label", "obj_label"), path, n)
-            fact = Fact(rec["sub_label"], rel, info.get("label", rel), info["type"], rec["obj_label"])
-            prompts = tuple(fill_template(p, fact.subject) for p in patterns[rel])
-            bags.append(FactBag(fact, prompts, index=i))
-    return bags
 
 
 def load_jsonl_facts(path: str | Path) -> list[FactBag]:
@@ -215,8 +142,8 @@ def load_jsonl_facts(path: str | Path) -> list[FactBag]:
     path = Path(path)
     bags: list[FactBag] = []
     counts: dict[str, int] = {}
-    for n, rec in _read_jsonl(path):
-        _require(rec, ("subject", "relation", "object"), path, n)
+    for n, rec in read_jsonl_records(path):
+        require_strings(rec, ("subject", "relation", "object"), path, n)
         templates = rec.get("templates")
         if not isinstance(templates, list) or not templates or not all(
             isinstance(t, str) for t in templates
@@ -237,43 +164,22 @@ def load_jsonl_facts(path: str | Path) -> list[FactBag]:
     return bags
 
 
-@dataclass
-class VocabCheck:
-    """Result of :func:`filter_single_token`: the kept bags and the skipped ones, with reasons."""
+def sample_bags(bags: Sequence[FactBag], max_bags: int | None, seed: int) -> list[FactBag]:
+    """At most ``max_bags`` bags per relation: a seeded random sample, kept in the given order.
 
-    kept: list[FactBag]
-    skipped: list[tuple[FactBag, str]]
-
-    @property
-    def n_skipped(self) -> int:
-        return len(self.skipped)
-
-
-def filter_single_token(
-    bags: Sequence[FactBag], tokenizer: Any, *, on_error: Literal["skip", "raise"] = "skip"
-) -> VocabCheck:
-    """Keep bags whose object is exactly one vocabulary token (the paper keeps only these).
-
-    With ``on_error="raise"`` the first offending object raises ``ValueError`` naming it and its
-    fact; with ``"skip"`` it is dropped and counted in the returned :class:`VocabCheck`.
+    The sample of a relation depends only on ``seed``, the relation id and its bag count, so every
+    shard and every later command selects the same facts.
     """
-    from kn_lens.prompts import answer_token_id  # local: prompts imports torch
-
-    kept, skipped = [], []
-    for bag in bags:
-        try:
-            answer_token_id(tokenizer, bag.object)
-        except ValueError as e:
-            if on_error == "raise":
-                raise ValueError(f"fact {bag.key} ({bag.subject!r}): {e}") from None
-            skipped.append((bag, str(e)))
+    if max_bags is None:
+        return list(bags)
+    by_rel: dict[str, list[int]] = {}
+    for i, b in enumerate(bags):
+        by_rel.setdefault(b.relation, []).append(i)
+    keep: set[int] = set()
+    for rel, idx in by_rel.items():
+        if len(idx) <= max_bags:
+            keep.update(idx)
         else:
-            kept.append(bag)
-    return VocabCheck(kept, skipped)
-
-
-def default_facts() -> list[FactBag]:
-    """The bags of the built-in fact world that the default model was trained on."""
-    from kn_lens import world
-
-    return world.default_bags()
+            rng = random.Random(f"{seed}:{rel}:{len(idx)}")
+            keep.update(rng.sample(idx, max_bags))
+    return [b for i, b in enumerate(bags) if i in keep]
