@@ -44,6 +44,7 @@ SHAPES = {
     # name: (n_layers, d_model, d_mlp, n_heads, vocab)
     "base": (12, 768, 3072, 12, 28_996),  # bert-base-cased
     "small": (4, 256, 1024, 4, 28_996),
+    "tiny": (2, 64, 128, 4, 1_000),  # a dry run of the script only (benchmarks/gpu.sh --device cpu)
 }
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 WORDS = ["the", "a", "of", "in", "is", "was", "born", "city", "capital", "country", "language",
@@ -419,11 +420,15 @@ def main(argv: list[str] | None = None) -> int:
         log("note: the machine is loaded; multi-threaded torch ops stall on busy cores, which"
             " penalises many small ops. Consider --threads 1 for a fairer comparison.")
     mm = {}
-    for shape in ("base", "small"):
+    shapes = [s for s in args.models.split(",") if s]
+    unknown = [s for s in shapes if s not in SHAPES]
+    if unknown:
+        ap.error(f"unknown model shape(s) {', '.join(unknown)}; known: {', '.join(SHAPES)}")
+    for shape in shapes:
         _, d, f, _, _ = SHAPES[shape]
         mm[shape] = matmul_gflops(args.device, 64 * 12, d, f)
         log(f"plain torch matmul [{64 * 12}x{d}] @ [{d}x{f}] float32: {mm[shape]:.1f} GFLOP/s")
-    reports = [run_model(s, args, log, mm[s]) for s in args.models.split(",") if s]
+    reports = [run_model(s, args, log, mm[s]) for s in shapes]
     wall = time.perf_counter() - t_start
     load_end = os.getloadavg() if hasattr(os, "getloadavg") else None
     log(f"total wall time {wall:.0f} s; load average at end {load_end}")
