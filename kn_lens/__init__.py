@@ -7,16 +7,53 @@ Reproduces Dai et al., "Knowledge Neurons in Pretrained Transformers" (ACL 2022)
     bag = kn_lens.data.default_facts()[0]               # one fact, its paraphrase prompts
     scores = kn_lens.attribute(model, bag.prompts, bag.object)   # [prompt, layer, d_mlp]
     neurons = kn_lens.find_knowledge_neurons(model, bag)         # [Neuron(layer, index), ...]
+
+Layers, top to bottom; every import points down (see ARCHITECTURE.md)::
+
+    cli/                        argument parsing (no torch) and the steps, over the registry
+    report, plots               rendering only, from results.json
+    rundir, store, executors    the --out folder's files; resumable JSON lines; local / Ray
+    experiments/                one module per analysis, and ONE registry (experiments.ANALYSES)
+    attribution, knowledge_neurons, interventions, weights
+                                integrated gradients; neurons; hooks; W_out row edits
+    prompts, model              prompts as model input, answers read out; loading models
+    data/, neuron, config, results
+                                facts (no torch); the Neuron and its validator; the paper's
+                                hyperparameters; results as plain data
+
+The public names below are imported on first use, so ``import kn_lens`` (and the ``kn-lens``
+command's argument parsing) does not import torch.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from kn_lens import data
-from kn_lens.attribution import attribute
 from kn_lens.config import PaperConfig
-from kn_lens.model import load_model
 from kn_lens.neuron import Neuron
-from kn_lens.knowledge_neurons import find_knowledge_neurons
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kn_lens.attribution import attribute
+    from kn_lens.knowledge_neurons import find_knowledge_neurons
+    from kn_lens.model import load_model
 
 __version__ = "0.1.0"
+
+def __getattr__(name: str) -> Any:
+    # Static imports on first use: tools still see the dependencies, and torch loads only when
+    # a name that needs it is used.
+    if name == "attribute":
+        from kn_lens.attribution import attribute as value
+    elif name == "find_knowledge_neurons":
+        from kn_lens.knowledge_neurons import find_knowledge_neurons as value
+    elif name == "load_model":
+        from kn_lens.model import load_model as value
+    else:
+        raise AttributeError(f"module 'kn_lens' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
 
 __all__ = ["attribute", "data", "find_knowledge_neurons", "load_model", "Neuron", "PaperConfig",
            "__version__"]

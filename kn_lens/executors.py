@@ -25,7 +25,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from kn_lens.config import PaperConfig
 from kn_lens.data.facts import FactBag
@@ -49,6 +49,7 @@ def score_record(model: Any, bag: FactBag, config: PaperConfig) -> dict[str, Any
     return record
 
 
+@runtime_checkable
 class Executor(Protocol):
     """Computes attribution records; the caller stores them."""
 

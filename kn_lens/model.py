@@ -30,7 +30,7 @@ _ACT_FNS = {"gelu": "gelu", "gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_p
             "relu": "relu", "silu": "silu", "gelu_fast": "gelu_fast"}
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(ValueError):
     """A model could not be loaded; the message says why and what to do instead."""
 
 

@@ -1,14 +1,17 @@
 """Plotly figures of the paper's analyses, and saving them.
 
-Each figure function takes the plain-dict form of a result (``Result.to_dict()``) so figures can be
-redrawn from ``results.json`` alone. :func:`save_figure` writes a self-contained HTML file and, when
-a static exporter (kaleido) is installed, a PNG beside it.
+Each figure function takes the plain-dict form of a result (``Result.to_dict()``) and the paper's
+numbers for that analysis, so figures can be redrawn from ``results.json`` alone. This module
+imports nothing of kn_lens: the registry of analyses (:mod:`kn_lens.experiments`) names each
+analysis' figure functions. :func:`save_figure` writes an HTML file that loads the
+``plotly.min.js`` saved once beside it and, when a static exporter (kaleido) is installed, a PNG.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import plotly.graph_objects as go
@@ -20,25 +23,29 @@ OURS_COLOR = "#1f77b4"
 BASELINE_COLOR = "#ff7f0e"
 
 
-def save_figure(fig: go.Figure, stem: str | Path) -> dict[str, str]:
-    """Save ``fig`` as ``{stem}.html`` (plotly.js inlined) and ``{stem}.png`` if possible.
+def save_figure(fig: go.Figure, stem: str | Path, *, png: bool = True) -> dict[str, str]:
+    """Save ``fig`` as ``{stem}.html`` and, with ``png``, ``{stem}.png`` if an exporter exists.
 
-    Returns the written paths by format. A missing PNG exporter is logged as a notice, never raised.
+    The HTML file loads ``plotly.min.js`` from its own folder, where plotly writes it once
+    (``include_plotlyjs="directory"``), so a folder of figures carries one copy of plotly.js.
+    Returns the written paths by format; when the PNG could not be written, ``"png_skipped"`` holds
+    the exporter's reason (the caller says it once per run), never an exception.
     """
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     out = {"html": str(stem.with_suffix(".html"))}
-    fig.write_html(out["html"], include_plotlyjs=True, full_html=True)
-    try:
-        fig.write_image(str(stem.with_suffix(".png")))
-        out["png"] = str(stem.with_suffix(".png"))
-    except Exception as e:  # kaleido (or Chrome for kaleido>=1) not installed
-        reason = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
-        log.info("PNG export of %s skipped: %s", stem.name, reason)
+    fig.write_html(out["html"], include_plotlyjs="directory", full_html=True)
+    if png:
+        try:
+            fig.write_image(str(stem.with_suffix(".png")))
+            out["png"] = str(stem.with_suffix(".png"))
+        except Exception as e:  # noqa: BLE001 - kaleido (or Chrome for kaleido>=1) missing
+            out["png_skipped"] = " ".join(line.strip() for line in str(e).splitlines()
+                                          if line.strip()) or type(e).__name__
     return out
 
 
-def distant_figure(result: dict[str, Any]) -> go.Figure:
+def distant_figure(result: Mapping[str, Any], paper: Mapping[str, Any]) -> go.Figure:
     """Mean knowledge-neuron activation at [MASK] on web prompts T1/T2/T3, ours vs baseline
     (the paper's Figure 6), from a ``DistantResult.to_dict()``. Error bars: standard error over
     facts. The paper's values for its own neurons, when present, are drawn as markers."""
@@ -55,10 +62,10 @@ def distant_figure(result: dict[str, Any]) -> go.Figure:
         fig.add_bar(x=types, y=[vals.get(t) for t in types], name=f"{label} (n={n} facts)",
                     marker_color=colour,
                     error_y=dict(type="data", array=[sem.get(t) or 0.0 for t in types], visible=True))
-    paper = (result.get("paper") or {}).get("ours")
-    if paper:
-        fig.add_scatter(x=types, y=[paper.get(t) for t in types], mode="markers",
-                        name=f"paper, ours ({result['paper'].get('model', '')})",
+    ours_paper = (paper or {}).get("ours")
+    if ours_paper:
+        fig.add_scatter(x=types, y=[ours_paper.get(t) for t in types], mode="markers",
+                        name=f"paper, ours ({paper.get('model', '')})",
                         marker=dict(symbol="diamond", size=11, color="black"))
     fig.update_layout(barmode="group", title="Knowledge-neuron activation on web prompts",
                       xaxis_title="prompt type (T1: head+tail, tail masked; T2: head only; T3: random)",
@@ -66,10 +73,10 @@ def distant_figure(result: dict[str, Any]) -> go.Figure:
     return fig
 
 
-def update_figure(result: dict[str, Any]) -> go.Figure:
+def update_figure(result: Mapping[str, Any], paper: Mapping[str, Any]) -> go.Figure:
     """Fact updates (``UpdateResult.to_dict()``): success and change rates, knowledge neurons vs
     random neurons, beside the paper's figures."""
-    summary, paper = result.get("summary", {}), result.get("paper", {})
+    summary = result.get("summary", {})
     metrics = [("success_rate", "success rate"), ("change_rate", "change rate")]
     labels = [label for _, label in metrics]
     fig = go.Figure()
@@ -89,7 +96,7 @@ def update_figure(result: dict[str, Any]) -> go.Figure:
     return fig
 
 
-def erase_figure(result: dict[str, Any]) -> go.Figure:
+def erase_figure(result: Mapping[str, Any], paper: Mapping[str, Any]) -> go.Figure:
     """Relation erasure (``EraseResult.to_dict()``): perplexity of the erased relation and of the
     other relations (pooled) before and after zeroing its top knowledge neurons."""
     erasures = result.get("erasures", [])
@@ -112,7 +119,9 @@ def erase_figure(result: dict[str, Any]) -> go.Figure:
     return fig
 
 
-def layer_distribution_figure(result: dict[str, Any], relation: str | None = None) -> go.Figure:
+def layer_distribution_figure(
+    result: Mapping[str, Any], paper: Mapping[str, Any], relation: str | None = None
+) -> go.Figure:
     """Share (%) of knowledge neurons per layer, ours vs the activation baseline (the paper's
     Figure 4 histogram), from an ``IdentificationResult.to_dict()``; all relations pooled, or one
     ``relation``."""
@@ -134,7 +143,7 @@ def layer_distribution_figure(result: dict[str, Any], relation: str | None = Non
     return fig
 
 
-def modify_figure(result: dict[str, Any]) -> go.Figure:
+def modify_figure(result: Mapping[str, Any], paper: Mapping[str, Any]) -> go.Figure:
     """Suppressing and amplifying knowledge neurons (the paper's Figure 3), from a
     ``ModifyResult.to_dict()``: % change of the correct answer's probability on the facts' own
     prompts and on unrelated facts' prompts, ours vs baseline (means over relations), beside the
@@ -142,7 +151,7 @@ def modify_figure(result: dict[str, Any]) -> go.Figure:
     from plotly.subplots import make_subplots
 
     ops = list(result.get("operations", ["suppress", "amplify"]))
-    overall, paper = result["overall"], result.get("paper") or {}
+    overall, paper = result["overall"], paper or {}
     fig = make_subplots(rows=1, cols=len(ops), subplot_titles=ops)
     x = ["own facts", "unrelated facts"]
     arms = [("ours", "our knowledge neurons", OURS_COLOR),
@@ -166,7 +175,7 @@ def modify_figure(result: dict[str, Any]) -> go.Figure:
     return fig
 
 
-def trigger_figure(result: dict[str, Any]) -> go.Figure:
+def trigger_figure(result: Mapping[str, Any], paper: Mapping[str, Any]) -> go.Figure:
     """Share of T1 prompts (head and tail, tail masked) among each fact's top-k and bottom-k
     activating web prompts, from a ``TriggerResult.to_dict()``; bars also give the mean score."""
     facts = [f for f in result.get("facts", []) if isinstance(f, dict)]

@@ -1,345 +1,51 @@
-"""``results.json``: its schema and validator, and the report built from it alone.
+"""The report of a run, rendered from ``DIR/results.json`` alone (see :mod:`kn_lens.rundir`).
 
-``DIR/results.json`` (written by ``kn-lens``; see :mod:`kn_lens.cli`) holds::
-
-    {
-      "schema": "kn_lens.results", "schema_version": 1,
-      "meta": {
-        "model":    {"name": str, "n_layers": int, "d_mlp": int, ...},
-        "data":     {"data": str, "lama"/"patterns"/"web": str | null,
-                     "relations": [str] | null, "max_bags": int | null, "n_facts": int,
-                     "n_relations": int, "facts_per_relation": {relation: int},
-                     "relation_labels": {relation: str}},
-        "config":   {PaperConfig field: value},       # kn_lens.config.PaperConfig.to_dict()
-        "timings":  {step: wall seconds},
-        "cpu_seconds": {step: CPU seconds of the process},   # optional
-        "versions": {"kn_lens": str, "torch": str, "python": str, ...},
-        "created": ISO time, "updated": ISO time, "command": str
-      },
-      "results": {analysis: Result.to_dict()},   # each has "schema" (str), "schema_version"
-                                                # (int) and the fields RESULTS.md documents:
-          # "identification" (schema identification, from `kn-lens neurons`),
-          # "modify" (modify), "distant" (distant), "trigger" (trigger),
-          # "update" (update_facts, from `kn-lens edit`), "erase" (erase_relations)
-      "paper":   {analysis: the experiment module's PAPER dict}
-    }
-
-:data:`RESULTS_SPEC` states this in a small JSON-schema-like form and :func:`validate_results`
-checks a document against it (plus: strict JSON, no NaN). :func:`write_report` turns the file into
-``report.md`` (the paper's headline numbers beside this run's, model and data, examples),
-``report.html`` (the same with every figure embedded, plotly.js included once) and
-``figures/*.html``.
+:func:`write_report` writes ``report.md`` (the paper's headline numbers beside this run's, model and
+data, examples), ``report.html`` (the same with every figure embedded, plotly.js included once) and
+``figures/*.html``. Every analysis' title, paper numbers, figures and table rows come from its
+entry in the registry (:data:`kn_lens.experiments.ANALYSES`); nothing here is per analysis but the
+examples.
 """
 
 from __future__ import annotations
 
 import html
-import importlib
 import json
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from kn_lens.config import PaperConfig
+from kn_lens.experiments import ANALYSES
+from kn_lens.plots import save_figure
+from kn_lens.results import dig, is_number
+from kn_lens.rundir import check_results, load_results
+
 log = logging.getLogger(__name__)
-
-RESULTS_SCHEMA = "kn_lens.results"
-RESULTS_SCHEMA_VERSION = 1
-
-#: analysis name -> (title, experiment module under kn_lens.experiments), in report order.
-ANALYSES: dict[str, tuple[str, str]] = {
-    "identification": ("Identifying knowledge neurons (Sec. 4, Fig. 3, Tab. 1)", "identification"),
-    "modify": ("Suppressing and amplifying knowledge neurons (Sec. 5.1, Fig. 4-5)", "modify"),
-    "distant": ("Activation on web prompts T1/T2/T3 (Sec. 5.2, Fig. 6)", "distant"),
-    "trigger": ("Prompts that activate knowledge neurons (Sec. 5.2, Tab. 3)", "trigger"),
-    "update": ("Updating facts (Sec. 6.1, Tab. 4)", "update"),
-    "erase": ("Erasing relations (Sec. 6.2, Tab. 5)", "erase"),
-}
-
-#: analysis key in results.json -> the ``schema`` its result carries.
-RESULT_SCHEMAS: dict[str, str] = {
-    "identification": "identification", "modify": "modify", "distant": "distant",
-    "trigger": "trigger", "update": "update_facts", "erase": "erase_relations",
-}
-
-# A small JSON-schema-like specification: {"type": ..., "required": {...}, "values": spec}.
-_STR, _INT, _NUM = {"type": "string"}, {"type": "integer"}, {"type": "number"}
-_OBJ = {"type": "object"}
-RESULTS_SPEC: dict[str, Any] = {
-    "type": "object",
-    "required": {
-        "schema": {"type": "string", "const": RESULTS_SCHEMA},
-        "schema_version": {"type": "integer", "const": RESULTS_SCHEMA_VERSION},
-        "meta": {"type": "object", "required": {
-            "model": {"type": "object", "required": {"name": _STR}},
-            "data": {"type": "object", "required": {"data": _STR}},
-            "config": {"type": "object", "required": {"steps": _INT, "t": _NUM, "p": _NUM,
-                                                      "seed": _INT}},
-            "timings": {"type": "object", "values": _NUM},
-            "versions": {"type": "object", "required": {"kn_lens": _STR, "python": _STR},
-                         "values": _STR},
-            "created": _STR,
-            "updated": _STR,
-        }},
-        "results": {"type": "object", "values": {"type": "object", "required": {
-            "schema": _STR, "schema_version": _INT}}},
-        "paper": {"type": "object", "values": {"type": ["object", "null"]}},
-    },
-}
-
-_TYPES: dict[str, Callable[[Any], bool]] = {
-    "string": lambda v: isinstance(v, str),
-    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-    "object": lambda v: isinstance(v, dict),
-    "array": lambda v: isinstance(v, list),
-    "null": lambda v: v is None,
-    "boolean": lambda v: isinstance(v, bool),
-}
-
-
-def _check(value: Any, spec: Mapping[str, Any], where: str, errors: list[str]) -> None:
-    types = spec.get("type")
-    if types is not None:
-        types = [types] if isinstance(types, str) else list(types)
-        if not any(_TYPES[t](value) for t in types):
-            errors.append(f"{where}: expected {' or '.join(types)}, got {type(value).__name__}")
-            return
-    if "const" in spec and value != spec["const"]:
-        errors.append(f"{where}: expected {spec['const']!r}, got {value!r}")
-    if isinstance(value, dict):
-        for key, sub in spec.get("required", {}).items():
-            if key not in value:
-                errors.append(f"{where}: missing required key {key!r}")
-            else:
-                _check(value[key], sub, f"{where}.{key}", errors)
-        if "values" in spec:
-            for key, v in value.items():
-                _check(v, spec["values"], f"{where}.{key}", errors)
-
-
-def validate_results(doc: Any) -> list[str]:
-    """Problems of a results.json document against :data:`RESULTS_SPEC` (empty when valid).
-
-    Besides the spec, the document must be strict JSON (no NaN/Infinity), and each known
-    analysis must carry its own schema (:data:`RESULT_SCHEMAS`).
-    """
-    errors: list[str] = []
-    _check(doc, RESULTS_SPEC, "results.json", errors)
-    try:
-        json.dumps(doc, allow_nan=False)
-    except ValueError:
-        errors.append("results.json: holds NaN or Infinity (not strict JSON)")
-    except TypeError as e:
-        errors.append(f"results.json: not JSON data ({e})")
-    results = doc.get("results") if isinstance(doc, dict) else None
-    if isinstance(results, dict):
-        for name, want in RESULT_SCHEMAS.items():
-            got = results.get(name, {}).get("schema") if isinstance(results.get(name), dict) \
-                else None
-            if got is not None and got != want:
-                errors.append(f"results.json.results.{name}: schema is {got!r}, expected {want!r}")
-    return errors
-
-
-def check_results(doc: Any) -> None:
-    """Raise ``ValueError`` listing every problem if ``doc`` is not a valid results.json."""
-    errors = validate_results(doc)
-    if errors:
-        raise ValueError("invalid results.json:\n  " + "\n  ".join(errors))
-
-
-def load_results(path: str | Path) -> dict[str, Any]:
-    """Read and validate DIR/results.json (``ValueError`` naming the problems)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "results.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e.msg})") from None
-    check_results(doc)
-    return doc
-
 
 # ----------------------------------------------------------------------------------------------
 # Paper vs this run
 # ----------------------------------------------------------------------------------------------
 
-def _flatten(d: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-    """Scalar leaves of nested dicts by key path (lists are not entered)."""
-    out: dict[tuple[str, ...], Any] = {}
-    if isinstance(d, dict):
-        for k, v in d.items():
-            out.update(_flatten(v, (*prefix, str(k))))
-    elif isinstance(d, (int, float, str, bool)) or d is None:
-        out[prefix] = d
-    return out
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _dig(d: Any, *path: Any) -> Any:
-    """``d[p0][p1]...`` or ``None`` when any step is missing."""
-    for k in path:
-        if isinstance(d, dict) and k in d:
-            d = d[k]
-        elif isinstance(d, list) and isinstance(k, int) and -len(d) <= k < len(d):
-            d = d[k]
-        else:
-            return None
-    return d
-
-
-def _row(metric: str, paper: Any, ours: Any, note: str = "") -> dict[str, Any]:
-    return {"metric": metric, "paper": paper, "ours": ours, "note": note}
-
-
-def _rows_identification(res: Any, paper: Any, meta: Any) -> list[dict[str, Any]]:
-    rows = []
-    for key, label in (("neurons_per_fact", "knowledge neurons per fact"),
-                       ("overlap_same_relation", "shared neurons, same relation"),
-                       ("overlap_other_relations", "shared neurons, other relations")):
-        for who in ("ours", "baseline"):
-            rows.append(_row(f"{label} ({who})", _dig(paper, key, who),
-                             _dig(res, "overall", who, key)))
-    for who in ("ours", "baseline"):
-        pct = _dig(res, "overall", who, "layer_pct")
-        if isinstance(pct, list) and pct:
-            top = max(1, len(pct) // 3)
-            rows.append(_row(f"% of neurons in the top {top} of {len(pct)} layers ({who})",
-                             "most (ours)" if who == "ours" else None, sum(pct[-top:])))
-    return rows
-
-
-def _rows_modify(res: Any, paper: Any, meta: Any) -> list[dict[str, Any]]:
-    rows = []
-    for op in ("suppress", "amplify"):
-        for who in ("ours", "baseline"):
-            rows.append(_row(f"{op}: % change of correct-answer probability ({who})",
-                             _dig(paper, op, who), _dig(res, "overall", who, op, "own_pct")))
-        rows.append(_row(f"{op}: % change on unrelated facts (ours)", "small",
-                         _dig(res, "overall", "ours", op, "other_pct")))
-    return rows
-
-
-def _rows_distant(res: Any, paper: Any, meta: Any) -> list[dict[str, Any]]:
-    return [_row(f"mean activation on {t} ({who})", _dig(paper, who, t),
-                 _dig(res, "overall", who, t))
-            for who in ("ours", "baseline") for t in ("T1", "T2", "T3")]
-
-
-def _rows_trigger(res: Any, paper: Any, meta: Any) -> list[dict[str, Any]]:
-    return [_row("share of top prompts that state the fact (T1)", "most",
-                 _dig(res, "top_t1_share")),
-            _row("share of bottom prompts that state the fact (T1)", "few",
-                 _dig(res, "bottom_t1_share"))]
-
-
-def _rows_update(res: Any, paper: Any, meta: Any) -> list[dict[str, Any]]:
-    rows = []
-    for arm, prefix in (("knowledge", ""), ("random", "random_")):
-        for m, label in (("success_rate", "success rate"), ("change_rate", "change rate"),
-                         ("delta_intra_ppl", "Δ intra-relation perplexity"),
-                         ("delta_inter_ppl", "Δ inter-relation perplexity")):
-            pv = _dig(paper, prefix + m)
-            ov = _dig(res, "summary", arm, m)
-            if pv is None and ov is None:
-                continue
-            rows.append(_row(f"{label} ({'knowledge neurons' if arm == 'knowledge' else 'random neurons'})",
-                             pv, ov))
-    n = _dig(res, "summary", "knowledge", "n_facts")
-    rows.append(_row("facts edited", None, n))
-    return rows
-
-
-#: Labels of the relations whose erasure the paper reports, to match other worlds' relations.
-PAPER_RELATION_LABELS = {"P19": "place of birth", "P27": "country of citizenship",
-                         "P106": "occupation", "P937": "work location"}
-
-
-def _rows_erase(res: Any, paper: Any, meta: Any) -> list[dict[str, Any]]:
-    rows = []
-    labels = _dig(meta, "data", "relation_labels") or {}
-    by_label = {v: k for k, v in PAPER_RELATION_LABELS.items()}
-    for er in _dig(res, "erasures") or []:
-        rel = er.get("relation")
-        pk = rel if isinstance(paper, dict) and rel in paper else by_label.get(labels.get(rel, ""))
-        name = rel if pk in (None, rel) else f"{rel} (~{pk}, {labels.get(rel)})"
-        for m, label in (("ppl_before", "perplexity before"), ("ppl_after", "perplexity after"),
-                         ("accuracy_before", "accuracy before"),
-                         ("accuracy_after", "accuracy after")):
-            rows.append(_row(f"{name}: {label}", _dig(paper, pk, m) if pk else None,
-                             _dig(er, "summary", m)))
-        rng = _dig(paper, "other_relations_ppl_change")
-        change = _dig(er, "summary", "others_mean_ppl_change")
-        rows.append(_row(f"{name}: other relations' perplexity change (mean)",
-                         f"+{rng[0]:.0%} to +{rng[1]:.0%}" if isinstance(rng, list) and
-                         len(rng) == 2 else None,
-                         f"{change:+.1%}" if _is_num(change) else None))
-    return rows
-
-
-_ROWS: dict[str, Callable[[Any, Any, Any], list[dict[str, Any]]]] = {
-    "identification": _rows_identification, "modify": _rows_modify, "distant": _rows_distant,
-    "trigger": _rows_trigger, "update": _rows_update, "erase": _rows_erase,
-}
-
-
 def paper_rows(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The paper's headline numbers beside this run's: ``{"analysis", "metric", "paper",
-    "ours"}`` rows, for every analysis in ``doc["results"]``.
-
-    The known analyses have their own mapping from the PAPER dict to the result's fields. For
-    another analysis, a module may define ``compare_with_paper(result_dict)`` returning such
-    rows; otherwise each numeric PAPER entry at key path ``a.b`` is matched to the shortest key
-    path of the result containing the same keys in any order (e.g. ``ours.T1`` ->
-    ``overall.ours.T1``), shown as "-" when the run has no such number.
-    """
+    """The paper's headline numbers beside this run's: ``{"analysis", "metric", "paper", "ours",
+    "note"}`` rows for every analysis in ``doc["results"]``, by its registry entry's ``rows``."""
     rows: list[dict[str, Any]] = []
-    results = doc.get("results", {})
-    meta = doc.get("meta", {})
-    papers = dict(doc.get("paper", {}))
-    for name, res in results.items():
-        if isinstance(res, dict) and isinstance(res.get("paper"), dict):
-            papers.setdefault(name, res["paper"])
-    for name in [*ANALYSES, *(n for n in results if n not in ANALYSES)]:
+    results, meta, papers = doc.get("results", {}), doc.get("meta", {}), doc.get("paper", {})
+    for name, analysis in ANALYSES.items():
         res = results.get(name)
         if not isinstance(res, dict):
             continue
-        paper = papers.get(name) if isinstance(papers.get(name), dict) else {}
-        fn = _ROWS.get(name) or _module_attr(name, "compare_with_paper")
-        if fn is not None:
-            try:
-                made = fn(res, paper, meta) if name in _ROWS else fn(res)
-                rows += [{"analysis": name, **r} for r in made]
-                continue
-            except Exception as e:  # noqa: BLE001 - a report must still be written
-                log.warning("comparing %s with the paper failed (%s); using key matching",
-                            name, e)
-        flat_res = {k: v for k, v in _flatten({k: v for k, v in res.items()
-                                              if k != "paper"}).items() if _is_num(v)}
-        for path, pv in _flatten(paper).items():
-            if not _is_num(pv):
-                continue
-            hits = [k for k in flat_res if set(path) <= set(k)]
-            ours = flat_res[min(hits, key=len)] if hits else None
-            rows.append({"analysis": name, "metric": ".".join(path), "paper": pv, "ours": ours})
+        paper = papers.get(name) if isinstance(papers.get(name), dict) else analysis.paper
+        try:
+            made = analysis.rows(res, paper, meta)
+        except Exception as e:  # noqa: BLE001 - a report must still be written
+            log.warning("comparing %s with the paper failed: %s", name, e)
+            continue
+        rows += [{"analysis": name, **r} for r in made]
     return rows
-
-
-def _module_attr(analysis: str, attr: str) -> Any:
-    module = ANALYSES.get(analysis, (None, analysis))[1]
-    try:
-        mod = importlib.import_module(f"kn_lens.experiments.{module}")
-    except Exception:  # noqa: BLE001 - module absent in this installation
-        return None
-    return getattr(mod, attr, None)
 
 
 def _fmt(v: Any) -> str:
@@ -361,43 +67,24 @@ def _fmt(v: Any) -> str:
 # Figures and examples
 # ----------------------------------------------------------------------------------------------
 
-#: analysis -> names of kn_lens.plots functions taking the result dict and returning a figure
-#: (or a dict of figures). Besides these, any ``kn_lens.plots.<analysis>_figure`` is used. Missing
-#: functions are skipped, so the report works with any subset of the analyses.
-FIGURES: dict[str, tuple[str, ...]] = {
-    "identification": ("layer_distribution_figure", "identification_figure"),
-    "modify": ("modify_figure",),
-    "distant": ("distant_figure",),
-    "trigger": ("trigger_figure",),
-    "update": ("update_figure",),
-    "erase": ("erase_figure",),
-}
-
-
 def figures(doc: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
-    """``(analysis, stem, plotly figure)`` for each figure function that applies to ``doc``."""
-    try:
-        plots = importlib.import_module("kn_lens.plots")
-    except Exception as e:  # noqa: BLE001
-        log.warning("no figures: kn_lens.plots failed to import (%s)", e)
-        return []
+    """``(analysis, file stem, plotly figure)`` for each figure of each analysis in ``doc``; the
+    stem is the analysis name (``_2``, ``_3`` ... for further figures of one analysis)."""
     out = []
-    for name, res in doc.get("results", {}).items():
-        fig_names = list(dict.fromkeys([*FIGURES.get(name, ()), f"{name}_figure"]))
-        for fn_name in fig_names:
-            fn = getattr(plots, fn_name, None)
-            if fn is None:
-                continue
+    results, papers = doc.get("results", {}), doc.get("paper", {})
+    for name, analysis in ANALYSES.items():
+        res = results.get(name)
+        if not isinstance(res, dict):
+            continue
+        paper = papers.get(name) if isinstance(papers.get(name), dict) else analysis.paper
+        for i, fn in enumerate(analysis.figures):
             try:
-                made = fn(res)
+                fig = fn(res, paper)
             except Exception as e:  # noqa: BLE001 - one broken figure must not stop the report
-                log.warning("figure %s for %s failed: %s", fn_name, name, e)
+                log.warning("figure %d of %s failed: %s", i + 1, name, e)
                 continue
-            items = made.items() if isinstance(made, dict) else [("", made)]
-            for suffix, fig in items:
-                if fig is not None:
-                    stem = fn_name.removesuffix("_figure").removeprefix("plot_")
-                    out.append((name, f"{stem}_{suffix}" if suffix else stem, fig))
+            if fig is not None:
+                out.append((name, name if i == 0 else f"{name}_{i + 1}", fig))
     return out
 
 
@@ -483,19 +170,14 @@ def _meta_lines(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
     if data.get("relations"):
         rows.append(("Relations", ", ".join(data["relations"])))
     cfg = meta.get("config", {})
-    try:
-        from kn_lens.config import PaperConfig
-
-        base = PaperConfig().to_dict()
-        changed = {k: v for k, v in cfg.items() if k in base and _norm(base[k]) != _norm(v)}
-    except Exception:  # noqa: BLE001
-        changed = {}
+    base = PaperConfig().to_dict()
+    changed = {k: v for k, v in cfg.items() if k in base and _norm(base[k]) != _norm(v)}
     rows.append(("Config", "the paper's defaults" + (
         "; changed: " + ", ".join(f"{k}={v}" for k, v in changed.items()) if changed else "")))
     for key, label in (("timings", "Wall time"), ("cpu_seconds", "CPU time (this process)")):
         t = meta.get(key, {})
         if isinstance(t, dict) and t:
-            rows.append((label, ", ".join(f"{k} {v:.1f}s" for k, v in t.items() if _is_num(v))))
+            rows.append((label, ", ".join(f"{k} {v:.1f}s" for k, v in t.items() if is_number(v))))
     v = meta.get("versions", {})
     if v:
         rows.append(("Versions", ", ".join(f"{k} {x}" for k, x in v.items())))
@@ -528,17 +210,17 @@ def render_markdown(doc: Mapping[str, Any], figure_files: Mapping[str, list[str]
     else:
         lines.append("No analysis with paper numbers has been run yet.")
     results = doc.get("results", {})
-    for name, (title, _) in ANALYSES.items():
+    for name, analysis in ANALYSES.items():
+        title = analysis.title
         if name not in results and name not in figure_files:
             continue
         lines += ["", f"## {title}", ""]
-        notes = (doc.get("paper", {}).get(name) or {}).get("note") if isinstance(
-            doc.get("paper", {}).get(name), dict) else None
+        notes = dig(doc, "paper", name, "note")
         if notes:
             lines += [f"Paper: {notes}", ""]
         for f in figure_files.get(name, []):
             lines.append(f"- figure: [{Path(f).name}]({f})")
-        if name == "identification":
+        if name == "identify":
             lines += _relation_table(results.get(name), doc.get("meta", {}))
     ex = examples(doc)
     if ex:
@@ -555,17 +237,17 @@ def render_markdown(doc: Mapping[str, Any], figure_files: Mapping[str, list[str]
 
 def _relation_table(res: Any, meta: Any) -> list[str]:
     """Per relation: facts, the adaptive p and neurons per fact (ours and baseline)."""
-    rels = _dig(res, "relations")
+    rels = dig(res, "relations")
     if not isinstance(rels, dict) or not rels:
         return []
-    labels = _dig(meta, "data", "relation_labels") or {}
+    labels = dig(meta, "data", "relation_labels") or {}
     out = ["", "| relation | label | facts | p (ours) | neurons/fact (ours) | p (baseline) | "
            "neurons/fact (baseline) |", "|---|---|---:|---:|---:|---:|---:|"]
     for rel, st in rels.items():
-        out.append(f"| {_md(rel)} | {_md(labels.get(rel, ''))} | {_fmt(_dig(st, 'n_facts'))} | "
-                   f"{_fmt(_dig(st, 'ours', 'p'))} | {_fmt(_dig(st, 'ours', 'neurons_per_fact'))} | "
-                   f"{_fmt(_dig(st, 'baseline', 'p'))} | "
-                   f"{_fmt(_dig(st, 'baseline', 'neurons_per_fact'))} |")
+        out.append(f"| {_md(rel)} | {_md(labels.get(rel, ''))} | {_fmt(dig(st, 'n_facts'))} | "
+                   f"{_fmt(dig(st, 'ours', 'p'))} | {_fmt(dig(st, 'ours', 'neurons_per_fact'))} | "
+                   f"{_fmt(dig(st, 'baseline', 'p'))} | "
+                   f"{_fmt(dig(st, 'baseline', 'neurons_per_fact'))} |")
     return out
 
 
@@ -598,7 +280,8 @@ def render_html(doc: Mapping[str, Any], figs: list[tuple[str, str, Any]]) -> str
     else:
         parts.append("<p>No analysis with paper numbers has been run yet.</p>")
     first = True
-    for name, (title, _) in ANALYSES.items():
+    for name, analysis in ANALYSES.items():
+        title = analysis.title
         mine = [f for f in figs if f[0] == name]
         if not mine:
             continue
@@ -619,12 +302,12 @@ def render_html(doc: Mapping[str, Any], figs: list[tuple[str, str, Any]]) -> str
 
 
 def write_report(out: str | Path, doc: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Write ``figures/*.html`` (each self-contained; ``.png`` beside it when a static exporter is
-    installed), ``report.md`` and ``report.html`` (self-contained: plotly.js inlined once) into
-    ``out`` from ``out/results.json`` (or ``doc``).
-    Returns the written paths."""
-    from kn_lens.plots import save_figure
+    """Write ``figures/*.html`` (sharing one ``figures/plotly.min.js``; ``.png`` beside each when a
+    static exporter is installed), ``report.md`` and ``report.html`` (self-contained: plotly.js
+    inlined once) into ``out`` from ``out/results.json`` (or ``doc``).
 
+    Returns the written paths; ``"png_skipped"`` holds the exporter's reason when no PNG could be
+    written (said once, in full, at INFO; PNG export is then not tried for the other figures)."""
     out = Path(out)
     if doc is None:
         doc = load_results(out / "results.json")
@@ -633,8 +316,14 @@ def write_report(out: str | Path, doc: Mapping[str, Any] | None = None) -> dict[
     figs = figures(doc)
     fig_files: dict[str, list[str]] = {}
     written: dict[str, Any] = {"figures": []}
+    png = True
     for name, stem, fig in figs:
-        path = Path(save_figure(fig, out / "figures" / stem)["html"])
+        saved = save_figure(fig, out / "figures" / stem, png=png)
+        if "png_skipped" in saved:
+            png = False
+            written["png_skipped"] = saved["png_skipped"]
+            log.info("figures are HTML only; PNG export is unavailable: %s", saved["png_skipped"])
+        path = Path(saved["html"])
         fig_files.setdefault(name, []).append(str(path.relative_to(out)))
         written["figures"].append(str(path))
     md = out / "report.md"

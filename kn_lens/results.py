@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 SCHEMA_VERSION = 1
@@ -52,3 +52,29 @@ class Result:
 
     def to_json(self, **kw: Any) -> str:
         return json.dumps(self.to_dict(), **kw)
+
+
+#: One row of the report's "paper vs this run" table.
+ReportRow = dict[str, Any]
+
+
+def report_row(metric: str, paper: Any, ours: Any, note: str = "") -> ReportRow:
+    """A ``{"metric", "paper", "ours", "note"}`` row of the paper-vs-run table."""
+    return {"metric": metric, "paper": paper, "ours": ours, "note": note}
+
+
+def dig(d: Any, *path: Any) -> Any:
+    """``d[p0][p1]...`` through dicts and lists, or ``None`` when any step is missing."""
+    for k in path:
+        if isinstance(d, Mapping) and k in d:
+            d = d[k]
+        elif isinstance(d, list) and isinstance(k, int) and -len(d) <= k < len(d):
+            d = d[k]
+        else:
+            return None
+    return d
+
+
+def is_number(v: Any) -> bool:
+    """A JSON number (not a bool)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)

@@ -30,7 +30,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 try:  # POSIX advisory locks keep two processes from appending to the same file at once.
@@ -171,11 +171,14 @@ def repair_jsonl(path: str | Path) -> int:
     return removed
 
 
-def read_union(paths: Iterable[str | Path], key: str = "key") -> dict[str, dict[str, Any]]:
+def read_union(paths: Iterable[str | Path], key: str = "key",
+               keep: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, dict[str, Any]]:
     """Records of several files (e.g. all shards of a relation) by ``record[key]``.
 
-    Each key is kept once (the first seen, files in the given order); duplicates, which only arise
-    when the same facts were run under two shard layouts at once, are logged and dropped.
+    With ``keep``, records it refuses (stale ones, computed from other inputs) are passed over as
+    if absent. Each key is kept once (the first seen, files in the given order); duplicates, which
+    only arise when the same facts were run under two shard layouts at once, are logged and
+    dropped.
     """
     out: dict[str, dict[str, Any]] = {}
     dupes = 0
@@ -184,6 +187,8 @@ def read_union(paths: Iterable[str | Path], key: str = "key") -> dict[str, dict[
             k = rec.get(key)
             if not isinstance(k, str):
                 raise StoreError(f"{p}: record without a string {key!r} field")
+            if keep is not None and not keep(rec):
+                continue
             if k in out:
                 dupes += 1
                 continue
@@ -193,9 +198,10 @@ def read_union(paths: Iterable[str | Path], key: str = "key") -> dict[str, dict[
     return out
 
 
-def stored_keys(paths: Iterable[str | Path], key: str = "key") -> set[str]:
-    """The keys present in any of ``paths``."""
-    return set(read_union(paths, key))
+def stored_keys(paths: Iterable[str | Path], key: str = "key",
+                keep: Callable[[dict[str, Any]], bool] | None = None) -> set[str]:
+    """The keys present in any of ``paths`` (of the records ``keep`` accepts)."""
+    return set(read_union(paths, key, keep))
 
 
 class JsonlStore:
@@ -210,13 +216,17 @@ class JsonlStore:
 
     Opening repairs a torn last line, takes an exclusive advisory lock (a second process appending
     to the same file gets :class:`StoreError`) and reads the keys already present. ``append`` writes
-    the whole line, then ``fsync``; appending a key already present raises ``ValueError``.
+    the whole line, then ``fsync``; appending a key already present raises ``ValueError``. With
+    ``keep``, a stored record it refuses (a stale one) does not count as present, so its key may
+    be appended again; readers pass ``keep`` too and see only the new record.
     """
 
     def __init__(self, path: str | Path, *, key: str = "key", done: Iterable[str] = (),
-                 fsync: bool = True) -> None:
+                 fsync: bool = True, keep: Callable[[dict[str, Any]], bool] | None = None
+                 ) -> None:
         self.path = Path(path)
         self.key = key
+        self.keep = keep
         self.fsync = fsync
         self._extra_done = set(done)
         self._keys: set[str] = set()
@@ -234,7 +244,7 @@ class JsonlStore:
                                  "(is the same --shard running twice?)") from None
         self._fd = fd
         repair_jsonl(self.path)  # safe: we hold the lock
-        self._keys = set(read_union([self.path], self.key)) | self._extra_done
+        self._keys = set(read_union([self.path], self.key, self.keep)) | self._extra_done
         return self
 
     def close(self) -> None:

@@ -235,6 +235,21 @@ def web_facts_from_dict(
     return out
 
 
+WEB_FILE_PREFIX, WEB_FILE_SUFFIX = "final_distant_allbags_", "_new.json"
+
+
+def web_files(distant_dir: str | Path) -> dict[str, Path]:
+    """The paper's per-relation web-sentence files in a folder, by relation id
+    (``final_distant_allbags_{relation}_new.json``)."""
+    return {p.name[len(WEB_FILE_PREFIX):-len(WEB_FILE_SUFFIX)]: p
+            for p in sorted(Path(distant_dir).glob(f"{WEB_FILE_PREFIX}*{WEB_FILE_SUFFIX}"))}
+
+
+def web_relations(distant_dir: str | Path) -> list[str]:
+    """The relation ids that have a web-sentence file in ``distant_dir``, sorted."""
+    return sorted(web_files(distant_dir))
+
+
 def load_web_facts(
     distant_dir: str | Path,
     query_pairs_path: str | Path | None = None,
@@ -255,8 +270,7 @@ def load_web_facts(
     qp_path = Path(query_pairs_path) if query_pairs_path else distant_dir / "query_pairs.json"
     if not qp_path.is_file():
         raise FileNotFoundError(f"query pairs file not found: {qp_path}")
-    files = {p.name[len("final_distant_allbags_"):-len("_new.json")]: p
-             for p in distant_dir.glob("final_distant_allbags_*_new.json")}
+    files = web_files(distant_dir)
     rels = sorted(files) if relations is None else list(relations)
     missing = [r for r in rels if r not in files]
     if missing:

@@ -23,10 +23,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from transformer_lens import HookedEncoder
+
 from kn_lens.config import PaperConfig
 from kn_lens.data import FactBag
 from kn_lens.neuron import Neuron
-from kn_lens.results import Result
+from kn_lens.results import ReportRow, Result, dig, report_row
 from kn_lens.data.web import (PROMPT_TYPES, FactPrompts, WebFact, WebPromptSet, build_web_prompts,
                               select_facts)
 from kn_lens.interventions import grouped_activations
@@ -105,7 +107,6 @@ class DistantResult(Result):
         prompt_counts: ``{type: {"built": n, reason: n_skipped, ...}}`` over the analysed facts'
             sentences (see :data:`kn_lens.data.web.SKIP_REASONS`).
         settings: seed, max_tokens, first_words used.
-        paper: the paper's numbers (:data:`PAPER`) for side-by-side reporting.
     """
 
     schema = "distant"
@@ -117,7 +118,6 @@ class DistantResult(Result):
     skipped_facts: dict[str, str] = field(default_factory=dict)
     prompt_counts: dict[str, dict[str, int]] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
-    paper: dict[str, Any] = field(default_factory=lambda: dict(PAPER))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -159,15 +159,14 @@ def _counts(prompts: WebPromptSet, keys: set[str]) -> dict[str, dict[str, int]]:
 
 
 def distant_activation(
-    model: Any,
+    model: HookedEncoder,
     web_facts: Mapping[str, Sequence[WebFact]],
     neurons: Mapping[str, Sequence[Neuron]],
     *,
     baseline: Mapping[str, Sequence[Neuron]] | None = None,
     bags: Sequence[FactBag] | None = None,
-    config: PaperConfig | None = None,
+    config: PaperConfig = PaperConfig(),
     prompts: WebPromptSet | None = None,
-    batch_size: int = 64,
     progress: bool = False,
 ) -> DistantResult:
     """Mean activation of each fact's knowledge neurons at [MASK] on its T1/T2/T3 web prompts.
@@ -181,13 +180,11 @@ def distant_activation(
         bags: if given, checked to agree with ``web_facts`` (same subject/object at each index).
         config: seed, ``max_tokens`` (512) and ``t2_first_words`` (50) come from here.
         prompts: prebuilt prompts (default: :func:`kn_lens.data.web.build_web_prompts` with the seed).
-        batch_size: prompts per forward pass (approximate; a fact's prompts share a batch).
         progress: show a progress bar.
 
     A fact is analysed when it has neurons, web sentences, at least one T1 and one T2 prompt
     (the paper skips facts without examples); the others are listed in ``skipped_facts``.
     """
-    config = config or PaperConfig()
     keys, skipped = select_facts(web_facts, neurons, bags=bags)
     if prompts is None:
         prompts = build_web_prompts(web_facts, keys=keys, seed=config.seed,
@@ -211,7 +208,7 @@ def distant_activation(
         base_n = list(base.get(fp.key, ()))
         items.append(([*fp.t1, *fp.t2, *fp.t3], [*ours_n, *base_n]))
     acts = grouped_activations(model, items, max_tokens=config.max_tokens,
-                               batch_size=batch_size, progress=progress, desc="distant")
+                               batch_size=config.batch_size, progress=progress, desc="distant")
     facts: list[FactActivation] = []
     for fp, a in zip(chosen, acts):
         n_ours = len(neurons[fp.key])
@@ -246,5 +243,12 @@ def distant_activation(
         prompt_counts=_counts(prompts, {f.key for f in facts}),
         settings={"seed": config.seed, "max_tokens": config.max_tokens,
                   "first_words": config.t2_first_words},
-        paper=dict(PAPER),
     )
+
+
+def report_rows(result: Mapping[str, Any], paper: Mapping[str, Any], meta: Mapping[str, Any]
+                ) -> list[ReportRow]:
+    """The paper's T1/T2/T3 activations beside this run's (the report's table)."""
+    return [report_row(f"mean activation on {t} ({who})", dig(paper, who, t),
+                       dig(result, "overall", who, t))
+            for who in ("ours", "baseline") for t in ("T1", "T2", "T3")]

@@ -25,16 +25,20 @@ from typing import Any, ClassVar
 
 import torch
 
+from transformer_lens import HookedEncoder
+
 from kn_lens.config import PaperConfig
 from kn_lens.data import FactBag, relation_of_key
 from kn_lens.neuron import Neuron
 from kn_lens.prompts import (EncodedPrompts, answer_token_id, bags_by_relation, encode, perplexity,
                              score_prompts)
-from kn_lens.results import Result, mean_or_nan
+from kn_lens.results import ReportRow, Result, dig, is_number, mean_or_nan, report_row
 from kn_lens.weights import RowEdit, zero_rows
 
-#: The relations the paper erases (BERT-base-cased on PARAREL).
-PAPER_RELATIONS: tuple[str, ...] = ("P19", "P27", "P106", "P937")
+#: The relations the paper erases (BERT-base-cased on PARAREL), with their labels, by which their
+#: analogues in a fact world with other relation ids are found.
+PAPER_RELATIONS: dict[str, str] = {"P19": "place of birth", "P27": "country of citizenship",
+                                   "P106": "occupation", "P937": "work location"}
 
 #: The paper's figures (Table 5 of Dai et al. 2022): perplexity of the erased relation before and
 #: after; other relations' perplexity rose by 1% to 10%.
@@ -67,7 +71,7 @@ def relation_top_neurons(
 
 
 def erase_relation(
-    model: Any, neurons: Mapping[str, Sequence[Any]], relation: str, top: int = 20
+    model: HookedEncoder, neurons: Mapping[str, Sequence[Any]], relation: str, top: int = 20
 ) -> RowEdit:
     """Zero the value vectors of ``relation``'s ``top`` most frequent knowledge neurons.
 
@@ -114,7 +118,7 @@ class Erasure:
 class EraseResult(Result):
     """Result of :func:`erase_experiment`: scores before, and after each erasure."""
 
-    schema: ClassVar[str] = "erase_relations"
+    schema: ClassVar[str] = "erase"
 
     erase_top: int
     seed: int
@@ -122,13 +126,12 @@ class EraseResult(Result):
     max_bags_per_relation: int | None
     before: dict[str, RelationScore]
     erasures: list[Erasure]
-    paper: dict[str, Any] = field(default_factory=lambda: dict(PAPER))
 
 
 class _Eval:
     """All evaluation prompts encoded once, scored per relation."""
 
-    def __init__(self, model: Any, bags: Sequence[FactBag], batch_size: int) -> None:
+    def __init__(self, model: HookedEncoder, bags: Sequence[FactBag], batch_size: int) -> None:
         self.model, self.batch_size = model, batch_size
         prompts, gold, rel = [], [], []
         self.n_bags: Counter[str] = Counter()
@@ -187,7 +190,7 @@ def _summary(rel: str, before: dict[str, RelationScore], after: dict[str, Relati
 
 
 def erase_experiment(
-    model: Any,
+    model: HookedEncoder,
     bags: Sequence[FactBag],
     neurons: Mapping[str, Sequence[Any]],
     relations: Sequence[str],
@@ -195,7 +198,6 @@ def erase_experiment(
     *,
     max_bags_per_relation: int | None = None,
     control: bool = True,
-    batch_size: int = 64,
     progress: bool = False,
 ) -> EraseResult:
     """Erase each of ``relations`` in turn and score every relation before and after.
@@ -225,7 +227,7 @@ def erase_experiment(
                 rng = random.Random(f"{config.seed}:erase-eval:{r}")
                 by_rel[r] = sorted(rng.sample(by_rel[r], max_bags_per_relation),
                                    key=lambda b: b.index)
-    ev = _Eval(model, [b for r in sorted(by_rel) for b in by_rel[r]], batch_size)
+    ev = _Eval(model, [b for r in sorted(by_rel) for b in by_rel[r]], config.batch_size)
     before = ev.scores()
     pooled_before = {r: ev.pooled_others(r) for r in relations}
 
@@ -262,3 +264,36 @@ def erase_experiment(
                                 rand_ns, rand_after))
     return EraseResult(config.erase_top, config.seed, list(relations), max_bags_per_relation,
                        before, erasures)
+
+
+def report_rows(result: Mapping[str, Any], paper: Mapping[str, Any], meta: Mapping[str, Any]
+                ) -> list[ReportRow]:
+    """The paper's erasure figures beside this run's; a relation of another fact world is matched
+    to the paper's by its label (:data:`PAPER_RELATIONS`)."""
+    rows = []
+    labels = dig(meta, "data", "relation_labels") or {}
+    by_label = {v: k for k, v in PAPER_RELATIONS.items()}
+    for er in dig(result, "erasures") or []:
+        rel = er.get("relation")
+        pk = rel if rel in paper else by_label.get(labels.get(rel, ""))
+        name = rel if pk in (None, rel) else f"{rel} (~{pk}, {labels.get(rel)})"
+        for m, label in (("ppl_before", "perplexity before"), ("ppl_after", "perplexity after"),
+                         ("accuracy_before", "accuracy before"),
+                         ("accuracy_after", "accuracy after")):
+            rows.append(report_row(f"{name}: {label}", dig(paper, pk, m) if pk else None,
+                                   dig(er, "summary", m)))
+        rng = dig(paper, "other_relations_ppl_change")
+        change = dig(er, "summary", "others_mean_ppl_change")
+        rows.append(report_row(
+            f"{name}: other relations' perplexity change (mean)",
+            f"+{rng[0]:.0%} to +{rng[1]:.0%}" if isinstance(rng, list) and len(rng) == 2 else None,
+            f"{change:+.1%}" if is_number(change) else None))
+    return rows
+
+
+def default_relations(relations: Sequence[str], labels: Mapping[str, str]) -> list[str]:
+    """The relations to erase when none are named: the paper's (by id, or by label in a fact world
+    with other ids) among ``relations``, else all of them. ``labels``: relation id -> label."""
+    chosen = [r for r in relations
+              if r in PAPER_RELATIONS or labels.get(r) in PAPER_RELATIONS.values()]
+    return chosen or list(relations)

@@ -36,7 +36,7 @@ from kn_lens.interventions import scaled_mask_probs
 from kn_lens.neuron import check_neurons
 from kn_lens.neuron import Neuron
 from kn_lens.prompts import answer_token_id, encode
-from kn_lens.results import Result, mean_or_nan
+from kn_lens.results import ReportRow, Result, dig, mean_or_nan, report_row
 
 #: The paper's Figure 3 averages for bert-base-cased (% change of the correct answer's probability).
 PAPER: dict[str, Any] = {
@@ -111,7 +111,6 @@ class ModifyResult(Result):
         facts: one :class:`FactChange` per analysed fact.
         skipped_facts: fact key -> why it was left out of every method (``"no_neurons"``).
         settings: amplify_factor, seed.
-        paper: the paper's numbers (:data:`PAPER`).
     """
 
     schema = "modify"
@@ -124,7 +123,6 @@ class ModifyResult(Result):
     facts: list[FactChange]
     skipped_facts: dict[str, str] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
-    paper: dict[str, Any] = field(default_factory=lambda: dict(PAPER))
 
 
 def unrelated_bag(bags: Sequence[FactBag], bag: FactBag, seed: int) -> FactBag | None:
@@ -154,9 +152,8 @@ def modify(
     bags: Sequence[FactBag],
     ours: Mapping[str, Sequence[Neuron]],
     baseline: Mapping[str, Sequence[Neuron]] | None = None,
-    config: PaperConfig | None = None,
+    config: PaperConfig = PaperConfig(),
     *,
-    batch_size: int = 64,
     progress: bool = False,
 ) -> ModifyResult:
     """Suppress and amplify each fact's knowledge neurons; see the module docstring.
@@ -167,10 +164,8 @@ def modify(
         ours: bag key -> our knowledge neurons (missing key = none).
         baseline: bag key -> baseline neurons, or ``None`` to skip the baseline.
         config: ``amplify_factor`` and ``seed`` are used.
-        batch_size: prompts per forward pass.
         progress: show a progress bar over facts.
     """
-    config = config or PaperConfig()
     if not bags:
         raise ValueError("no bags given")
     keys = [b.key for b in bags]
@@ -208,7 +203,7 @@ def modify(
         targets = ([answer_token_id(model, bag.object)] * n_own
                    + ([answer_token_id(model, other.object)] * len(other.prompts) if other else []))
         enc = encode(model, prompts)
-        base = scaled_mask_probs(model, enc, targets, [], None, batch_size=batch_size)
+        base = scaled_mask_probs(model, enc, targets, [], None, batch_size=config.batch_size)
         delta: dict[str, dict[str, dict[str, float | None]]] = {}
         for m, neurons in neuron_sets.items():
             if not neurons:
@@ -216,7 +211,7 @@ def modify(
             delta[m] = {}
             for op, factor in factors.items():
                 d = scaled_mask_probs(model, enc, targets, neurons, factor,
-                                      batch_size=batch_size) - base
+                                      batch_size=config.batch_size) - base
                 delta[m][op] = {"own": float(d[:n_own].mean()),
                                 "other": float(d[n_own:].mean()) if other else None}
         facts.append(FactChange(
@@ -243,3 +238,16 @@ def modify(
     settings = {"amplify_factor": config.amplify_factor, "seed": config.seed}
     return ModifyResult(tuple(methods), OPERATIONS, relations, overall, pooled, facts, skipped,
                         settings)
+
+
+def report_rows(result: Mapping[str, Any], paper: Mapping[str, Any], meta: Mapping[str, Any]
+                ) -> list[ReportRow]:
+    """The paper's suppress/amplify figures beside this run's (the report's table)."""
+    rows = []
+    for op in ("suppress", "amplify"):
+        for who in ("ours", "baseline"):
+            rows.append(report_row(f"{op}: % change of correct-answer probability ({who})",
+                                   dig(paper, op, who), dig(result, "overall", who, op, "own_pct")))
+        rows.append(report_row(f"{op}: % change on unrelated facts (ours)", "small",
+                               dig(result, "overall", "ours", op, "other_pct")))
+    return rows

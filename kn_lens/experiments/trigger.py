@@ -14,12 +14,21 @@ from pathlib import Path
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from transformer_lens import HookedEncoder
+
 from kn_lens.config import PaperConfig
 from kn_lens.data import FactBag
 from kn_lens.interventions import grouped_activations
 from kn_lens.neuron import Neuron
-from kn_lens.results import Result, mean_or_nan, to_jsonable
+from kn_lens.results import ReportRow, Result, dig, mean_or_nan, report_row, to_jsonable
 from kn_lens.data.web import PROMPT_TYPES, WebFact, WebPromptSet, build_web_prompts, select_facts
+
+
+#: The paper (Table 3) shows examples only: the top prompts state the fact, the bottom ones do not.
+PAPER: dict[str, Any] = {
+    "note": "The paper shows examples only: the most activating prompts state the fact (T1), the "
+            "least activating do not."
+}
 
 
 @dataclass
@@ -92,16 +101,15 @@ def _share_t1(items: Sequence[ScoredPrompt]) -> float:
 
 
 def activating_prompts(
-    model: Any,
+    model: HookedEncoder,
     web_facts: Mapping[str, Sequence[WebFact]],
     neurons: Mapping[str, Sequence[Neuron]],
     *,
     k: int | None = None,
     types: Sequence[str] = ("T1", "T2"),
     bags: Sequence[FactBag] | None = None,
-    config: PaperConfig | None = None,
+    config: PaperConfig = PaperConfig(),
     prompts: WebPromptSet | None = None,
-    batch_size: int = 64,
     progress: bool = False,
 ) -> TriggerResult:
     """Rank each fact's web prompts by the summed activation of its knowledge neurons.
@@ -115,10 +123,8 @@ def activating_prompts(
         bags: if given, checked to agree with ``web_facts``.
         config: seed, ``max_tokens``, ``t2_first_words``, ``top_k_prompts``.
         prompts: prebuilt prompts (default: built with ``config.seed``).
-        batch_size: prompts per forward pass (approximate).
         progress: show a progress bar.
     """
-    config = config or PaperConfig()
     k = config.top_k_prompts if k is None else int(k)
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -143,7 +149,7 @@ def activating_prompts(
         chosen.append((fp, labelled))
         items.append(([p for p, _ in labelled], list(neurons[key])))
     acts = grouped_activations(model, items, max_tokens=config.max_tokens,
-                               batch_size=batch_size, progress=progress, desc="trigger")
+                               batch_size=config.batch_size, progress=progress, desc="trigger")
     facts = []
     for (fp, labelled), a in zip(chosen, acts):
         scores = a.sum(-1).tolist()
@@ -180,3 +186,12 @@ def write_trigger_jsonl(result: TriggerResult | Mapping[str, Any], path: str | P
             f.write(json.dumps(to_jsonable(fact), ensure_ascii=False) + "\n")
     tmp.replace(path)
     return path
+
+
+def report_rows(result: Mapping[str, Any], paper: Mapping[str, Any], meta: Mapping[str, Any]
+                ) -> list[ReportRow]:
+    """What the paper finds of activating prompts, beside this run's shares."""
+    return [report_row("share of top prompts that state the fact (T1)", "most",
+                       dig(result, "top_t1_share")),
+            report_row("share of bottom prompts that state the fact (T1)", "few",
+                       dig(result, "bottom_t1_share"))]

@@ -46,12 +46,14 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from transformer_lens import HookedEncoder
+
 from kn_lens.config import PaperConfig
 from kn_lens.data import FactBag, relation_of_key
 from kn_lens.neuron import Neuron
 from kn_lens.prompts import (EncodedPrompts, MaskScores, answer_token_id, bags_by_relation, encode,
                              perplexity, score_prompts, token_id)
-from kn_lens.results import Result, mean_or_nan
+from kn_lens.results import ReportRow, Result, dig, mean_or_nan, report_row
 from kn_lens.neuron import check_neurons
 from kn_lens.weights import RowEdit, add_to_rows, read_value_vectors
 
@@ -66,7 +68,7 @@ PAPER: dict[str, float] = {
 }
 
 
-def _token(model: Any, answer: str | int, what: str) -> int:
+def _token(model: HookedEncoder, answer: str | int, what: str) -> int:
     try:
         return token_id(model, answer)
     except ValueError as e:
@@ -91,7 +93,7 @@ def update_deltas(
 
 
 def update_fact(
-    model: Any,
+    model: HookedEncoder,
     neurons: Iterable[Any],
     old_answer: str | int,
     new_answer: str | int,
@@ -209,10 +211,9 @@ class UpdateResult(Result):
         facts: one :class:`FactUpdate` per edited fact.
         skipped: ``{"key", "reason"}`` for candidate facts that were not edited.
         n_candidates: per relation, facts with neurons; n_known: of those, facts the model knows.
-        paper: :data:`PAPER`.
     """
 
-    schema: ClassVar[str] = "update_facts"
+    schema: ClassVar[str] = "update"
 
     lambda1: float
     lambda2: float
@@ -228,7 +229,6 @@ class UpdateResult(Result):
     per_relation: dict[str, dict[str, dict[str, float]]]
     facts: list[FactUpdate]
     skipped: list[dict[str, str]] = field(default_factory=list)
-    paper: dict[str, float] = field(default_factory=lambda: dict(PAPER))
 
 
 def _summarise(facts: Sequence[FactUpdate]) -> dict[str, dict[str, float]]:
@@ -267,7 +267,7 @@ def _rng(seed: int, *parts: str) -> random.Random:
     return random.Random(":".join([str(seed), *parts]))
 
 
-def known_shares(model: Any, bags: Sequence[FactBag], *, batch_size: int = 64
+def known_shares(model: HookedEncoder, bags: Sequence[FactBag], *, batch_size: int = 64
                  ) -> dict[str, float]:
     """Per bag key, the share of its prompts whose top-1 prediction is the bag's object."""
     prompts = [p for b in bags for p in b.prompts]
@@ -283,7 +283,7 @@ def known_shares(model: Any, bags: Sequence[FactBag], *, batch_size: int = 64
 
 
 def update_experiment(
-    model: Any,
+    model: HookedEncoder,
     bags: Sequence[FactBag],
     neurons: Mapping[str, Sequence[Any]],
     config: PaperConfig = PaperConfig(),
@@ -292,7 +292,6 @@ def update_experiment(
     facts_per_relation: int | None = 10,
     known_threshold: float = 0.5,
     control: bool = True,
-    batch_size: int = 64,
     progress: bool = False,
 ) -> UpdateResult:
     """Update facts through their knowledge neurons and measure the effect (paper section 5.1).
@@ -338,7 +337,7 @@ def update_experiment(
             candidates.append(b)
     if not candidates:
         raise ValueError("no facts to edit: no bag of the chosen relations has knowledge neurons")
-    shares = known_shares(model, candidates, batch_size=batch_size)
+    shares = known_shares(model, candidates, batch_size=config.batch_size)
     n_candidates = {r: sum(1 for b in candidates if b.relation == r) for r in relations}
     n_known = {r: sum(1 for b in candidates if b.relation == r and shares[b.key] >= known_threshold)
                for r in relations}
@@ -382,14 +381,14 @@ def update_experiment(
         enc = encode(model, prompts)
         n_fact = len(bag.prompts)
         n_intra = sum(len(b.prompts) for b in intra)
-        before = score_prompts(model, enc, gold, target, batch_size=batch_size)
+        before = score_prompts(model, enc, gold, target, batch_size=config.batch_size)
         intra_b = perplexity(before.gold_logp[n_fact:n_fact + n_intra])
         inter_b = perplexity(before.gold_logp[n_fact + n_intra:])
 
         kn = kept[bag.key]
         with update_fact(model, kn, old_id, new_id, lambda1=config.lambda1,
                          lambda2=config.lambda2):
-            after = score_prompts(model, enc, gold, target, batch_size=batch_size)
+            after = score_prompts(model, enc, gold, target, batch_size=config.batch_size)
         km = _edit_metrics(before, after, n_fact, n_intra, old_id, new_id, intra_b, inter_b)
 
         rand_ns: list[Neuron] | None = None
@@ -404,7 +403,7 @@ def update_experiment(
                     rand_ns.append(n)
             with update_fact(model, rand_ns, old_id, new_id, lambda1=config.lambda1,
                              lambda2=config.lambda2):
-                after_r = score_prompts(model, enc, gold, target, batch_size=batch_size)
+                after_r = score_prompts(model, enc, gold, target, batch_size=config.batch_size)
             rm = _edit_metrics(before, after_r, n_fact, n_intra, old_id, new_id, intra_b, inter_b)
 
         facts.append(FactUpdate(
@@ -423,3 +422,20 @@ def update_experiment(
         relations=relations, n_candidates=n_candidates, n_known=n_known,
         summary=_summarise(facts), per_relation=per_relation, facts=facts, skipped=skipped,
     )
+
+
+def report_rows(result: Mapping[str, Any], paper: Mapping[str, Any], meta: Mapping[str, Any]
+                ) -> list[ReportRow]:
+    """The paper's update figures beside this run's (the report's table)."""
+    rows = []
+    for arm, prefix in (("knowledge", ""), ("random", "random_")):
+        who = "knowledge neurons" if arm == "knowledge" else "random neurons"
+        for m, label in (("success_rate", "success rate"), ("change_rate", "change rate"),
+                         ("delta_intra_ppl", "Δ intra-relation perplexity"),
+                         ("delta_inter_ppl", "Δ inter-relation perplexity")):
+            pv, ov = dig(paper, prefix + m), dig(result, "summary", arm, m)
+            if pv is None and ov is None:
+                continue
+            rows.append(report_row(f"{label} ({who})", pv, ov))
+    rows.append(report_row("facts edited", None, dig(result, "summary", "knowledge", "n_facts")))
+    return rows

@@ -6,7 +6,6 @@ Most tests call ``kn_lens.cli.main([...])`` in-process (no import cost); only th
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -19,9 +18,12 @@ import pytest
 import torch
 
 from kn_lens import cli
+from kn_lens.cli import steps as cli_steps
+from kn_lens.cli.parser import REPRODUCE_DEFAULT_MAX_BAGS, build_parser
+from kn_lens.cli.run import Run
 from kn_lens.store import read_jsonl, read_union, relation_files
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # Subjects and answers from conftest.TINY_WORDS, so every object is one token of the tiny vocab.
 SUBJECTS = ["Alice", "Bob", "Zor", "Kal", "Mur", "Zorvik", "Kaldal", "Murvik", "Zoren", "Kalo"]
@@ -77,16 +79,21 @@ def all_keys(out: Path) -> list[str]:
 # Help and bad arguments
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("command", ["attribute", "neurons", "modify", "distant", "trigger",
-                                     "edit", "erase", "plot", "reproduce"])
+@pytest.mark.parametrize("command", ["attribute", "identify", "modify", "distant", "trigger",
+                                     "update", "erase", "plot", "reproduce"])
 def test_help_of_every_command(command, capsys):
     assert cli.main([command, "--help"]) == 0
     text = capsys.readouterr().out
     assert "--out" in text and "default" in text
     if command != "plot":
-        for opt in ("--model", "--data", "--relations", "--max-bags", "--steps", "--seed"):
+        for opt in ("--model", "--data", "--relations", "--max-bags", "--seed"):
             assert opt in text
-    if command == "edit":
+        # each command lists only the options it uses
+        assert ("--steps" in text) == (command in ("attribute", "reproduce"))
+        assert ("--shard" in text) == (command == "attribute")
+        assert ("--web" in text) == (command in ("distant", "trigger", "reproduce"))
+        assert ("--batch-size" in text) == (command != "identify")
+    if command == "update":
         assert "--lambda1" in text and "--lambda2" in text
     if command == "attribute":
         assert "--shard" in text and "1-based" in text
@@ -138,7 +145,7 @@ def test_unknown_model_offline(tmp_path, facts, capsys):
 
 
 def test_bad_set_override(tmp_path, facts, capsys):
-    rc = cli.main(["neurons", "--data", str(facts), "--set", "nonsense=1", "--out",
+    rc = cli.main(["identify", "--data", str(facts), "--set", "nonsense=1", "--out",
                    str(tmp_path)])
     assert rc == 2
     _assert_clean_error(capsys, rc, "nonsense")
@@ -150,10 +157,9 @@ def test_plot_without_results(tmp_path, capsys):
     _assert_clean_error(capsys, rc, "results.json")
 
 
-def test_neurons_before_attribute(tmp_path, tiny_ckpt, facts, capsys, monkeypatch):
-    if importlib.util.find_spec("kn_lens.knowledge_neurons") is None:
-        pytest.skip("kn_lens.knowledge_neurons not installed")
-    rc = cli.main(["neurons", *base_args(tiny_ckpt, facts, tmp_path / "o")])
+def test_identify_before_attribute(tmp_path, tiny_ckpt, facts, capsys, monkeypatch):
+    rc = cli.main(["identify", "--model", str(tiny_ckpt), "--data", str(facts), "--out",
+                   str(tmp_path / "o"), "-q"])
     assert rc == 2
     _assert_clean_error(capsys, rc, "kn-lens attribute")
 
@@ -163,7 +169,7 @@ def test_neurons_before_attribute(tmp_path, tiny_ckpt, facts, capsys, monkeypatc
 # ---------------------------------------------------------------------------------------------
 
 def test_attribute_resume_and_shards(tmp_path, tiny_ckpt, facts, monkeypatch):
-    monkeypatch.setattr(cli, "SCORE_FN", fake_score)
+    monkeypatch.setattr(cli_steps, "SCORE_FN", fake_score)
     out = tmp_path / "o"
     # Two shards, as independent runs: disjoint files, union = every fact once.
     for k in (1, 2):
@@ -187,7 +193,7 @@ def test_attribute_resume_and_shards(tmp_path, tiny_ckpt, facts, monkeypatch):
 
 
 def test_attribute_resumes_after_torn_line(tmp_path, tiny_ckpt, facts, monkeypatch):
-    monkeypatch.setattr(cli, "SCORE_FN", fake_score)
+    monkeypatch.setattr(cli_steps, "SCORE_FN", fake_score)
     out = tmp_path / "o"
     assert cli.main(["attribute", *base_args(tiny_ckpt, facts, out, "--relations", "P19")]) == 0
     path = out / "attribution" / "P19.jsonl"
@@ -202,7 +208,7 @@ def test_attribute_resumes_after_torn_line(tmp_path, tiny_ckpt, facts, monkeypat
 
 
 def test_attribute_refuses_mixed_steps(tmp_path, tiny_ckpt, facts, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "SCORE_FN", fake_score)
+    monkeypatch.setattr(cli_steps, "SCORE_FN", fake_score)
     out = tmp_path / "o"
     assert cli.main(["attribute", *base_args(tiny_ckpt, facts, out, "--steps", "3")]) == 0
     rc = cli.main(["attribute", *base_args(tiny_ckpt, facts, out, "--steps", "5")])
@@ -211,7 +217,7 @@ def test_attribute_refuses_mixed_steps(tmp_path, tiny_ckpt, facts, monkeypatch, 
 
 
 def test_max_bags_sample_is_seeded_and_ordered(tmp_path, tiny_ckpt, monkeypatch):
-    monkeypatch.setattr(cli, "SCORE_FN", fake_score)
+    monkeypatch.setattr(cli_steps, "SCORE_FN", fake_score)
     facts = write_facts(tmp_path / "f.jsonl", per_relation=8)
     outs = []
     for name in ("a", "b"):
@@ -227,11 +233,8 @@ def test_max_bags_sample_is_seeded_and_ordered(tmp_path, tiny_ckpt, monkeypatch)
 # kill -9 in the middle of a real run, then resume: every fact exactly once
 # ---------------------------------------------------------------------------------------------
 
-needs_neurons = pytest.mark.skipif(importlib.util.find_spec("kn_lens.knowledge_neurons") is None,
-                                   reason="kn_lens.knowledge_neurons (score_bag) not installed yet")
 
 
-@needs_neurons
 def test_kill_and_resume_exactly_once(tmp_path, tiny_ckpt):
     facts = write_facts(tmp_path / "facts.jsonl", per_relation=5)
     n_total = 3 * 5
@@ -299,12 +302,6 @@ def write_web(folder: Path, facts_path: Path, relations=("P19", "P106")) -> Path
     return folder
 
 
-needs_all = pytest.mark.skipif(
-    any(importlib.util.find_spec(m) is None for m in (
-        "kn_lens.knowledge_neurons", "kn_lens.experiments.identification", "kn_lens.experiments.modify",
-        "kn_lens.experiments.distant", "kn_lens.experiments.trigger",
-        "kn_lens.experiments.update", "kn_lens.experiments.erase")),
-    reason="an analysis module is not installed yet")
 
 
 @pytest.fixture(scope="module")
@@ -314,66 +311,68 @@ def pipeline(tmp_path_factory, tiny_ckpt):
     facts = write_facts(root / "facts.jsonl", per_relation=3)
     web = write_web(root / "web", facts)
     out = root / "out"
-    rcs = {"attribute": cli.main(["attribute", *base_args(tiny_ckpt, facts, out, "--steps", "3",
-                                                          "--web", str(web))])}
+    rcs = {"attribute": cli.main(["attribute", *base_args(tiny_ckpt, facts, out, "--steps", "3")])}
     # Later commands reuse the recorded options (model, data, web, steps).
-    for cmd in ("neurons", "modify", "distant", "trigger", "edit", "erase", "plot"):
-        extra = ["--lambda1", "1", "--lambda2", "8"] if cmd == "edit" else []
+    for cmd in ("identify", "modify", "distant", "trigger", "update", "erase", "plot"):
+        extra = {"update": ["--lambda1", "1", "--lambda2", "8"], "distant": ["--web", str(web)],
+                 "trigger": ["--web", str(web)]}.get(cmd, [])
         if cmd == "plot":
             rcs[cmd] = cli.main(["plot", "--out", str(out), "-q"])
         else:
-            rcs[cmd] = cli.main([cmd, "--out", str(out), "--device", "cpu", "--no-progress", "-q",
-                                 *extra])
+            device = [] if cmd == "identify" else ["--device", "cpu"]
+            rcs[cmd] = cli.main([cmd, "--out", str(out), *device, "--no-progress", "-q", *extra])
     return out, rcs
 
 
-@needs_all
-@pytest.mark.parametrize("command", ["attribute", "neurons", "modify", "distant", "trigger",
-                                     "edit", "erase", "plot"])
+@pytest.mark.parametrize("command", ["attribute", "identify", "modify", "distant", "trigger",
+                                     "update", "erase", "plot"])
 def test_each_command_runs(pipeline, command):
     out, rcs = pipeline
     assert rcs[command] == 0
     doc = json.loads((out / "results.json").read_text())
-    name = {"neurons": "identification", "edit": "update"}.get(command, command)
+    name = command
     if command not in ("attribute", "plot"):
         assert name in doc["results"]
         assert doc["meta"]["timings"][name] >= 0
     if command == "attribute":
         assert sorted(all_keys(out)) == sorted(f"{r}/{i}" for r in RELATIONS for i in range(3))
-    if command == "neurons":
+    if command == "identify":
         neurons = json.loads((out / "neurons.json").read_text())
         assert set(neurons["neurons"]) == {"ours", "baseline"}
         assert set(neurons["neurons"]["ours"]) == {f"{r}/{i}" for r in RELATIONS for i in range(3)}
     if command == "trigger":
         assert (out / "trigger_prompts.jsonl").is_file()
-    if command == "edit":
+    if command == "update":
         assert doc["results"]["update"]["lambda2"] == 8
     if command == "plot":
         assert (out / "report.md").is_file() and (out / "report.html").is_file()
         figure_files = list((out / "figures").glob("*.html"))
         assert figure_files
-        for f in figure_files:  # self-contained: plotly.js inlined, nothing loaded from beside it
+        # the figures share one plotly.min.js beside them; report.html inlines it once
+        js = out / "figures" / "plotly.min.js"
+        assert js.is_file() and js.stat().st_size > 1_000_000
+        for f in figure_files:
             text = f.read_text()
-            assert 'src="plotly.min.js"' not in text and "Plotly.newPlot" in text
-            assert len(text) > 1_000_000, f"{f.name} does not inline plotly.js"
+            assert 'src="plotly.min.js"' in text and "Plotly.newPlot" in text
+            assert len(text) < 1_000_000, f"{f.name} inlines plotly.js"
+        page = (out / "report.html").read_text()
+        assert page.count("Plotly.newPlot") == len(figure_files) and len(page) > 1_000_000
 
 
-@needs_all
 def test_pipeline_results_json_is_valid(pipeline):
-    from kn_lens.report import validate_results
+    from kn_lens.rundir import validate_results
 
     out, _ = pipeline
     doc = json.loads((out / "results.json").read_text())
     assert validate_results(doc) == []
     assert doc["meta"]["model"]["n_layers"] == 2
     assert doc["meta"]["data"]["n_facts"] == 9
-    assert set(doc["results"]) >= {"identification", "modify", "distant", "trigger", "update",
+    assert set(doc["results"]) >= {"identify", "modify", "distant", "trigger", "update",
                                    "erase"}
     md = (out / "report.md").read_text()
     assert "Paper vs this run" in md and "4.13" in md  # the paper's neurons per fact
 
 
-@needs_all
 def test_reproduce_runs_everything(tmp_path, tiny_ckpt):
     facts = write_facts(tmp_path / "facts.jsonl", per_relation=2)
     web = write_web(tmp_path / "web", facts)
@@ -382,19 +381,18 @@ def test_reproduce_runs_everything(tmp_path, tiny_ckpt):
                                            str(web), "--skip", "erase")])
     assert rc == 0
     doc = json.loads((out / "results.json").read_text())
-    assert set(doc["results"]) == {"identification", "modify", "distant", "trigger", "update"}
+    assert set(doc["results"]) == {"identify", "modify", "distant", "trigger", "update"}
     assert "reproduce" in doc["meta"]["timings"]
     html = (out / "report.html").read_text()
     assert html.count("window.PlotlyConfig") == 1  # plotly.js embedded once
     # Rerunning resumes: attribution is not recomputed.
     before = (out / "attribution" / "P19.jsonl").read_bytes()
     assert cli.main(["reproduce", "--out", str(out), "--no-progress", "-q", "--skip", "erase",
-                     "--skip", "distant", "--skip", "trigger", "--skip", "edit",
+                     "--skip", "distant", "--skip", "trigger", "--skip", "update",
                      "--skip", "modify"]) == 0
     assert (out / "attribution" / "P19.jsonl").read_bytes() == before
 
 
-@needs_all
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 def test_reproduce_on_cuda(tmp_path, tiny_ckpt):
     """Every analysis runs with --device cuda, and finds (nearly always) the CPU run's neurons."""
@@ -415,7 +413,7 @@ def test_reproduce_on_cuda(tmp_path, tiny_ckpt):
 
 
 def test_distant_without_web_on_user_data(tmp_path, tiny_ckpt, facts, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "SCORE_FN", fake_score)
+    monkeypatch.setattr(cli_steps, "SCORE_FN", fake_score)
     out = tmp_path / "o"
     (out).mkdir()
     (out / "neurons.json").write_text(json.dumps({
@@ -426,18 +424,16 @@ def test_distant_without_web_on_user_data(tmp_path, tiny_ckpt, facts, capsys, mo
     _assert_clean_error(capsys, rc, "--web")
 
 
-@needs_all
-def test_missing_analysis_is_not_available(pipeline, monkeypatch, capsys):
+def test_reproduce_goes_on_when_one_analysis_fails(pipeline, capsys):
     out, _ = pipeline
-    monkeypatch.setitem(sys.modules, "kn_lens.experiments.erase", None)
-    rc = cli.main(["erase", "--out", str(out), "--no-progress", "-q"])
-    assert rc == 3
-    _assert_clean_error(capsys, rc, "not available", "kn_lens.experiments.erase")
+    rc = cli.main(["erase", "--out", str(out), "--no-progress", "-q", "--erase", "P999"])
+    assert rc == 2
+    _assert_clean_error(capsys, rc, "P999")
     # reproduce carries on without it, reports it, and exits non-zero.
     rc = cli.main(["reproduce", "--out", str(out), "--no-progress", "-q", "--skip", "distant",
-                   "--skip", "trigger", "--skip", "edit", "--skip", "modify"])
+                   "--skip", "trigger", "--skip", "update", "--skip", "modify", "--erase", "P999"])
     assert rc == 1
-    _assert_clean_error(capsys, rc, "erase", "not available")
+    _assert_clean_error(capsys, rc, "erase", "P999")
     assert (out / "report.md").is_file()
 
 
@@ -449,7 +445,7 @@ def test_pararel_data_unknown_relation(shared_data, tmp_path, tiny_ckpt, capsys)
 
 
 def test_pararel_data_attribute_with_shards(shared_data, tmp_path, tiny_ckpt, monkeypatch):
-    monkeypatch.setattr(cli, "SCORE_FN", fake_score)
+    monkeypatch.setattr(cli_steps, "SCORE_FN", fake_score)
     out = tmp_path / "o"
     for k in (1, 2):
         assert cli.main(["attribute", *base_args(tiny_ckpt, shared_data, out, "--relations",
@@ -462,12 +458,12 @@ def test_pararel_data_attribute_with_shards(shared_data, tmp_path, tiny_ckpt, mo
 
 def test_later_steps_refuse_scores_of_another_model(tmp_path, tiny_ckpt, facts, monkeypatch,
                                                     capsys):
-    monkeypatch.setattr(cli, "SCORE_FN", fake_score)
+    monkeypatch.setattr(cli_steps, "SCORE_FN", fake_score)
     out = tmp_path / "o"
     assert cli.main(["attribute", *base_args(tiny_ckpt, facts, out)]) == 0
     other = tmp_path / "other_ckpt"
     other.mkdir()
-    rc = cli.main(["neurons", "--model", str(other), "--out", str(out), "-q"])
+    rc = cli.main(["identify", "--model", str(other), "--out", str(out), "-q"])
     assert rc == 2
     _assert_clean_error(capsys, rc, "--model", str(tiny_ckpt))
 
@@ -477,14 +473,14 @@ def test_reproduce_defaults_on_the_builtin_world(tmp_path):
 
     before = torch.get_num_threads()
     try:
-        parser = cli.build_parser()
-        run = cli.Run.from_args(parser.parse_args(["reproduce", "--out", str(tmp_path / "a")]))
-        assert run.opts["max_bags"] == cli.REPRODUCE_DEFAULT_MAX_BAGS
+        parser = build_parser()
+        run = Run.from_args(parser.parse_args(["reproduce", "--out", str(tmp_path / "a")]))
+        assert run.opts["max_bags"] == REPRODUCE_DEFAULT_MAX_BAGS
         assert run.opts["model"] == "default" and run.opts["data"] == "default"
         assert torch.get_num_threads() == 1  # small built-in model: one thread by default
-        run = cli.Run.from_args(parser.parse_args(["attribute", "--out", str(tmp_path / "b")]))
+        run = Run.from_args(parser.parse_args(["attribute", "--out", str(tmp_path / "b")]))
         assert run.opts["max_bags"] is None
-        run = cli.Run.from_args(parser.parse_args(["reproduce", "--max-bags", "3", "--out",
+        run = Run.from_args(parser.parse_args(["reproduce", "--max-bags", "3", "--out",
                                                    str(tmp_path / "c")]))
         assert run.opts["max_bags"] == 3
     finally:
@@ -492,7 +488,7 @@ def test_reproduce_defaults_on_the_builtin_world(tmp_path):
 
 
 def test_lama_and_patterns_options(shared_data, tmp_path, tiny_ckpt, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "SCORE_FN", fake_score)
+    monkeypatch.setattr(cli_steps, "SCORE_FN", fake_score)
     out = tmp_path / "o"
     common = ["--model", str(tiny_ckpt), "--out", str(out), "--no-progress", "-q",
               "--relations", "P19", "--max-bags", "2"]
@@ -504,7 +500,6 @@ def test_lama_and_patterns_options(shared_data, tmp_path, tiny_ckpt, monkeypatch
     assert all(k.startswith("P19/") for k in all_keys(out)) and all_keys(out)
 
 
-@needs_neurons
 def test_concurrent_shard_processes(tmp_path, tiny_ckpt):
     """Two shards as simultaneous processes: disjoint files, union = every fact exactly once."""
     facts = write_facts(tmp_path / "facts.jsonl", per_relation=2)

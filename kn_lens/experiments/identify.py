@@ -35,7 +35,7 @@ from kn_lens.config import PaperConfig
 from kn_lens.data import FactBag
 from kn_lens.neuron import Neuron
 from kn_lens.knowledge_neurons import BagScores, RelationNeurons, identify_all, score_bags
-from kn_lens.results import Result, mean_or_nan
+from kn_lens.results import ReportRow, Result, dig, mean_or_nan, report_row
 
 #: The paper's numbers for bert-base-cased on PARAREL (Section 4.3, Table 1, Figure 4).
 PAPER: dict[str, Any] = {
@@ -187,10 +187,9 @@ class IdentificationResult(Result):
             the suppress/amplify, update and erase experiments.
         settings: the thresholds used (t, baseline_t, initial p, p_step, p_rounds,
             target_neurons, min_shared_prompts, random_other_facts, seed, steps).
-        paper: the paper's numbers (:data:`PAPER`).
     """
 
-    schema = "identification"
+    schema = "identify"
 
     n_layers: int
     d_mlp: int
@@ -198,7 +197,6 @@ class IdentificationResult(Result):
     overall: RelationStats
     neurons: dict[str, dict[str, list[Neuron]]]
     settings: dict[str, Any] = field(default_factory=dict)
-    paper: dict[str, Any] = field(default_factory=lambda: dict(PAPER))
 
 
 def neurons_from_result(result: IdentificationResult | Mapping[str, Any], which: str = "ours"
@@ -258,10 +256,9 @@ def identification_from_neurons(
     *,
     n_layers: int,
     d_mlp: int,
-    config: PaperConfig | None = None,
+    config: PaperConfig = PaperConfig(),
 ) -> IdentificationResult:
     """Statistics of already identified neurons (relation id -> :class:`RelationNeurons`)."""
-    config = config or PaperConfig()
     keys_by_relation = {rel: list(rn.neurons) for rel, rn in ours.items()}
     relation_of = {k: rel for rel, ks in keys_by_relation.items() for k in ks}
     if not relation_of:
@@ -308,11 +305,10 @@ def identification_from_neurons(
 
 
 def identification_from_scores(
-    scores: Sequence[BagScores], config: PaperConfig | None = None
+    scores: Sequence[BagScores], config: PaperConfig = PaperConfig()
 ) -> IdentificationResult:
     """Identify neurons (ours and, when the scores hold it, the baseline) from cached
     :class:`BagScores` and compute their statistics. No model needed, no gradients."""
-    config = config or PaperConfig()
     if not scores:
         raise ValueError("no bag scores given")
     shapes = {(s.n_layers, s.d_mlp) for s in scores}
@@ -328,14 +324,13 @@ def identification_from_scores(
 def identification(
     model: HookedEncoder,
     bags: Sequence[FactBag],
-    config: PaperConfig | None = None,
+    config: PaperConfig = PaperConfig(),
     *,
     scores: Sequence[BagScores] | None = None,
     progress: bool = False,
 ) -> IdentificationResult:
     """The whole identification experiment: attribute each bag once (unless ``scores`` are given),
     identify ours and baseline neurons per relation, and compute the statistics."""
-    config = config or PaperConfig()
     if scores is None:
         scores = score_bags(model, bags, config, progress=progress)
     else:
@@ -346,3 +341,22 @@ def identification(
         wanted = {b.key for b in bags}
         scores = [s for s in scores if s.key in wanted]
     return identification_from_scores(scores, config)
+
+
+def report_rows(result: Mapping[str, Any], paper: Mapping[str, Any], meta: Mapping[str, Any]
+                ) -> list[ReportRow]:
+    """The paper's identification figures beside this run's (the report's table)."""
+    rows = []
+    for key, label in (("neurons_per_fact", "knowledge neurons per fact"),
+                       ("overlap_same_relation", "shared neurons, same relation"),
+                       ("overlap_other_relations", "shared neurons, other relations")):
+        for who in ("ours", "baseline"):
+            rows.append(report_row(f"{label} ({who})", dig(paper, key, who),
+                                   dig(result, "overall", who, key)))
+    for who in ("ours", "baseline"):
+        pct = dig(result, "overall", who, "layer_pct")
+        if isinstance(pct, list) and pct:
+            top = max(1, len(pct) // 3)
+            rows.append(report_row(f"% of neurons in the top {top} of {len(pct)} layers ({who})",
+                                   "most (ours)" if who == "ours" else None, sum(pct[-top:])))
+    return rows

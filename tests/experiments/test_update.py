@@ -7,6 +7,8 @@ import functools
 import json
 
 import pytest
+
+from kn_lens.experiments import ANALYSES
 import torch
 
 from kn_lens.config import PaperConfig
@@ -143,11 +145,11 @@ def test_update_experiment_on_tiny_model(tiny_model):
         for m in (f.knowledge, f.random):
             assert 0.0 <= m.success_rate <= 1.0
     d = res.to_dict()
-    assert d["schema"] == "update_facts" and d["paper"] == PAPER
+    assert d["schema"] == "update" and ANALYSES["update"].paper == PAPER
     json.dumps(d)
     from kn_lens.plots import update_figure
 
-    assert len(update_figure(d).data) == 4  # ours, random, paper x2
+    assert len(update_figure(d, PAPER).data) == 4  # ours, random, paper x2
     with one_thread():
         again = update_experiment(tiny_model, bags, neurons, cfg, known_threshold=0.0,
                                   facts_per_relation=4, relations=["P2"])

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from kn_lens.experiments import ANALYSES
+
 from kn_lens.config import PaperConfig
 from kn_lens.data import Fact, FactBag
 from kn_lens.experiments.modify import ModifyResult, modify, unrelated_bag
@@ -14,7 +16,7 @@ from kn_lens.interventions import scaled_mask_probs
 from kn_lens.neuron import Neuron
 from kn_lens.prompts import answer_token_ids
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "kn_lens" / "default_model"
+DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "kn_lens" / "default_model"
 
 
 def _tiny_bags() -> list[FactBag]:
@@ -65,7 +67,7 @@ def test_modify_bookkeeping_matches_direct_measurement(tiny_model):
         (res.relations["P19"]["ours"]["amplify"].own_pct
          + res.relations["P36"]["ours"]["amplify"].own_pct) / 2)
     d = json.loads(json.dumps(res.to_dict()))
-    assert d["schema"] == "modify" and d["paper"]["suppress"]["ours"] == -29.03
+    assert d["schema"] == "modify" and ANALYSES["modify"].paper["suppress"]["ours"] == -29.03
 
 
 def test_modify_skips_facts_without_neurons_and_checks_input(tiny_model):
@@ -130,7 +132,7 @@ def test_modify_figure_from_result_dict(tiny_model, tmp_path):
 
     res = modify(tiny_model, _tiny_bags(), {"P19/0": [Neuron(1, 3)], "P36/0": [Neuron(0, 5)]},
                  {"P19/0": [Neuron(0, 1)]})
-    fig = modify_figure(json.loads(json.dumps(res.to_dict())))
+    fig = modify_figure(json.loads(json.dumps(res.to_dict())), ANALYSES["modify"].paper)
     names = {t.name for t in fig.data}
     assert {"our knowledge neurons", "baseline neurons", "paper: knowledge neurons"} <= names
     ours_suppress = next(t for t in fig.data if t.name == "our knowledge neurons")

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
+
+from kn_lens.experiments import ANALYSES
 import torch
 
 from kn_lens.config import PaperConfig
 from kn_lens.experiments.erase import (PAPER, PAPER_RELATIONS, EraseResult, erase_experiment,
                                        erase_relation, relation_top_neurons)
 from kn_lens.neuron import Neuron
-from tests.test_update import default_kn, one_thread, tiny_bags, tiny_neurons  # noqa: F401 (fixture)
+from tests.experiments.test_update import default_kn, one_thread, tiny_bags, tiny_neurons  # noqa: F401 (fixture)
 
 
 def _state(model):
@@ -69,13 +71,22 @@ def test_erase_experiment_on_tiny_model(tiny_model):
         assert k in s
     assert res.before["P1"].n_prompts == 6 * 3
     d = res.to_dict()
-    assert d["schema"] == "erase_relations" and d["paper"] == PAPER
+    assert d["schema"] == "erase" and ANALYSES["erase"].paper == PAPER
     json.dumps(d)
     from kn_lens.plots import erase_figure
 
-    fig = erase_figure(d)
+    fig = erase_figure(d, PAPER)
     assert [t.x[0] for t in fig.data] == ["P1"] * 5
-    assert PAPER_RELATIONS == ("P19", "P27", "P106", "P937")
+    assert list(PAPER_RELATIONS) == ["P19", "P27", "P106", "P937"]
+
+
+def test_default_erase_relations_by_id_or_label():
+    from kn_lens.experiments.erase import default_relations
+
+    assert default_relations(["P19", "P31", "P106"], {}) == ["P19", "P106"]
+    labels = {"W01": "place of birth", "W02": "colour", "W05": "occupation"}
+    assert default_relations(["W01", "W02", "W05"], labels) == ["W01", "W05"]
+    assert default_relations(["W02"], labels) == ["W02"]  # none of the paper's: all of them
 
 
 def test_erase_experiment_bad_input(tiny_model):
