@@ -2,7 +2,7 @@
 
 ::
 
-    kn-lens attribute  --out runs/x          # attribution scores, one JSON line per fact (resumable)
+    kn-lens attribute  --out runs/x          # attribution scores, one line per fact, resumable
     kn-lens identify   --out runs/x          # knowledge neurons (ours + baseline), statistics
     kn-lens modify     --out runs/x          # suppress / amplify
     kn-lens distant    --out runs/x          # T1/T2/T3 activations
@@ -37,8 +37,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kn_lens.cli.parser import ANALYSIS_NAMES, PROG, build_parser
+
+if TYPE_CHECKING:
+    from kn_lens.executors import ScoreFn
 
 log = logging.getLogger("kn_lens.cli")
 
@@ -53,17 +57,19 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
     rundir = RunDir(args.out)
     if not rundir.results_json.is_file():
-        raise RunDirError(f"{rundir.results_json} not found: run a kn-lens analysis with "
-                          f"--out {rundir.path} first")
+        raise RunDirError(
+            f"{rundir.results_json} not found: run a kn-lens analysis with "
+            f"--out {rundir.path} first"
+        )
     write_outputs(rundir.path)
     return 0
 
 
-def cmd_step(args: argparse.Namespace) -> int:
+def cmd_step(args: argparse.Namespace, score: ScoreFn | None = None) -> int:
     from kn_lens.cli.run import CliError, Run
     from kn_lens.cli.steps import run_step, write_outputs
 
-    run = Run.from_args(args)
+    run = Run.from_args(args) if score is None else Run.from_args(args, score=score)
     out = run.dir.path
     created = not out.exists()
     try:
@@ -96,8 +102,11 @@ def cmd_step(args: argparse.Namespace) -> int:
         _remove_if_empty(out, created)
         raise
     if failed:
-        raise StepsFailed("some analyses did not run: " + "; ".join(failed)
-                          + f". The others are in {out / 'results.json'}")
+        raise StepsFailed(
+            "some analyses did not run: "
+            + "; ".join(failed)
+            + f". The others are in {out / 'results.json'}"
+        )
     return 0
 
 
@@ -105,13 +114,16 @@ def _remove_if_empty(out: Path, created: bool) -> None:
     """A folder this run created and left without any result goes away again."""
     if not created or not out.is_dir():
         return
-    leftovers = [p for p in out.rglob("*") if p.is_file()
-                 and p.name not in ("run.json", ".results.lock", "meta.json")]
+    leftovers = [
+        p
+        for p in out.rglob("*")
+        if p.is_file() and p.name not in ("run.json", ".results.lock", "meta.json")
+    ]
     if not leftovers:
         shutil.rmtree(out, ignore_errors=True)
 
 
-class _TqdmHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _TqdmHandler(logging.StreamHandler):
     """Log lines that do not break a running progress bar."""
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -142,8 +154,12 @@ def _error(msg: str) -> None:
     print(f"{PROG}: error: {msg}", file=sys.stderr)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``kn-lens`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+def main(argv: Sequence[str] | None = None, *, score: ScoreFn | None = None) -> int:
+    """Run ``kn-lens`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
+
+    ``score`` replaces the executor's per-fact attribution scorer
+    (:func:`kn_lens.executors.score_record`), e.g. by a cheap stand-in in tests.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
@@ -155,18 +171,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     saved = (logger.level, logger.propagate, list(logger.handlers))
     setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False))
     try:
-        return _dispatch(args)
+        return _dispatch(args, score)
     finally:  # leave logging as we found it (main() may be called in-process)
         logger.setLevel(saved[0])
         logger.propagate = saved[1]
         logger.handlers[:] = saved[2]
 
 
-def _dispatch(args: argparse.Namespace) -> int:
+def _dispatch(args: argparse.Namespace, score: ScoreFn | None) -> int:
     try:
         if args.command == "plot":
             return cmd_plot(args)
-        return cmd_step(args)
+        return cmd_step(args, score)
     except StepsFailed as e:
         _error(str(e))
         return 1

@@ -31,6 +31,7 @@ from kn_lens.config import PaperConfig
 from kn_lens.data.facts import FactBag, sample_bags
 from kn_lens.data.sources import check_source, load_facts, load_web
 from kn_lens.data.web import WebFact
+from kn_lens.executors import ScoreFn, score_record
 from kn_lens.model import load_model
 from kn_lens.neuron import Neuron
 from kn_lens.prompts import filter_single_token
@@ -49,8 +50,13 @@ class CliError(ValueError):
 def fingerprint(bag: FactBag, settings: Mapping[str, Any]) -> str:
     """A short hash of a fact (subject, relation, object, prompts) and the ``settings`` its scores
     depend on (model, steps); equal fingerprints mean a stored result may be reused."""
-    doc = {"subject": bag.subject, "relation": bag.relation, "object": bag.object,
-           "prompts": list(bag.prompts), "settings": dict(sorted(settings.items()))}
+    doc = {
+        "subject": bag.subject,
+        "relation": bag.relation,
+        "object": bag.object,
+        "prompts": list(bag.prompts),
+        "settings": dict(sorted(settings.items())),
+    }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -85,8 +91,9 @@ def _coerce(default: Any, text: str, key: str) -> Any:
     except ValueError as e:
         if isinstance(e, CliError):
             raise
-        raise CliError(f"--set {key}={text}: cannot read {text!r} as {type(default).__name__}"
-                       ) from None
+        raise CliError(
+            f"--set {key}={text}: cannot read {text!r} as {type(default).__name__}"
+        ) from None
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
@@ -100,8 +107,9 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
         if not sep:
             raise CliError(f"--set {item!r}: expected KEY=VALUE")
         if key not in known:
-            raise CliError(f"--set {item!r}: unknown PaperConfig field {key!r}; known: "
-                           + ", ".join(known))
+            raise CliError(
+                f"--set {item!r}: unknown PaperConfig field {key!r}; known: " + ", ".join(known)
+            )
         out[key] = _coerce(getattr(base, key), value.strip(), key)
     return out
 
@@ -109,9 +117,14 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
 def versions() -> dict[str, str]:
     """Versions of kn_lens, Python and the main libraries."""
     out = {"python": platform.python_version()}
-    for dist, name in (("kn-lens", "kn_lens"), ("torch", "torch"),
-                       ("transformer-lens", "transformer_lens"), ("transformers", "transformers"),
-                       ("plotly", "plotly"), ("numpy", "numpy")):
+    for dist, name in (
+        ("kn-lens", "kn_lens"),
+        ("torch", "torch"),
+        ("transformer-lens", "transformer_lens"),
+        ("transformers", "transformers"),
+        ("plotly", "plotly"),
+        ("numpy", "numpy"),
+    ):
         try:
             out[name] = version(dist)
         except PackageNotFoundError:
@@ -127,13 +140,15 @@ class Run:
     dir: RunDir
     opts: dict[str, Any]
     overrides: dict[str, Any] = field(default_factory=dict)
+    #: the executor's per-fact attribution scorer (a cheaper stand-in in tests)
+    score: ScoreFn = score_record
     _model: HookedEncoder | None = None
     _bags: list[FactBag] | None = None
     _neurons: dict[str, dict[str, list[Neuron]]] | None = None
     _web: Mapping[str, Sequence[WebFact]] | None = None
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> Run:
+    def from_args(cls, args: argparse.Namespace, *, score: ScoreFn = score_record) -> Run:
         rundir = RunDir(args.out)
         recorded = rundir.recorded_options()
         opts: dict[str, Any] = {}
@@ -142,8 +157,12 @@ class Run:
             if key == "relations":
                 given = split_list(given)
             opts[key] = given if given is not None else recorded.get(key, default)
-        if (args.command == "reproduce" and getattr(args, "max_bags", None) is None
-                and opts["data"] == "default" and "max_bags" not in recorded):
+        if (
+            args.command == "reproduce"
+            and getattr(args, "max_bags", None) is None
+            and opts["data"] == "default"
+            and "max_bags" not in recorded
+        ):
             opts["max_bags"] = REPRODUCE_DEFAULT_MAX_BAGS
         opts["device"] = getattr(args, "device", None)
         threads = getattr(args, "threads", None)
@@ -156,7 +175,7 @@ class Run:
             if torch.get_num_threads() != threads:
                 log.info("using %d CPU thread(s) (--threads)", threads)
                 torch.set_num_threads(int(threads))
-        run = cls(args, rundir, opts, parse_overrides(getattr(args, "overrides", [])))
+        run = cls(args, rundir, opts, parse_overrides(getattr(args, "overrides", [])), score)
         run.check_paths()
         return run
 
@@ -174,11 +193,18 @@ class Run:
     @property
     def config(self) -> PaperConfig:
         a = self.args
-        changes: dict[str, Any] = {"steps": int(self.opts["steps"]),
-                                   "batch_size": int(self.opts["batch_size"]),
-                                   "seed": int(self.opts["seed"]), **self.overrides}
-        for key, name in (("lambda1", "lambda1"), ("lambda2", "lambda2"),
-                          ("top_k", "top_k_prompts"), ("top", "erase_top")):
+        changes: dict[str, Any] = {
+            "steps": int(self.opts["steps"]),
+            "batch_size": int(self.opts["batch_size"]),
+            "seed": int(self.opts["seed"]),
+            **self.overrides,
+        }
+        for key, name in (
+            ("lambda1", "lambda1"),
+            ("lambda2", "lambda2"),
+            ("top_k", "top_k_prompts"),
+            ("top", "erase_top"),
+        ):
             if getattr(a, key, None) is not None:
                 changes[name] = getattr(a, key)
         return PaperConfig().with_(**changes)
@@ -204,8 +230,14 @@ class Run:
             log.info("loading model %s", self.opts["model"])
             self._model = load_model(self.opts["model"], device=self.opts["device"])
             cfg = self._model.cfg
-            log.info("model %s: %d layers, d_mlp %d, on %s (%.1fs)", self.opts["model"],
-                     cfg.n_layers, cfg.d_mlp, cfg.device, time.perf_counter() - t0)
+            log.info(
+                "model %s: %d layers, d_mlp %d, on %s (%.1fs)",
+                self.opts["model"],
+                cfg.n_layers,
+                cfg.d_mlp,
+                cfg.device,
+                time.perf_counter() - t0,
+            )
         return self._model
 
     @property
@@ -216,22 +248,34 @@ class Run:
             bags = load_facts(o["data"], o["lama"], o["patterns"], o["relations"])
             check = filter_single_token(bags, self.model.tokenizer)
             if check.n_skipped:
-                log.info("skipped %d of %d facts whose answer is not one vocabulary token",
-                         check.n_skipped, len(bags))
+                log.info(
+                    "skipped %d of %d facts whose answer is not one vocabulary token",
+                    check.n_skipped,
+                    len(bags),
+                )
                 for bag, reason in check.skipped[:20]:
                     log.info("  skipped %s (%s): %s", bag.key, bag.subject, reason)
                 if check.n_skipped > 20:
                     log.info("  ... and %d more", check.n_skipped - 20)
             bags = sample_bags(check.kept, o["max_bags"], int(o["seed"]))
             if not bags:
-                raise CliError("no facts left to analyse (check --data, --relations and that "
-                               "answers are single tokens of the model's vocabulary)")
+                raise CliError(
+                    "no facts left to analyse (check --data, --relations and that "
+                    "answers are single tokens of the model's vocabulary)"
+                )
             self._bags = bags
-            self.dir.record_options({k: o[k] for k in RECORDED_DEFAULTS}, self.args.command,
-                                    getattr(self.args, "argv", None))
+            self.dir.record_options(
+                {k: o[k] for k in RECORDED_DEFAULTS},
+                self.args.command,
+                getattr(self.args, "argv", None),
+            )
             rels = self.relations
-            log.info("%d facts from %d relation(s): %s", len(bags), len(rels),
-                     ", ".join(rels) if len(rels) <= 12 else ", ".join(rels[:12]) + ", ...")
+            log.info(
+                "%d facts from %d relation(s): %s",
+                len(bags),
+                len(rels),
+                ", ".join(rels) if len(rels) <= 12 else ", ".join(rels[:12]) + ", ...",
+            )
         return self._bags
 
     @property
@@ -256,9 +300,11 @@ class Run:
                 raise CliError(
                     f"{self.dir.neurons_json} was computed from other facts or settings for "
                     f"{len(stale)} selected fact(s) (e.g. {stale[0]}): run `kn-lens identify "
-                    f"--out {self.dir.path}` again")
-            self._neurons = {m: {k: v for k, v in by_key.items() if k in mine}
-                             for m, by_key in stored.items()}
+                    f"--out {self.dir.path}` again"
+                )
+            self._neurons = {
+                m: {k: v for k, v in by_key.items() if k in mine} for m, by_key in stored.items()
+            }
         return self._neurons.get(which, {})
 
     # ---- results.json ------------------------------------------------------------------------
@@ -266,23 +312,34 @@ class Run:
         model_info: dict[str, Any] = {"name": self.opts["model"]}
         if self._model is not None:
             c = self._model.cfg
-            model_info.update(n_layers=c.n_layers, d_model=c.d_model, d_mlp=c.d_mlp,
-                              d_vocab=c.d_vocab,
-                              n_params=int(sum(p.numel() for p in self._model.parameters())))
+            model_info.update(
+                n_layers=c.n_layers,
+                d_model=c.d_model,
+                d_mlp=c.d_mlp,
+                d_vocab=c.d_vocab,
+                n_params=int(sum(p.numel() for p in self._model.parameters())),
+            )
         o = self.opts
-        data_info: dict[str, Any] = {k: o[k] for k in ("data", "lama", "patterns", "web",
-                                                       "relations", "max_bags")}
+        data_info: dict[str, Any] = {
+            k: o[k] for k in ("data", "lama", "patterns", "web", "relations", "max_bags")
+        }
         if self._bags is not None:
             data_info.update(
-                n_facts=len(self._bags), n_relations=len(self.relations),
-                facts_per_relation={r: sum(b.relation == r for b in self._bags)
-                                    for r in self.relations},
-                relation_labels={b.relation: b.relation_label for b in self._bags})
-        return {"model": model_info, "data": data_info, "config": self.config.to_dict(),
-                "versions": versions(),
-                "command": " ".join([PROG, *(getattr(self.args, "argv", None)
-                                             or [self.args.command])]),
-                "device": str(self._model.cfg.device) if self._model is not None else None}
+                n_facts=len(self._bags),
+                n_relations=len(self.relations),
+                facts_per_relation={
+                    r: sum(b.relation == r for b in self._bags) for r in self.relations
+                },
+                relation_labels={b.relation: b.relation_label for b in self._bags},
+            )
+        return {
+            "model": model_info,
+            "data": data_info,
+            "config": self.config.to_dict(),
+            "versions": versions(),
+            "command": " ".join([PROG, *(getattr(self.args, "argv", None) or [self.args.command])]),
+            "device": str(self._model.cfg.device) if self._model is not None else None,
+        }
 
     def save(self, name: str, result: Any, seconds: float, cpu_seconds: float) -> None:
         self.dir.save_result(name, result, seconds, meta=self.meta, cpu_seconds=cpu_seconds)

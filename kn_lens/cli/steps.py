@@ -11,33 +11,31 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from kn_lens.cli.run import ATTRIBUTION_KEYS, CliError, Run, split_list
-from kn_lens.config import PaperConfig
 from kn_lens.data.facts import FactBag
-from kn_lens.executors import Executor, LocalExecutor, ModelSpec, RayExecutor, score_record
+from kn_lens.executors import Executor, LocalExecutor, ModelSpec, RayExecutor
 from kn_lens.experiments import ANALYSES, AnalysisInputs
+from kn_lens.experiments.identify import IdentificationResult
 from kn_lens.knowledge_neurons import BagScores
 from kn_lens.report import write_report
 from kn_lens.store import JsonlStore, Shard, read_union, relation_files, safe_name, stored_keys
 
 log = logging.getLogger("kn_lens.cli")
 
-#: The per-fact scorer of the local executor; tests swap it for a cheap stand-in.
-SCORE_FN: Callable[[Any, FactBag, PaperConfig], dict[str, Any]] = score_record
-
-
 def make_executor(run: Run) -> Executor:
     """The executor ``--executor`` names: in-process, or Ray actors."""
     if getattr(run.args, "executor", "local") == "ray":
-        return RayExecutor(ModelSpec(str(run.opts["model"]), run.opts["device"]),
-                           address=getattr(run.args, "ray_address", None),
-                           threads_per_actor=int(run.opts["threads"] or 1))
-    return LocalExecutor(lambda: run.model, score=SCORE_FN)
+        return RayExecutor(
+            ModelSpec(str(run.opts["model"]), run.opts["device"]),
+            address=getattr(run.args, "ray_address", None),
+            threads_per_actor=int(run.opts["threads"] or 1),
+            score=run.score,
+        )
+    return LocalExecutor(lambda: run.model, score=run.score)
 
 
 def step_attribute(run: Run) -> dict[str, Any]:
@@ -68,24 +66,39 @@ def step_attribute(run: Run) -> dict[str, Any]:
         invalidated += sum(b.key in stale for b in pending)
         todo.extend(pending)
         paths[rel] = adir / f"{safe_name(rel)}{shard.suffix}.jsonl"
-        log.info("%s: %d fact(s) to score, %d already stored", rel, len(pending),
-                 len(bags) - len(pending))
+        log.info(
+            "%s: %d fact(s) to score, %d already stored",
+            rel,
+            len(pending),
+            len(bags) - len(pending),
+        )
     if invalidated:
-        log.warning("%d stored record(s) belong to facts whose subject, object, prompts or "
-                    "settings changed; scoring them again", invalidated)
+        log.warning(
+            "%d stored record(s) belong to facts whose subject, object, prompts or "
+            "settings changed; scoring them again",
+            invalidated,
+        )
     stores: dict[str, JsonlStore] = {}
     executor = make_executor(run) if todo else None
     config = run.config
     try:
-        with tqdm(total=len(todo), unit="fact", desc=f"attribute {shard}", dynamic_ncols=True,
-                  disable=not run.progress or not todo, file=sys.stderr) as bar:
+        with tqdm(
+            total=len(todo),
+            unit="fact",
+            desc=f"attribute {shard}",
+            dynamic_ncols=True,
+            disable=not run.progress or not todo,
+            file=sys.stderr,
+        ) as bar:
             for bag, rec in executor.run(todo, config) if executor else ():
                 st = stores.get(bag.relation)
                 if st is None:  # opened on first use: no empty files for finished relations
-                    others = [p for p in relation_files(adir, bag.relation)
-                              if p != paths[bag.relation]]
-                    st = JsonlStore(paths[bag.relation], keep=current,
-                                    done=stored_keys(others, keep=current)).open()
+                    others = [
+                        p for p in relation_files(adir, bag.relation) if p != paths[bag.relation]
+                    ]
+                    st = JsonlStore(
+                        paths[bag.relation], keep=current, done=stored_keys(others, keep=current)
+                    ).open()
                     stores[bag.relation] = st
                 st.append({**rec, "fingerprint": fps[bag.key]})
                 bar.update(1)
@@ -96,12 +109,24 @@ def step_attribute(run: Run) -> dict[str, Any]:
             executor.close()
     retried = getattr(executor, "retried", [])
     if retried:
-        log.warning("%d fact(s) were handed to another Ray actor after theirs died: %s",
-                    len(retried), ", ".join(retried[:10]))
-    log.info("attribution: %d fact(s) scored now; all %d fact(s) of shard %s stored in %s",
-             len(todo), len(mine), shard, adir)
-    return {"n_scored": len(todo), "n_facts": len(mine), "n_invalidated": invalidated,
-            "shard": str(shard)}
+        log.warning(
+            "%d fact(s) were handed to another Ray actor after theirs died: %s",
+            len(retried),
+            ", ".join(retried[:10]),
+        )
+    log.info(
+        "attribution: %d fact(s) scored now; all %d fact(s) of shard %s stored in %s",
+        len(todo),
+        len(mine),
+        shard,
+        adir,
+    )
+    return {
+        "n_scored": len(todo),
+        "n_facts": len(mine),
+        "n_invalidated": invalidated,
+        "shard": str(shard),
+    }
 
 
 def read_scores(run: Run) -> list[BagScores]:
@@ -114,20 +139,26 @@ def read_scores(run: Run) -> list[BagScores]:
     out: list[BagScores] = []
     missing: dict[str, int] = {}
     for rel in run.relations:
-        recs = read_union(relation_files(adir, rel),
-                          keep=lambda r: fps.get(r.get("key", "")) == r.get("fingerprint"))
+        recs = read_union(
+            relation_files(adir, rel),
+            keep=lambda r: fps.get(r.get("key", "")) == r.get("fingerprint"),
+        )
         keys_rel = [b.key for b in run.bags if b.relation == rel]
         found = [BagScores.from_dict(recs[k]) for k in keys_rel if k in recs]
         out.extend(found)
         if len(found) < len(keys_rel):
             missing[rel] = len(keys_rel) - len(found)
     if not out:
-        raise CliError(f"no attribution scores in {adir} for the selected facts as they are now: "
-                       f"run `kn-lens attribute --out {run.dir.path}` first")
+        raise CliError(
+            f"no attribution scores in {adir} for the selected facts as they are now: "
+            f"run `kn-lens attribute --out {run.dir.path}` first"
+        )
     if missing:
-        log.warning("facts without current attribution scores (not yet run, changed since, or "
-                    "another shard still running): %s",
-                    ", ".join(f"{r}: {n}" for r, n in missing.items()))
+        log.warning(
+            "facts without current attribution scores (not yet run, changed since, or "
+            "another shard still running): %s",
+            ", ".join(f"{r}: {n}" for r, n in missing.items()),
+        )
     return out
 
 
@@ -135,20 +166,35 @@ def step_identify(run: Run) -> Any:
     """Adaptive-p neurons per relation (ours = IG, baseline = activation) and their statistics,
     from the stored scores (no gradients); writes DIR/neurons.json."""
     scores = read_scores(run)
-    result = ANALYSES["identify"].run(AnalysisInputs(None, run.bags, config=run.config,
-                                                     scores=scores, progress=run.progress))
-    rel_info = {rel: {m: {k: getattr(ms, k, None) for k in ("p", "rounds", "converged",
-                                                            "neurons_per_fact")}
-                      for m, ms in (("ours", st.ours), ("baseline", st.baseline)) if ms}
-                for rel, st in result.relations.items()}  # type: ignore[attr-defined]
+    result = ANALYSES["identify"].run(
+        AnalysisInputs(None, run.bags, config=run.config, scores=scores, progress=run.progress)
+    )
+    if not isinstance(result, IdentificationResult):  # the registry's identify gives one
+        raise TypeError(f"identify returned {type(result).__name__}")
+    rel_info = {
+        rel: {
+            m: {k: getattr(ms, k, None) for k in ("p", "rounds", "converged", "neurons_per_fact")}
+            for m, ms in (("ours", st.ours), ("baseline", st.baseline))
+            if ms
+        }
+        for rel, st in result.relations.items()
+    }
     fps = run.fingerprints()
-    run.dir.save_neurons(result.neurons, rel_info,  # type: ignore[attr-defined]
-                         {s.key: fps[s.key] for s in scores})
+    run.dir.save_neurons(
+        result.neurons,
+        rel_info,
+        {s.key: fps[s.key] for s in scores},
+    )
     run._neurons = None
     for rel, info in rel_info.items():
         o = info.get("ours", {})
-        log.info("%s: p=%.2f after %s round(s), %.2f neurons per fact (ours)", rel,
-                 o.get("p") or 0.0, o.get("rounds"), o.get("neurons_per_fact") or 0.0)
+        log.info(
+            "%s: p=%.2f after %s round(s), %.2f neurons per fact (ours)",
+            rel,
+            o.get("p") or 0.0,
+            o.get("rounds"),
+            o.get("neurons_per_fact") or 0.0,
+        )
     log.info("wrote knowledge neurons to %s", run.dir.neurons_json)
     return result
 
@@ -158,8 +204,10 @@ def analysis_inputs(run: Run, name: str) -> AnalysisInputs:
     analysis = ANALYSES[name]
     ours = run.neurons("ours")
     if not ours:
-        raise CliError(f"none of the selected facts has identified neurons in "
-                       f"{run.dir.neurons_json}: run `kn-lens identify` with the same options")
+        raise CliError(
+            f"none of the selected facts has identified neurons in "
+            f"{run.dir.neurons_json}: run `kn-lens identify` with the same options"
+        )
     baseline = run.neurons("baseline") or None
     bags = run.bags
     web = None
@@ -167,20 +215,28 @@ def analysis_inputs(run: Run, name: str) -> AnalysisInputs:
         web = run.web_facts()
         bags = [b for b in bags if b.key in ours and b.relation in web]
         if not bags:
-            raise CliError(f"`{name}`: none of the selected facts with neurons has web "
-                           "sentences")
+            raise CliError(f"`{name}`: none of the selected facts with neurons has web sentences")
         keys = {b.key for b in bags}
         ours = {k: v for k, v in ours.items() if k in keys}
     relations = split_list(getattr(run.args, "erase", None))
     if relations:
         unknown = [r for r in relations if r not in run.relations]
         if unknown:
-            raise CliError(f"--erase: unknown relation(s) {', '.join(unknown)}; selected: "
-                           + ", ".join(run.relations))
-    return AnalysisInputs(run.model, bags, ours, baseline, run.config, web_facts=web,
-                          relations=relations,
-                          facts_per_relation=getattr(run.args, "n_edits", None),
-                          progress=run.progress)
+            raise CliError(
+                f"--erase: unknown relation(s) {', '.join(unknown)}; selected: "
+                + ", ".join(run.relations)
+            )
+    return AnalysisInputs(
+        run.model,
+        bags,
+        ours,
+        baseline,
+        run.config,
+        web_facts=web,
+        relations=relations,
+        facts_per_relation=getattr(run.args, "n_edits", None),
+        progress=run.progress,
+    )
 
 
 def step_analysis(run: Run, name: str) -> Any:

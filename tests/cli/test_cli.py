@@ -18,7 +18,6 @@ import pytest
 import torch
 
 from kn_lens import cli
-from kn_lens.cli import steps as cli_steps
 from kn_lens.cli.parser import REPRODUCE_DEFAULT_MAX_BAGS, build_parser
 from kn_lens.cli.run import Run
 from kn_lens.store import read_jsonl, read_union, relation_files
@@ -28,15 +27,28 @@ REPO = Path(__file__).resolve().parents[2]
 # Subjects and answers from conftest.TINY_WORDS, so every object is one token of the tiny vocab.
 SUBJECTS = ["Alice", "Bob", "Zor", "Kal", "Mur", "Zorvik", "Kaldal", "Murvik", "Zoren", "Kalo"]
 RELATIONS = {
-    "P19": (["Paris", "London", "Berlin", "Rome", "Madrid"],
-            ["[X] was born in [Y] .", "[X] is born in [Y] .", "[X] born in the city [Y] .",
-             "the city [X] was born in is [Y] ."]),
-    "P37": (["French", "English", "German", "Italian"],
-            ["[X] speaks [Y] .", "the language of [X] is [Y] .", "[X] speaks the language [Y] .",
-             "in [X] the language is [Y] ."]),
-    "P106": (["doctor", "lawyer", "actor"],
-             ["[X] works as a [Y] .", "[X] is a [Y] .", "[X] was a [Y] .",
-              "[X] works as [Y] ."]),
+    "P19": (
+        ["Paris", "London", "Berlin", "Rome", "Madrid"],
+        [
+            "[X] was born in [Y] .",
+            "[X] is born in [Y] .",
+            "[X] born in the city [Y] .",
+            "the city [X] was born in is [Y] .",
+        ],
+    ),
+    "P37": (
+        ["French", "English", "German", "Italian"],
+        [
+            "[X] speaks [Y] .",
+            "the language of [X] is [Y] .",
+            "[X] speaks the language [Y] .",
+            "in [X] the language is [Y] .",
+        ],
+    ),
+    "P106": (
+        ["doctor", "lawyer", "actor"],
+        ["[X] works as a [Y] .", "[X] is a [Y] .", "[X] was a [Y] .", "[X] works as [Y] ."],
+    ),
 }
 
 
@@ -44,10 +56,18 @@ def write_facts(path: Path, per_relation: int = 4) -> Path:
     lines = []
     for rel, (objects, templates) in RELATIONS.items():
         for i in range(per_relation):
-            lines.append(json.dumps({
-                "subject": SUBJECTS[i % len(SUBJECTS)] + ("" if i < len(SUBJECTS) else " Bob"),
-                "relation": rel, "object": objects[i % len(objects)], "templates": templates,
-                "relation_type": "N-1"}))
+            lines.append(
+                json.dumps(
+                    {
+                        "subject": SUBJECTS[i % len(SUBJECTS)]
+                        + ("" if i < len(SUBJECTS) else " Bob"),
+                        "relation": rel,
+                        "object": objects[i % len(objects)],
+                        "templates": templates,
+                        "relation_type": "N-1",
+                    }
+                )
+            )
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -59,13 +79,33 @@ def facts(tmp_path: Path) -> Path:
 
 def fake_score(model, bag, config):
     """A cheap stand-in for kn_lens.knowledge_neurons.score_bag(...).to_dict()."""
-    return {"key": bag.key, "relation": bag.relation, "n_prompts": len(bag.prompts),
-            "steps": config.steps}
+    return {
+        "key": bag.key,
+        "relation": bag.relation,
+        "n_prompts": len(bag.prompts),
+        "steps": config.steps,
+    }
+
+
+def main_fake(argv: list[str]) -> int:
+    """``kn-lens ARGV`` with :func:`fake_score` as the executor's per-fact scorer."""
+    return cli.main(argv, score=fake_score)
 
 
 def base_args(tiny_ckpt: Path, facts: Path, out: Path, *extra: str) -> list[str]:
-    return ["--model", str(tiny_ckpt), "--data", str(facts), "--out", str(out), "--device",
-            "cpu", "--no-progress", "-q", *extra]
+    return [
+        "--model",
+        str(tiny_ckpt),
+        "--data",
+        str(facts),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--no-progress",
+        "-q",
+        *extra,
+    ]
 
 
 def all_keys(out: Path) -> list[str]:
@@ -79,8 +119,21 @@ def all_keys(out: Path) -> list[str]:
 # Help and bad arguments
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("command", ["attribute", "identify", "modify", "distant", "trigger",
-                                     "update", "erase", "plot", "reproduce"])
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "attribute",
+        "identify",
+        "modify",
+        "distant",
+        "trigger",
+        "update",
+        "erase",
+        "plot",
+        "reproduce",
+    ],
+)
 def test_help_of_every_command(command, capsys):
     assert cli.main([command, "--help"]) == 0
     text = capsys.readouterr().out
@@ -130,23 +183,33 @@ def test_data_folder_without_pararel(tmp_path, tiny_ckpt, capsys):
 
 
 def test_unknown_relation(tmp_path, tiny_ckpt, facts, capsys):
-    rc = cli.main(["attribute", *base_args(tiny_ckpt, facts, tmp_path / "o", "--relations",
-                                           "P19,P999")])
+    rc = cli.main(
+        ["attribute", *base_args(tiny_ckpt, facts, tmp_path / "o", "--relations", "P19,P999")]
+    )
     assert rc == 2
     _assert_clean_error(capsys, rc, "P999", "P19")
     assert not (tmp_path / "o" / "run.json").exists()  # bad options are not recorded for reuse
 
 
 def test_unknown_model_offline(tmp_path, facts, capsys):
-    rc = cli.main(["attribute", "--model", "surely-not-a-model-xyz", "--data", str(facts),
-                   "--out", str(tmp_path / "o"), "--no-progress"])
+    rc = cli.main(
+        [
+            "attribute",
+            "--model",
+            "surely-not-a-model-xyz",
+            "--data",
+            str(facts),
+            "--out",
+            str(tmp_path / "o"),
+            "--no-progress",
+        ]
+    )
     assert rc == 2
     _assert_clean_error(capsys, rc, "kn-lens: error:", "surely-not-a-model-xyz")
 
 
 def test_bad_set_override(tmp_path, facts, capsys):
-    rc = cli.main(["identify", "--data", str(facts), "--set", "nonsense=1", "--out",
-                   str(tmp_path)])
+    rc = cli.main(["identify", "--data", str(facts), "--set", "nonsense=1", "--out", str(tmp_path)])
     assert rc == 2
     _assert_clean_error(capsys, rc, "nonsense")
 
@@ -158,8 +221,18 @@ def test_plot_without_results(tmp_path, capsys):
 
 
 def test_identify_before_attribute(tmp_path, tiny_ckpt, facts, capsys, monkeypatch):
-    rc = cli.main(["identify", "--model", str(tiny_ckpt), "--data", str(facts), "--out",
-                   str(tmp_path / "o"), "-q"])
+    rc = cli.main(
+        [
+            "identify",
+            "--model",
+            str(tiny_ckpt),
+            "--data",
+            str(facts),
+            "--out",
+            str(tmp_path / "o"),
+            "-q",
+        ]
+    )
     assert rc == 2
     _assert_clean_error(capsys, rc, "kn-lens attribute")
 
@@ -168,12 +241,12 @@ def test_identify_before_attribute(tmp_path, tiny_ckpt, facts, capsys, monkeypat
 # Attribution store: resume, shards (in-process, cheap scorer)
 # ---------------------------------------------------------------------------------------------
 
+
 def test_attribute_resume_and_shards(tmp_path, tiny_ckpt, facts, monkeypatch):
-    monkeypatch.setattr(cli_steps, "SCORE_FN", fake_score)
     out = tmp_path / "o"
     # Two shards, as independent runs: disjoint files, union = every fact once.
     for k in (1, 2):
-        assert cli.main(["attribute", *base_args(tiny_ckpt, facts, out, "--shard", f"{k}/2")]) == 0
+        assert main_fake(["attribute", *base_args(tiny_ckpt, facts, out, "--shard", f"{k}/2")]) == 0
     names = sorted(p.name for p in (out / "attribution").glob("*.jsonl"))
     assert names == sorted(f"{r}.shard{k}of2.jsonl" for r in RELATIONS for k in (1, 2))
     keys = all_keys(out)
@@ -186,44 +259,49 @@ def test_attribute_resume_and_shards(tmp_path, tiny_ckpt, facts, monkeypatch):
     run = json.loads((out / "run.json").read_text())
     assert run["options"]["data"] == str(facts)
     # An unsharded rerun finds everything done and writes nothing new.
-    assert cli.main(["attribute", "--out", str(out), "--no-progress", "-q"]) == 0
+    assert main_fake(["attribute", "--out", str(out), "--no-progress", "-q"]) == 0
     assert sorted(all_keys(out)) == sorted(keys)
     assert not (out / "attribution" / "P19.jsonl").exists() or not read_jsonl(
-        out / "attribution" / "P19.jsonl")
+        out / "attribution" / "P19.jsonl"
+    )
 
 
 def test_attribute_resumes_after_torn_line(tmp_path, tiny_ckpt, facts, monkeypatch):
-    monkeypatch.setattr(cli_steps, "SCORE_FN", fake_score)
     out = tmp_path / "o"
-    assert cli.main(["attribute", *base_args(tiny_ckpt, facts, out, "--relations", "P19")]) == 0
+    assert main_fake(["attribute", *base_args(tiny_ckpt, facts, out, "--relations", "P19")]) == 0
     path = out / "attribution" / "P19.jsonl"
     lines = path.read_text().splitlines(keepends=True)
     assert len(lines) == 4
     # Simulate a kill: last two facts lost, one half-written.
     path.write_text("".join(lines[:2]) + lines[2][: len(lines[2]) // 2])
     assert [r["key"] for r in read_jsonl(path)] == ["P19/0", "P19/1"]
-    assert cli.main(["attribute", *base_args(tiny_ckpt, facts, out, "--relations", "P19")]) == 0
+    assert main_fake(["attribute", *base_args(tiny_ckpt, facts, out, "--relations", "P19")]) == 0
     assert [r["key"] for r in read_jsonl(path)] == ["P19/0", "P19/1", "P19/2", "P19/3"]
     assert path.read_text().endswith("\n")
 
 
 def test_attribute_refuses_mixed_steps(tmp_path, tiny_ckpt, facts, monkeypatch, capsys):
-    monkeypatch.setattr(cli_steps, "SCORE_FN", fake_score)
     out = tmp_path / "o"
-    assert cli.main(["attribute", *base_args(tiny_ckpt, facts, out, "--steps", "3")]) == 0
-    rc = cli.main(["attribute", *base_args(tiny_ckpt, facts, out, "--steps", "5")])
+    assert main_fake(["attribute", *base_args(tiny_ckpt, facts, out, "--steps", "3")]) == 0
+    rc = main_fake(["attribute", *base_args(tiny_ckpt, facts, out, "--steps", "5")])
     assert rc == 2
     _assert_clean_error(capsys, rc, "--steps 3")
 
 
 def test_max_bags_sample_is_seeded_and_ordered(tmp_path, tiny_ckpt, monkeypatch):
-    monkeypatch.setattr(cli_steps, "SCORE_FN", fake_score)
     facts = write_facts(tmp_path / "f.jsonl", per_relation=8)
     outs = []
     for name in ("a", "b"):
         out = tmp_path / name
-        assert cli.main(["attribute", *base_args(tiny_ckpt, facts, out, "--max-bags", "3",
-                                                 "--relations", "P37")]) == 0
+        assert (
+            main_fake(
+                [
+                    "attribute",
+                    *base_args(tiny_ckpt, facts, out, "--max-bags", "3", "--relations", "P37"),
+                ]
+            )
+            == 0
+        )
         outs.append([r["key"] for r in read_jsonl(out / "attribution" / "P37.jsonl")])
     assert outs[0] == outs[1] and len(outs[0]) == 3
     assert outs[0] == sorted(outs[0], key=lambda k: int(k.split("/")[1]))
@@ -234,17 +312,33 @@ def test_max_bags_sample_is_seeded_and_ordered(tmp_path, tiny_ckpt, monkeypatch)
 # ---------------------------------------------------------------------------------------------
 
 
-
 def test_kill_and_resume_exactly_once(tmp_path, tiny_ckpt):
     facts = write_facts(tmp_path / "facts.jsonl", per_relation=5)
     n_total = 3 * 5
     out = tmp_path / "o"
-    cmd = [sys.executable, "-m", "kn_lens", "attribute", "--model", str(tiny_ckpt), "--data",
-           str(facts), "--out", str(out), "--device", "cpu", "--steps", "4", "--threads", "1",
-           "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "kn_lens",
+        "attribute",
+        "--model",
+        str(tiny_ckpt),
+        "--data",
+        str(facts),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--steps",
+        "4",
+        "--threads",
+        "1",
+        "--no-progress",
+    ]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     killed_at = None
     deadline = time.monotonic() + 240
     try:
@@ -285,6 +379,7 @@ def test_kill_and_resume_exactly_once(tmp_path, tiny_ckpt):
 # Every subcommand on the tiny model and tiny facts (in-process, real analyses)
 # ---------------------------------------------------------------------------------------------
 
+
 def write_web(folder: Path, facts_path: Path, relations=("P19", "P106")) -> Path:
     """Bing-format web sentences for some relations of a facts file (same order as the facts)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -293,15 +388,22 @@ def write_web(folder: Path, facts_path: Path, relations=("P19", "P106")) -> Path
     for rel in relations:
         fs = [f for f in facts if f["relation"] == rel]
         pairs[rel] = [[f["subject"], f["object"]] for f in fs]
-        bags = [{"th_bags": [f"{f['subject']} was born in {f['object']} .",
-                             f"the {f['object']} of {f['subject']} is a city ."],
-                 "h_bags": [f"{f['subject']} is a doctor in London .",
-                            f"{f['subject']} speaks French and German ."]} for f in fs]
+        bags = [
+            {
+                "th_bags": [
+                    f"{f['subject']} was born in {f['object']} .",
+                    f"the {f['object']} of {f['subject']} is a city .",
+                ],
+                "h_bags": [
+                    f"{f['subject']} is a doctor in London .",
+                    f"{f['subject']} speaks French and German .",
+                ],
+            }
+            for f in fs
+        ]
         (folder / f"final_distant_allbags_{rel}_new.json").write_text(json.dumps(bags))
     (folder / "query_pairs.json").write_text(json.dumps(pairs))
     return folder
-
-
 
 
 @pytest.fixture(scope="module")
@@ -314,8 +416,11 @@ def pipeline(tmp_path_factory, tiny_ckpt):
     rcs = {"attribute": cli.main(["attribute", *base_args(tiny_ckpt, facts, out, "--steps", "3")])}
     # Later commands reuse the recorded options (model, data, web, steps).
     for cmd in ("identify", "modify", "distant", "trigger", "update", "erase", "plot"):
-        extra = {"update": ["--lambda1", "1", "--lambda2", "8"], "distant": ["--web", str(web)],
-                 "trigger": ["--web", str(web)]}.get(cmd, [])
+        extra = {
+            "update": ["--lambda1", "1", "--lambda2", "8"],
+            "distant": ["--web", str(web)],
+            "trigger": ["--web", str(web)],
+        }.get(cmd, [])
         if cmd == "plot":
             rcs[cmd] = cli.main(["plot", "--out", str(out), "-q"])
         else:
@@ -324,8 +429,9 @@ def pipeline(tmp_path_factory, tiny_ckpt):
     return out, rcs
 
 
-@pytest.mark.parametrize("command", ["attribute", "identify", "modify", "distant", "trigger",
-                                     "update", "erase", "plot"])
+@pytest.mark.parametrize(
+    "command", ["attribute", "identify", "modify", "distant", "trigger", "update", "erase", "plot"]
+)
 def test_each_command_runs(pipeline, command):
     out, rcs = pipeline
     assert rcs[command] == 0
@@ -367,8 +473,7 @@ def test_pipeline_results_json_is_valid(pipeline):
     assert validate_results(doc) == []
     assert doc["meta"]["model"]["n_layers"] == 2
     assert doc["meta"]["data"]["n_facts"] == 9
-    assert set(doc["results"]) >= {"identify", "modify", "distant", "trigger", "update",
-                                   "erase"}
+    assert set(doc["results"]) >= {"identify", "modify", "distant", "trigger", "update", "erase"}
     md = (out / "report.md").read_text()
     assert "Paper vs this run" in md and "4.13" in md  # the paper's neurons per fact
 
@@ -377,8 +482,12 @@ def test_reproduce_runs_everything(tmp_path, tiny_ckpt):
     facts = write_facts(tmp_path / "facts.jsonl", per_relation=2)
     web = write_web(tmp_path / "web", facts)
     out = tmp_path / "out"
-    rc = cli.main(["reproduce", *base_args(tiny_ckpt, facts, out, "--steps", "2", "--web",
-                                           str(web), "--skip", "erase")])
+    rc = cli.main(
+        [
+            "reproduce",
+            *base_args(tiny_ckpt, facts, out, "--steps", "2", "--web", str(web), "--skip", "erase"),
+        ]
+    )
     assert rc == 0
     doc = json.loads((out / "results.json").read_text())
     assert set(doc["results"]) == {"identify", "modify", "distant", "trigger", "update"}
@@ -387,9 +496,28 @@ def test_reproduce_runs_everything(tmp_path, tiny_ckpt):
     assert html.count("window.PlotlyConfig") == 1  # plotly.js embedded once
     # Rerunning resumes: attribution is not recomputed.
     before = (out / "attribution" / "P19.jsonl").read_bytes()
-    assert cli.main(["reproduce", "--out", str(out), "--no-progress", "-q", "--skip", "erase",
-                     "--skip", "distant", "--skip", "trigger", "--skip", "update",
-                     "--skip", "modify"]) == 0
+    assert (
+        cli.main(
+            [
+                "reproduce",
+                "--out",
+                str(out),
+                "--no-progress",
+                "-q",
+                "--skip",
+                "erase",
+                "--skip",
+                "distant",
+                "--skip",
+                "trigger",
+                "--skip",
+                "update",
+                "--skip",
+                "modify",
+            ]
+        )
+        == 0
+    )
     assert (out / "attribution" / "P19.jsonl").read_bytes() == before
 
 
@@ -413,13 +541,19 @@ def test_reproduce_on_cuda(tmp_path, tiny_ckpt):
 
 
 def test_distant_without_web_on_user_data(tmp_path, tiny_ckpt, facts, capsys, monkeypatch):
-    monkeypatch.setattr(cli_steps, "SCORE_FN", fake_score)
     out = tmp_path / "o"
     (out).mkdir()
-    (out / "neurons.json").write_text(json.dumps({
-        "schema": "kn_lens.neurons", "schema_version": 1,
-        "neurons": {"ours": {"P19/0": [[1, 2]]}, "baseline": {}}, "relations": {}}))
-    rc = cli.main(["distant", *base_args(tiny_ckpt, facts, out)])
+    (out / "neurons.json").write_text(
+        json.dumps(
+            {
+                "schema": "kn_lens.neurons",
+                "schema_version": 1,
+                "neurons": {"ours": {"P19/0": [[1, 2]]}, "baseline": {}},
+                "relations": {},
+            }
+        )
+    )
+    rc = main_fake(["distant", *base_args(tiny_ckpt, facts, out)])
     assert rc == 2
     _assert_clean_error(capsys, rc, "--web")
 
@@ -430,40 +564,73 @@ def test_reproduce_goes_on_when_one_analysis_fails(pipeline, capsys):
     assert rc == 2
     _assert_clean_error(capsys, rc, "P999")
     # reproduce carries on without it, reports it, and exits non-zero.
-    rc = cli.main(["reproduce", "--out", str(out), "--no-progress", "-q", "--skip", "distant",
-                   "--skip", "trigger", "--skip", "update", "--skip", "modify", "--erase", "P999"])
+    rc = cli.main(
+        [
+            "reproduce",
+            "--out",
+            str(out),
+            "--no-progress",
+            "-q",
+            "--skip",
+            "distant",
+            "--skip",
+            "trigger",
+            "--skip",
+            "update",
+            "--skip",
+            "modify",
+            "--erase",
+            "P999",
+        ]
+    )
     assert rc == 1
     _assert_clean_error(capsys, rc, "erase", "P999")
     assert (out / "report.md").is_file()
 
 
 def test_pararel_data_unknown_relation(shared_data, tmp_path, tiny_ckpt, capsys):
-    rc = cli.main(["attribute", *base_args(tiny_ckpt, shared_data, tmp_path / "o", "--relations",
-                                           "P19,P999")])
+    rc = cli.main(
+        ["attribute", *base_args(tiny_ckpt, shared_data, tmp_path / "o", "--relations", "P19,P999")]
+    )
     _assert_clean_error(capsys, rc, "P999")
     assert rc == 2
 
 
 def test_pararel_data_attribute_with_shards(shared_data, tmp_path, tiny_ckpt, monkeypatch):
-    monkeypatch.setattr(cli_steps, "SCORE_FN", fake_score)
     out = tmp_path / "o"
     for k in (1, 2):
-        assert cli.main(["attribute", *base_args(tiny_ckpt, shared_data, out, "--relations",
-                                                 "P19", "--max-bags", "4", "--shard",
-                                                 f"{k}/2")]) == 0
+        assert (
+            main_fake(
+                [
+                    "attribute",
+                    *base_args(
+                        tiny_ckpt,
+                        shared_data,
+                        out,
+                        "--relations",
+                        "P19",
+                        "--max-bags",
+                        "4",
+                        "--shard",
+                        f"{k}/2",
+                    ),
+                ]
+            )
+            == 0
+        )
     keys = all_keys(out)
     assert len(keys) == len(set(keys)) and 0 < len(keys) <= 4
     assert all(k.startswith("P19/") for k in keys)
 
 
-def test_later_steps_refuse_scores_of_another_model(tmp_path, tiny_ckpt, facts, monkeypatch,
-                                                    capsys):
-    monkeypatch.setattr(cli_steps, "SCORE_FN", fake_score)
+def test_later_steps_refuse_scores_of_another_model(
+    tmp_path, tiny_ckpt, facts, monkeypatch, capsys
+):
     out = tmp_path / "o"
-    assert cli.main(["attribute", *base_args(tiny_ckpt, facts, out)]) == 0
+    assert main_fake(["attribute", *base_args(tiny_ckpt, facts, out)]) == 0
     other = tmp_path / "other_ckpt"
     other.mkdir()
-    rc = cli.main(["identify", "--model", str(other), "--out", str(out), "-q"])
+    rc = main_fake(["identify", "--model", str(other), "--out", str(out), "-q"])
     assert rc == 2
     _assert_clean_error(capsys, rc, "--model", str(tiny_ckpt))
 
@@ -480,23 +647,44 @@ def test_reproduce_defaults_on_the_builtin_world(tmp_path):
         assert torch.get_num_threads() == 1  # small built-in model: one thread by default
         run = Run.from_args(parser.parse_args(["attribute", "--out", str(tmp_path / "b")]))
         assert run.opts["max_bags"] is None
-        run = Run.from_args(parser.parse_args(["reproduce", "--max-bags", "3", "--out",
-                                                   str(tmp_path / "c")]))
+        run = Run.from_args(
+            parser.parse_args(["reproduce", "--max-bags", "3", "--out", str(tmp_path / "c")])
+        )
         assert run.opts["max_bags"] == 3
     finally:
         torch.set_num_threads(before)
 
 
 def test_lama_and_patterns_options(shared_data, tmp_path, tiny_ckpt, monkeypatch, capsys):
-    monkeypatch.setattr(cli_steps, "SCORE_FN", fake_score)
     out = tmp_path / "o"
-    common = ["--model", str(tiny_ckpt), "--out", str(out), "--no-progress", "-q",
-              "--relations", "P19", "--max-bags", "2"]
-    rc = cli.main(["attribute", *common, "--lama", str(shared_data / "lama")])
+    common = [
+        "--model",
+        str(tiny_ckpt),
+        "--out",
+        str(out),
+        "--no-progress",
+        "-q",
+        "--relations",
+        "P19",
+        "--max-bags",
+        "2",
+    ]
+    rc = main_fake(["attribute", *common, "--lama", str(shared_data / "lama")])
     assert rc == 2
     _assert_clean_error(capsys, rc, "--patterns")
-    assert cli.main(["attribute", *common, "--lama", str(shared_data / "lama"), "--patterns",
-                     str(shared_data / "pararel" / "patterns")]) == 0
+    assert (
+        main_fake(
+            [
+                "attribute",
+                *common,
+                "--lama",
+                str(shared_data / "lama"),
+                "--patterns",
+                str(shared_data / "pararel" / "patterns"),
+            ]
+        )
+        == 0
+    )
     assert all(k.startswith("P19/") for k in all_keys(out)) and all_keys(out)
 
 
@@ -505,11 +693,38 @@ def test_concurrent_shard_processes(tmp_path, tiny_ckpt):
     facts = write_facts(tmp_path / "facts.jsonl", per_relation=2)
     out = tmp_path / "o"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    procs = [subprocess.Popen(
-        [sys.executable, "-m", "kn_lens", "attribute", "--model", str(tiny_ckpt), "--data",
-         str(facts), "--out", str(out), "--device", "cpu", "--steps", "2", "--threads", "1",
-         "--no-progress", "-q", "--shard", f"{k}/2"], cwd=REPO, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for k in (1, 2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "kn_lens",
+                "attribute",
+                "--model",
+                str(tiny_ckpt),
+                "--data",
+                str(facts),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--steps",
+                "2",
+                "--threads",
+                "1",
+                "--no-progress",
+                "-q",
+                "--shard",
+                f"{k}/2",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for k in (1, 2)
+    ]
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-2000:]

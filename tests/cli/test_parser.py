@@ -1,0 +1,85 @@
+"""The argument parser answers without torch: ``--help``, ``--version`` and argument errors.
+
+Parsing happens before torch or TransformerLens is imported (issue 12: help took 8 s). Each
+subcommand lists only the options it uses.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from kn_lens.cli.parser import ANALYSIS_NAMES, build_parser
+
+HEAVY = ("torch", "transformer_lens", "transformers", "plotly", "numpy")
+
+_PROBE = """
+import sys
+from kn_lens.cli import main
+rc = main(sys.argv[1:])
+heavy = [m for m in {heavy!r} if m in sys.modules]
+print("HEAVY=" + ",".join(heavy), file=sys.stderr)
+sys.exit(rc)
+"""
+
+
+@pytest.mark.parametrize(
+    "argv, rc",
+    [
+        (["--help"], 0),
+        (["--version"], 0),
+        (["attribute", "--help"], 0),
+        (["reproduce", "--help"], 0),
+        (["attribute", "--steps", "zero"], 2),
+        (["nonsense"], 2),
+        (["update", "--lambda2", "nan"], 2),
+    ],
+)
+def test_parsing_imports_nothing_heavy(argv: list[str], rc: int) -> None:
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE.format(heavy=HEAVY), *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    seconds = time.perf_counter() - t0
+    assert proc.returncode == rc, proc.stderr
+    heavy = [line for line in proc.stderr.splitlines() if line.startswith("HEAVY=")]
+    assert heavy == ["HEAVY="], proc.stderr  # none of torch, transformer_lens, ... was imported
+    if rc == 2:
+        assert "kn-lens" in proc.stderr and "error:" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    # Generous on a shared machine; importing transformer_lens alone takes several seconds.
+    assert seconds < 5, seconds
+
+
+def _options(command: str) -> set[str]:
+    sub = build_parser()._subparsers._group_actions[0].choices[command]  # type: ignore[union-attr]
+    return {s for a in sub._actions for s in a.option_strings}
+
+
+def test_each_subcommand_lists_only_its_options() -> None:
+    attribute = _options("attribute")
+    assert {"--steps", "--shard", "--executor", "--ray-address", "--threads"} <= attribute
+    assert not {"--web", "--lambda1", "--erase", "--top-k"} & attribute
+    identify = _options("identify")
+    assert not {"--steps", "--batch-size", "--device", "--executor", "--shard"} & identify
+    for name in ("modify", "update", "erase"):
+        assert "--steps" not in _options(name) and "--web" not in _options(name)
+    assert {"--lambda1", "--lambda2", "--n-edits"} <= _options("update")
+    assert {"--erase", "--top"} <= _options("erase")
+    assert {"--top-k", "--web"} <= _options("trigger")
+    assert _options("plot") == {"-h", "--help", "--out", "-v", "--verbose", "-q", "--quiet"}
+    reproduce = _options("reproduce")
+    assert {"--executor", "--skip", "--lambda1", "--erase", "--top-k"} <= reproduce
+    assert "--shard" not in reproduce
+
+
+def test_parser_names_are_the_registry_names() -> None:
+    from kn_lens.experiments import ANALYSES
+
+    assert tuple(ANALYSES) == ANALYSIS_NAMES
