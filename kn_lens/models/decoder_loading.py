@@ -17,7 +17,8 @@ attached (``model.tokenizer``), in eval mode, for
 
 No weight processing is applied (no LayerNorm folding, no centering, no value-bias folding), so
 activations equal Hugging Face's: ``blocks.{l}.mlp.hook_post`` is the input of the MLP's output
-projection (``act(W_in x)``, or ``act(gate) * up`` for gated MLPs) and the logits equal the HF model's.
+projection (``act(W_in x)``, or ``act(gate) * up`` for gated MLPs) and the logits equal the HF
+model's.
 
 Tokenisation follows TransformerLens' conventions. The tokenizer is loaded with
 ``add_bos_token=True`` (as ``HookedTransformer`` does), and ``model.cfg.default_prepend_bos`` says
@@ -310,6 +311,11 @@ def hooked_decoder_from_hf(hf_model: Any, tokenizer: Any, *, device: str | torch
 # Sources
 
 
+def _brief(e: Exception, limit: int = 300) -> str:
+    """``Type: message`` of an exception on one line, cut to ``limit`` characters."""
+    return f"{type(e).__name__}: {' '.join(str(e).split())[:limit]}"
+
+
 def _resolve_device(device: str | torch.device | None) -> str:
     if device is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -353,9 +359,8 @@ def load_hf_decoder(name_or_path: str | Path) -> tuple[Any, Any, str]:
             hf_model = AutoModelForCausalLM.from_pretrained(
                 source, dtype=torch.float32, local_files_only=True, **kwargs)
     except Exception as e:  # corrupt or missing weights, unreadable GGUF
-        raise DecoderLoadError(f"could not read the weights of {path} ({type(e).__name__}: "
-                               f"{str(e)[:300]}); is it a complete Hugging Face checkpoint or a "
-                               "valid .gguf file?") from None
+        raise DecoderLoadError(f"could not read the weights of {path} ({_brief(e)}); is it a "
+                               "complete Hugging Face checkpoint or a valid .gguf file?") from None
     model_type = getattr(hf_model.config, "model_type", None)
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise DecoderLoadError(f"{path}: model_type {model_type!r} is not supported; supported "
@@ -363,9 +368,9 @@ def load_hf_decoder(name_or_path: str | Path) -> tuple[Any, Any, str]:
     try:
         tokenizer = _load_tokenizer(source, local_files_only=True, **kwargs)
     except Exception as e:
-        raise DecoderLoadError(f"could not load the tokenizer of {path} ({type(e).__name__}: "
-                               f"{str(e)[:300]}); the folder needs tokenizer files "
-                               "(tokenizer.json or the model's vocabulary files)") from None
+        raise DecoderLoadError(f"could not load the tokenizer of {path} ({_brief(e)}); the folder "
+                               "needs tokenizer files (tokenizer.json or the model's vocabulary "
+                               "files)") from None
     return hf_model.eval(), tokenizer, str(path)
 
 
@@ -388,7 +393,7 @@ def _load_named(name: str, device: str, dtype: torch.dtype) -> Any:
     except Exception as e:  # not in the local cache (we never download), ...
         raise DecoderLoadError(
             f"could not load {name!r} ({official}) from the local Hugging Face cache "
-            f"({type(e).__name__}: {str(e)[:200]}). Download the checkpoint where there is "
+            f"({_brief(e, 200)}). Download the checkpoint where there is "
             f"network (e.g. `huggingface-cli download {official}`) and pass its local folder "
             "instead: load_decoder('/path/to/folder')") from None
     return model.eval()

@@ -12,7 +12,10 @@ WORDS = ["the", "a", "of", "is", "capital", "city", "France", "Paris", "Japan", 
 
 
 def save_word_tokenizer(folder: Path, *, bos: str, eos: str, unk: str) -> int:
-    """Save a word-level ``PreTrainedTokenizerFast`` (whitespace split) to ``folder``; vocab size."""
+    """Save a word-level ``PreTrainedTokenizerFast`` (whitespace split) to ``folder``.
+
+    Returns the vocabulary size.
+    """
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
