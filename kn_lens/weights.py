@@ -9,6 +9,8 @@ Each change function
 
 - validates the neurons first (non-empty, no duplicates, layer and index in range), raising
   ``ValueError`` naming the offending neuron;
+- refuses non-finite edit values (NaN or inf in ``values``, ``vector`` or ``scale``, or a new row
+  that puts NaN/inf where the row was finite) with ``ValueError``, before anything is changed;
 - saves the original rows, then writes the new ones in place under ``torch.no_grad`` on the
   parameter's data (the ``Parameter`` object and its storage stay the same);
 - is all-or-nothing: if anything raises halfway through a multi-row change, the rows already
@@ -22,36 +24,41 @@ Each change function
 
 Overlapping edits must be restored in reverse order (last applied, first restored), as nested
 ``with`` blocks do; :meth:`RowEdit.restore` refuses, with ``RuntimeError``, when the rows no longer
-hold what its edit wrote.
+hold what its edit wrote (compared bit for bit, so rows holding NaN restore exactly too).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
+from transformer_lens import HookedEncoder
 
 from kn_lens.neuron import Neuron, NeuronsLike, check_neurons
 
-def w_out(model: Any, layer: int) -> torch.nn.Parameter:
+
+def w_out(model: HookedEncoder, layer: int) -> torch.nn.Parameter:
     """The ``W_out`` parameter of block ``layer`` (shape ``[d_mlp, d_model]``)."""
-    return model.blocks[layer].mlp.W_out
+    # nn.Module attribute access is typed Tensor | Module; W_out is a Parameter in every block.
+    return cast(torch.nn.Parameter, model.blocks[layer].mlp.W_out)
 
 
-def _read_row(model: Any, n: Neuron) -> Float[Tensor, " d_model"]:
+def _read_row(model: HookedEncoder, n: Neuron) -> Float[Tensor, " d_model"]:
     return w_out(model, n.layer).data[n.index].detach().clone()
 
 
-def _write_row(model: Any, n: Neuron, row: Float[Tensor, " d_model"]) -> None:
+def _write_row(model: HookedEncoder, n: Neuron, row: Float[Tensor, " d_model"]) -> None:
     """Copy ``row`` into ``W_out[n.index]`` of layer ``n.layer``, in place."""
     with torch.no_grad():
         w_out(model, n.layer).data[n.index].copy_(row)
 
 
-def read_value_vectors(model: Any, neurons: NeuronsLike) -> Float[Tensor, "neuron d_model"]:
+def read_value_vectors(
+    model: HookedEncoder, neurons: NeuronsLike
+) -> Float[Tensor, "neuron d_model"]:
     """The value vectors (``W_out`` rows) of ``neurons``, in order, as a detached copy."""
     ns = check_neurons(model, neurons)
     return torch.stack([_read_row(model, n) for n in ns])
@@ -66,8 +73,9 @@ class RowEdit:
         written: ``[neuron, d_model]`` the rows the edit wrote.
     """
 
-    def __init__(self, model: Any, neurons: Sequence[Neuron], original: Tensor,
-                 written: Tensor) -> None:
+    def __init__(
+        self, model: HookedEncoder, neurons: Sequence[Neuron], original: Tensor, written: Tensor
+    ) -> None:
         self.model = model
         self.neurons: tuple[Neuron, ...] = tuple(neurons)
         self.original = original
@@ -91,7 +99,7 @@ class RowEdit:
             return
         if not force:
             for k, n in enumerate(self.neurons):
-                if not torch.equal(w_out(self.model, n.layer).data[n.index], self.written[k]):
+                if not same_bits(w_out(self.model, n.layer).data[n.index], self.written[k]):
                     raise RuntimeError(
                         f"row of neuron {n} changed since this edit; restore later edits of the "
                         "same rows first (or pass force=True)"
@@ -99,7 +107,7 @@ class RowEdit:
         _write_rows_atomic(self.model, self.neurons, list(self.original))
         self._active = False
 
-    def __enter__(self) -> "RowEdit":
+    def __enter__(self) -> RowEdit:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -112,23 +120,52 @@ class RowEdit:
         return f"RowEdit([{shown}{more}], {state})"
 
 
-def _write_rows_atomic(model: Any, neurons: Sequence[Neuron], rows: Sequence[Tensor]) -> None:
-    """Write ``rows[k]`` into neuron ``k``'s row; on any exception, undo the rows already written."""
+def same_bits(a: Tensor, b: Tensor) -> bool:
+    """True when ``a`` and ``b`` hold the same bit patterns (so NaN matches the same NaN, and
+    ``-0.0`` does not match ``0.0``): the exact test an undo needs, which ``==`` is not."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.dtype.is_floating_point or a.dtype.is_complex:
+        as_int = _INT_OF_SIZE[a.element_size()]
+        return torch.equal(a.contiguous().view(as_int), b.contiguous().view(as_int))
+    return torch.equal(a, b)
+
+
+_INT_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _check_finite(name: str, t: Tensor) -> None:
+    """``ValueError`` naming ``name`` and the first non-finite entry of ``t``."""
+    bad = ~torch.isfinite(t)
+    if bool(bad.any()):
+        first = tuple(int(i) for i in bad.nonzero()[0])
+        where = f" at index {first}" if first else ""
+        raise ValueError(
+            f"{name} holds a non-finite value ({float(t[first])}{where}): a W_out edit needs "
+            "finite numbers; nothing was changed"
+        )
+
+
+def _write_rows_atomic(
+    model: HookedEncoder, neurons: Sequence[Neuron], rows: Sequence[Tensor]
+) -> None:
+    """Write ``rows[k]`` into neuron ``k``'s row; on any exception, undo the rows already
+    written."""
     saved = [_read_row(model, n) for n in neurons]
     done = 0
     try:
-        for n, row in zip(neurons, rows):
+        for n, row in zip(neurons, rows, strict=False):
             _write_row(model, n, row)
             done += 1
     except BaseException:
         with torch.no_grad():
-            for n, old in zip(neurons[:done], saved[:done]):
+            for n, old in zip(neurons[:done], saved[:done], strict=False):
                 w_out(model, n.layer).data[n.index].copy_(old)
         raise
 
 
 def edit_rows(
-    model: Any,
+    model: HookedEncoder,
     neurons: NeuronsLike,
     fn: Callable[[Neuron, Tensor], Tensor],
 ) -> RowEdit:
@@ -150,30 +187,33 @@ def edit_rows(
                 got = tuple(new.shape) if isinstance(new, Tensor) else type(new).__name__
                 raise ValueError(f"new row for neuron {n} must be a [{d_model}] tensor, got {got}")
             new = new.detach().to(dtype=original.dtype, device=original.device)
+            # An edit may carry a row's existing NaN/inf along, never introduce one.
+            _check_finite(f"new row for neuron {n}", new[torch.isfinite(original[k])])
             _write_row(model, n, new)
             done += 1
             written.append(_read_row(model, n))
     except BaseException:
         with torch.no_grad():
-            for n, old in zip(ns[:done], original[:done]):
+            for n, old in zip(ns[:done], original[:done], strict=False):
                 w_out(model, n.layer).data[n.index].copy_(old)
         raise
     return RowEdit(model, ns, original, torch.stack(written))
 
 
 def set_rows(
-    model: Any, neurons: NeuronsLike, values: Float[Tensor, "neuron d_model"]
+    model: HookedEncoder, neurons: NeuronsLike, values: Float[Tensor, "neuron d_model"]
 ) -> RowEdit:
     """Overwrite the value vectors of ``neurons`` with ``values`` (row k -> neuron k)."""
     ns = check_neurons(model, neurons)
     if values.shape[0] != len(ns):
         raise ValueError(f"values has {values.shape[0]} rows for {len(ns)} neurons")
+    _check_finite("values", values.detach())
     index = {n: k for k, n in enumerate(ns)}
     return edit_rows(model, ns, lambda n, v: values[index[n]])
 
 
 def add_to_rows(
-    model: Any,
+    model: HookedEncoder,
     neurons: NeuronsLike,
     vector: Float[Tensor, " d_model"] | Float[Tensor, "neuron d_model"],
     scale: float | Sequence[float] | Float[Tensor, " neuron"] = 1.0,
@@ -188,10 +228,14 @@ def add_to_rows(
     d_model = int(model.cfg.d_model)
     vec = vector.detach()
     if vec.shape[-1] != d_model:
-        raise ValueError(f"vector has size {vec.shape[-1]} in its last dimension, d_model is {d_model}")
+        raise ValueError(
+            f"vector has size {vec.shape[-1]} in its last dimension, d_model is {d_model}"
+        )
     if vec.dim() == 2 and vec.shape[0] != len(ns):
         raise ValueError(f"vector has {vec.shape[0]} rows for {len(ns)} neurons")
+    _check_finite("vector", vec)
     s = torch.as_tensor(scale, dtype=vec.dtype).detach().reshape(-1)
+    _check_finite("scale", s)
     if s.numel() == 1:
         s = s.expand(len(ns))
     if s.numel() != len(ns):
@@ -202,6 +246,6 @@ def add_to_rows(
     return edit_rows(model, ns, lambda n, v: v + deltas[index[n]].to(v.device, v.dtype))
 
 
-def zero_rows(model: Any, neurons: NeuronsLike) -> RowEdit:
+def zero_rows(model: HookedEncoder, neurons: NeuronsLike) -> RowEdit:
     """Set the value vectors of ``neurons`` to zero (the neurons then write nothing)."""
     return edit_rows(model, neurons, lambda n, v: torch.zeros_like(v))

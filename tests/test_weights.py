@@ -6,10 +6,8 @@ import pytest
 import torch
 
 from kn_lens import weights
-from kn_lens.neuron import Neuron
-from kn_lens.neuron import check_neurons
-from kn_lens.weights import (RowEdit, add_to_rows, edit_rows, read_value_vectors,
-                             set_rows, zero_rows)
+from kn_lens.neuron import Neuron, check_neurons
+from kn_lens.weights import RowEdit, add_to_rows, edit_rows, read_value_vectors, set_rows, zero_rows
 
 NEURONS = [Neuron(0, 3), Neuron(1, 10), Neuron(0, 40), Neuron(1, 63)]
 
@@ -73,14 +71,17 @@ def test_add_to_rows_adds_scaled_vector_per_row(tiny_model):
     with add_to_rows(tiny_model, NEURONS, vec, scale):
         for k, n in enumerate(NEURONS):
             old = before[f"blocks.{n.layer}.mlp.W_out"][n.index]
-            torch.testing.assert_close(tiny_model.blocks[n.layer].mlp.W_out[n.index],
-                                       old + scale[k] * vec)
+            torch.testing.assert_close(
+                tiny_model.blocks[n.layer].mlp.W_out[n.index], old + scale[k] * vec
+            )
     _assert_same_state(tiny_model, before)
     per_row = torch.randn(len(NEURONS), d, generator=torch.Generator().manual_seed(2))
     with add_to_rows(tiny_model, NEURONS, per_row, 2.0):
         n = NEURONS[1]
-        torch.testing.assert_close(tiny_model.blocks[n.layer].mlp.W_out[n.index],
-                                   before[f"blocks.{n.layer}.mlp.W_out"][n.index] + 2 * per_row[1])
+        torch.testing.assert_close(
+            tiny_model.blocks[n.layer].mlp.W_out[n.index],
+            before[f"blocks.{n.layer}.mlp.W_out"][n.index] + 2 * per_row[1],
+        )
     _assert_same_state(tiny_model, before)
 
 
@@ -106,20 +107,25 @@ def test_out_of_order_restore_is_refused(tiny_model):
     _assert_same_state(tiny_model, before)
 
 
-@pytest.mark.parametrize("bad, match", [
-    ([], "empty neuron set"),
-    ([Neuron(2, 0)], r"L2\.N0.*layer must be in \[0, 2\)"),
-    ([Neuron(-1, 0)], "out of range"),
-    ([Neuron(0, 64)], r"L0\.N64.*index must be in \[0, 64\)"),
-    ([Neuron(0, 1), Neuron(0, 1)], "more than once"),
-    ([(0, "x")], "not a \\(layer, index\\) pair"),
-    ([(0, 1, 2)], "not a \\(layer, index\\) pair"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ([], "empty neuron set"),
+        ([Neuron(2, 0)], r"L2\.N0.*layer must be in \[0, 2\)"),
+        ([Neuron(-1, 0)], "out of range"),
+        ([Neuron(0, 64)], r"L0\.N64.*index must be in \[0, 64\)"),
+        ([Neuron(0, 1), Neuron(0, 1)], "more than once"),
+        ([(0, "x")], "not a \\(layer, index\\) pair"),
+        ([(0, 1, 2)], "not a \\(layer, index\\) pair"),
+    ],
+)
 def test_bad_neurons_fail_clearly_and_change_nothing(tiny_model, bad, match):
     before = _state(tiny_model)
-    for fn in (lambda: zero_rows(tiny_model, bad),
-               lambda: add_to_rows(tiny_model, bad, torch.ones(tiny_model.cfg.d_model)),
-               lambda: read_value_vectors(tiny_model, bad)):
+    for fn in (
+        lambda: zero_rows(tiny_model, bad),
+        lambda: add_to_rows(tiny_model, bad, torch.ones(tiny_model.cfg.d_model)),
+        lambda: read_value_vectors(tiny_model, bad),
+    ):
         with pytest.raises(ValueError, match=match):
             fn()
     _assert_same_state(tiny_model, before)
@@ -178,3 +184,69 @@ def test_bad_new_row_shape_rolls_back(tiny_model):
     with pytest.raises(ValueError, match="must be a \\[32\\] tensor"):
         edit_rows(tiny_model, NEURONS[:2], lambda n, v: next(rows))
     _assert_same_state(tiny_model, before)
+
+
+def _assert_same_bits(model, before: dict[str, torch.Tensor]) -> None:
+    changed = [k for k, v in model.state_dict().items() if not weights.same_bits(before[k], v)]
+    assert not changed, f"parameters changed: {changed}"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"scale": float("nan")}, "scale holds a non-finite value"),
+        ({"scale": float("inf")}, "scale holds a non-finite value"),
+        ({"scale": [1.0, float("-inf")]}, r"scale holds a non-finite value \(-inf at index \(1,\)"),
+        ({"vector": "nan"}, r"vector holds a non-finite value \(nan at index \(5,\)"),
+    ],
+)
+def test_non_finite_edit_is_refused_before_anything_changes(tiny_model, kwargs, match):
+    # The reproduction: add_to_rows(model, [(0, 1)], torch.ones(d), scale=nan).
+    d = tiny_model.cfg.d_model
+    vector = torch.ones(d)
+    if kwargs.pop("vector", None) == "nan":
+        vector[5] = float("nan")
+    neurons = [(0, 1), (1, 2)] if isinstance(kwargs.get("scale"), list) else [(0, 1)]
+    before = _state(tiny_model)
+    with pytest.raises(ValueError, match=match):
+        add_to_rows(tiny_model, neurons, vector, **kwargs)
+    _assert_same_bits(tiny_model, before)
+
+
+def test_set_rows_and_edit_rows_refuse_introducing_nan(tiny_model):
+    d = tiny_model.cfg.d_model
+    before = _state(tiny_model)
+    values = torch.zeros(2, d)
+    values[1, 0] = float("nan")
+    with pytest.raises(ValueError, match="values holds a non-finite value"):
+        set_rows(tiny_model, [(0, 1), (1, 2)], values)
+    with pytest.raises(ValueError, match=r"new row for neuron L1\.N2 holds a non-finite value"):
+        edit_rows(tiny_model, [(0, 1), (1, 2)], lambda n, v: v * (float("inf") if n.layer else 1))
+    _assert_same_bits(tiny_model, before)
+
+
+def test_row_holding_nan_restores_exactly(tiny_model):
+    # A NaN (and a -0.0) written by other means: an edit may carry them along, and the undo
+    # compares bit patterns, so restore works and puts back exactly those bits.
+    d = tiny_model.cfg.d_model
+    with torch.no_grad():
+        row = tiny_model.blocks[0].mlp.W_out.data[1]
+        row[0], row[1] = float("nan"), -0.0
+    before = _state(tiny_model)
+    edit = add_to_rows(tiny_model, [(0, 1)], torch.ones(d), scale=0.5)
+    assert torch.isnan(tiny_model.blocks[0].mlp.W_out[1, 0])
+    edit.restore()  # NaN != NaN, yet the row still holds what the edit wrote
+    assert not edit.active
+    _assert_same_bits(tiny_model, before)
+    with zero_rows(tiny_model, [(0, 1)]):
+        assert float(tiny_model.blocks[0].mlp.W_out[1].detach().abs().sum()) == 0.0
+    _assert_same_bits(tiny_model, before)
+    assert str(tiny_model.blocks[0].mlp.W_out[1, 1].item()) == "-0.0"
+
+
+def test_same_bits_tells_signed_zeros_and_nans_apart():
+    nan = torch.tensor([float("nan")])
+    assert weights.same_bits(nan, nan.clone())
+    assert not weights.same_bits(torch.tensor([0.0]), torch.tensor([-0.0]))
+    assert not weights.same_bits(torch.tensor([1.0]), torch.tensor([1.0], dtype=torch.float64))
+    assert weights.same_bits(torch.tensor([1, 2]), torch.tensor([1, 2]))
