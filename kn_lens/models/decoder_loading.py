@@ -430,4 +430,6 @@ def load_decoder(name_or_path: str | Path, *, device: str | torch.device | None 
     if path.exists():
         raise DecoderLoadError(f"{path} is a file but not a .gguf file; pass a .gguf file or a "
                                "Hugging Face checkpoint folder")
+    if text.startswith((".", "~", "/")) or text.endswith("/"):  # a path, not a model name
+        raise DecoderLoadError(f"{path} does not exist (no such checkpoint folder or file)")
     return _load_named(text, dev, dtype)

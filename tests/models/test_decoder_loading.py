@@ -159,6 +159,8 @@ def test_bad_config_values_are_named(gpt2_ckpt: Path) -> None:
 
 
 def test_wrong_and_corrupt_files(tmp_path: Path) -> None:
+    with pytest.raises(DecoderLoadError, match="missing_folder does not exist"):
+        load_decoder(tmp_path / "missing_folder", device="cpu")
     text = tmp_path / "weights.txt"
     text.write_text("hello")
     with pytest.raises(DecoderLoadError, match="not a .gguf file"):
@@ -257,3 +259,16 @@ def test_smollm2_logits_equal_hf_and_answers_paris(smollm2: tuple[Any, Any]) -> 
         ours, ref = model(tokens), hf(tokens).logits
     assert_close_rel(ours, ref, 1e-3)
     assert model.tokenizer.decode([int(ours[0, -1].argmax())]) == " Paris"
+
+
+def test_pytorch_bin_weights_load_like_safetensors(gpt2_ckpt: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    folder = copy_ckpt(gpt2_ckpt, tmp_path / "bin")
+    weights = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    torch.save(weights, folder / "pytorch_model.bin")
+    from_bin, from_st = load_decoder(folder, device="cpu"), load_decoder(gpt2_ckpt, device="cpu")
+    tokens = random_tokens(from_st.cfg.d_vocab, seed=3)
+    with torch.no_grad():
+        assert torch.equal(from_bin(tokens), from_st(tokens))
