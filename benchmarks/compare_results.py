@@ -19,8 +19,11 @@ from pathlib import Path
 from typing import Any
 
 RENAMED_KEYS = {"identification": "identify"}
-RENAMED_SCHEMAS = {"identification": "identify", "update_facts": "update",
-                   "erase_relations": "erase"}
+RENAMED_SCHEMAS = {
+    "identification": "identify",
+    "update_facts": "update",
+    "erase_relations": "erase",
+}
 IGNORED_META = {"timings", "cpu_seconds", "created", "updated", "versions", "command", "device"}
 
 
@@ -37,7 +40,8 @@ def normalise(doc: dict[str, Any]) -> dict[str, Any]:
         res = dict(res)
         if "paper" in res:  # older files kept the paper's numbers in each result too
             paper.setdefault(key, res.pop("paper"))
-        res["schema"] = RENAMED_SCHEMAS.get(res.get("schema"), res.get("schema"))
+        schema = str(res.get("schema"))
+        res["schema"] = RENAMED_SCHEMAS.get(schema, schema)
         results[key] = res
     paper = {RENAMED_KEYS.get(k, k): v for k, v in paper.items()}
     meta = {k: v for k, v in doc.get("meta", {}).items() if k not in IGNORED_META}
@@ -58,7 +62,9 @@ def diff(a: Any, b: Any, path: str, tol: float, out: list[str]) -> int:
         if len(a) != len(b):
             out.append(f"{path}: {len(a)} items vs {len(b)}")
             return 0
-        return sum(diff(x, y, f"{path}[{i}]", tol, out) for i, (x, y) in enumerate(zip(a, b)))
+        return sum(
+            diff(x, y, f"{path}[{i}]", tol, out) for i, (x, y) in enumerate(zip(a, b, strict=False))
+        )
     num = (int, float)
     if isinstance(a, num) and isinstance(b, num) and not isinstance(a, bool):
         fa, fb = float(a), float(b)
@@ -78,8 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tol", type=float, default=0.0, help="relative tolerance (default: exact)")
     args = ap.parse_args(argv)
     out: list[str] = []
-    n = diff(normalise(_load(args.old, "results.json")), normalise(_load(args.new, "results.json")),
-             "results.json", args.tol, out)
+    n = diff(
+        normalise(_load(args.old, "results.json")),
+        normalise(_load(args.new, "results.json")),
+        "results.json",
+        args.tol,
+        out,
+    )
     if args.old.is_dir() and args.new.is_dir():
         a, b = _load(args.old, "neurons.json"), _load(args.new, "neurons.json")
         n += diff(a["neurons"], b["neurons"], "neurons.json", args.tol, out)

@@ -17,7 +17,9 @@ class PaperConfig:
 
     # --- attribution -------------------------------------------------------------------------
     steps: int = 20  # m: Riemann steps of integrated gradients; the paper found 20 sufficient.
-    batch_size: int = 64  # rows (prompt x alpha x layer) per forward/backward pass; memory bound only.
+    batch_size: int = (
+        64  # rows (prompt x alpha x layer) per forward/backward pass; memory bound only.
+    )
 
     # --- identification ----------------------------------------------------------------------
     t: float = 0.2  # coarse threshold: keep neurons >= t * the prompt's maximum attribution.
@@ -51,7 +53,7 @@ class PaperConfig:
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def with_(self, **changes: Any) -> "PaperConfig":
+    def with_(self, **changes: Any) -> PaperConfig:
         """A copy with some fields changed."""
         return replace(self, **changes)
 

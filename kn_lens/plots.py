@@ -10,8 +10,8 @@ analysis' figure functions. :func:`save_figure` writes an HTML file that loads t
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import plotly.graph_objects as go
@@ -40,8 +40,10 @@ def save_figure(fig: go.Figure, stem: str | Path, *, png: bool = True) -> dict[s
             fig.write_image(str(stem.with_suffix(".png")))
             out["png"] = str(stem.with_suffix(".png"))
         except Exception as e:  # noqa: BLE001 - kaleido (or Chrome for kaleido>=1) missing
-            out["png_skipped"] = " ".join(line.strip() for line in str(e).splitlines()
-                                          if line.strip()) or type(e).__name__
+            out["png_skipped"] = (
+                " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+                or type(e).__name__
+            )
     return out
 
 
@@ -52,24 +54,38 @@ def distant_figure(result: Mapping[str, Any], paper: Mapping[str, Any]) -> go.Fi
     types = list(result.get("types", ["T1", "T2", "T3"]))
     overall = result["overall"]
     fig = go.Figure()
-    for name, label, colour in (("ours", "our knowledge neurons", OURS_COLOR),
-                                ("baseline", "baseline neurons", BASELINE_COLOR)):
+    for name, label, colour in (
+        ("ours", "our knowledge neurons", OURS_COLOR),
+        ("baseline", "baseline neurons", BASELINE_COLOR),
+    ):
         vals = overall.get(name)
         if not vals:
             continue
         sem = overall.get(f"{name}_sem") or {}
         n = overall.get("n_facts" if name == "ours" else "n_facts_baseline")
-        fig.add_bar(x=types, y=[vals.get(t) for t in types], name=f"{label} (n={n} facts)",
-                    marker_color=colour,
-                    error_y=dict(type="data", array=[sem.get(t) or 0.0 for t in types], visible=True))
+        fig.add_bar(
+            x=types,
+            y=[vals.get(t) for t in types],
+            name=f"{label} (n={n} facts)",
+            marker_color=colour,
+            error_y=dict(type="data", array=[sem.get(t) or 0.0 for t in types], visible=True),
+        )
     ours_paper = (paper or {}).get("ours")
     if ours_paper:
-        fig.add_scatter(x=types, y=[ours_paper.get(t) for t in types], mode="markers",
-                        name=f"paper, ours ({paper.get('model', '')})",
-                        marker=dict(symbol="diamond", size=11, color="black"))
-    fig.update_layout(barmode="group", title="Knowledge-neuron activation on web prompts",
-                      xaxis_title="prompt type (T1: head+tail, tail masked; T2: head only; T3: random)",
-                      yaxis_title="mean activation at [MASK]", template="plotly_white")
+        fig.add_scatter(
+            x=types,
+            y=[ours_paper.get(t) for t in types],
+            mode="markers",
+            name=f"paper, ours ({paper.get('model', '')})",
+            marker=dict(symbol="diamond", size=11, color="black"),
+        )
+    fig.update_layout(
+        barmode="group",
+        title="Knowledge-neuron activation on web prompts",
+        xaxis_title="prompt type (T1: head+tail, tail masked; T2: head only; T3: random)",
+        yaxis_title="mean activation at [MASK]",
+        template="plotly_white",
+    )
     return fig
 
 
@@ -80,19 +96,33 @@ def update_figure(result: Mapping[str, Any], paper: Mapping[str, Any]) -> go.Fig
     metrics = [("success_rate", "success rate"), ("change_rate", "change rate")]
     labels = [label for _, label in metrics]
     fig = go.Figure()
-    for arm, name, color in (("knowledge", "knowledge neurons (ours)", OURS_COLOR),
-                             ("random", "random neurons", BASELINE_COLOR)):
+    for arm, name, color in (
+        ("knowledge", "knowledge neurons (ours)", OURS_COLOR),
+        ("random", "random neurons", BASELINE_COLOR),
+    ):
         if arm in summary:
-            fig.add_bar(name=name, x=labels, marker_color=color,
-                        y=[summary[arm].get(m) for m, _ in metrics])
+            fig.add_bar(
+                name=name, x=labels, marker_color=color, y=[summary[arm].get(m) for m, _ in metrics]
+            )
     if paper:
-        fig.add_bar(name="paper: knowledge neurons", x=labels, marker_color="#9ecae1",
-                    y=[paper.get(m) for m, _ in metrics])
-        fig.add_bar(name="paper: random neurons", x=labels, marker_color="#fdd0a2",
-                    y=[paper.get(f"random_{m}") for m, _ in metrics])
+        fig.add_bar(
+            name="paper: knowledge neurons",
+            x=labels,
+            marker_color="#9ecae1",
+            y=[paper.get(m) for m, _ in metrics],
+        )
+        fig.add_bar(
+            name="paper: random neurons",
+            x=labels,
+            marker_color="#fdd0a2",
+            y=[paper.get(f"random_{m}") for m, _ in metrics],
+        )
     n = int(summary.get("knowledge", {}).get("n_facts", 0))
-    fig.update_layout(barmode="group", title=f"Updating facts ({n} facts)",
-                      yaxis=dict(title="share of prompts", tickformat=".0%", range=[0, 1]))
+    fig.update_layout(
+        barmode="group",
+        title=f"Updating facts ({n} facts)",
+        yaxis=dict(title="share of prompts", tickformat=".0%", range=[0, 1]),
+    )
     return fig
 
 
@@ -103,19 +133,37 @@ def erase_figure(result: Mapping[str, Any], paper: Mapping[str, Any]) -> go.Figu
     x = [e["relation"] for e in erasures]
     s = [e["summary"] for e in erasures]
     fig = go.Figure()
-    fig.add_bar(name="erased relation, before", x=x, y=[d["ppl_before"] for d in s],
-                marker_color="#c6dbef")
-    fig.add_bar(name="erased relation, after", x=x, y=[d["ppl_after"] for d in s],
-                marker_color=OURS_COLOR)
-    fig.add_bar(name="other relations, before", x=x, y=[d["others_ppl_before"] for d in s],
-                marker_color="#fdd0a2")
-    fig.add_bar(name="other relations, after", x=x, y=[d["others_ppl_after"] for d in s],
-                marker_color=BASELINE_COLOR)
+    fig.add_bar(
+        name="erased relation, before", x=x, y=[d["ppl_before"] for d in s], marker_color="#c6dbef"
+    )
+    fig.add_bar(
+        name="erased relation, after", x=x, y=[d["ppl_after"] for d in s], marker_color=OURS_COLOR
+    )
+    fig.add_bar(
+        name="other relations, before",
+        x=x,
+        y=[d["others_ppl_before"] for d in s],
+        marker_color="#fdd0a2",
+    )
+    fig.add_bar(
+        name="other relations, after",
+        x=x,
+        y=[d["others_ppl_after"] for d in s],
+        marker_color=BASELINE_COLOR,
+    )
     if any("random_ppl_after" in d for d in s):
-        fig.add_bar(name="erased relation, random neurons zeroed", x=x,
-                    y=[d.get("random_ppl_after") for d in s], marker_color="#bbbbbb")
-    fig.update_layout(barmode="group", title="Erasing relations: perplexity of the gold answer",
-                      yaxis=dict(title="perplexity", type="log"), xaxis=dict(title="erased relation"))
+        fig.add_bar(
+            name="erased relation, random neurons zeroed",
+            x=x,
+            y=[d.get("random_ppl_after") for d in s],
+            marker_color="#bbbbbb",
+        )
+    fig.update_layout(
+        barmode="group",
+        title="Erasing relations: perplexity of the gold answer",
+        yaxis=dict(title="perplexity", type="log"),
+        xaxis=dict(title="erased relation"),
+    )
     return fig
 
 
@@ -129,17 +177,27 @@ def layer_distribution_figure(
     n_layers = int(result.get("n_layers") or len(stats["ours"]["layer_pct"]))
     layers = [str(i + 1) for i in range(n_layers)]
     fig = go.Figure()
-    for name, label, colour in (("ours", "our knowledge neurons", OURS_COLOR),
-                                ("baseline", "baseline neurons (activation)", BASELINE_COLOR)):
+    for name, label, colour in (
+        ("ours", "our knowledge neurons", OURS_COLOR),
+        ("baseline", "baseline neurons (activation)", BASELINE_COLOR),
+    ):
         s = stats.get(name)
         if not s:
             continue
-        fig.add_bar(x=layers, y=s["layer_pct"], marker_color=colour,
-                    name=f"{label} ({sum(s['layer_counts'])} in {s['n_facts']} facts)")
+        fig.add_bar(
+            x=layers,
+            y=s["layer_pct"],
+            marker_color=colour,
+            name=f"{label} ({sum(s['layer_counts'])} in {s['n_facts']} facts)",
+        )
     where = "all relations" if relation is None else f"relation {relation}"
-    fig.update_layout(barmode="group", template="plotly_white",
-                      title=f"Knowledge neurons per layer ({where})",
-                      xaxis_title="layer", yaxis_title="% of knowledge neurons")
+    fig.update_layout(
+        barmode="group",
+        template="plotly_white",
+        title=f"Knowledge neurons per layer ({where})",
+        xaxis_title="layer",
+        yaxis_title="% of knowledge neurons",
+    )
     return fig
 
 
@@ -154,23 +212,46 @@ def modify_figure(result: Mapping[str, Any], paper: Mapping[str, Any]) -> go.Fig
     overall, paper = result["overall"], paper or {}
     fig = make_subplots(rows=1, cols=len(ops), subplot_titles=ops)
     x = ["own facts", "unrelated facts"]
-    arms = [("ours", "our knowledge neurons", OURS_COLOR),
-            ("baseline", "baseline neurons", BASELINE_COLOR)]
+    arms = [
+        ("ours", "our knowledge neurons", OURS_COLOR),
+        ("baseline", "baseline neurons", BASELINE_COLOR),
+    ]
     for col, op in enumerate(ops, start=1):
         for name, label, colour in arms:
             s = (overall.get(name) or {}).get(op)
             if s is None:
                 continue
-            fig.add_bar(x=x, y=[s.get("own_pct"), s.get("other_pct")], marker_color=colour,
-                        name=label, legendgroup=name, showlegend=col == 1, row=1, col=col)
-        for name, label, colour in (("ours", "paper: knowledge neurons", "#9ecae1"),
-                                    ("baseline", "paper: baseline neurons", "#fdd0a2")):
+            fig.add_bar(
+                x=x,
+                y=[s.get("own_pct"), s.get("other_pct")],
+                marker_color=colour,
+                name=label,
+                legendgroup=name,
+                showlegend=col == 1,
+                row=1,
+                col=col,
+            )
+        for name, label, colour in (
+            ("ours", "paper: knowledge neurons", "#9ecae1"),
+            ("baseline", "paper: baseline neurons", "#fdd0a2"),
+        ):
             v = (paper.get(op) or {}).get(name)
             if v is not None:
-                fig.add_bar(x=x, y=[v, None], marker_color=colour, name=label,
-                            legendgroup=f"paper_{name}", showlegend=col == 1, row=1, col=col)
-    fig.update_layout(barmode="group", template="plotly_white",
-                      title="Suppressing and amplifying knowledge neurons")
+                fig.add_bar(
+                    x=x,
+                    y=[v, None],
+                    marker_color=colour,
+                    name=label,
+                    legendgroup=f"paper_{name}",
+                    showlegend=col == 1,
+                    row=1,
+                    col=col,
+                )
+    fig.update_layout(
+        barmode="group",
+        template="plotly_white",
+        title="Suppressing and amplifying knowledge neurons",
+    )
     fig.update_yaxes(title_text="% change of correct-answer probability", row=1, col=1)
     return fig
 
@@ -187,10 +268,19 @@ def trigger_figure(result: Mapping[str, Any], paper: Mapping[str, Any]) -> go.Fi
         shares.append(sum(p.get("type") == "T1" for p in items) / len(items) if items else None)
         scores = [p["score"] for p in items if p.get("score") is not None]
         means.append(sum(scores) / len(scores) if scores else None)
-    fig.add_bar(x=xs, y=shares, marker_color=OURS_COLOR, name="share of T1 prompts",
-                text=[f"mean score {m:.3g}" if m is not None else "" for m in means],
-                textposition="outside")
-    fig.update_layout(title=f"Most and least activating web prompts ({len(facts)} facts)",
-                      yaxis_title="share of T1 (head + tail) prompts", yaxis_range=[0, 1.15],
-                      template="plotly_white", showlegend=False)
+    fig.add_bar(
+        x=xs,
+        y=shares,
+        marker_color=OURS_COLOR,
+        name="share of T1 prompts",
+        text=[f"mean score {m:.3g}" if m is not None else "" for m in means],
+        textposition="outside",
+    )
+    fig.update_layout(
+        title=f"Most and least activating web prompts ({len(facts)} facts)",
+        yaxis_title="share of T1 (head + tail) prompts",
+        yaxis_range=[0, 1.15],
+        template="plotly_white",
+        showlegend=False,
+    )
     return fig

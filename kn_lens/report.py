@@ -10,9 +10,7 @@ examples.
 from __future__ import annotations
 
 import html
-import json
 import logging
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,7 @@ from typing import Any
 from kn_lens.config import PaperConfig
 from kn_lens.experiments import ANALYSES
 from kn_lens.plots import save_figure
-from kn_lens.results import dig, is_number
+from kn_lens.results import dig, fmt, is_number
 from kn_lens.rundir import check_results, load_results
 
 log = logging.getLogger(__name__)
@@ -28,6 +26,7 @@ log = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------------------------
 # Paper vs this run
 # ----------------------------------------------------------------------------------------------
+
 
 def paper_rows(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The paper's headline numbers beside this run's: ``{"analysis", "metric", "paper", "ours",
@@ -48,24 +47,10 @@ def paper_rows(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, bool):
-        return str(v)
-    if isinstance(v, int):
-        return f"{v:,}"
-    if isinstance(v, float):
-        if not math.isfinite(v):
-            return "-"
-        a = abs(v)
-        return f"{v:.3g}" if a and (a < 1e-2 or a >= 1e4) else f"{v:.3f}".rstrip("0").rstrip(".")
-    return str(v)
-
-
 # ----------------------------------------------------------------------------------------------
 # Figures and examples
 # ----------------------------------------------------------------------------------------------
+
 
 def figures(doc: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
     """``(analysis, file stem, plotly figure)`` for each figure of each analysis in ``doc``; the
@@ -88,55 +73,14 @@ def figures(doc: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
     return out
 
 
-def _spread(items: list[Any], n: int) -> list[Any]:
-    """Up to ``n`` items, one per relation first (items are dicts with "relation")."""
-    seen: set[Any] = set()
-    first, rest = [], []
-    for it in items:
-        rel = it.get("relation") if isinstance(it, dict) else None
-        (rest if rel in seen else first).append(it)
-        seen.add(rel)
-    return (first + rest)[:n]
-
-
-def _trigger_examples(res: Mapping[str, Any], n: int) -> list[str]:
-    out = []
-    facts = [f for f in res.get("facts", []) if isinstance(f, dict) and f.get("top")]
-    for f in _spread(facts, n):
-        top, bottom = f["top"][0], (f.get("bottom") or [None])[0]
-        line = (f"{f.get('subject')} --{f.get('relation')}--> {f.get('object')} "
-                f"({len(f.get('neurons', []))} neurons): most activating "
-                f"\"{top.get('prompt')}\" ({top.get('type')}, {_fmt(top.get('score'))})")
-        if bottom:
-            line += (f"; least activating \"{bottom.get('prompt')}\" ({bottom.get('type')}, "
-                     f"{_fmt(bottom.get('score'))})")
-        out.append(line)
-    return out
-
-
-def _update_examples(res: Mapping[str, Any], n: int) -> list[str]:
-    out = []
-    facts = [f for f in res.get("facts", []) if isinstance(f, dict)]
-    for f in _spread(facts, n):
-        k = f.get("knowledge") or {}
-        line = (f"{f.get('subject')} ({f.get('relation')}): {f.get('old_answer')} -> "
-                f"{f.get('new_answer')} by editing {len(f.get('neurons', []))} neuron(s): "
-                f"success {_fmt(k.get('success_rate'))}, change {_fmt(k.get('change_rate'))}, "
-                f"Δ intra-ppl {_fmt(k.get('delta_intra_ppl'))}")
-        r = f.get("random")
-        if isinstance(r, dict):
-            line += f"; random neurons: success {_fmt(r.get('success_rate'))}"
-        out.append(line)
-    return out
-
-
 def examples(doc: Mapping[str, Any], n: int = 3) -> dict[str, list[str]]:
-    """A few activating prompts (trigger) and a few edits (update), as display lines, one fact
-    per relation first."""
+    """Each analysis' example lines (its registry entry's ``examples``: a few activating prompts
+    of trigger, a few edits of update), one fact per relation first."""
     out: dict[str, list[str]] = {}
     res = doc.get("results", {})
-    for name, fn in (("trigger", _trigger_examples), ("update", _update_examples)):
-        if isinstance(res.get(name), dict):
+    for name, analysis in ANALYSES.items():
+        fn = analysis.examples
+        if fn is not None and isinstance(res.get(name), dict):
             try:
                 lines = fn(res[name], n)
             except Exception as e:  # noqa: BLE001 - examples are decoration; never fail
@@ -151,19 +95,22 @@ def examples(doc: Mapping[str, Any], n: int = 3) -> dict[str, list[str]]:
 # Rendering
 # ----------------------------------------------------------------------------------------------
 
+
 def _meta_lines(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
     meta = doc.get("meta", {})
     model, data = meta.get("model", {}), meta.get("data", {})
     m = model.get("name", "?")
     if "n_layers" in model:
-        m += (f" ({model['n_layers']} layers, d_mlp {model.get('d_mlp')}, "
-              f"{_fmt(model.get('n_params'))} parameters)")
+        m += (
+            f" ({model['n_layers']} layers, d_mlp {model.get('d_mlp')}, "
+            f"{fmt(model.get('n_params'))} parameters)"
+        )
     d = str(data.get("data", "?"))
     for k in ("lama", "patterns", "web"):
         if data.get(k):
             d += f"; {k} {data[k]}"
     if "n_facts" in data:
-        d += f" -- {_fmt(data['n_facts'])} facts, {data.get('n_relations', '?')} relation(s)"
+        d += f" -- {fmt(data['n_facts'])} facts, {data.get('n_relations', '?')} relation(s)"
     if data.get("max_bags"):
         d += f", at most {data['max_bags']} per relation"
     rows = [("Model", m), ("Data", d)]
@@ -172,8 +119,15 @@ def _meta_lines(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
     cfg = meta.get("config", {})
     base = PaperConfig().to_dict()
     changed = {k: v for k, v in cfg.items() if k in base and _norm(base[k]) != _norm(v)}
-    rows.append(("Config", "the paper's defaults" + (
-        "; changed: " + ", ".join(f"{k}={v}" for k, v in changed.items()) if changed else "")))
+    rows.append(
+        (
+            "Config",
+            "the paper's defaults"
+            + (
+                "; changed: " + ", ".join(f"{k}={v}" for k, v in changed.items()) if changed else ""
+            ),
+        )
+    )
     for key, label in (("timings", "Wall time"), ("cpu_seconds", "CPU time (this process)")):
         t = meta.get(key, {})
         if isinstance(t, dict) and t:
@@ -191,22 +145,29 @@ def _norm(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
 
 
-def render_markdown(doc: Mapping[str, Any], figure_files: Mapping[str, list[str]] | None = None
-                    ) -> str:
+def render_markdown(
+    doc: Mapping[str, Any], figure_files: Mapping[str, list[str]] | None = None
+) -> str:
     """report.md: run facts, paper vs this run, figure links and examples."""
     figure_files = figure_files or {}
-    lines = ["# Knowledge neurons: reproduction report", "",
-             "Dai et al. (ACL 2022), *Knowledge Neurons in Pretrained Transformers*, reproduced "
-             "with kn_lens. The paper's numbers are for bert-base-cased on PARAREL; this run's "
-             "model and data are below.", ""]
+    lines = [
+        "# Knowledge neurons: reproduction report",
+        "",
+        "Dai et al. (ACL 2022), *Knowledge Neurons in Pretrained Transformers*, reproduced "
+        "with kn_lens. The paper's numbers are for bert-base-cased on PARAREL; this run's "
+        "model and data are below.",
+        "",
+    ]
     lines += ["| | |", "|---|---|"]
     lines += [f"| {k} | {_md(v)} |" for k, v in _meta_lines(doc)]
     lines += ["", "## Paper vs this run", ""]
     rows = paper_rows(doc)
     if rows:
         lines += ["| analysis | metric | paper | this run |", "|---|---|---:|---:|"]
-        lines += [f"| {r['analysis']} | {_md(r['metric'])} | {_fmt(r['paper'])} | "
-                  f"{_fmt(r['ours'])} |" for r in rows]
+        lines += [
+            f"| {r['analysis']} | {_md(r['metric'])} | {fmt(r['paper'])} | {fmt(r['ours'])} |"
+            for r in rows
+        ]
     else:
         lines.append("No analysis with paper numbers has been run yet.")
     results = doc.get("results", {})
@@ -241,13 +202,19 @@ def _relation_table(res: Any, meta: Any) -> list[str]:
     if not isinstance(rels, dict) or not rels:
         return []
     labels = dig(meta, "data", "relation_labels") or {}
-    out = ["", "| relation | label | facts | p (ours) | neurons/fact (ours) | p (baseline) | "
-           "neurons/fact (baseline) |", "|---|---|---:|---:|---:|---:|---:|"]
+    out = [
+        "",
+        "| relation | label | facts | p (ours) | neurons/fact (ours) | p (baseline) | "
+        "neurons/fact (baseline) |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for rel, st in rels.items():
-        out.append(f"| {_md(rel)} | {_md(labels.get(rel, ''))} | {_fmt(dig(st, 'n_facts'))} | "
-                   f"{_fmt(dig(st, 'ours', 'p'))} | {_fmt(dig(st, 'ours', 'neurons_per_fact'))} | "
-                   f"{_fmt(dig(st, 'baseline', 'p'))} | "
-                   f"{_fmt(dig(st, 'baseline', 'neurons_per_fact'))} |")
+        out.append(
+            f"| {_md(rel)} | {_md(labels.get(rel, ''))} | {fmt(dig(st, 'n_facts'))} | "
+            f"{fmt(dig(st, 'ours', 'p'))} | {fmt(dig(st, 'ours', 'neurons_per_fact'))} | "
+            f"{fmt(dig(st, 'baseline', 'p'))} | "
+            f"{fmt(dig(st, 'baseline', 'neurons_per_fact'))} |"
+        )
     return out
 
 
@@ -258,24 +225,30 @@ def _md(s: Any) -> str:
 def render_html(doc: Mapping[str, Any], figs: list[tuple[str, str, Any]]) -> str:
     """report.html: the markdown report's content with every figure embedded (plotly.js once)."""
     e = html.escape
-    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'>",
-             "<title>kn_lens reproduction report</title><style>",
-             "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}",
-             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;",
-             "padding:.3em .6em;text-align:left}td.n{text-align:right}</style></head><body>",
-             "<h1>Knowledge neurons: reproduction report</h1>",
-             "<p>Dai et al. (ACL 2022), <i>Knowledge Neurons in Pretrained Transformers</i>, "
-             "reproduced with kn_lens. The paper's numbers are for bert-base-cased on PARAREL.</p>",
-             "<table>"]
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        "<title>kn_lens reproduction report</title><style>",
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}",
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;",
+        "padding:.3em .6em;text-align:left}td.n{text-align:right}</style></head><body>",
+        "<h1>Knowledge neurons: reproduction report</h1>",
+        "<p>Dai et al. (ACL 2022), <i>Knowledge Neurons in Pretrained Transformers</i>, "
+        "reproduced with kn_lens. The paper's numbers are for bert-base-cased on PARAREL.</p>",
+        "<table>",
+    ]
     parts += [f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in _meta_lines(doc)]
     parts.append("</table><h2>Paper vs this run</h2>")
     rows = paper_rows(doc)
     if rows:
-        parts.append("<table><tr><th>analysis</th><th>metric</th><th>paper</th>"
-                     "<th>this run</th></tr>")
-        parts += [f"<tr><td>{e(r['analysis'])}</td><td>{e(str(r['metric']))}</td>"
-                  f"<td class=n>{e(_fmt(r['paper']))}</td><td class=n>{e(_fmt(r['ours']))}</td>"
-                  "</tr>" for r in rows]
+        parts.append(
+            "<table><tr><th>analysis</th><th>metric</th><th>paper</th><th>this run</th></tr>"
+        )
+        parts += [
+            f"<tr><td>{e(r['analysis'])}</td><td>{e(str(r['metric']))}</td>"
+            f"<td class=n>{e(fmt(r['paper']))}</td><td class=n>{e(fmt(r['ours']))}</td>"
+            "</tr>"
+            for r in rows
+        ]
         parts.append("</table>")
     else:
         parts.append("<p>No analysis with paper numbers has been run yet.</p>")

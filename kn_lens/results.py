@@ -78,3 +78,31 @@ def dig(d: Any, *path: Any) -> Any:
 def is_number(v: Any) -> bool:
     """A JSON number (not a bool)."""
     return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def fmt(v: Any) -> str:
+    """A number (or anything) as a short display string; ``-`` for None and NaN."""
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return "-"
+        a = abs(v)
+        return f"{v:.3g}" if a and (a < 1e-2 or a >= 1e4) else f"{v:.3f}".rstrip("0").rstrip(".")
+    return str(v)
+
+
+def spread_by_relation(items: list[Any], n: int) -> list[Any]:
+    """Up to ``n`` items, one per relation first (items are dicts with "relation")."""
+    seen: set[Any] = set()
+    first: list[Any] = []
+    rest: list[Any] = []
+    for it in items:
+        rel = it.get("relation") if isinstance(it, dict) else None
+        (rest if rel in seen else first).append(it)
+        seen.add(rel)
+    return (first + rest)[:n]

@@ -80,19 +80,29 @@ RESULTS_SPEC: dict[str, Any] = {
     "required": {
         "schema": {"type": "string", "const": RESULTS_SCHEMA},
         "schema_version": {"type": "integer", "const": RESULTS_SCHEMA_VERSION},
-        "meta": {"type": "object", "required": {
-            "model": {"type": "object", "required": {"name": _STR}},
-            "data": {"type": "object", "required": {"data": _STR}},
-            "config": {"type": "object", "required": {"steps": _INT, "t": _NUM, "p": _NUM,
-                                                      "seed": _INT}},
-            "timings": {"type": "object", "values": _NUM},
-            "versions": {"type": "object", "required": {"kn_lens": _STR, "python": _STR},
-                         "values": _STR},
-            "created": _STR,
-            "updated": _STR,
-        }},
-        "results": {"type": "object", "values": {"type": "object", "required": {
-            "schema": _STR, "schema_version": _INT}}},
+        "meta": {
+            "type": "object",
+            "required": {
+                "model": {"type": "object", "required": {"name": _STR}},
+                "data": {"type": "object", "required": {"data": _STR}},
+                "config": {
+                    "type": "object",
+                    "required": {"steps": _INT, "t": _NUM, "p": _NUM, "seed": _INT},
+                },
+                "timings": {"type": "object", "values": _NUM},
+                "versions": {
+                    "type": "object",
+                    "required": {"kn_lens": _STR, "python": _STR},
+                    "values": _STR,
+                },
+                "created": _STR,
+                "updated": _STR,
+            },
+        },
+        "results": {
+            "type": "object",
+            "values": {"type": "object", "required": {"schema": _STR, "schema_version": _INT}},
+        },
         "paper": {"type": "object", "values": {"type": ["object", "null"]}},
     },
 }
@@ -146,11 +156,14 @@ def validate_results(doc: Any) -> list[str]:
     if isinstance(results, dict):
         for name, res in results.items():
             if name not in ANALYSES:
-                errors.append(f"results.json.results.{name}: unknown analysis; known: "
-                              + ", ".join(ANALYSES))
+                errors.append(
+                    f"results.json.results.{name}: unknown analysis; known: " + ", ".join(ANALYSES)
+                )
             elif isinstance(res, dict) and res.get("schema") not in (None, name):
-                errors.append(f"results.json.results.{name}: schema is {res.get('schema')!r}, "
-                              f"expected {name!r}")
+                errors.append(
+                    f"results.json.results.{name}: schema is {res.get('schema')!r}, "
+                    f"expected {name!r}"
+                )
     return errors
 
 
@@ -167,7 +180,9 @@ def load_results(path: str | Path) -> dict[str, Any]:
     if path.is_dir():
         path = path / "results.json"
     if not path.is_file():
-        raise RunDirError(f"{path} not found: run a kn-lens analysis with --out {path.parent} first")
+        raise RunDirError(
+            f"{path} not found: run a kn-lens analysis with --out {path.parent} first"
+        )
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
@@ -178,8 +193,13 @@ def load_results(path: str | Path) -> dict[str, Any]:
 
 def new_results_doc() -> dict[str, Any]:
     """An empty results.json document."""
-    return {"schema": RESULTS_SCHEMA, "schema_version": RESULTS_SCHEMA_VERSION,
-            "meta": {"created": now()}, "results": {}, "paper": {}}
+    return {
+        "schema": RESULTS_SCHEMA,
+        "schema_version": RESULTS_SCHEMA_VERSION,
+        "meta": {"created": now()},
+        "results": {},
+        "paper": {},
+    }
 
 
 @contextlib.contextmanager
@@ -239,7 +259,8 @@ class RunDir:
         return self.path / "report.html"
 
     def details(self, analysis: str) -> Path:
-        """The per-fact details an analysis writes beside results.json (``trigger_prompts.jsonl``)."""
+        """The per-fact details an analysis writes beside results.json
+        (``trigger_prompts.jsonl``)."""
         return self.path / f"{analysis}_prompts.jsonl"
 
     # ---- run.json -----------------------------------------------------------------------------
@@ -254,15 +275,23 @@ class RunDir:
             return {}
         return opts if isinstance(opts, dict) else {}
 
-    def record_options(self, options: Mapping[str, Any], command: str,
-                       argv: Sequence[str] | None) -> None:
-        write_json_atomic(self.run_json, {"options": dict(options), "command": command,
-                                          "argv": list(argv) if argv is not None else None,
-                                          "updated": now()})
+    def record_options(
+        self, options: Mapping[str, Any], command: str, argv: Sequence[str] | None
+    ) -> None:
+        write_json_atomic(
+            self.run_json,
+            {
+                "options": dict(options),
+                "command": command,
+                "argv": list(argv) if argv is not None else None,
+                "updated": now(),
+            },
+        )
 
     # ---- attribution/meta.json ------------------------------------------------------------------
-    def check_attribution_meta(self, options: Mapping[str, Any], keys: Sequence[str], *,
-                               write: bool) -> None:
+    def check_attribution_meta(
+        self, options: Mapping[str, Any], keys: Sequence[str], *, write: bool
+    ) -> None:
         """Refuse to mix (or read) scores computed with other ``keys`` options; with ``write``,
         record ``options`` when no meta exists yet."""
         path = self.attribution_meta
@@ -270,30 +299,43 @@ class RunDir:
             try:
                 theirs = json.loads(path.read_text()).get("options", {})
             except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
-                raise RunDirError(f"{path} is unreadable; remove it if the scores are right"
-                                  ) from None
+                raise RunDirError(
+                    f"{path} is unreadable; remove it if the scores are right"
+                ) from None
             diff = [k for k in keys if k in theirs and theirs[k] != options[k]]
             if diff:
                 raise RunDirError(
                     f"{path.parent} holds scores computed with "
                     + ", ".join(f"--{k.replace('_', '-')} {theirs[k]}" for k in diff)
-                    + "; use the same options or another --out")
+                    + "; use the same options or another --out"
+                )
         elif write:
             write_json_atomic(path, {"options": dict(options), "created": now()})
 
     # ---- neurons.json ---------------------------------------------------------------------------
-    def save_neurons(self, neurons: Mapping[str, Mapping[str, Any]],
-                     relations: Mapping[str, Any], fingerprints: Mapping[str, str]) -> None:
+    def save_neurons(
+        self,
+        neurons: Mapping[str, Mapping[str, Any]],
+        relations: Mapping[str, Any],
+        fingerprints: Mapping[str, str],
+    ) -> None:
         """Write DIR/neurons.json::
 
-            {"schema": "kn_lens.neurons", "schema_version": 1,
-             "neurons": {"ours": {bag key: [[layer, index], ...]}, "baseline": {...}},
-             "relations": {relation: {"ours": {"p": ..., "rounds": ..., "converged": ...}, ...}},
-             "fingerprints": {bag key: the fingerprint of the fact the neurons come from}}
+        {"schema": "kn_lens.neurons", "schema_version": 1,
+         "neurons": {"ours": {bag key: [[layer, index], ...]}, "baseline": {...}},
+         "relations": {relation: {"ours": {"p": ..., "rounds": ..., "converged": ...}, ...}},
+         "fingerprints": {bag key: the fingerprint of the fact the neurons come from}}
         """
-        write_json_atomic(self.neurons_json, {
-            "schema": NEURONS_SCHEMA, "schema_version": 1, "neurons": to_jsonable(neurons),
-            "relations": to_jsonable(relations), "fingerprints": dict(fingerprints)})
+        write_json_atomic(
+            self.neurons_json,
+            {
+                "schema": NEURONS_SCHEMA,
+                "schema_version": 1,
+                "neurons": to_jsonable(neurons),
+                "relations": to_jsonable(relations),
+                "fingerprints": dict(fingerprints),
+            },
+        )
 
     def load_neurons(self) -> tuple[dict[str, dict[str, list[Neuron]]], dict[str, str]]:
         """``({"ours" | "baseline": {bag key: [Neuron, ...]}}, {bag key: fingerprint})`` from
@@ -307,17 +349,25 @@ class RunDir:
             raise RunDirError(f"{path} is not valid JSON ({e})") from None
         if not isinstance(doc, dict) or doc.get("schema") != NEURONS_SCHEMA:
             raise RunDirError(f"{path} is not a kn-lens neurons file")
-        neurons = {m: {k: [Neuron(int(n[0]), int(n[1])) for n in v] for k, v in by_key.items()}
-                   for m, by_key in doc["neurons"].items()}
+        neurons = {
+            m: {k: [Neuron(int(n[0]), int(n[1])) for n in v] for k, v in by_key.items()}
+            for m, by_key in doc["neurons"].items()
+        }
         return neurons, dict(doc.get("fingerprints", {}))
 
     # ---- results.json ---------------------------------------------------------------------------
     def load_results(self) -> dict[str, Any]:
         return load_results(self.results_json)
 
-    def save_result(self, name: str, result: Any, seconds: float, *,
-                    meta: Callable[[], Mapping[str, Any]], cpu_seconds: float | None = None
-                    ) -> Path:
+    def save_result(
+        self,
+        name: str,
+        result: Any,
+        seconds: float,
+        *,
+        meta: Callable[[], Mapping[str, Any]],
+        cpu_seconds: float | None = None,
+    ) -> Path:
         """Merge one step's result (``None`` for a step without one) and its timing into
         DIR/results.json, under a lock (shards may race). ``meta()`` gives the run's metadata;
         a registered analysis' paper numbers go to ``doc["paper"]``, once."""
@@ -325,16 +375,22 @@ class RunDir:
         with _locked(self.path / ".results.lock"):
             doc = self.load_results() if path.is_file() else new_results_doc()
             old, new_meta = doc["meta"], meta()
-            old.update({k: v for k, v in new_meta.items()
-                        if k != "model" or len(v) > len(old.get("model", {}))})
+            old.update(
+                {
+                    k: v
+                    for k, v in new_meta.items()
+                    if k != "model" or len(v) > len(old.get("model", {}))
+                }
+            )
             old.setdefault("created", now())
             old["updated"] = now()
             old.setdefault("timings", {})[name] = round(float(seconds), 3)
             if cpu_seconds is not None:
                 old.setdefault("cpu_seconds", {})[name] = round(float(cpu_seconds), 3)
             if result is not None:
-                doc["results"][name] = (result.to_dict() if hasattr(result, "to_dict")
-                                        else to_jsonable(result))
+                doc["results"][name] = (
+                    result.to_dict() if hasattr(result, "to_dict") else to_jsonable(result)
+                )
             if name in ANALYSES:
                 doc["paper"][name] = to_jsonable(ANALYSES[name].paper)
             write_json_atomic(path, doc)

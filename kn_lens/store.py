@@ -28,9 +28,9 @@ import json
 import logging
 import os
 import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 try:  # POSIX advisory locks keep two processes from appending to the same file at once.
@@ -41,8 +41,16 @@ except ImportError:  # pragma: no cover - Windows
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "Shard", "JsonlStore", "StoreError", "safe_name", "relation_files", "repair_jsonl",
-    "read_jsonl", "read_union", "stored_keys", "write_json_atomic",
+    "Shard",
+    "JsonlStore",
+    "StoreError",
+    "safe_name",
+    "relation_files",
+    "repair_jsonl",
+    "read_jsonl",
+    "read_union",
+    "stored_keys",
+    "write_json_atomic",
 ]
 
 
@@ -63,7 +71,7 @@ class Shard:
             raise ValueError(f"bad shard {self.k}/{self.n}: need 1 <= K <= N (shards are 1-based)")
 
     @classmethod
-    def parse(cls, text: str) -> "Shard":
+    def parse(cls, text: str) -> Shard:
         """``"2/4"`` -> ``Shard(2, 4)``; ``ValueError`` with the expected form otherwise."""
         m = re.fullmatch(r"\s*(-?\d+)\s*/\s*(-?\d+)\s*", str(text))
         if not m:
@@ -133,8 +141,11 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     data = path.read_bytes()
     lines, end = _split_complete(data)
     if end < len(data):
-        log.warning("%s: ignoring a torn last line (%d bytes) left by an interrupted run",
-                    path, len(data) - end)
+        log.warning(
+            "%s: ignoring a torn last line (%d bytes) left by an interrupted run",
+            path,
+            len(data) - end,
+        )
     out = []
     for n, line in enumerate(lines, start=1):
         if not line.strip():
@@ -144,8 +155,10 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
             if n == len(lines) and end == len(data):
                 log.warning("%s:%d: ignoring an unreadable last line", path, n)
                 break
-            raise StoreError(f"{path}:{n}: not valid JSON; the file is corrupt "
-                             "(only a torn last line can be repaired)")
+            raise StoreError(
+                f"{path}:{n}: not valid JSON; the file is corrupt "
+                "(only a torn last line can be repaired)"
+            )
         out.append(rec)
     return out
 
@@ -158,7 +171,12 @@ def repair_jsonl(path: str | Path) -> int:
     data = path.read_bytes()
     lines, end = _split_complete(data)
     # A complete but unreadable last line is torn too (it cannot come from a whole write).
-    if lines and end == len(data) and lines[-1].strip() and _parse(lines[-1], path, len(lines)) is None:
+    if (
+        lines
+        and end == len(data)
+        and lines[-1].strip()
+        and _parse(lines[-1], path, len(lines)) is None
+    ):
         end -= len(lines[-1]) + 1
     removed = len(data) - end
     if removed:
@@ -166,13 +184,17 @@ def repair_jsonl(path: str | Path) -> int:
             f.truncate(end)
             f.flush()
             os.fsync(f.fileno())
-        log.warning("%s: removed a torn last line (%d bytes) left by an interrupted run",
-                    path, removed)
+        log.warning(
+            "%s: removed a torn last line (%d bytes) left by an interrupted run", path, removed
+        )
     return removed
 
 
-def read_union(paths: Iterable[str | Path], key: str = "key",
-               keep: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, dict[str, Any]]:
+def read_union(
+    paths: Iterable[str | Path],
+    key: str = "key",
+    keep: Callable[[dict[str, Any]], bool] | None = None,
+) -> dict[str, dict[str, Any]]:
     """Records of several files (e.g. all shards of a relation) by ``record[key]``.
 
     With ``keep``, records it refuses (stale ones, computed from other inputs) are passed over as
@@ -198,8 +220,11 @@ def read_union(paths: Iterable[str | Path], key: str = "key",
     return out
 
 
-def stored_keys(paths: Iterable[str | Path], key: str = "key",
-                keep: Callable[[dict[str, Any]], bool] | None = None) -> set[str]:
+def stored_keys(
+    paths: Iterable[str | Path],
+    key: str = "key",
+    keep: Callable[[dict[str, Any]], bool] | None = None,
+) -> set[str]:
     """The keys present in any of ``paths`` (of the records ``keep`` accepts)."""
     return set(read_union(paths, key, keep))
 
@@ -221,9 +246,15 @@ class JsonlStore:
     be appended again; readers pass ``keep`` too and see only the new record.
     """
 
-    def __init__(self, path: str | Path, *, key: str = "key", done: Iterable[str] = (),
-                 fsync: bool = True, keep: Callable[[dict[str, Any]], bool] | None = None
-                 ) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        key: str = "key",
+        done: Iterable[str] = (),
+        fsync: bool = True,
+        keep: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> None:
         self.path = Path(path)
         self.key = key
         self.keep = keep
@@ -232,7 +263,7 @@ class JsonlStore:
         self._keys: set[str] = set()
         self._fd: int | None = None
 
-    def open(self) -> "JsonlStore":
+    def open(self) -> JsonlStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         if fcntl is not None:
@@ -240,8 +271,10 @@ class JsonlStore:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 os.close(fd)
-                raise StoreError(f"{self.path} is being written by another process "
-                                 "(is the same --shard running twice?)") from None
+                raise StoreError(
+                    f"{self.path} is being written by another process "
+                    "(is the same --shard running twice?)"
+                ) from None
         self._fd = fd
         repair_jsonl(self.path)  # safe: we hold the lock
         self._keys = set(read_union([self.path], self.key, self.keep)) | self._extra_done
@@ -252,7 +285,7 @@ class JsonlStore:
             os.close(self._fd)  # releases the lock
             self._fd = None
 
-    def __enter__(self) -> "JsonlStore":
+    def __enter__(self) -> JsonlStore:
         return self.open()
 
     def __exit__(self, *exc: Any) -> None:

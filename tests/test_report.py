@@ -10,65 +10,130 @@ from pathlib import Path
 import pytest
 
 from kn_lens.report import paper_rows, write_report
-from kn_lens.rundir import (RESULTS_SCHEMA, RESULTS_SCHEMA_VERSION, RunDirError, check_results,
-                            load_results, validate_results)
+from kn_lens.rundir import (
+    RESULTS_SCHEMA,
+    RESULTS_SCHEMA_VERSION,
+    RunDirError,
+    check_results,
+    load_results,
+    validate_results,
+)
 
 
 def minimal_doc() -> dict:
     """A small but complete results.json, with results in the analyses' own schemas."""
     return {
-        "schema": RESULTS_SCHEMA, "schema_version": RESULTS_SCHEMA_VERSION,
+        "schema": RESULTS_SCHEMA,
+        "schema_version": RESULTS_SCHEMA_VERSION,
         "meta": {
             "model": {"name": "default", "n_layers": 4, "d_mlp": 256, "n_params": 1000},
-            "data": {"data": "default", "relations": None, "max_bags": 5, "n_facts": 10,
-                     "n_relations": 2, "relation_labels": {"W01": "place of birth",
-                                                           "W02": "native language"}},
+            "data": {
+                "data": "default",
+                "relations": None,
+                "max_bags": 5,
+                "n_facts": 10,
+                "n_relations": 2,
+                "relation_labels": {"W01": "place of birth", "W02": "native language"},
+            },
             "config": {"steps": 20, "t": 0.2, "p": 0.7, "seed": 0, "lambda2": 8.0},
             "timings": {"attribute": 1.5, "identify": 0.2},
             "versions": {"kn_lens": "0.1.0", "python": "3.11"},
-            "created": "2026-01-01T00:00:00+00:00", "updated": "2026-01-01T00:01:00+00:00",
+            "created": "2026-01-01T00:00:00+00:00",
+            "updated": "2026-01-01T00:01:00+00:00",
         },
         "results": {
             "identify": {
-                "schema": "identify", "schema_version": 1,
-                "overall": {"n_facts": 10,
-                            "ours": {"neurons_per_fact": 3.5, "overlap_same_relation": 1.1,
-                                     "overlap_other_relations": 0.2,
-                                     "layer_pct": [10.0, 10.0, 30.0, 50.0]},
-                            "baseline": {"neurons_per_fact": 4.0, "overlap_same_relation": 2.0,
-                                         "overlap_other_relations": 1.5,
-                                         "layer_pct": [25.0, 25.0, 25.0, 25.0]}}},
-            "distant": {"schema": "distant", "schema_version": 1,
-                        "overall": {"ours": {"T1": 0.4, "T2": 0.05, "T3": 0.0}}},
-            "update": {"schema": "update", "schema_version": 1,
-                       "summary": {"knowledge": {"success_rate": 0.3, "change_rate": 0.5,
-                                                 "n_facts": 4.0}},
-                       "facts": [{"key": "W01/0", "relation": "W01", "subject": "Zorvik",
-                                  "old_answer": "Paris", "new_answer": "Rome",
-                                  "neurons": [[3, 1]],
-                                  "knowledge": {"success_rate": 1.0, "change_rate": 1.0,
-                                                "delta_intra_ppl": 0.5}}]},
-            "trigger": {"schema": "trigger", "schema_version": 1, "top_t1_share": 0.9,
-                        "bottom_t1_share": 0.1,
-                        "facts": [{"key": "W01/0", "relation": "W01", "subject": "Zorvik",
-                                   "object": "Paris", "neurons": [[3, 1]],
-                                   "top": [{"prompt": "Zorvik lived in [MASK] .", "type": "T1",
-                                            "score": 2.0}],
-                                   "bottom": [{"prompt": "Zorvik likes [MASK] .", "type": "T2",
-                                               "score": -0.1}]}]},
-            "erase": {"schema": "erase", "schema_version": 1,
-                      "erasures": [{"relation": "W01", "summary": {
-                          "ppl_before": 2.0, "ppl_after": 9.0, "accuracy_before": 0.9,
-                          "accuracy_after": 0.1, "others_mean_ppl_change": 0.05}}]},
+                "schema": "identify",
+                "schema_version": 1,
+                "overall": {
+                    "n_facts": 10,
+                    "ours": {
+                        "neurons_per_fact": 3.5,
+                        "overlap_same_relation": 1.1,
+                        "overlap_other_relations": 0.2,
+                        "layer_pct": [10.0, 10.0, 30.0, 50.0],
+                    },
+                    "baseline": {
+                        "neurons_per_fact": 4.0,
+                        "overlap_same_relation": 2.0,
+                        "overlap_other_relations": 1.5,
+                        "layer_pct": [25.0, 25.0, 25.0, 25.0],
+                    },
+                },
+            },
+            "distant": {
+                "schema": "distant",
+                "schema_version": 1,
+                "overall": {"ours": {"T1": 0.4, "T2": 0.05, "T3": 0.0}},
+            },
+            "update": {
+                "schema": "update",
+                "schema_version": 1,
+                "summary": {"knowledge": {"success_rate": 0.3, "change_rate": 0.5, "n_facts": 4.0}},
+                "facts": [
+                    {
+                        "key": "W01/0",
+                        "relation": "W01",
+                        "subject": "Zorvik",
+                        "old_answer": "Paris",
+                        "new_answer": "Rome",
+                        "neurons": [[3, 1]],
+                        "knowledge": {
+                            "success_rate": 1.0,
+                            "change_rate": 1.0,
+                            "delta_intra_ppl": 0.5,
+                        },
+                    }
+                ],
+            },
+            "trigger": {
+                "schema": "trigger",
+                "schema_version": 1,
+                "top_t1_share": 0.9,
+                "bottom_t1_share": 0.1,
+                "facts": [
+                    {
+                        "key": "W01/0",
+                        "relation": "W01",
+                        "subject": "Zorvik",
+                        "object": "Paris",
+                        "neurons": [[3, 1]],
+                        "top": [{"prompt": "Zorvik lived in [MASK] .", "type": "T1", "score": 2.0}],
+                        "bottom": [
+                            {"prompt": "Zorvik likes [MASK] .", "type": "T2", "score": -0.1}
+                        ],
+                    }
+                ],
+            },
+            "erase": {
+                "schema": "erase",
+                "schema_version": 1,
+                "erasures": [
+                    {
+                        "relation": "W01",
+                        "summary": {
+                            "ppl_before": 2.0,
+                            "ppl_after": 9.0,
+                            "accuracy_before": 0.9,
+                            "accuracy_after": 0.1,
+                            "others_mean_ppl_change": 0.05,
+                        },
+                    }
+                ],
+            },
         },
         "paper": {
-            "identify": {"neurons_per_fact": {"ours": 4.13, "baseline": None},
-                               "overlap_same_relation": {"ours": 1.23, "baseline": None},
-                               "overlap_other_relations": {"ours": 0.09, "baseline": None}},
+            "identify": {
+                "neurons_per_fact": {"ours": 4.13, "baseline": None},
+                "overlap_same_relation": {"ours": 1.23, "baseline": None},
+                "overlap_other_relations": {"ours": 0.09, "baseline": None},
+            },
             "distant": {"ours": {"T1": 0.485, "T2": 0.019, "T3": -0.018}},
             "update": {"success_rate": 0.344, "change_rate": 0.485},
-            "erase": {"P19": {"ppl_before": 1450.0, "ppl_after": 2996.0},
-                      "other_relations_ppl_change": [0.01, 0.10]},
+            "erase": {
+                "P19": {"ppl_before": 1450.0, "ppl_after": 2996.0},
+                "other_relations_ppl_change": [0.01, 0.10],
+            },
         },
     }
 
@@ -79,20 +144,25 @@ def test_valid_document_passes():
     check_results(doc)
 
 
-@pytest.mark.parametrize("mutate, needle", [
-    (lambda d: d.pop("meta"), "missing required key 'meta'"),
-    (lambda d: d["meta"]["model"].pop("name"), "meta.model: missing required key 'name'"),
-    (lambda d: d.__setitem__("schema", "other"), "expected 'kn_lens.results'"),
-    (lambda d: d.__setitem__("schema_version", "1"), "schema_version: expected integer"),
-    (lambda d: d["meta"]["timings"].__setitem__("x", "slow"), "timings.x: expected number"),
-    (lambda d: d["meta"]["config"].__setitem__("steps", 2.5), "config.steps: expected integer"),
-    (lambda d: d["results"]["distant"].pop("schema"), "results.distant: missing required key"),
-    (lambda d: d["results"].__setitem__("modify", []), "results.modify: expected object"),
-    (lambda d: d["results"]["distant"]["overall"]["ours"].__setitem__("T1", math.nan), "NaN"),
-    (lambda d: d["results"]["update"].__setitem__("schema", "modify"), "expected 'update'"),
-    (lambda d: d["results"].__setitem__("edit", {"schema": "edit", "schema_version": 1}),
-     "results.edit: unknown analysis"),
-])
+@pytest.mark.parametrize(
+    "mutate, needle",
+    [
+        (lambda d: d.pop("meta"), "missing required key 'meta'"),
+        (lambda d: d["meta"]["model"].pop("name"), "meta.model: missing required key 'name'"),
+        (lambda d: d.__setitem__("schema", "other"), "expected 'kn_lens.results'"),
+        (lambda d: d.__setitem__("schema_version", "1"), "schema_version: expected integer"),
+        (lambda d: d["meta"]["timings"].__setitem__("x", "slow"), "timings.x: expected number"),
+        (lambda d: d["meta"]["config"].__setitem__("steps", 2.5), "config.steps: expected integer"),
+        (lambda d: d["results"]["distant"].pop("schema"), "results.distant: missing required key"),
+        (lambda d: d["results"].__setitem__("modify", []), "results.modify: expected object"),
+        (lambda d: d["results"]["distant"]["overall"]["ours"].__setitem__("T1", math.nan), "NaN"),
+        (lambda d: d["results"]["update"].__setitem__("schema", "modify"), "expected 'update'"),
+        (
+            lambda d: d["results"].__setitem__("edit", {"schema": "edit", "schema_version": 1}),
+            "results.edit: unknown analysis",
+        ),
+    ],
+)
 def test_invalid_documents_are_named(mutate, needle):
     doc = copy.deepcopy(minimal_doc())
     mutate(doc)
@@ -159,8 +229,10 @@ def test_missing_png_exporter_is_said_once_in_full(tmp_path, monkeypatch, caplog
 
     def no_exporter(self, *args, **kwargs):
         calls.append(1)
-        raise RuntimeError("\nImage export requires the Kaleido package, v1.0.0 or greater,\n"
-                           "which can be installed using pip: pip install kaleido\n")
+        raise RuntimeError(
+            "\nImage export requires the Kaleido package, v1.0.0 or greater,\n"
+            "which can be installed using pip: pip install kaleido\n"
+        )
 
     monkeypatch.setattr(go.Figure, "write_image", no_exporter)
     out = save_figure(go.Figure(), tmp_path / "fig")

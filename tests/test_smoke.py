@@ -1,4 +1,5 @@
 import torch
+
 from kn_lens.prompts import encode, mask_logits
 
 

@@ -6,8 +6,17 @@ import json
 
 import pytest
 
-from kn_lens.store import (JsonlStore, Shard, StoreError, read_jsonl, read_union, relation_files,
-                           repair_jsonl, safe_name, stored_keys)
+from kn_lens.store import (
+    JsonlStore,
+    Shard,
+    StoreError,
+    read_jsonl,
+    read_union,
+    relation_files,
+    repair_jsonl,
+    safe_name,
+    stored_keys,
+)
 
 
 def test_shard_parse_and_ownership():

@@ -247,9 +247,8 @@ def _erase_options(g: Any) -> None:
         metavar="R1,R2",
         action="append",
         help="erase: relations to erase, comma-separated or repeated (default: the "
-        "paper's P19, P27, P106, P937 among the selected relations, or on other "
-        "data the relations with their labels -- place of birth, country of "
-        "citizenship, occupation, work location -- else every selected relation)",
+        "paper's four relations, P19, P27, P106 and P937, among the selected ones; on "
+        "other data the relations that carry their labels; else every selected relation)",
     )
     g.add_argument(
         "--top",

@@ -26,6 +26,7 @@ from kn_lens.store import JsonlStore, Shard, read_union, relation_files, safe_na
 
 log = logging.getLogger("kn_lens.cli")
 
+
 def make_executor(run: Run) -> Executor:
     """The executor ``--executor`` names: in-process, or Ray actors."""
     if getattr(run.args, "executor", "local") == "ray":

@@ -40,6 +40,8 @@ from kn_lens.results import ReportRow, Result
 
 #: ``figure(result dict, paper dict) -> plotly figure``.
 FigureFn = Callable[[Mapping[str, Any], Mapping[str, Any]], Any]
+#: ``examples(result dict, n) -> up to n display lines`` for the report.
+ExamplesFn = Callable[[Mapping[str, Any], int], list[str]]
 #: ``rows(result dict, paper dict, results.json meta) -> paper-vs-run rows``.
 RowsFn = Callable[[Mapping[str, Any], Mapping[str, Any], Mapping[str, Any]], list[ReportRow]]
 
@@ -97,6 +99,8 @@ class Analysis:
     needs_web: bool = False
     #: writes the per-fact details beside results.json (``result, path -> path``), if any.
     details: Callable[[Any, Any], Any] | None = None
+    #: a few facts of the result as display lines for the report, if any.
+    examples: ExamplesFn | None = None
 
 
 def _identify(x: AnalysisInputs) -> Result:
@@ -105,26 +109,44 @@ def _identify(x: AnalysisInputs) -> Result:
 
 def _modify(x: AnalysisInputs) -> Result:
     bags = [b for b in x.bags if b.key in x.neurons]
-    return modify.modify(x.require_model(), bags, x.neurons, x.baseline, x.config,
-                         progress=x.progress)
+    return modify.modify(
+        x.require_model(), bags, x.neurons, x.baseline, x.config, progress=x.progress
+    )
 
 
 def _distant(x: AnalysisInputs) -> Result:
     base = {k: v for k, v in (x.baseline or {}).items() if k in x.neurons}
-    return distant.distant_activation(x.require_model(), x.require_web(), x.neurons,
-                                      baseline=base, bags=x.bags, config=x.config,
-                                      progress=x.progress)
+    return distant.distant_activation(
+        x.require_model(),
+        x.require_web(),
+        x.neurons,
+        baseline=base,
+        bags=x.bags,
+        config=x.config,
+        progress=x.progress,
+    )
 
 
 def _trigger(x: AnalysisInputs) -> Result:
-    return trigger.activating_prompts(x.require_model(), x.require_web(), x.neurons, bags=x.bags,
-                                      config=x.config, progress=x.progress)
+    return trigger.activating_prompts(
+        x.require_model(),
+        x.require_web(),
+        x.neurons,
+        bags=x.bags,
+        config=x.config,
+        progress=x.progress,
+    )
 
 
 def _update(x: AnalysisInputs) -> Result:
-    kw = {"facts_per_relation": x.facts_per_relation} if x.facts_per_relation else {}
-    return update.update_experiment(x.require_model(), x.bags, x.neurons, x.config,
-                                    progress=x.progress, **kw)
+    return update.update_experiment(
+        x.require_model(),
+        x.bags,
+        x.neurons,
+        x.config,
+        facts_per_relation=x.facts_per_relation or update.DEFAULT_FACTS_PER_RELATION,
+        progress=x.progress,
+    )
 
 
 def _erase(x: AnalysisInputs) -> Result:
@@ -132,8 +154,9 @@ def _erase(x: AnalysisInputs) -> Result:
     if relations is None:
         have = list(dict.fromkeys(b.relation for b in x.bags))
         relations = erase.default_relations(have, {b.relation: b.relation_label for b in x.bags})
-    return erase.erase_experiment(x.require_model(), x.bags, x.neurons, relations, x.config,
-                                  progress=x.progress)
+    return erase.erase_experiment(
+        x.require_model(), x.bags, x.neurons, relations, x.config, progress=x.progress
+    )
 
 
 def _layer_figures(result: Mapping[str, Any], paper: Mapping[str, Any]) -> Any:
@@ -141,20 +164,63 @@ def _layer_figures(result: Mapping[str, Any], paper: Mapping[str, Any]) -> Any:
 
 
 #: The registry, in the paper's (and the pipeline's) order.
-ANALYSES: dict[str, Analysis] = {a.name: a for a in (
-    Analysis("identify", "Identifying knowledge neurons (Sec. 4, Fig. 3, Tab. 1)", _identify,
-             identify.PAPER, (_layer_figures,), identify.report_rows),
-    Analysis("modify", "Suppressing and amplifying knowledge neurons (Sec. 5.1, Fig. 4-5)",
-             _modify, modify.PAPER, (plots.modify_figure,), modify.report_rows),
-    Analysis("distant", "Activation on web prompts T1/T2/T3 (Sec. 5.2, Fig. 6)", _distant,
-             distant.PAPER, (plots.distant_figure,), distant.report_rows, needs_web=True),
-    Analysis("trigger", "Prompts that activate knowledge neurons (Sec. 5.2, Tab. 3)", _trigger,
-             trigger.PAPER, (plots.trigger_figure,), trigger.report_rows, needs_web=True,
-             details=trigger.write_trigger_jsonl),
-    Analysis("update", "Updating facts (Sec. 6.1, Tab. 4)", _update, update.PAPER,
-             (plots.update_figure,), update.report_rows),
-    Analysis("erase", "Erasing relations (Sec. 6.2, Tab. 5)", _erase, erase.PAPER,
-             (plots.erase_figure,), erase.report_rows),
-)}
+ANALYSES: dict[str, Analysis] = {
+    a.name: a
+    for a in (
+        Analysis(
+            "identify",
+            "Identifying knowledge neurons (Sec. 4, Fig. 3, Tab. 1)",
+            _identify,
+            identify.PAPER,
+            (_layer_figures,),
+            identify.report_rows,
+        ),
+        Analysis(
+            "modify",
+            "Suppressing and amplifying knowledge neurons (Sec. 5.1, Fig. 4-5)",
+            _modify,
+            modify.PAPER,
+            (plots.modify_figure,),
+            modify.report_rows,
+        ),
+        Analysis(
+            "distant",
+            "Activation on web prompts T1/T2/T3 (Sec. 5.2, Fig. 6)",
+            _distant,
+            distant.PAPER,
+            (plots.distant_figure,),
+            distant.report_rows,
+            needs_web=True,
+        ),
+        Analysis(
+            "trigger",
+            "Prompts that activate knowledge neurons (Sec. 5.2, Tab. 3)",
+            _trigger,
+            trigger.PAPER,
+            (plots.trigger_figure,),
+            trigger.report_rows,
+            needs_web=True,
+            details=trigger.write_trigger_jsonl,
+            examples=trigger.report_examples,
+        ),
+        Analysis(
+            "update",
+            "Updating facts (Sec. 6.1, Tab. 4)",
+            _update,
+            update.PAPER,
+            (plots.update_figure,),
+            update.report_rows,
+            examples=update.report_examples,
+        ),
+        Analysis(
+            "erase",
+            "Erasing relations (Sec. 6.2, Tab. 5)",
+            _erase,
+            erase.PAPER,
+            (plots.erase_figure,),
+            erase.report_rows,
+        ),
+    )
+}
 
-__all__ = ["ANALYSES", "Analysis", "AnalysisInputs", "FigureFn", "RowsFn"]
+__all__ = ["ANALYSES", "Analysis", "AnalysisInputs", "ExamplesFn", "FigureFn", "RowsFn"]

@@ -1,6 +1,7 @@
 """Do knowledge neurons fire on web text about their fact? (paper, Section 5.2 / Figure 6)
 
-For each fact with knowledge neurons we build its T1, T2 and T3 web prompts (:mod:`kn_lens.data.web`):
+For each fact with knowledge neurons we build its T1, T2 and T3 web prompts
+(:mod:`kn_lens.data.web`):
 
 - **T1**: sentences with the head and the tail, the tail masked;
 - **T2**: sentences with only the head, a random word masked;
@@ -16,22 +17,25 @@ tell the types apart.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
-
-import torch
-from torch import Tensor
 
 from transformer_lens import HookedEncoder
 
 from kn_lens.config import PaperConfig
 from kn_lens.data import FactBag
+from kn_lens.data.web import (
+    PROMPT_TYPES,
+    FactPrompts,
+    WebFact,
+    WebPromptSet,
+    build_web_prompts,
+    select_facts,
+)
+from kn_lens.interventions import grouped_activations
 from kn_lens.neuron import Neuron
 from kn_lens.results import ReportRow, Result, dig, report_row
-from kn_lens.data.web import (PROMPT_TYPES, FactPrompts, WebFact, WebPromptSet, build_web_prompts,
-                              select_facts)
-from kn_lens.interventions import grouped_activations
 
 #: The paper's Figure 6 (bert-base-cased, its knowledge neurons): mean activation at [MASK].
 PAPER: dict[str, Any] = {
@@ -39,7 +43,7 @@ PAPER: dict[str, Any] = {
     "ours": {"T1": 0.485, "T2": 0.019, "T3": -0.018},
     "baseline": None,
     "note": "The paper reports that baseline neurons have similar activations on T1, T2 and T3 "
-            "(they cannot tell the prompt types apart); it gives no baseline numbers in the text.",
+    "(they cannot tell the prompt types apart); it gives no baseline numbers in the text.",
 }
 
 
@@ -140,8 +144,10 @@ def summarize(facts: Sequence[FactActivation]) -> TypeMeans:
     """Means (and standard errors) over facts, per prompt type."""
     ours = {t: _mean_sem([f.ours[t] for f in facts]) for t in PROMPT_TYPES}
     with_base = [f for f in facts if f.baseline is not None]
-    base = {t: _mean_sem([f.baseline[t] for f in with_base])  # type: ignore[index]
-            for t in PROMPT_TYPES}
+    base = {
+        t: _mean_sem([f.baseline[t] for f in with_base])  # type: ignore[index]
+        for t in PROMPT_TYPES
+    }
     return TypeMeans(
         n_facts=len(facts),
         ours={t: v[0] for t, v in ours.items()},
@@ -153,8 +159,11 @@ def summarize(facts: Sequence[FactActivation]) -> TypeMeans:
 
 
 def _counts(prompts: WebPromptSet, keys: set[str]) -> dict[str, dict[str, int]]:
-    sub = WebPromptSet([fp for fp in prompts.facts if fp.key in keys],
-                       [s for s in prompts.skipped if s.key in keys], prompts.seed)
+    sub = WebPromptSet(
+        [fp for fp in prompts.facts if fp.key in keys],
+        [s for s in prompts.skipped if s.key in keys],
+        prompts.seed,
+    )
     return sub.counts()
 
 
@@ -173,13 +182,14 @@ def distant_activation(
 
     Args:
         model: a ``HookedEncoder`` with its tokenizer (:func:`kn_lens.load_model`).
-        web_facts: ``{relation: [WebFact, ...]}`` (:func:`kn_lens.data.web.load_web_facts` for the Bing
-            data, :func:`kn_lens.data.web.default_web_facts` for the default world).
+        web_facts: ``{relation: [WebFact, ...]}`` (:func:`kn_lens.data.web.load_web_facts` for
+            the Bing data, :func:`kn_lens.data.web.default_web_facts` for the default world).
         neurons: bag key -> our knowledge neurons. Only these facts are analysed, in this order.
         baseline: bag key -> activation-baseline neurons (optional).
         bags: if given, checked to agree with ``web_facts`` (same subject/object at each index).
         config: seed, ``max_tokens`` (512) and ``t2_first_words`` (50) come from here.
-        prompts: prebuilt prompts (default: :func:`kn_lens.data.web.build_web_prompts` with the seed).
+        prompts: prebuilt prompts (default: :func:`kn_lens.data.web.build_web_prompts` with
+            the seed).
         progress: show a progress bar.
 
     A fact is analysed when it has neurons, web sentences, at least one T1 and one T2 prompt
@@ -187,8 +197,9 @@ def distant_activation(
     """
     keys, skipped = select_facts(web_facts, neurons, bags=bags)
     if prompts is None:
-        prompts = build_web_prompts(web_facts, keys=keys, seed=config.seed,
-                                    first_words=config.t2_first_words)
+        prompts = build_web_prompts(
+            web_facts, keys=keys, seed=config.seed, first_words=config.t2_first_words
+        )
     by_key = prompts.by_key()
     chosen: list[FactPrompts] = []
     for key in keys:
@@ -207,10 +218,16 @@ def distant_activation(
         ours_n = list(neurons[fp.key])
         base_n = list(base.get(fp.key, ()))
         items.append(([*fp.t1, *fp.t2, *fp.t3], [*ours_n, *base_n]))
-    acts = grouped_activations(model, items, max_tokens=config.max_tokens,
-                               batch_size=config.batch_size, progress=progress, desc="distant")
+    acts = grouped_activations(
+        model,
+        items,
+        max_tokens=config.max_tokens,
+        batch_size=config.batch_size,
+        progress=progress,
+        desc="distant",
+    )
     facts: list[FactActivation] = []
-    for fp, a in zip(chosen, acts):
+    for fp, a in zip(chosen, acts, strict=False):
         n_ours = len(neurons[fp.key])
         n_base = len(base.get(fp.key, ()))
         bounds, start = {}, 0
@@ -219,20 +236,26 @@ def distant_activation(
             bounds[t] = (start, start + n)
             start += n
 
-        def type_means(cols: slice) -> dict[str, float]:
+        def type_means(cols: slice, bounds: dict = bounds, a: Any = a) -> dict[str, float]:
             res = {}
             for t, (s, e) in bounds.items():
                 block = a[s:e, cols]
                 res[t] = float(block.mean()) if block.numel() else math.nan
             return res
 
-        facts.append(FactActivation(
-            key=fp.key, relation=fp.relation, subject=fp.subject, object=fp.object,
-            n_prompts={t: e - s for t, (s, e) in bounds.items()},
-            n_neurons=n_ours, ours=type_means(slice(0, n_ours)),
-            n_baseline_neurons=n_base,
-            baseline=type_means(slice(n_ours, n_ours + n_base)) if n_base else None,
-        ))
+        facts.append(
+            FactActivation(
+                key=fp.key,
+                relation=fp.relation,
+                subject=fp.subject,
+                object=fp.object,
+                n_prompts={t: e - s for t, (s, e) in bounds.items()},
+                n_neurons=n_ours,
+                ours=type_means(slice(0, n_ours)),
+                n_baseline_neurons=n_base,
+                baseline=type_means(slice(n_ours, n_ours + n_base)) if n_base else None,
+            )
+        )
     relations = sorted({f.relation for f in facts})
     return DistantResult(
         types=PROMPT_TYPES,
@@ -241,14 +264,22 @@ def distant_activation(
         facts=facts,
         skipped_facts=skipped,
         prompt_counts=_counts(prompts, {f.key for f in facts}),
-        settings={"seed": config.seed, "max_tokens": config.max_tokens,
-                  "first_words": config.t2_first_words},
+        settings={
+            "seed": config.seed,
+            "max_tokens": config.max_tokens,
+            "first_words": config.t2_first_words,
+        },
     )
 
 
-def report_rows(result: Mapping[str, Any], paper: Mapping[str, Any], meta: Mapping[str, Any]
-                ) -> list[ReportRow]:
+def report_rows(
+    result: Mapping[str, Any], paper: Mapping[str, Any], meta: Mapping[str, Any]
+) -> list[ReportRow]:
     """The paper's T1/T2/T3 activations beside this run's (the report's table)."""
-    return [report_row(f"mean activation on {t} ({who})", dig(paper, who, t),
-                       dig(result, "overall", who, t))
-            for who in ("ours", "baseline") for t in ("T1", "T2", "T3")]
+    return [
+        report_row(
+            f"mean activation on {t} ({who})", dig(paper, who, t), dig(result, "overall", who, t)
+        )
+        for who in ("ours", "baseline")
+        for t in ("T1", "T2", "T3")
+    ]

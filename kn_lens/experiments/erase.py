@@ -20,25 +20,34 @@ import math
 import random
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-
 from transformer_lens import HookedEncoder
 
 from kn_lens.config import PaperConfig
 from kn_lens.data import FactBag, relation_of_key
-from kn_lens.neuron import Neuron
-from kn_lens.prompts import (EncodedPrompts, answer_token_id, bags_by_relation, encode, perplexity,
-                             score_prompts)
+from kn_lens.neuron import Neuron, model_shape
+from kn_lens.prompts import (
+    EncodedPrompts,
+    answer_token_id,
+    bags_by_relation,
+    encode,
+    perplexity,
+    score_prompts,
+)
 from kn_lens.results import ReportRow, Result, dig, is_number, mean_or_nan, report_row
 from kn_lens.weights import RowEdit, zero_rows
 
 #: The relations the paper erases (BERT-base-cased on PARAREL), with their labels, by which their
 #: analogues in a fact world with other relation ids are found.
-PAPER_RELATIONS: dict[str, str] = {"P19": "place of birth", "P27": "country of citizenship",
-                                   "P106": "occupation", "P937": "work location"}
+PAPER_RELATIONS: dict[str, str] = {
+    "P19": "place of birth",
+    "P27": "country of citizenship",
+    "P106": "occupation",
+    "P937": "work location",
+}
 
 #: The paper's figures (Table 5 of Dai et al. 2022): perplexity of the erased relation before and
 #: after; other relations' perplexity rose by 1% to 10%.
@@ -149,12 +158,16 @@ class _Eval:
 
     def scores(self) -> dict[str, RelationScore]:
         s = score_prompts(self.model, self.enc, self.gold, batch_size=self.batch_size)
-        correct = (s.top1 == self.gold)
+        correct = s.top1 == self.gold
         out = {}
         for r in self.relations:
             m = torch.tensor([x == r for x in self.rel])
-            out[r] = RelationScore(self.n_bags[r], int(m.sum()), float(correct[m].float().mean()),
-                                   perplexity(s.gold_logp[m]))
+            out[r] = RelationScore(
+                self.n_bags[r],
+                int(m.sum()),
+                float(correct[m].float().mean()),
+                perplexity(s.gold_logp[m]),
+            )
         self._last_logp, self._last_correct = s.gold_logp, correct
         return out
 
@@ -165,12 +178,20 @@ class _Eval:
         return float(self._last_correct[m].float().mean()), perplexity(self._last_logp[m])
 
 
-def _summary(rel: str, before: dict[str, RelationScore], after: dict[str, RelationScore],
-             pooled_before: tuple[float, float], pooled_after: tuple[float, float],
-             prefix: str = "") -> dict[str, float]:
+def _summary(
+    rel: str,
+    before: dict[str, RelationScore],
+    after: dict[str, RelationScore],
+    pooled_before: tuple[float, float],
+    pooled_after: tuple[float, float],
+    prefix: str = "",
+) -> dict[str, float]:
     others = [r for r in before if r != rel]
-    changes = [after[r].ppl / before[r].ppl - 1 for r in others
-               if math.isfinite(before[r].ppl) and before[r].ppl > 0]
+    changes = [
+        after[r].ppl / before[r].ppl - 1
+        for r in others
+        if math.isfinite(before[r].ppl) and before[r].ppl > 0
+    ]
     p = prefix
     out = {
         f"{p}accuracy_after": after[rel].accuracy,
@@ -179,13 +200,19 @@ def _summary(rel: str, before: dict[str, RelationScore], after: dict[str, Relati
         f"{p}others_ppl_after": pooled_after[1],
         f"{p}others_mean_ppl_change": mean_or_nan(changes),
         f"{p}others_max_ppl_change": max(changes) if changes else float("nan"),
-        f"{p}others_mean_accuracy_drop": mean_or_nan(before[r].accuracy - after[r].accuracy
-                                                     for r in others),
+        f"{p}others_mean_accuracy_drop": mean_or_nan(
+            before[r].accuracy - after[r].accuracy for r in others
+        ),
     }
     if not prefix:
-        out.update({"accuracy_before": before[rel].accuracy, "ppl_before": before[rel].ppl,
-                    "others_accuracy_before": pooled_before[0],
-                    "others_ppl_before": pooled_before[1]})
+        out.update(
+            {
+                "accuracy_before": before[rel].accuracy,
+                "ppl_before": before[rel].ppl,
+                "others_accuracy_before": pooled_before[0],
+                "others_ppl_before": pooled_before[1],
+            }
+        )
     return out
 
 
@@ -225,13 +252,14 @@ def erase_experiment(
         for r in list(by_rel):
             if len(by_rel[r]) > max_bags_per_relation:
                 rng = random.Random(f"{config.seed}:erase-eval:{r}")
-                by_rel[r] = sorted(rng.sample(by_rel[r], max_bags_per_relation),
-                                   key=lambda b: b.index)
+                by_rel[r] = sorted(
+                    rng.sample(by_rel[r], max_bags_per_relation), key=lambda b: b.index
+                )
     ev = _Eval(model, [b for r in sorted(by_rel) for b in by_rel[r]], config.batch_size)
     before = ev.scores()
     pooled_before = {r: ev.pooled_others(r) for r in relations}
 
-    n_layers, d_mlp = int(model.cfg.n_layers), int(model.cfg.d_mlp)
+    n_layers, d_mlp = model_shape(model)
     erasures: list[Erasure] = []
     iterator: Iterable[str] = relations
     if progress:
@@ -245,29 +273,36 @@ def erase_experiment(
             after = ev.scores()
             pooled_after = ev.pooled_others(rel)
         summary = _summary(rel, before, after, pooled_before[rel], pooled_after)
-        rand_ns = rand_after = None
+        rand_ns: list[Neuron] | None = None
+        rand_after = None
         if control:
             rng = random.Random(f"{config.seed}:erase-control:{rel}")
-            exclude, rand_ns = set(erased), []
-            while len(rand_ns) < len(erased):
+            exclude = set(erased)
+            picked: list[Neuron] = []
+            while len(picked) < len(erased):
                 n = Neuron(rng.randrange(n_layers), rng.randrange(d_mlp))
                 if n not in exclude:
                     exclude.add(n)
-                    rand_ns.append(n)
-            with zero_rows(model, rand_ns):
+                    picked.append(n)
+            rand_ns = picked
+            with zero_rows(model, picked):
                 rand_after = ev.scores()
                 rand_pooled = ev.pooled_others(rel)
-            summary.update(_summary(rel, before, rand_after, pooled_before[rel], rand_pooled,
-                                    prefix="random_"))
+            summary.update(
+                _summary(rel, before, rand_after, pooled_before[rel], rand_pooled, prefix="random_")
+            )
         n_facts = sum(1 for k in neurons if relation_of_key(k) == rel and neurons[k])
-        erasures.append(Erasure(rel, n_facts, erased, [c for _, c in top], after, summary,
-                                rand_ns, rand_after))
-    return EraseResult(config.erase_top, config.seed, list(relations), max_bags_per_relation,
-                       before, erasures)
+        erasures.append(
+            Erasure(rel, n_facts, erased, [c for _, c in top], after, summary, rand_ns, rand_after)
+        )
+    return EraseResult(
+        config.erase_top, config.seed, list(relations), max_bags_per_relation, before, erasures
+    )
 
 
-def report_rows(result: Mapping[str, Any], paper: Mapping[str, Any], meta: Mapping[str, Any]
-                ) -> list[ReportRow]:
+def report_rows(
+    result: Mapping[str, Any], paper: Mapping[str, Any], meta: Mapping[str, Any]
+) -> list[ReportRow]:
     """The paper's erasure figures beside this run's; a relation of another fact world is matched
     to the paper's by its label (:data:`PAPER_RELATIONS`)."""
     rows = []
@@ -277,23 +312,35 @@ def report_rows(result: Mapping[str, Any], paper: Mapping[str, Any], meta: Mappi
         rel = er.get("relation")
         pk = rel if rel in paper else by_label.get(labels.get(rel, ""))
         name = rel if pk in (None, rel) else f"{rel} (~{pk}, {labels.get(rel)})"
-        for m, label in (("ppl_before", "perplexity before"), ("ppl_after", "perplexity after"),
-                         ("accuracy_before", "accuracy before"),
-                         ("accuracy_after", "accuracy after")):
-            rows.append(report_row(f"{name}: {label}", dig(paper, pk, m) if pk else None,
-                                   dig(er, "summary", m)))
+        for m, label in (
+            ("ppl_before", "perplexity before"),
+            ("ppl_after", "perplexity after"),
+            ("accuracy_before", "accuracy before"),
+            ("accuracy_after", "accuracy after"),
+        ):
+            rows.append(
+                report_row(
+                    f"{name}: {label}", dig(paper, pk, m) if pk else None, dig(er, "summary", m)
+                )
+            )
         rng = dig(paper, "other_relations_ppl_change")
         change = dig(er, "summary", "others_mean_ppl_change")
-        rows.append(report_row(
-            f"{name}: other relations' perplexity change (mean)",
-            f"+{rng[0]:.0%} to +{rng[1]:.0%}" if isinstance(rng, list) and len(rng) == 2 else None,
-            f"{change:+.1%}" if is_number(change) else None))
+        rows.append(
+            report_row(
+                f"{name}: other relations' perplexity change (mean)",
+                f"+{rng[0]:.0%} to +{rng[1]:.0%}"
+                if isinstance(rng, list) and len(rng) == 2
+                else None,
+                f"{change:+.1%}" if is_number(change) else None,
+            )
+        )
     return rows
 
 
 def default_relations(relations: Sequence[str], labels: Mapping[str, str]) -> list[str]:
     """The relations to erase when none are named: the paper's (by id, or by label in a fact world
     with other ids) among ``relations``, else all of them. ``labels``: relation id -> label."""
-    chosen = [r for r in relations
-              if r in PAPER_RELATIONS or labels.get(r) in PAPER_RELATIONS.values()]
+    chosen = [
+        r for r in relations if r in PAPER_RELATIONS or labels.get(r) in PAPER_RELATIONS.values()
+    ]
     return chosen or list(relations)

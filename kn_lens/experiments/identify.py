@@ -1,9 +1,9 @@
 """Identifying knowledge neurons, and their statistics (paper, Section 4.3 / Figure 4 / Table 1).
 
-For every bag we attribute once (:func:`kn_lens.knowledge_neurons.score_bags`, both IG and the activation
-baseline), pick the knowledge neurons of each relation with the adaptive sharing threshold
-(:func:`kn_lens.knowledge_neurons.identify_relation`: IG at ``t = 0.2``; baseline on raw activations at
-``t = 0.5``), and report, per relation and overall, for ours and the baseline:
+For every bag we attribute once (:func:`kn_lens.knowledge_neurons.score_bags`, both IG and the
+activation baseline), pick the knowledge neurons of each relation with the adaptive sharing
+threshold (:func:`kn_lens.knowledge_neurons.identify_relation`: IG at ``t = 0.2``; baseline on raw
+activations at ``t = 0.5``), and report, per relation and overall, for ours and the baseline:
 
 - **neurons per fact**: the mean number of knowledge neurons per fact (facts with none count as 0);
 - **overlap, same relation**: the mean number of neurons shared by two facts of the same
@@ -33,8 +33,8 @@ from transformer_lens import HookedEncoder
 
 from kn_lens.config import PaperConfig
 from kn_lens.data import FactBag
-from kn_lens.neuron import Neuron
 from kn_lens.knowledge_neurons import BagScores, RelationNeurons, identify_all, score_bags
+from kn_lens.neuron import Neuron
 from kn_lens.results import ReportRow, Result, dig, mean_or_nan, report_row
 
 #: The paper's numbers for bert-base-cased on PARAREL (Section 4.3, Table 1, Figure 4).
@@ -45,7 +45,7 @@ PAPER: dict[str, Any] = {
     "overlap_other_relations": {"ours": 0.09, "baseline": None},
     "layer_pct": None,
     "note": "The paper plots the layer distribution without numbers: most knowledge neurons lie "
-            "in the topmost layers, while baseline neurons spread more evenly.",
+    "in the topmost layers, while baseline neurons spread more evenly.",
 }
 
 METHOD_NAMES = {"ours": "ig", "baseline": "activation"}
@@ -84,7 +84,7 @@ class OtherRelationSampler:
         start, size = self.block.get(relation, (len(self.flat), 0))
         m = len(self.flat) - size
         if m <= n:
-            return self.flat[:start] + self.flat[start + size:]
+            return self.flat[:start] + self.flat[start + size :]
         idx = random.Random(f"{seed}:{key}").sample(range(m), n)
         return [self.flat[i if i < start else i + size] for i in idx]
 
@@ -199,8 +199,9 @@ class IdentificationResult(Result):
     settings: dict[str, Any] = field(default_factory=dict)
 
 
-def neurons_from_result(result: IdentificationResult | Mapping[str, Any], which: str = "ours"
-                        ) -> dict[str, list[Neuron]]:
+def neurons_from_result(
+    result: IdentificationResult | Mapping[str, Any], which: str = "ours"
+) -> dict[str, list[Neuron]]:
     """Bag key -> knowledge neurons, from an :class:`IdentificationResult` or its dict form.
 
     ``which`` is ``"ours"`` or ``"baseline"``.
@@ -238,15 +239,19 @@ def _method_stats(
             other.append(len(mine.intersection(neurons.get(o, []))))
     counts = layer_counts(lists, n_layers)
     stats = MethodStats(
-        n_facts=len(keys), neurons_per_fact=mean_or_nan([len(x) for x in lists]),
+        n_facts=len(keys),
+        neurons_per_fact=mean_or_nan([len(x) for x in lists]),
         facts_without_neurons=sum(1 for x in lists if not x),
         overlap_same_relation=same_sum / same_n if same_n else math.nan,
         n_pairs_same_relation=same_n,
-        overlap_other_relations=mean_or_nan(other), n_pairs_other_relations=len(other),
-        layer_counts=counts, layer_pct=_pct(counts),
+        overlap_other_relations=mean_or_nan(other),
+        n_pairs_other_relations=len(other),
+        layer_counts=counts,
+        layer_pct=_pct(counts),
         p=rel_neurons.p if rel_neurons else None,
         rounds=rel_neurons.rounds if rel_neurons else None,
-        converged=rel_neurons.converged if rel_neurons else None)
+        converged=rel_neurons.converged if rel_neurons else None,
+    )
     return stats, (same_sum, same_n), (sum(other), len(other))
 
 
@@ -269,8 +274,10 @@ def identification_from_neurons(
         if missing:
             raise ValueError(f"ours and baseline cover different relations: {sorted(missing)}")
         methods["baseline"] = baseline
-    flat = {m: {k: v for rn in rns.values() for k, v in rn.neurons.items()}
-            for m, rns in methods.items()}
+    flat = {
+        m: {k: v for rn in rns.values() for k, v in rn.neurons.items()}
+        for m, rns in methods.items()
+    }
     relations: dict[str, RelationStats] = {}
     sampler = OtherRelationSampler(keys_by_relation)
     all_same = {m: [0, 0] for m in methods}  # [sum of overlaps, pairs]
@@ -278,8 +285,9 @@ def identification_from_neurons(
     for rel, keys in keys_by_relation.items():
         per: dict[str, MethodStats] = {}
         for m, rns in methods.items():
-            per[m], same, other = _method_stats(keys, flat[m], relation_of, keys_by_relation,
-                                                sampler, n_layers, config, rns[rel])
+            per[m], same, other = _method_stats(
+                keys, flat[m], relation_of, keys_by_relation, sampler, n_layers, config, rns[rel]
+            )
             for acc, (a, b) in ((all_same[m], same), (all_other[m], other)):
                 acc[0] += a
                 acc[1] += b
@@ -290,16 +298,32 @@ def identification_from_neurons(
         lists = [flat[m].get(k, []) for k in all_keys]
         counts = layer_counts(lists, n_layers)
         overall_per[m] = MethodStats(
-            n_facts=len(all_keys), neurons_per_fact=mean_or_nan([len(x) for x in lists]),
+            n_facts=len(all_keys),
+            neurons_per_fact=mean_or_nan([len(x) for x in lists]),
             facts_without_neurons=sum(1 for x in lists if not x),
-            overlap_same_relation=_ratio(*all_same[m]), n_pairs_same_relation=all_same[m][1],
+            overlap_same_relation=_ratio(*all_same[m]),
+            n_pairs_same_relation=all_same[m][1],
             overlap_other_relations=_ratio(*all_other[m]),
             n_pairs_other_relations=all_other[m][1],
-            layer_counts=counts, layer_pct=_pct(counts))
+            layer_counts=counts,
+            layer_pct=_pct(counts),
+        )
     overall = RelationStats(len(all_keys), overall_per["ours"], overall_per.get("baseline"))
-    settings = {k: getattr(config, k) for k in (
-        "t", "baseline_t", "p", "p_step", "p_rounds", "target_neurons", "min_shared_prompts",
-        "random_other_facts", "seed", "steps")}
+    settings = {
+        k: getattr(config, k)
+        for k in (
+            "t",
+            "baseline_t",
+            "p",
+            "p_step",
+            "p_rounds",
+            "target_neurons",
+            "min_shared_prompts",
+            "random_other_facts",
+            "seed",
+            "steps",
+        )
+    }
     neurons = {m: {k: list(v) for k, v in flat[m].items()} for m in methods}
     return IdentificationResult(n_layers, d_mlp, relations, overall, neurons, settings)
 
@@ -343,20 +367,31 @@ def identification(
     return identification_from_scores(scores, config)
 
 
-def report_rows(result: Mapping[str, Any], paper: Mapping[str, Any], meta: Mapping[str, Any]
-                ) -> list[ReportRow]:
+def report_rows(
+    result: Mapping[str, Any], paper: Mapping[str, Any], meta: Mapping[str, Any]
+) -> list[ReportRow]:
     """The paper's identification figures beside this run's (the report's table)."""
     rows = []
-    for key, label in (("neurons_per_fact", "knowledge neurons per fact"),
-                       ("overlap_same_relation", "shared neurons, same relation"),
-                       ("overlap_other_relations", "shared neurons, other relations")):
+    for key, label in (
+        ("neurons_per_fact", "knowledge neurons per fact"),
+        ("overlap_same_relation", "shared neurons, same relation"),
+        ("overlap_other_relations", "shared neurons, other relations"),
+    ):
         for who in ("ours", "baseline"):
-            rows.append(report_row(f"{label} ({who})", dig(paper, key, who),
-                                   dig(result, "overall", who, key)))
+            rows.append(
+                report_row(
+                    f"{label} ({who})", dig(paper, key, who), dig(result, "overall", who, key)
+                )
+            )
     for who in ("ours", "baseline"):
         pct = dig(result, "overall", who, "layer_pct")
         if isinstance(pct, list) and pct:
             top = max(1, len(pct) // 3)
-            rows.append(report_row(f"% of neurons in the top {top} of {len(pct)} layers ({who})",
-                                   "most (ours)" if who == "ours" else None, sum(pct[-top:])))
+            rows.append(
+                report_row(
+                    f"% of neurons in the top {top} of {len(pct)} layers ({who})",
+                    "most (ours)" if who == "ours" else None,
+                    sum(pct[-top:]),
+                )
+            )
     return rows

@@ -33,8 +33,7 @@ from transformer_lens import HookedEncoder
 from kn_lens.config import PaperConfig
 from kn_lens.data import FactBag
 from kn_lens.interventions import scaled_mask_probs
-from kn_lens.neuron import check_neurons
-from kn_lens.neuron import Neuron
+from kn_lens.neuron import Neuron, check_neurons
 from kn_lens.prompts import answer_token_id, encode
 from kn_lens.results import ReportRow, Result, dig, mean_or_nan, report_row
 
@@ -44,7 +43,8 @@ PAPER: dict[str, Any] = {
     "suppress": {"ours": -29.03, "baseline": -1.47},
     "amplify": {"ours": 31.17, "baseline": -1.27},
     "unit": "% change of the correct answer's probability (mean Δp / mean p), own prompts",
-    "note": "The paper reports that unrelated facts change much less; it gives no average for them.",
+    "note": "The paper reports that unrelated facts change much less; it gives no average for "
+    "them.",
 }
 
 OPERATIONS: tuple[str, ...] = ("suppress", "amplify")
@@ -138,13 +138,23 @@ def _ratio(delta: float, p: float) -> float:
 
 
 def _stats(facts: Sequence[FactChange], method: str, op: str) -> ChangeStats:
-    own = [(f.p_own, f.delta[method][op]["own"]) for f in facts if method in f.delta]
-    oth = [(f.p_other, f.delta[method][op]["other"]) for f in facts
-           if method in f.delta and f.p_other is not None]
+    own = [
+        (f.p_own, d)
+        for f in facts
+        if method in f.delta and (d := f.delta[method][op]["own"]) is not None
+    ]
+    oth = [
+        (f.p_other, d)
+        for f in facts
+        if method in f.delta
+        and f.p_other is not None
+        and (d := f.delta[method][op]["other"]) is not None
+    ]
     own_p, own_d = mean_or_nan([a for a, _ in own]), mean_or_nan([b for _, b in own])
     oth_p, oth_d = mean_or_nan([a for a, _ in oth]), mean_or_nan([b for _, b in oth])
-    return ChangeStats(len(own), own_p, own_d, _ratio(own_d, own_p),
-                       len(oth), oth_p, oth_d, _ratio(oth_d, oth_p))
+    return ChangeStats(
+        len(own), own_p, own_d, _ratio(own_d, own_p), len(oth), oth_p, oth_d, _ratio(oth_d, oth_p)
+    )
 
 
 def modify(
@@ -200,8 +210,9 @@ def modify(
         other = unrelated_bag(bags, bag, config.seed)
         prompts = list(bag.prompts) + (list(other.prompts) if other else [])
         n_own = len(bag.prompts)
-        targets = ([answer_token_id(model, bag.object)] * n_own
-                   + ([answer_token_id(model, other.object)] * len(other.prompts) if other else []))
+        targets = [answer_token_id(model, bag.object)] * n_own + (
+            [answer_token_id(model, other.object)] * len(other.prompts) if other else []
+        )
         enc = encode(model, prompts)
         base = scaled_mask_probs(model, enc, targets, [], None, batch_size=config.batch_size)
         delta: dict[str, dict[str, dict[str, float | None]]] = {}
@@ -210,14 +221,28 @@ def modify(
                 continue
             delta[m] = {}
             for op, factor in factors.items():
-                d = scaled_mask_probs(model, enc, targets, neurons, factor,
-                                      batch_size=config.batch_size) - base
-                delta[m][op] = {"own": float(d[:n_own].mean()),
-                                "other": float(d[n_own:].mean()) if other else None}
-        facts.append(FactChange(
-            bag.key, bag.relation, bag.object, other.key if other else None,
-            {m: len(v) for m, v in neuron_sets.items()}, float(base[:n_own].mean()),
-            float(base[n_own:].mean()) if other else None, delta))
+                d = (
+                    scaled_mask_probs(
+                        model, enc, targets, neurons, factor, batch_size=config.batch_size
+                    )
+                    - base
+                )
+                delta[m][op] = {
+                    "own": float(d[:n_own].mean()),
+                    "other": float(d[n_own:].mean()) if other else None,
+                }
+        facts.append(
+            FactChange(
+                bag.key,
+                bag.relation,
+                bag.object,
+                other.key if other else None,
+                {m: len(v) for m, v in neuron_sets.items()},
+                float(base[:n_own].mean()),
+                float(base[n_own:].mean()) if other else None,
+                delta,
+            )
+        )
 
     relations: dict[str, dict[str, dict[str, ChangeStats]]] = {}
     for rel in dict.fromkeys(f.relation for f in facts):
@@ -231,23 +256,38 @@ def modify(
             rel_stats = [r[m][op] for r in relations.values() if r[m][op].n_facts]
             own = [s.own_pct for s in rel_stats if math.isfinite(s.own_pct)]
             oth = [s.other_pct for s in rel_stats if math.isfinite(s.other_pct)]
-            overall[m][op] = {"own_pct": mean_or_nan(own), "other_pct": mean_or_nan(oth),
-                              "n_relations": len(rel_stats),
-                              "n_facts": sum(s.n_facts for s in rel_stats)}
+            overall[m][op] = {
+                "own_pct": mean_or_nan(own),
+                "other_pct": mean_or_nan(oth),
+                "n_relations": len(rel_stats),
+                "n_facts": sum(s.n_facts for s in rel_stats),
+            }
             pooled[m][op] = _stats(facts, m, op)
     settings = {"amplify_factor": config.amplify_factor, "seed": config.seed}
-    return ModifyResult(tuple(methods), OPERATIONS, relations, overall, pooled, facts, skipped,
-                        settings)
+    return ModifyResult(
+        tuple(methods), OPERATIONS, relations, overall, pooled, facts, skipped, settings
+    )
 
 
-def report_rows(result: Mapping[str, Any], paper: Mapping[str, Any], meta: Mapping[str, Any]
-                ) -> list[ReportRow]:
+def report_rows(
+    result: Mapping[str, Any], paper: Mapping[str, Any], meta: Mapping[str, Any]
+) -> list[ReportRow]:
     """The paper's suppress/amplify figures beside this run's (the report's table)."""
     rows = []
     for op in ("suppress", "amplify"):
         for who in ("ours", "baseline"):
-            rows.append(report_row(f"{op}: % change of correct-answer probability ({who})",
-                                   dig(paper, op, who), dig(result, "overall", who, op, "own_pct")))
-        rows.append(report_row(f"{op}: % change on unrelated facts (ours)", "small",
-                               dig(result, "overall", "ours", op, "other_pct")))
+            rows.append(
+                report_row(
+                    f"{op}: % change of correct-answer probability ({who})",
+                    dig(paper, op, who),
+                    dig(result, "overall", who, op, "own_pct"),
+                )
+            )
+        rows.append(
+            report_row(
+                f"{op}: % change on unrelated facts (ours)",
+                "small",
+                dig(result, "overall", "ours", op, "other_pct"),
+            )
+        )
     return rows

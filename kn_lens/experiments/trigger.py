@@ -9,25 +9,33 @@ the top prompts state the fact (the tail is the masked word), while the bottom o
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 from transformer_lens import HookedEncoder
 
 from kn_lens.config import PaperConfig
 from kn_lens.data import FactBag
+from kn_lens.data.web import PROMPT_TYPES, WebFact, WebPromptSet, build_web_prompts, select_facts
 from kn_lens.interventions import grouped_activations
 from kn_lens.neuron import Neuron
-from kn_lens.results import ReportRow, Result, dig, mean_or_nan, report_row, to_jsonable
-from kn_lens.data.web import PROMPT_TYPES, WebFact, WebPromptSet, build_web_prompts, select_facts
-
+from kn_lens.results import (
+    ReportRow,
+    Result,
+    dig,
+    fmt,
+    mean_or_nan,
+    report_row,
+    spread_by_relation,
+    to_jsonable,
+)
 
 #: The paper (Table 3) shows examples only: the top prompts state the fact, the bottom ones do not.
 PAPER: dict[str, Any] = {
     "note": "The paper shows examples only: the most activating prompts state the fact (T1), the "
-            "least activating do not."
+    "least activating do not."
 }
 
 
@@ -133,8 +141,9 @@ def activating_prompts(
         raise ValueError(f"unknown prompt type(s) {bad}; expected some of {PROMPT_TYPES}")
     keys, skipped = select_facts(web_facts, neurons, bags=bags)
     if prompts is None:
-        prompts = build_web_prompts(web_facts, keys=keys, seed=config.seed,
-                                    first_words=config.t2_first_words)
+        prompts = build_web_prompts(
+            web_facts, keys=keys, seed=config.seed, first_words=config.t2_first_words
+        )
     by_key = prompts.by_key()
     chosen, items = [], []
     for key in keys:
@@ -148,27 +157,43 @@ def activating_prompts(
             continue
         chosen.append((fp, labelled))
         items.append(([p for p, _ in labelled], list(neurons[key])))
-    acts = grouped_activations(model, items, max_tokens=config.max_tokens,
-                               batch_size=config.batch_size, progress=progress, desc="trigger")
+    acts = grouped_activations(
+        model,
+        items,
+        max_tokens=config.max_tokens,
+        batch_size=config.batch_size,
+        progress=progress,
+        desc="trigger",
+    )
     facts = []
-    for (fp, labelled), a in zip(chosen, acts):
+    for (fp, labelled), a in zip(chosen, acts, strict=False):
         scores = a.sum(-1).tolist()
-        scored = [ScoredPrompt(p, t, float(s)) for (p, t), s in zip(labelled, scores)]
+        scored = [ScoredPrompt(p, t, float(s)) for (p, t), s in zip(labelled, scores, strict=False)]
         order = sorted(range(len(scored)), key=lambda i: (-scored[i].score, i))
-        facts.append(FactTriggers(
-            key=fp.key, relation=fp.relation, subject=fp.subject, object=fp.object,
-            neurons=[(int(n[0]), int(n[1])) for n in neurons[fp.key]],
-            n_ranked=len(scored),
-            top=[scored[i] for i in order[:k]],
-            bottom=[scored[i] for i in reversed(order[-k:])],
-        ))
+        facts.append(
+            FactTriggers(
+                key=fp.key,
+                relation=fp.relation,
+                subject=fp.subject,
+                object=fp.object,
+                neurons=[(int(n[0]), int(n[1])) for n in neurons[fp.key]],
+                n_ranked=len(scored),
+                top=[scored[i] for i in order[:k]],
+                bottom=[scored[i] for i in reversed(order[-k:])],
+            )
+        )
     return TriggerResult(
-        k=k, types=tuple(types), facts=facts,
+        k=k,
+        types=tuple(types),
+        facts=facts,
         top_t1_share=_share_t1([p for f in facts for p in f.top]),
         bottom_t1_share=_share_t1([p for f in facts for p in f.bottom]),
         skipped_facts=skipped,
-        settings={"seed": config.seed, "max_tokens": config.max_tokens,
-                  "first_words": config.t2_first_words},
+        settings={
+            "seed": config.seed,
+            "max_tokens": config.max_tokens,
+            "first_words": config.t2_first_words,
+        },
     )
 
 
@@ -188,10 +213,37 @@ def write_trigger_jsonl(result: TriggerResult | Mapping[str, Any], path: str | P
     return path
 
 
-def report_rows(result: Mapping[str, Any], paper: Mapping[str, Any], meta: Mapping[str, Any]
-                ) -> list[ReportRow]:
+def report_rows(
+    result: Mapping[str, Any], paper: Mapping[str, Any], meta: Mapping[str, Any]
+) -> list[ReportRow]:
     """What the paper finds of activating prompts, beside this run's shares."""
-    return [report_row("share of top prompts that state the fact (T1)", "most",
-                       dig(result, "top_t1_share")),
-            report_row("share of bottom prompts that state the fact (T1)", "few",
-                       dig(result, "bottom_t1_share"))]
+    return [
+        report_row(
+            "share of top prompts that state the fact (T1)", "most", dig(result, "top_t1_share")
+        ),
+        report_row(
+            "share of bottom prompts that state the fact (T1)",
+            "few",
+            dig(result, "bottom_t1_share"),
+        ),
+    ]
+
+
+def report_examples(res: Mapping[str, Any], n: int) -> list[str]:
+    """A few facts of the result as display lines for the report, one per relation first."""
+    out = []
+    facts = [f for f in res.get("facts", []) if isinstance(f, dict) and f.get("top")]
+    for f in spread_by_relation(facts, n):
+        top, bottom = f["top"][0], (f.get("bottom") or [None])[0]
+        line = (
+            f"{f.get('subject')} --{f.get('relation')}--> {f.get('object')} "
+            f"({len(f.get('neurons', []))} neurons): most activating "
+            f'"{top.get("prompt")}" ({top.get("type")}, {fmt(top.get("score"))})'
+        )
+        if bottom:
+            line += (
+                f'; least activating "{bottom.get("prompt")}" ({bottom.get("type")}, '
+                f"{fmt(bottom.get('score'))})"
+            )
+        out.append(line)
+    return out

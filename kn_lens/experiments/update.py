@@ -43,18 +43,31 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
-
 from transformer_lens import HookedEncoder
 
 from kn_lens.config import PaperConfig
 from kn_lens.data import FactBag, relation_of_key
-from kn_lens.neuron import Neuron
-from kn_lens.prompts import (EncodedPrompts, MaskScores, answer_token_id, bags_by_relation, encode,
-                             perplexity, score_prompts, token_id)
-from kn_lens.results import ReportRow, Result, dig, mean_or_nan, report_row
-from kn_lens.neuron import check_neurons
+from kn_lens.neuron import Neuron, check_neurons, model_shape
+from kn_lens.prompts import (
+    MaskScores,
+    answer_token_id,
+    bags_by_relation,
+    encode,
+    perplexity,
+    score_prompts,
+    token_id,
+)
+from kn_lens.results import (
+    ReportRow,
+    Result,
+    dig,
+    fmt,
+    mean_or_nan,
+    report_row,
+    spread_by_relation,
+)
 from kn_lens.weights import RowEdit, add_to_rows, read_value_vectors
 
 #: The paper's figures (BERT-base-cased on PARAREL; Table 4 of Dai et al. 2022).
@@ -68,6 +81,10 @@ PAPER: dict[str, float] = {
 }
 
 
+#: Facts edited per relation by default (a seeded sample of the facts the model knows).
+DEFAULT_FACTS_PER_RELATION = 10
+
+
 def _token(model: HookedEncoder, answer: str | int, what: str) -> int:
     try:
         return token_id(model, answer)
@@ -79,6 +96,7 @@ def _token(model: HookedEncoder, answer: str | int, what: str) -> int:
 # The update rule
 # --------------------------------------------------------------------------------------------
 
+
 def update_deltas(
     values: Float[Tensor, "neuron d_model"],
     e_old: Float[Tensor, " d_model"],
@@ -88,8 +106,9 @@ def update_deltas(
 ) -> Float[Tensor, "neuron d_model"]:
     """The paper's change to each value vector: ``-l1 |v|/|e_old| e_old + l2 |v|/|e_new| e_new``."""
     norms = values.norm(dim=-1, keepdim=True)
-    return (-lambda1 * norms / e_old.norm() * e_old[None]
-            + lambda2 * norms / e_new.norm() * e_new[None])
+    return (
+        -lambda1 * norms / e_old.norm() * e_old[None] + lambda2 * norms / e_new.norm() * e_new[None]
+    )
 
 
 def update_fact(
@@ -130,7 +149,7 @@ def filter_shared_neurons(
         by_rel[relation_of_key(key)].append(key)
     kept: dict[str, list[Neuron]] = {}
     dropped: dict[str, list[Neuron]] = {}
-    for rel, keys in by_rel.items():
+    for _rel, keys in by_rel.items():
         counts = Counter(Neuron(*map(int, n)) for k in keys for n in set(map(tuple, neurons[k])))
         limit = max(1.0, max_share * len(keys))
         for k in keys:
@@ -143,6 +162,7 @@ def filter_shared_neurons(
 # --------------------------------------------------------------------------------------------
 # The experiment
 # --------------------------------------------------------------------------------------------
+
 
 @dataclass
 class EditMetrics:
@@ -193,8 +213,16 @@ class FactUpdate:
     random: EditMetrics | None = None
 
 
-METRICS = ("success_rate", "change_rate", "prob_gain", "rank_gain", "delta_intra_ppl",
-           "delta_inter_ppl", "intra_ppl_change", "inter_ppl_change")
+METRICS = (
+    "success_rate",
+    "change_rate",
+    "prob_gain",
+    "rank_gain",
+    "delta_intra_ppl",
+    "delta_inter_ppl",
+    "intra_ppl_change",
+    "inter_ppl_change",
+)
 
 
 @dataclass
@@ -244,9 +272,16 @@ def _summarise(facts: Sequence[FactUpdate]) -> dict[str, dict[str, float]]:
     return out
 
 
-def _edit_metrics(before: MaskScores, after: MaskScores, n_fact: int, n_intra: int,
-                  old_id: int, new_id: int, intra_before: float, inter_before: float
-                  ) -> EditMetrics:
+def _edit_metrics(
+    before: MaskScores,
+    after: MaskScores,
+    n_fact: int,
+    n_intra: int,
+    old_id: int,
+    new_id: int,
+    intra_before: float,
+    inter_before: float,
+) -> EditMetrics:
     f = slice(0, n_fact)
     top_b, top_a = before.top1[f], after.top1[f]
     success = float((top_a == new_id).float().mean())
@@ -256,30 +291,40 @@ def _edit_metrics(before: MaskScores, after: MaskScores, n_fact: int, n_intra: i
     assert before.target_rank is not None and after.target_rank is not None
     prob_gain = float((after.target_logp[f].exp() - before.target_logp[f].exp()).mean())
     rank_gain = float((before.target_rank[f] - after.target_rank[f]).float().mean())
-    intra_a = perplexity(after.gold_logp[n_fact:n_fact + n_intra])
-    inter_a = perplexity(after.gold_logp[n_fact + n_intra:])
-    return EditMetrics(success, change, prob_gain, rank_gain, intra_a, inter_a,
-                       intra_a - intra_before, inter_a - inter_before,
-                       intra_a / intra_before - 1, inter_a / inter_before - 1)
+    intra_a = perplexity(after.gold_logp[n_fact : n_fact + n_intra])
+    inter_a = perplexity(after.gold_logp[n_fact + n_intra :])
+    return EditMetrics(
+        success,
+        change,
+        prob_gain,
+        rank_gain,
+        intra_a,
+        inter_a,
+        intra_a - intra_before,
+        inter_a - inter_before,
+        intra_a / intra_before - 1,
+        inter_a / inter_before - 1,
+    )
 
 
 def _rng(seed: int, *parts: str) -> random.Random:
     return random.Random(":".join([str(seed), *parts]))
 
 
-def known_shares(model: HookedEncoder, bags: Sequence[FactBag], *, batch_size: int = 64
-                 ) -> dict[str, float]:
-    """Per bag key, the share of its prompts whose top-1 prediction is the bag's object."""
+def known_shares(
+    model: HookedEncoder, bags: Sequence[FactBag], config: PaperConfig = PaperConfig()
+) -> dict[str, float]:
+    """Per bag key, the share of its prompts whose top-1 prediction is the bag's object
+    (``config.batch_size`` prompts per forward pass)."""
     prompts = [p for b in bags for p in b.prompts]
     gold = torch.tensor([answer_token_id(model, b.object) for b in bags for _ in b.prompts])
-    scores = score_prompts(model, encode(model, prompts), gold, batch_size=batch_size)
+    scores = score_prompts(model, encode(model, prompts), gold, batch_size=config.batch_size)
     out, s = {}, 0
     for b in bags:
         n = len(b.prompts)
-        out[b.key] = float((scores.top1[s:s + n] == gold[s:s + n]).float().mean())
+        out[b.key] = float((scores.top1[s : s + n] == gold[s : s + n]).float().mean())
         s += n
     return out
-
 
 
 def update_experiment(
@@ -289,7 +334,7 @@ def update_experiment(
     config: PaperConfig = PaperConfig(),
     *,
     relations: Sequence[str] | None = None,
-    facts_per_relation: int | None = 10,
+    facts_per_relation: int | None = DEFAULT_FACTS_PER_RELATION,
     known_threshold: float = 0.5,
     control: bool = True,
     progress: bool = False,
@@ -316,8 +361,9 @@ def update_experiment(
     by_rel = bags_by_relation(model, bags)
     kept, dropped = filter_shared_neurons(neurons, config.max_relation_share)
     if relations is None:
-        relations = sorted({b.relation for rel_bags in by_rel.values() for b in rel_bags
-                            if b.key in kept})
+        relations = sorted(
+            {b.relation for rel_bags in by_rel.values() for b in rel_bags if b.key in kept}
+        )
     else:
         missing = [r for r in relations if r not in by_rel]
         if missing:
@@ -331,30 +377,41 @@ def update_experiment(
             if b.key not in kept:
                 continue
             if not kept[b.key]:
-                skipped.append({"key": b.key, "reason": "no neurons left after the share filter"
-                                if neurons[b.key] else "no knowledge neurons"})
+                skipped.append(
+                    {
+                        "key": b.key,
+                        "reason": "no neurons left after the share filter"
+                        if neurons[b.key]
+                        else "no knowledge neurons",
+                    }
+                )
                 continue
             candidates.append(b)
     if not candidates:
         raise ValueError("no facts to edit: no bag of the chosen relations has knowledge neurons")
-    shares = known_shares(model, candidates, batch_size=config.batch_size)
+    shares = known_shares(model, candidates, config)
     n_candidates = {r: sum(1 for b in candidates if b.relation == r) for r in relations}
-    n_known = {r: sum(1 for b in candidates if b.relation == r and shares[b.key] >= known_threshold)
-               for r in relations}
+    n_known = {
+        r: sum(1 for b in candidates if b.relation == r and shares[b.key] >= known_threshold)
+        for r in relations
+    }
 
     chosen: list[FactBag] = []
     for rel in relations:
         known = [b for b in candidates if b.relation == rel and shares[b.key] >= known_threshold]
         for b in candidates:
             if b.relation == rel and shares[b.key] < known_threshold:
-                skipped.append({"key": b.key, "reason": f"not known (top-1 on {shares[b.key]:.0%} "
-                                "of prompts)"})
+                skipped.append(
+                    {"key": b.key, "reason": f"not known (top-1 on {shares[b.key]:.0%} of prompts)"}
+                )
         if facts_per_relation is not None and len(known) > facts_per_relation:
-            known = sorted(_rng(config.seed, "facts", rel).sample(known, facts_per_relation),
-                           key=lambda b: b.index)
+            known = sorted(
+                _rng(config.seed, "facts", rel).sample(known, facts_per_relation),
+                key=lambda b: b.index,
+            )
         chosen.extend(known)
 
-    n_layers, d_mlp = int(model.cfg.n_layers), int(model.cfg.d_mlp)
+    n_layers, d_mlp = model_shape(model)
     facts: list[FactUpdate] = []
     iterator: Iterable[FactBag] = chosen
     if progress:
@@ -374,20 +431,20 @@ def update_experiment(
         intra = rng.sample(same, min(config.ppl_bags, len(same)))
         inter = rng.sample(other, min(config.ppl_bags, len(other)))
         prompts = list(bag.prompts) + [p for b in (*intra, *inter) for p in b.prompts]
-        gold = torch.tensor([old_id] * len(bag.prompts)
-                            + [answer_token_id(model, b.object) for b in (*intra, *inter)
-                               for _ in b.prompts])
+        gold = torch.tensor(
+            [old_id] * len(bag.prompts)
+            + [answer_token_id(model, b.object) for b in (*intra, *inter) for _ in b.prompts]
+        )
         target = torch.full_like(gold, new_id)
         enc = encode(model, prompts)
         n_fact = len(bag.prompts)
         n_intra = sum(len(b.prompts) for b in intra)
         before = score_prompts(model, enc, gold, target, batch_size=config.batch_size)
-        intra_b = perplexity(before.gold_logp[n_fact:n_fact + n_intra])
-        inter_b = perplexity(before.gold_logp[n_fact + n_intra:])
+        intra_b = perplexity(before.gold_logp[n_fact : n_fact + n_intra])
+        inter_b = perplexity(before.gold_logp[n_fact + n_intra :])
 
         kn = kept[bag.key]
-        with update_fact(model, kn, old_id, new_id, lambda1=config.lambda1,
-                         lambda2=config.lambda2):
+        with update_fact(model, kn, old_id, new_id, lambda1=config.lambda1, lambda2=config.lambda2):
             after = score_prompts(model, enc, gold, target, batch_size=config.batch_size)
         km = _edit_metrics(before, after, n_fact, n_intra, old_id, new_id, intra_b, inter_b)
 
@@ -401,41 +458,87 @@ def update_experiment(
                 if n not in exclude:
                     exclude.add(n)
                     rand_ns.append(n)
-            with update_fact(model, rand_ns, old_id, new_id, lambda1=config.lambda1,
-                             lambda2=config.lambda2):
+            with update_fact(
+                model, rand_ns, old_id, new_id, lambda1=config.lambda1, lambda2=config.lambda2
+            ):
                 after_r = score_prompts(model, enc, gold, target, batch_size=config.batch_size)
             rm = _edit_metrics(before, after_r, n_fact, n_intra, old_id, new_id, intra_b, inter_b)
 
-        facts.append(FactUpdate(
-            key=bag.key, relation=bag.relation, subject=bag.subject, old_answer=bag.object,
-            new_answer=new, n_prompts=n_fact, known_share=shares[bag.key], neurons=list(kn),
-            dropped_neurons=list(dropped.get(bag.key, [])), intra_keys=[b.key for b in intra],
-            inter_keys=[b.key for b in inter], intra_ppl_before=intra_b, inter_ppl_before=inter_b,
-            knowledge=km, random_neurons=rand_ns, random=rm,
-        ))
+        facts.append(
+            FactUpdate(
+                key=bag.key,
+                relation=bag.relation,
+                subject=bag.subject,
+                old_answer=bag.object,
+                new_answer=new,
+                n_prompts=n_fact,
+                known_share=shares[bag.key],
+                neurons=list(kn),
+                dropped_neurons=list(dropped.get(bag.key, [])),
+                intra_keys=[b.key for b in intra],
+                inter_keys=[b.key for b in inter],
+                intra_ppl_before=intra_b,
+                inter_ppl_before=inter_b,
+                knowledge=km,
+                random_neurons=rand_ns,
+                random=rm,
+            )
+        )
 
     per_relation = {rel: _summarise([f for f in facts if f.relation == rel]) for rel in relations}
     return UpdateResult(
-        lambda1=config.lambda1, lambda2=config.lambda2,
-        max_relation_share=config.max_relation_share, ppl_bags=config.ppl_bags,
-        known_threshold=known_threshold, facts_per_relation=facts_per_relation, seed=config.seed,
-        relations=relations, n_candidates=n_candidates, n_known=n_known,
-        summary=_summarise(facts), per_relation=per_relation, facts=facts, skipped=skipped,
+        lambda1=config.lambda1,
+        lambda2=config.lambda2,
+        max_relation_share=config.max_relation_share,
+        ppl_bags=config.ppl_bags,
+        known_threshold=known_threshold,
+        facts_per_relation=facts_per_relation,
+        seed=config.seed,
+        relations=relations,
+        n_candidates=n_candidates,
+        n_known=n_known,
+        summary=_summarise(facts),
+        per_relation=per_relation,
+        facts=facts,
+        skipped=skipped,
     )
 
 
-def report_rows(result: Mapping[str, Any], paper: Mapping[str, Any], meta: Mapping[str, Any]
-                ) -> list[ReportRow]:
+def report_rows(
+    result: Mapping[str, Any], paper: Mapping[str, Any], meta: Mapping[str, Any]
+) -> list[ReportRow]:
     """The paper's update figures beside this run's (the report's table)."""
     rows = []
     for arm, prefix in (("knowledge", ""), ("random", "random_")):
         who = "knowledge neurons" if arm == "knowledge" else "random neurons"
-        for m, label in (("success_rate", "success rate"), ("change_rate", "change rate"),
-                         ("delta_intra_ppl", "Δ intra-relation perplexity"),
-                         ("delta_inter_ppl", "Δ inter-relation perplexity")):
+        for m, label in (
+            ("success_rate", "success rate"),
+            ("change_rate", "change rate"),
+            ("delta_intra_ppl", "Δ intra-relation perplexity"),
+            ("delta_inter_ppl", "Δ inter-relation perplexity"),
+        ):
             pv, ov = dig(paper, prefix + m), dig(result, "summary", arm, m)
             if pv is None and ov is None:
                 continue
             rows.append(report_row(f"{label} ({who})", pv, ov))
     rows.append(report_row("facts edited", None, dig(result, "summary", "knowledge", "n_facts")))
     return rows
+
+
+def report_examples(res: Mapping[str, Any], n: int) -> list[str]:
+    """A few facts of the result as display lines for the report, one per relation first."""
+    out = []
+    facts = [f for f in res.get("facts", []) if isinstance(f, dict)]
+    for f in spread_by_relation(facts, n):
+        k = f.get("knowledge") or {}
+        line = (
+            f"{f.get('subject')} ({f.get('relation')}): {f.get('old_answer')} -> "
+            f"{f.get('new_answer')} by editing {len(f.get('neurons', []))} neuron(s): "
+            f"success {fmt(k.get('success_rate'))}, change {fmt(k.get('change_rate'))}, "
+            f"Δ intra-ppl {fmt(k.get('delta_intra_ppl'))}"
+        )
+        r = f.get("random")
+        if isinstance(r, dict):
+            line += f"; random neurons: success {fmt(r.get('success_rate'))}"
+        out.append(line)
+    return out

@@ -370,8 +370,8 @@ def test_kill_and_resume_exactly_once(tmp_path, tiny_ckpt):
     assert set(before) <= set(keys)
     assert "already stored" in done.stderr
     # Every stored line is a whole record.
-    for f in relation_files(out / "attribution", "P19"):
-        assert f.read_bytes().endswith(b"\n")
+    for path in relation_files(out / "attribution", "P19"):
+        assert path.read_bytes().endswith(b"\n")
     assert len(read_union(relation_files(out / "attribution", "P106"))) == 5
 
 

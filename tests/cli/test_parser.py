@@ -6,6 +6,7 @@ subcommand lists only the options it uses.
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 import time
@@ -58,7 +59,9 @@ def test_parsing_imports_nothing_heavy(argv: list[str], rc: int) -> None:
 
 
 def _options(command: str) -> set[str]:
-    sub = build_parser()._subparsers._group_actions[0].choices[command]  # type: ignore[union-attr]
+    parser = build_parser()
+    subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    sub = subparsers[0].choices[command]
     return {s for a in sub._actions for s in a.option_strings}
 
 

@@ -6,51 +6,66 @@ import json
 import math
 
 import pytest
-
-from kn_lens.experiments import ANALYSES
 import torch
 
+from kn_lens.data.web import build_web_prompts, web_facts_from_dict
+from kn_lens.experiments import ANALYSES
 from kn_lens.experiments.distant import PAPER, DistantResult, distant_activation
 from kn_lens.experiments.trigger import activating_prompts, write_trigger_jsonl
 from kn_lens.interventions import grouped_activations, neuron_activations
 from kn_lens.model import DEFAULT_MODEL_DIR
 from kn_lens.neuron import Neuron
-from kn_lens.data.web import build_web_prompts, web_facts_from_dict
 
 
 def _toy_web():
     web = {
         "P19": [
-            {"th_bags": ["Alice was born in Paris .", "Alice , a doctor , left Paris .",
-                         "Alice was born in the city of Paris , the capital of the country ."],
-             "h_bags": ["Alice is a doctor .", "Alice works as a lawyer in London ."]},
+            {
+                "th_bags": [
+                    "Alice was born in Paris .",
+                    "Alice , a doctor , left Paris .",
+                    "Alice was born in the city of Paris , the capital of the country .",
+                ],
+                "h_bags": ["Alice is a doctor .", "Alice works as a lawyer in London ."],
+            },
             {"th_bags": ["Bob was born in London ."], "h_bags": ["Bob is an actor ."]},
             {"th_bags": ["Zor was born in Rome ."], "h_bags": []},
         ],
         "P27": [
-            {"th_bags": ["Mur is from Berlin .", "Mur speaks German in Berlin ."],
-             "h_bags": ["Mur is an actor .", "Mur was born ."]},
+            {
+                "th_bags": ["Mur is from Berlin .", "Mur speaks German in Berlin ."],
+                "h_bags": ["Mur is an actor .", "Mur was born ."],
+            },
         ],
     }
-    qp = {"P19": [["Alice", "Paris"], ["Bob", "London"], ["Zor", "Rome"]],
-          "P27": [["Mur", "Berlin"]]}
+    qp = {
+        "P19": [["Alice", "Paris"], ["Bob", "London"], ["Zor", "Rome"]],
+        "P27": [["Mur", "Berlin"]],
+    }
     return web_facts_from_dict(web, qp)
 
 
-NEURONS = {"P19/0": [Neuron(0, 1), Neuron(1, 5)], "P19/1": [Neuron(1, 3)], "P19/2": [Neuron(0, 7)],
-           "P27/0": [Neuron(1, 60), Neuron(0, 1)], "P19/9": [Neuron(0, 0)], "P27/5": []}
+NEURONS = {
+    "P19/0": [Neuron(0, 1), Neuron(1, 5)],
+    "P19/1": [Neuron(1, 3)],
+    "P19/2": [Neuron(0, 7)],
+    "P27/0": [Neuron(1, 60), Neuron(0, 1)],
+    "P19/9": [Neuron(0, 0)],
+    "P27/5": [],
+}
 BASELINE = {"P19/0": [Neuron(0, 2)], "P27/0": [Neuron(1, 1), Neuron(1, 2)]}
 
 
 def test_grouped_activations_match_one_by_one(tiny_model):
-    items = [(["Alice was born in [MASK] .", "the [MASK] of Paris ."],
-              [Neuron(0, 3), Neuron(1, 4)]),
-             (["Bob is a [MASK] ."], [Neuron(1, 4)]),
-             (["[MASK] speaks French and English in London and Paris ."] * 3, [Neuron(0, 9)]),
-             (["a [MASK] ."], [Neuron(1, 10), Neuron(1, 10), Neuron(0, 3)])]
+    items = [
+        (["Alice was born in [MASK] .", "the [MASK] of Paris ."], [Neuron(0, 3), Neuron(1, 4)]),
+        (["Bob is a [MASK] ."], [Neuron(1, 4)]),
+        (["[MASK] speaks French and English in London and Paris ."] * 3, [Neuron(0, 9)]),
+        (["a [MASK] ."], [Neuron(1, 10), Neuron(1, 10), Neuron(0, 3)]),
+    ]
     got = grouped_activations(tiny_model, items, batch_size=3)
     assert len(got) == len(items)
-    for (prompts, ns), g in zip(items, got):
+    for (prompts, ns), g in zip(items, got, strict=False):
         ref = neuron_activations(tiny_model, prompts, ns)
         assert g.shape == (len(prompts), len(ns))
         torch.testing.assert_close(g, ref, atol=1e-5, rtol=1e-4)
@@ -61,8 +76,11 @@ def test_distant_activation_on_tiny_model(tiny_model):
     res = distant_activation(tiny_model, wf, NEURONS, baseline=BASELINE)
     assert isinstance(res, DistantResult)
     assert [f.key for f in res.facts] == ["P19/0", "P19/1", "P27/0"]
-    assert res.skipped_facts == {"P19/2": "no_T2_prompts", "P19/9": "no_web_sentences",
-                                 "P27/5": "no_neurons"}
+    assert res.skipped_facts == {
+        "P19/2": "no_T2_prompts",
+        "P19/9": "no_web_sentences",
+        "P27/5": "no_neurons",
+    }
     # the fact value is the mean over its prompts and neurons, read through the hooks
     ps = build_web_prompts(wf, keys=["P19/0"], seed=0).facts[0]
     ref = neuron_activations(tiny_model, list(ps.t1), NEURONS["P19/0"]).mean()
@@ -70,6 +88,7 @@ def test_distant_activation_on_tiny_model(tiny_model):
     assert alice.n_prompts == {"T1": 3, "T2": 2, "T3": 3}
     assert alice.ours["T1"] == pytest.approx(float(ref), abs=1e-5)
     ref_b = neuron_activations(tiny_model, list(ps.t3), BASELINE["P19/0"]).mean()
+    assert alice.baseline is not None
     assert alice.baseline["T3"] == pytest.approx(float(ref_b), abs=1e-5)
     assert res.facts[1].baseline is None and res.facts[1].n_baseline_neurons == 0
     # aggregates
@@ -130,14 +149,18 @@ def test_activating_prompts_rank_and_jsonl(tiny_model, tmp_path):
     from kn_lens.plots import trigger_figure
 
     fig = trigger_figure(res.to_dict(), {})
-    assert list(fig.data[0].y) == [pytest.approx(res.top_t1_share),
-                                   pytest.approx(res.bottom_t1_share)]
+    assert list(fig.data[0].y) == [
+        pytest.approx(res.top_t1_share),
+        pytest.approx(res.bottom_t1_share),
+    ]
 
 
 # --- the default model ------------------------------------------------------------------------
 
-needs_default = pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "config.json").is_file(),
-                                   reason="default model not built yet (kn_lens/default_model/)")
+needs_default = pytest.mark.skipif(
+    not (DEFAULT_MODEL_DIR / "config.json").is_file(),
+    reason="default model not built yet (kn_lens/default_model/)",
+)
 
 
 @needs_default
@@ -151,8 +174,8 @@ def test_default_model_t1_exceeds_t3():
     from kn_lens import load_model
     from kn_lens.config import PaperConfig
     from kn_lens.data import default_facts
-    from kn_lens.knowledge_neurons import find_knowledge_neurons
     from kn_lens.data.web import default_web_facts
+    from kn_lens.knowledge_neurons import find_knowledge_neurons
 
     model = load_model("default", device="cpu")
     wf = default_web_facts()

@@ -5,15 +5,21 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from kn_lens.experiments import ANALYSES
 import torch
 
 from kn_lens.config import PaperConfig
-from kn_lens.experiments.erase import (PAPER, PAPER_RELATIONS, EraseResult, erase_experiment,
-                                       erase_relation, relation_top_neurons)
+from kn_lens.experiments import ANALYSES
+from kn_lens.experiments.erase import (
+    PAPER,
+    PAPER_RELATIONS,
+    EraseResult,
+    erase_experiment,
+    erase_relation,
+    relation_top_neurons,
+)
 from kn_lens.neuron import Neuron
-from tests.experiments.test_update import default_kn, one_thread, tiny_bags, tiny_neurons  # noqa: F401 (fixture)
+from tests.experiments.conftest import one_thread
+from tests.experiments.test_update import tiny_bags, tiny_neurons
 
 
 def _state(model):
@@ -66,8 +72,13 @@ def test_erase_experiment_on_tiny_model(tiny_model):
     assert er.random_neurons is not None and not set(er.random_neurons) & set(er.erased)
     s = er.summary
     assert s["ppl_before"] == res.before["P1"].ppl
-    for k in ("accuracy_after", "ppl_after", "others_ppl_after", "others_mean_ppl_change",
-              "random_ppl_after"):
+    for k in (
+        "accuracy_after",
+        "ppl_after",
+        "others_ppl_after",
+        "others_mean_ppl_change",
+        "random_ppl_after",
+    ):
         assert k in s
     assert res.before["P1"].n_prompts == 6 * 3
     d = res.to_dict()
@@ -105,8 +116,15 @@ def test_default_model_erasing_a_relation_hurts_it_far_more_than_others(default_
     before = _state(model)
     eval_bags = [b for b in bags if b.relation in ("W14", "W01", "W02", "W10", "W05")]
     with one_thread():
-        res = erase_experiment(model, eval_bags, neurons, ["W14"], PaperConfig(),
-                               max_bags_per_relation=30, control=True)
+        res = erase_experiment(
+            model,
+            eval_bags,
+            neurons,
+            ["W14"],
+            PaperConfig(),
+            max_bags_per_relation=30,
+            control=True,
+        )
     _assert_same_state(model, before)
     s = res.erasures[0].summary
     drop = s["accuracy_before"] - s["accuracy_after"]

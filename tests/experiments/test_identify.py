@@ -8,12 +8,6 @@ from pathlib import Path
 import pytest
 
 from kn_lens.experiments import ANALYSES
-
-from kn_lens.knowledge_neurons import RelationNeurons
-from kn_lens.neuron import Neuron
-from tests.test_knowledge_neurons import N_LAYERS, _bag_scores_with
-
-
 from kn_lens.experiments.identify import (
     IdentificationResult,
     identification_from_neurons,
@@ -24,6 +18,9 @@ from kn_lens.experiments.identify import (
     overlap_count,
     same_relation_overlaps,
 )
+from kn_lens.knowledge_neurons import RelationNeurons
+from kn_lens.neuron import Neuron
+from tests.test_knowledge_neurons import N_LAYERS, _bag_scores_with
 
 
 def _rn(relation: str, neurons: dict[str, list[Neuron]], method: str = "ig") -> RelationNeurons:
@@ -41,22 +38,30 @@ def test_overlap_counts_on_known_sets():
 
 
 def test_other_relation_sample_is_seeded_and_excludes_own_relation():
-    keys = {"P1": [f"P1/{i}" for i in range(5)], "P2": [f"P2/{i}" for i in range(150)],
-            "P3": [f"P3/{i}" for i in range(30)]}
+    keys = {
+        "P1": [f"P1/{i}" for i in range(5)],
+        "P2": [f"P2/{i}" for i in range(150)],
+        "P3": [f"P3/{i}" for i in range(30)],
+    }
     s1 = other_relation_sample(keys, "P1/0", "P1", 100, seed=0)
     assert len(s1) == 100 == len(set(s1)) and not any(k.startswith("P1/") for k in s1)
     assert s1 == other_relation_sample(keys, "P1/0", "P1", 100, seed=0)
     assert s1 != other_relation_sample(keys, "P1/0", "P1", 100, seed=1)
     assert sorted(other_relation_sample(keys, "P2/0", "P2", 100, seed=0)) == sorted(
-        keys["P1"] + keys["P3"])  # fewer than 100 others: all of them
+        keys["P1"] + keys["P3"]
+    )  # fewer than 100 others: all of them
 
 
 def test_identification_statistics_on_known_neurons():
     A, B, C, D, E = (Neuron(2, 0), Neuron(2, 1), Neuron(1, 5), Neuron(0, 7), Neuron(2, 9))
-    ours = {"P1": _rn("P1", {"P1/0": [A, B, C], "P1/1": [A, B], "P1/2": [A]}),
-            "P2": _rn("P2", {"P2/0": [A, D], "P2/1": [E]})}
-    base = {"P1": _rn("P1", {"P1/0": [D], "P1/1": [], "P1/2": [D]}, "activation"),
-            "P2": _rn("P2", {"P2/0": [D], "P2/1": [D]}, "activation")}
+    ours = {
+        "P1": _rn("P1", {"P1/0": [A, B, C], "P1/1": [A, B], "P1/2": [A]}),
+        "P2": _rn("P2", {"P2/0": [A, D], "P2/1": [E]}),
+    }
+    base = {
+        "P1": _rn("P1", {"P1/0": [D], "P1/1": [], "P1/2": [D]}, "activation"),
+        "P2": _rn("P2", {"P2/0": [D], "P2/1": [D]}, "activation"),
+    }
     res = identification_from_neurons(ours, base, n_layers=3, d_mlp=10)
     p1 = res.relations["P1"].ours
     assert p1.neurons_per_fact == 2.0
@@ -71,6 +76,7 @@ def test_identification_statistics_on_known_neurons():
     assert o.layer_counts == [1, 1, 7]
     assert o.layer_pct == pytest.approx([100 / 9, 100 / 9, 700 / 9])
     b = res.overall.baseline
+    assert b is not None and res.relations["P1"].baseline is not None
     assert b.facts_without_neurons == 1 and b.layer_pct == pytest.approx([100.0, 0.0, 0.0])
     assert res.relations["P1"].baseline.overlap_same_relation == pytest.approx(1 / 3)
     d = json.loads(json.dumps(res.to_dict()))
@@ -111,7 +117,9 @@ def test_fast_pair_overlap_sum_matches_all_pairs():
     from kn_lens.experiments.identify import same_relation_overlap_sum
 
     rng = _random.Random(0)
-    lists = [[Neuron(rng.randrange(3), rng.randrange(6)) for _ in range(rng.randrange(5))]
-             for _ in range(12)]
+    lists = [
+        [Neuron(rng.randrange(3), rng.randrange(6)) for _ in range(rng.randrange(5))]
+        for _ in range(12)
+    ]
     total, pairs = same_relation_overlap_sum(lists)
     assert pairs == 66 and total == sum(same_relation_overlaps(lists))

@@ -1,4 +1,4 @@
-"""Suppress / amplify experiment: bookkeeping on the tiny model, the real effect on the default one."""
+"""Suppress / amplify: bookkeeping on the tiny model, the real effect on the default one."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from kn_lens.experiments import ANALYSES
-
 from kn_lens.config import PaperConfig
 from kn_lens.data import Fact, FactBag
+from kn_lens.experiments import ANALYSES
 from kn_lens.experiments.modify import ModifyResult, modify, unrelated_bag
 from kn_lens.interventions import scaled_mask_probs
 from kn_lens.neuron import Neuron
@@ -54,7 +53,9 @@ def test_modify_bookkeeping_matches_direct_measurement(tiny_model):
     clean = scaled_mask_probs(tiny_model, list(bags[0].prompts), t, [], None)
     for op, factor in (("suppress", 0.0), ("amplify", 2.0)):
         hooked = scaled_mask_probs(tiny_model, list(bags[0].prompts), t, ours["P19/0"], factor)
-        assert f0.delta["ours"][op]["own"] == pytest.approx(float((hooked - clean).mean()), abs=1e-6)
+        assert f0.delta["ours"][op]["own"] == pytest.approx(
+            float((hooked - clean).mean()), abs=1e-6
+        )
     assert f0.p_own == pytest.approx(float(clean.mean()), abs=1e-6)
     # a fact without neurons of a method is left out of that method only
     assert "baseline" not in res.facts[1].delta and "ours" not in res.facts[2].delta
@@ -64,8 +65,12 @@ def test_modify_bookkeeping_matches_direct_measurement(tiny_model):
     assert st.own_pct == pytest.approx(100 * st.own_delta / st.own_p)
     ov = res.overall["ours"]["amplify"]
     assert ov["n_relations"] == 2 and ov["own_pct"] == pytest.approx(
-        (res.relations["P19"]["ours"]["amplify"].own_pct
-         + res.relations["P36"]["ours"]["amplify"].own_pct) / 2)
+        (
+            res.relations["P19"]["ours"]["amplify"].own_pct
+            + res.relations["P36"]["ours"]["amplify"].own_pct
+        )
+        / 2
+    )
     d = json.loads(json.dumps(res.to_dict()))
     assert d["schema"] == "modify" and ANALYSES["modify"].paper["suppress"]["ours"] == -29.03
 
@@ -73,8 +78,10 @@ def test_modify_bookkeeping_matches_direct_measurement(tiny_model):
 def test_modify_skips_facts_without_neurons_and_checks_input(tiny_model):
     bags = _tiny_bags()
     res = modify(tiny_model, bags, {"P19/0": [Neuron(1, 3)]})
-    assert res.methods == ("ours",) and res.skipped_facts == {"P36/0": "no_neurons",
-                                                              "P106/0": "no_neurons"}
+    assert res.methods == ("ours",) and res.skipped_facts == {
+        "P36/0": "no_neurons",
+        "P106/0": "no_neurons",
+    }
     with pytest.raises(ValueError, match="bag P19/0"):
         modify(tiny_model, bags, {"P19/0": [Neuron(7, 3)]})
     with pytest.raises(ValueError, match="appears twice"):
@@ -87,7 +94,9 @@ def test_modify_skips_facts_without_neurons_and_checks_input(tiny_model):
 @pytest.fixture(scope="module")
 def default_setup():
     if not (DEFAULT_MODEL / "config.json").is_file():
-        pytest.skip("kn_lens/default_model is absent (train it with python -m kn_lens.data.world train)")
+        pytest.skip(
+            "kn_lens/default_model is absent (train it with python -m kn_lens.data.world train)"
+        )
     from kn_lens import load_model
     from kn_lens.data import default_facts
     from kn_lens.knowledge_neurons import identify_all, score_bags
@@ -102,8 +111,11 @@ def default_setup():
     cfg = PaperConfig(steps=5)
     scores = score_bags(model, bags, cfg)
     ours = {k: v for rn in identify_all(scores, cfg, "ig").values() for k, v in rn.neurons.items()}
-    base = {k: v for rn in identify_all(scores, cfg, "activation").values()
-            for k, v in rn.neurons.items()}
+    base = {
+        k: v
+        for rn in identify_all(scores, cfg, "activation").values()
+        for k, v in rn.neurons.items()
+    }
     return model, bags, ours, base, cfg
 
 
@@ -130,8 +142,12 @@ def test_default_model_suppressing_knowledge_neurons(default_setup):
 def test_modify_figure_from_result_dict(tiny_model, tmp_path):
     from kn_lens.plots import modify_figure, save_figure
 
-    res = modify(tiny_model, _tiny_bags(), {"P19/0": [Neuron(1, 3)], "P36/0": [Neuron(0, 5)]},
-                 {"P19/0": [Neuron(0, 1)]})
+    res = modify(
+        tiny_model,
+        _tiny_bags(),
+        {"P19/0": [Neuron(1, 3)], "P36/0": [Neuron(0, 5)]},
+        {"P19/0": [Neuron(0, 1)]},
+    )
     fig = modify_figure(json.loads(json.dumps(res.to_dict())), ANALYSES["modify"].paper)
     names = {t.name for t in fig.data}
     assert {"our knowledge neurons", "baseline neurons", "paper: knowledge neurons"} <= names

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
 
 import pytest
-
-from kn_lens.experiments import ANALYSES
 import torch
 
 from kn_lens.config import PaperConfig
 from kn_lens.data import Fact, FactBag
-from kn_lens.experiments.update import (PAPER, UpdateResult, filter_shared_neurons,
-                                        update_deltas, update_experiment, update_fact)
+from kn_lens.experiments import ANALYSES
+from kn_lens.experiments.update import (
+    PAPER,
+    UpdateResult,
+    filter_shared_neurons,
+    update_deltas,
+    update_experiment,
+    update_fact,
+)
 from kn_lens.neuron import Neuron
 from kn_lens.prompts import answer_token_id
+from tests.experiments.conftest import one_thread
 
 TEMPLATES = {
     "P1": ["[X] was born in [Y] .", "[X] is from [Y] .", "the city of [X] is [Y] ."],
@@ -67,8 +71,11 @@ def test_update_rule_changes_only_chosen_rows_by_formula(tiny_model):
                     assert torch.equal(w[i], w0[i]), f"row {layer}/{i} changed"
                     continue
                 v = w0[i]
-                expected = (v - 1.0 * v.norm() / e_old.norm() * e_old
-                            + 8.0 * v.norm() / e_new.norm() * e_new)
+                expected = (
+                    v
+                    - 1.0 * v.norm() / e_old.norm() * e_old
+                    + 8.0 * v.norm() / e_new.norm() * e_new
+                )
                 torch.testing.assert_close(w[i], expected, rtol=1e-5, atol=1e-6)
         # every other parameter is untouched
         changed = [k for k, v in tiny_model.state_dict().items() if not torch.equal(v, before[k])]
@@ -93,15 +100,18 @@ def test_update_handle_restores_state_exactly(tiny_model):
     _assert_same_state(tiny_model, before)
 
 
-@pytest.mark.parametrize("neurons, old, new, match", [
-    (NS, "Paris", "Zorvik", r"new answer: answer 'Zorvik' is not a single vocabulary token"),
-    (NS, "Zorvik", "Paris", r"old answer: .*'Zorvik'"),
-    (NS, "Paris", "Paris", "same token"),
-    (NS, "Paris", 10_000, "out of range"),
-    ([Neuron(2, 0)], "Paris", "London", r"L2\.N0.*out of range"),
-    ([Neuron(0, 64)], "Paris", "London", r"L0\.N64.*out of range"),
-    ([], "Paris", "London", "empty neuron set"),
-])
+@pytest.mark.parametrize(
+    "neurons, old, new, match",
+    [
+        (NS, "Paris", "Zorvik", r"new answer: answer 'Zorvik' is not a single vocabulary token"),
+        (NS, "Zorvik", "Paris", r"old answer: .*'Zorvik'"),
+        (NS, "Paris", "Paris", "same token"),
+        (NS, "Paris", 10_000, "out of range"),
+        ([Neuron(2, 0)], "Paris", "London", r"L2\.N0.*out of range"),
+        ([Neuron(0, 64)], "Paris", "London", r"L0\.N64.*out of range"),
+        ([], "Paris", "London", "empty neuron set"),
+    ],
+)
 def test_update_bad_input_fails_clearly(tiny_model, neurons, old, new, match):
     before = _state(tiny_model)
     with pytest.raises(ValueError, match=match):
@@ -127,8 +137,9 @@ def test_update_experiment_on_tiny_model(tiny_model):
     before = _state(tiny_model)
     cfg = PaperConfig(max_relation_share=1.0, ppl_bags=2, seed=3)
     with one_thread():
-        res = update_experiment(tiny_model, bags, neurons, cfg, known_threshold=0.0,
-                                facts_per_relation=4)
+        res = update_experiment(
+            tiny_model, bags, neurons, cfg, known_threshold=0.0, facts_per_relation=4
+        )
     _assert_same_state(tiny_model, before)
     assert isinstance(res, UpdateResult)
     assert len(res.facts) == 8 and res.relations == ["P1", "P2"]
@@ -143,6 +154,7 @@ def test_update_experiment_on_tiny_model(tiny_model):
         assert f.random_neurons is not None and len(f.random_neurons) == len(f.neurons)
         assert not set(f.random_neurons) & set(f.neurons)
         for m in (f.knowledge, f.random):
+            assert m is not None
             assert 0.0 <= m.success_rate <= 1.0
     d = res.to_dict()
     assert d["schema"] == "update" and ANALYSES["update"].paper == PAPER
@@ -151,8 +163,15 @@ def test_update_experiment_on_tiny_model(tiny_model):
 
     assert len(update_figure(d, PAPER).data) == 4  # ours, random, paper x2
     with one_thread():
-        again = update_experiment(tiny_model, bags, neurons, cfg, known_threshold=0.0,
-                                  facts_per_relation=4, relations=["P2"])
+        again = update_experiment(
+            tiny_model,
+            bags,
+            neurons,
+            cfg,
+            known_threshold=0.0,
+            facts_per_relation=4,
+            relations=["P2"],
+        )
     first_p2 = [f for f in d["facts"] if f["relation"] == "P2"]
     assert again.to_dict()["facts"] == first_p2  # seeded per fact, independent of other relations
 
@@ -160,8 +179,14 @@ def test_update_experiment_on_tiny_model(tiny_model):
 def test_update_experiment_known_filter_and_errors(tiny_model):
     bags = tiny_bags()
     neurons = tiny_neurons(bags)
-    res = update_experiment(tiny_model, bags, neurons, PaperConfig(max_relation_share=1.0),
-                            known_threshold=1.01, control=False)
+    res = update_experiment(
+        tiny_model,
+        bags,
+        neurons,
+        PaperConfig(max_relation_share=1.0),
+        known_threshold=1.01,
+        control=False,
+    )
     assert res.facts == [] and all("not known" in s["reason"] for s in res.skipped)
     with pytest.raises(ValueError, match="no facts to edit"):
         update_experiment(tiny_model, bags, {}, PaperConfig())
@@ -173,60 +198,15 @@ def test_update_experiment_known_filter_and_errors(tiny_model):
 # The default model (skipped when kn_lens/default_model is absent)
 # --------------------------------------------------------------------------------------------
 
-DEFAULT_BAGS_PER_RELATION = 24  # bags attributed per relation (IG, steps=10): ~15-25 s on CPU
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Run torch on one CPU thread (much faster for small models on a shared, busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
-@functools.lru_cache(maxsize=1)
-def _default_model_and_bags():
-    from kn_lens import load_model
-    from kn_lens.data import default_facts
-
-    return load_model("default", device="cpu"), default_facts()
-
-
-@functools.lru_cache(maxsize=4)
-def default_neurons(relation: str) -> dict[str, list[Neuron]]:
-    """IG knowledge neurons (adaptive p) of the first bags of ``relation`` on the default model;
-    cached for the session (shared with tests/test_erase.py)."""
-    from kn_lens.knowledge_neurons import identify_relation, score_bags
-
-    model, bags = _default_model_and_bags()
-    cfg = PaperConfig(steps=10)
-    rel_bags = [b for b in bags if b.relation == relation][:DEFAULT_BAGS_PER_RELATION]
-    with one_thread():
-        scores = score_bags(model, rel_bags, cfg, methods=("ig",))
-    return identify_relation(scores, cfg, "ig").neurons
-
-
-@pytest.fixture
-def default_kn():
-    """``(model, bags, neurons_of)``: the default model, its bags, and :func:`default_neurons`."""
-    from kn_lens.model import DEFAULT_MODEL_DIR
-
-    if not (DEFAULT_MODEL_DIR / "config.json").is_file():
-        pytest.skip(f"default model not found in {DEFAULT_MODEL_DIR}")
-    model, bags = _default_model_and_bags()
-    return model, bags, default_neurons
-
 
 def test_default_model_knowledge_neuron_updates_beat_random(default_kn):
     model, bags, neurons_of = default_kn
     neurons = neurons_of("W01")  # place of birth
     before = _state(model)
     with one_thread():
-        res = update_experiment(model, bags, neurons, PaperConfig(ppl_bags=2),
-                                relations=["W01"], facts_per_relation=10)
+        res = update_experiment(
+            model, bags, neurons, PaperConfig(ppl_bags=2), relations=["W01"], facts_per_relation=10
+        )
     _assert_same_state(model, before)
     kn, rnd = res.summary["knowledge"], res.summary["random"]
     assert kn["n_facts"] == 10
