@@ -1,4 +1,5 @@
-"""Benchmark: kn_lens.attribute against the ``knowledge-neurons`` package (EleutherAI), side by side.
+"""Benchmark: kn_lens.attribute against the ``knowledge-neurons`` package (EleutherAI), side by
+side.
 
 Both score the same prompts with integrated gradients (20 steps, every layer) on the same random
 weights: kn_lens on a TransformerLens ``HookedEncoder`` loaded through ``kn_lens.load_model``, the
@@ -47,17 +48,47 @@ SHAPES = {
     "tiny": (2, 64, 128, 4, 1_000),  # a dry run of the script only (benchmarks/gpu.sh --device cpu)
 }
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-WORDS = ["the", "a", "of", "in", "is", "was", "born", "city", "capital", "country", "language",
-         "speaks", "works", "as", "located", "native", "official", "member", "plays", "founded",
-         "Paris", "London", "Berlin", "Rome", "Madrid", "French", "English", "German", "Italian"]
+WORDS = [
+    "the",
+    "a",
+    "of",
+    "in",
+    "is",
+    "was",
+    "born",
+    "city",
+    "capital",
+    "country",
+    "language",
+    "speaks",
+    "works",
+    "as",
+    "located",
+    "native",
+    "official",
+    "member",
+    "plays",
+    "founded",
+    "Paris",
+    "London",
+    "Berlin",
+    "Rome",
+    "Madrid",
+    "French",
+    "English",
+    "German",
+    "Italian",
+]
 
 
 # --------------------------------------------------------------------------------------------
 # models and prompts
 # --------------------------------------------------------------------------------------------
 
+
 def make_checkpoint(folder: Path, shape: str, seed: int = 0) -> Path:
-    """A random BertForMaskedLM of the given shape with a synthetic vocabulary, saved to ``folder``."""
+    """A random BertForMaskedLM of the given shape with a synthetic vocabulary, saved to
+    ``folder``."""
     from transformers import BertConfig, BertForMaskedLM, BertTokenizer
 
     n_layers, d_model, d_mlp, n_heads, vocab = SHAPES[shape]
@@ -65,9 +96,14 @@ def make_checkpoint(folder: Path, shape: str, seed: int = 0) -> Path:
     words = SPECIAL + WORDS
     words += [f"w{i}" for i in range(vocab - len(words))]
     (folder / "vocab.txt").write_text("\n".join(words) + "\n")
-    cfg = BertConfig(vocab_size=vocab, hidden_size=d_model, num_hidden_layers=n_layers,
-                     num_attention_heads=n_heads, intermediate_size=d_mlp,
-                     max_position_embeddings=512)
+    cfg = BertConfig(
+        vocab_size=vocab,
+        hidden_size=d_model,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        intermediate_size=d_mlp,
+        max_position_embeddings=512,
+    )
     torch.manual_seed(seed)
     BertForMaskedLM(cfg).eval().save_pretrained(folder)
     BertTokenizer.from_pretrained(str(folder), do_lower_case=False).save_pretrained(folder)
@@ -75,11 +111,15 @@ def make_checkpoint(folder: Path, shape: str, seed: int = 0) -> Path:
 
 
 def make_prompts(n: int, seed: int) -> list[str]:
-    """``n`` fact-like prompts of 6-12 words, each with one [MASK] (lengths vary, so batches pad)."""
+    """``n`` fact-like prompts of 6-12 words, each with one [MASK] (lengths vary, so batches
+    pad)."""
     rng = random.Random(seed)
     out = []
     for _ in range(n):
-        words = [rng.choice(WORDS[:20] + [f"w{rng.randrange(100, 20_000)}"]) for _ in range(rng.randint(5, 11))]
+        words = [
+            rng.choice(WORDS[:20] + [f"w{rng.randrange(100, 20_000)}"])
+            for _ in range(rng.randint(5, 11))
+        ]
         words.insert(rng.randrange(len(words) + 1), "[MASK]")
         out.append(" ".join(words) + " .")
     return out
@@ -88,6 +128,7 @@ def make_prompts(n: int, seed: int) -> list[str]:
 # --------------------------------------------------------------------------------------------
 # FLOP counts (multiply-adds x 2) of the work each implementation must do, at the real lengths
 # --------------------------------------------------------------------------------------------
+
 
 def block_flops(n_tok: int, d: int, f: int) -> float:
     """Forward FLOPs of one BERT block on a sequence of ``n_tok`` tokens."""
@@ -155,11 +196,15 @@ def flops_knowledge_neurons(lengths: list[int], shape: str, steps: int) -> float
     for n in lengths:
         full = n_layers * block_flops(n, d, f) + head_flops(n, d, v)
         for layer in range(n_layers):
-            total += full + steps * (full + (n_layers - layer) * block_flops(n, d, f) + head_flops(n, d, v))
+            total += full + steps * (
+                full + (n_layers - layer) * block_flops(n, d, f) + head_flops(n, d, v)
+            )
     return total
 
 
-def matmul_gflops(device: str, m: int, k: int, n: int, dtype=torch.float32, seconds: float = 2.0) -> float:
+def matmul_gflops(
+    device: str, m: int, k: int, n: int, dtype=torch.float32, seconds: float = 2.0
+) -> float:
     a = torch.randn(m, k, device=device, dtype=dtype)
     b = torch.randn(k, n, device=device, dtype=dtype)
     for _ in range(3):
@@ -185,13 +230,15 @@ def sync(device: str) -> None:
 # the two implementations
 # --------------------------------------------------------------------------------------------
 
+
 def knowledge_neurons_cls():
     """``knowledge_neurons.KnowledgeNeurons``; imported here only (benchmark dependency)."""
     try:
         from knowledge_neurons import KnowledgeNeurons
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise SystemExit("knowledge-neurons is not installed: pip install -r benchmarks/requirements.txt"
-                         f" ({e})") from None
+        raise SystemExit(
+            f"knowledge-neurons is not installed: pip install -r benchmarks/requirements.txt ({e})"
+        ) from None
     return KnowledgeNeurons
 
 
@@ -233,10 +280,11 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def top_overlap(a: torch.Tensor, b: torch.Tensor, k: int = 20) -> float:
     """Mean over prompts of the share of ``a``'s top-``k`` neurons that are also ``b``'s."""
+
     def top(t: torch.Tensor) -> set[int]:
         return set(t.flatten().topk(k).indices.tolist())
 
-    shares = [len(top(x) & top(y)) / k for x, y in zip(a, b)]
+    shares = [len(top(x) & top(y)) / k for x, y in zip(a, b, strict=False)]
     return sum(shares) / len(shares)
 
 
@@ -252,8 +300,11 @@ def run_model(shape: str, args: argparse.Namespace, log, matmul_peak: float) -> 
         folder = make_checkpoint(Path(tmp) / shape, shape, seed=args.seed)
         tl = load_model(folder, device=device)
         hf = BertForMaskedLM.from_pretrained(str(folder)).eval().to(device)
-        tl_low = (load_model(folder, device=device, dtype=getattr(torch, args.also_dtype))
-                  if args.also_dtype else None)
+        tl_low = (
+            load_model(folder, device=device, dtype=getattr(torch, args.also_dtype))
+            if args.also_dtype
+            else None
+        )
     tok = tl.tokenizer
     target = "Paris"
     n_layers, d, f, heads, v = SHAPES[shape]
@@ -266,8 +317,11 @@ def run_model(shape: str, args: argparse.Namespace, log, matmul_peak: float) -> 
         hf_in = tok(prompts, return_tensors="pt", padding=True).to(device)
         hf_logits = hf(**hf_in).logits[torch.arange(len(prompts)), enc.mask_pos.to(device)]
     max_diff = float((hf_logits - mask_logits(tl, enc)).abs().max())
-    log(f"[{shape}] {n_layers} layers, d_model {d}, d_mlp {f}, vocab {v}; prompts of {lengths} tokens;"
-        f" max |logit_HF - logit_TL| at [MASK] = {max_diff:.2e}")
+    log(
+        f"[{shape}] {n_layers} layers, d_model {d}, d_mlp {f}, vocab {v}; prompts of {lengths} "
+        f"tokens;"
+        f" max |logit_HF - logit_TL| at [MASK] = {max_diff:.2e}"
+    )
 
     def time_ours(ps: list[str], model=tl) -> tuple[float, torch.Tensor]:
         sync(device)
@@ -280,13 +334,20 @@ def run_model(shape: str, args: argparse.Namespace, log, matmul_peak: float) -> 
     kn = None
     if not args.skip_kn:
         kn = knowledge_neurons_cls()(hf, tok, model_type="bert", device=device)
-        kn.get_scores_for_layer(prompts[0], target, layer_idx=n_layers - 1,
-                                batch_size=args.kn_batch_size, steps=args.kn_batch_size)  # warm-up
+        kn.get_scores_for_layer(
+            prompts[0],
+            target,
+            layer_idx=n_layers - 1,
+            batch_size=args.kn_batch_size,
+            steps=args.kn_batch_size,
+        )  # warm-up
 
     def time_kn(p: str) -> tuple[float, torch.Tensor]:
         sync(device)
         t0 = time.perf_counter()
-        scores = kn.get_scores(p, target, steps=args.steps, batch_size=args.kn_batch_size, pbar=False)
+        scores = kn.get_scores(
+            p, target, steps=args.steps, batch_size=args.kn_batch_size, pbar=False
+        )
         sync(device)
         return time.perf_counter() - t0, scores.detach().cpu()
 
@@ -294,7 +355,7 @@ def run_model(shape: str, args: argparse.Namespace, log, matmul_peak: float) -> 
     # machine's load hits both alike.
     ours_t, kn_t, ours_rows, theirs = [], [], [], []
     for i, p in enumerate(prompts):
-        for which in (("ours", "kn") if i % 2 == 0 else ("kn", "ours")):
+        for which in ("ours", "kn") if i % 2 == 0 else ("kn", "ours"):
             if which == "ours":
                 dt, sc = time_ours([p])
                 ours_t.append(dt)
@@ -308,11 +369,17 @@ def run_model(shape: str, args: argparse.Namespace, log, matmul_peak: float) -> 
     ours_flop = flops_kn_lens(lengths, shape, args.steps)
     bag_dt, bag_scores = time_ours(prompts)  # the same prompts as one bag
     bag_max_diff = float((bag_scores - ours).abs().max() / ours.abs().max())
-    log(f"[{shape}] kn_lens:           {ours_s:8.3f} s/prompt  {1 / ours_s:8.3f} prompts/s  "
-        f"{ours_flop / len(prompts) / 1e9:7.1f} GFLOP/prompt  {ours_flop / ours_s / len(prompts) / 1e9:6.1f} GFLOP/s"
-        f"   (per prompt: {', '.join(f'{t:.2f}' for t in ours_t)} s)")
-    log(f"[{shape}] kn_lens, the {len(prompts)} prompts as one bag: {bag_dt / len(prompts):.3f} s/prompt "
-        f"(scores equal the one-at-a-time ones to {bag_max_diff:.1e} relative)")
+    log(
+        f"[{shape}] kn_lens:           {ours_s:8.3f} s/prompt  {1 / ours_s:8.3f} prompts/s  "
+        f"{ours_flop / len(prompts) / 1e9:7.1f} GFLOP/prompt  "
+        f"{ours_flop / ours_s / len(prompts) / 1e9:6.1f} GFLOP/s"
+        f"   (per prompt: {', '.join(f'{t:.2f}' for t in ours_t)} s)"
+    )
+    log(
+        f"[{shape}] kn_lens, the {len(prompts)} prompts as one bag: "
+        f"{bag_dt / len(prompts):.3f} s/prompt "
+        f"(scores equal the one-at-a-time ones to {bag_max_diff:.1e} relative)"
+    )
 
     kn_s = speedup = corr = top20 = kn_flop = kn_gflops = bound = None
     floor_flop = flops_exact_floor(lengths, shape, args.steps)
@@ -326,21 +393,31 @@ def run_model(shape: str, args: argparse.Namespace, log, matmul_peak: float) -> 
         corr = pearson(ours, theirs_t)
         per_prompt = [pearson(ours[i], theirs_t[i]) for i in range(len(prompts))]
         top20 = top_overlap(ours, theirs_t)
-        log(f"[{shape}] knowledge-neurons: {kn_s:8.3f} s/prompt  {1 / kn_s:8.3f} prompts/s  "
+        log(
+            f"[{shape}] knowledge-neurons: {kn_s:8.3f} s/prompt  {1 / kn_s:8.3f} prompts/s  "
             f"{kn_flop / len(prompts) / 1e9:7.1f} GFLOP/prompt  {kn_gflops:6.1f} GFLOP/s"
-            f"   (per prompt: {', '.join(f'{t:.2f}' for t in kn_t)} s)")
-        log(f"[{shape}] speed-up kn_lens / knowledge-neurons: {speedup:.2f}x one prompt at a time "
-            f"(per prompt {', '.join(f'{k_ / o:.2f}' for k_, o in zip(kn_t, ours_t))}), "
+            f"   (per prompt: {', '.join(f'{t:.2f}' for t in kn_t)} s)"
+        )
+        log(
+            f"[{shape}] speed-up kn_lens / knowledge-neurons: {speedup:.2f}x one prompt at a time "
+            f"(per prompt "
+            f"{', '.join(f'{k_ / o:.2f}' for k_, o in zip(kn_t, ours_t, strict=False))}), "
             f"{kn_s * len(prompts) / bag_dt:.2f}x against kn_lens' bag;  FLOP ratio "
-            f"{kn_flop / ours_flop:.2f}")
-        log(f"[{shape}] Pearson r of the scores: {corr:.5f} (per prompt min {min(per_prompt):.5f});  "
-            f"top-20 neuron overlap {top20:.2f}")
+            f"{kn_flop / ours_flop:.2f}"
+        )
+        log(
+            f"[{shape}] Pearson r of the scores: {corr:.5f} (per prompt min "
+            f"{min(per_prompt):.5f});  "
+            f"top-20 neuron overlap {top20:.2f}"
+        )
         floor_s = floor_flop / (matmul_peak * 1e9)
         bound = kn_s * len(prompts) / floor_s
-        log(f"[{shape}] bound: an exact method does >= {floor_flop / len(prompts) / 1e9:.1f} "
+        log(
+            f"[{shape}] bound: an exact method does >= {floor_flop / len(prompts) / 1e9:.1f} "
             f"GFLOP/prompt; at the plain matmul's {matmul_peak:.1f} GFLOP/s that is "
             f">= {floor_s / len(prompts):.3f} s/prompt, so at most {bound:.2f}x knowledge-neurons; "
-            f"at equal efficiency at most {kn_flop / floor_flop:.2f}x (the work ratio)")
+            f"at equal efficiency at most {kn_flop / floor_flop:.2f}x (the work ratio)"
+        )
 
     low = None
     if tl_low is not None:
@@ -351,14 +428,21 @@ def run_model(shape: str, args: argparse.Namespace, log, matmul_peak: float) -> 
         low_scores = torch.stack([sc[0].float() for _, sc in low_runs])
         low_s = sum(dt for dt, _ in low_runs) / len(prompts)
         low_top = top_overlap(low_scores, ours)
-        low = {"dtype": args.also_dtype, "s_per_prompt": low_s,
-               "speedup_vs_knowledge_neurons": None if kn_s is None else kn_s / low_s,
-               "speedup_vs_float32": ours_s / low_s, "pearson_vs_float32": pearson(low_scores, ours),
-               "top20_overlap_vs_float32": low_top}
-        log(f"[{shape}] kn_lens in {args.also_dtype} (approximate): {low_s:.3f} s/prompt, "
+        low = {
+            "dtype": args.also_dtype,
+            "s_per_prompt": low_s,
+            "speedup_vs_knowledge_neurons": None if kn_s is None else kn_s / low_s,
+            "speedup_vs_float32": ours_s / low_s,
+            "pearson_vs_float32": pearson(low_scores, ours),
+            "top20_overlap_vs_float32": low_top,
+        }
+        log(
+            f"[{shape}] kn_lens in {args.also_dtype} (approximate): {low_s:.3f} s/prompt, "
             f"{ours_s / low_s:.2f}x its float32 run"
             + ("" if kn_s is None else f", {kn_s / low_s:.2f}x knowledge-neurons (float32)")
-            + f"; Pearson r vs float32 {low['pearson_vs_float32']:.5f}, top-20 overlap {low_top:.2f}")
+            + f"; Pearson r vs float32 {low['pearson_vs_float32']:.5f}, top-20 overlap "
+            f"{low_top:.2f}"
+        )
 
     bag_costs = {}
     for n in args.bags:
@@ -368,20 +452,40 @@ def run_model(shape: str, args: argparse.Namespace, log, matmul_peak: float) -> 
         attribute(tl, bag, target, steps=args.steps, batch_size=args.batch_size)
         sync(device)
         bag_costs[n] = (time.perf_counter() - t0) / n
-    log(f"[{shape}] kn_lens cost per prompt by bag size: "
-        + ", ".join(f"{n}: {s:.3f} s" for n, s in bag_costs.items()))
+    log(
+        f"[{shape}] kn_lens cost per prompt by bag size: "
+        + ", ".join(f"{n}: {s:.3f} s" for n, s in bag_costs.items())
+    )
 
     return ModelReport(
-        model=shape, shape=dict(zip(("n_layers", "d_model", "d_mlp", "n_heads", "vocab"), SHAPES[shape])),
-        device=device, steps=args.steps, batch_size=args.batch_size, kn_batch_size=args.kn_batch_size,
-        n_prompts=len(prompts), prompt_tokens=lengths, ours_s_per_prompt=ours_s, kn_s_per_prompt=kn_s,
-        speedup=speedup, bag_s_per_prompt_same_prompts=bag_dt / len(prompts), ours_per_prompt_s=ours_t,
-        kn_per_prompt_s=kn_t or None, pearson=corr, pearson_per_prompt=per_prompt, top20_overlap=top20,
+        model=shape,
+        shape=dict(
+            zip(("n_layers", "d_model", "d_mlp", "n_heads", "vocab"), SHAPES[shape], strict=False)
+        ),
+        device=device,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        kn_batch_size=args.kn_batch_size,
+        n_prompts=len(prompts),
+        prompt_tokens=lengths,
+        ours_s_per_prompt=ours_s,
+        kn_s_per_prompt=kn_s,
+        speedup=speedup,
+        bag_s_per_prompt_same_prompts=bag_dt / len(prompts),
+        ours_per_prompt_s=ours_t,
+        kn_per_prompt_s=kn_t or None,
+        pearson=corr,
+        pearson_per_prompt=per_prompt,
+        top20_overlap=top20,
         ours_gflop=ours_flop / len(prompts) / 1e9,
         kn_gflop=None if kn_flop is None else kn_flop / len(prompts) / 1e9,
-        ours_gflops=ours_flop / ours_s / len(prompts) / 1e9, kn_gflops=kn_gflops,
-        floor_gflop=floor_flop / len(prompts) / 1e9, bound_speedup_at_matmul_peak=bound,
-        bag_s_per_prompt=bag_costs, max_logit_diff_hf_vs_tl=max_diff, lower_precision=low,
+        ours_gflops=ours_flop / ours_s / len(prompts) / 1e9,
+        kn_gflops=kn_gflops,
+        floor_gflop=floor_flop / len(prompts) / 1e9,
+        bound_speedup_at_matmul_peak=bound,
+        bag_s_per_prompt=bag_costs,
+        max_logit_diff_hf_vs_tl=max_diff,
+        lower_precision=low,
     )
 
 
@@ -393,13 +497,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bags", default="1,4,9", help="bag sizes for kn_lens' cost per prompt")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=64, help="kn_lens rows per pass")
-    ap.add_argument("--kn-batch-size", type=int, default=10,
-                    help="knowledge-neurons batch size (its default, 10; must divide --steps)")
+    ap.add_argument(
+        "--kn-batch-size",
+        type=int,
+        default=10,
+        help="knowledge-neurons batch size (its default, 10; must divide --steps)",
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default torch's)")
     ap.add_argument("--skip-kn", action="store_true", help="time kn_lens only")
-    ap.add_argument("--also-dtype", default=None, choices=["bfloat16", "float16"],
-                    help="also time kn_lens with the model in this lower precision (an opt-in "
-                         "approximation) and compare its scores with float32's")
+    ap.add_argument(
+        "--also-dtype",
+        default=None,
+        choices=["bfloat16", "float16"],
+        help="also time kn_lens with the model in this lower precision (an opt-in "
+        "approximation) and compare its scores with float32's",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args(argv)
@@ -413,12 +525,21 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     log(f"kn_lens attribution benchmark  {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}")
-    dev_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or platform.machine()
-    log(f"device {args.device} ({dev_name}); torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"{os.cpu_count()} CPUs; load average at start {load}")
+    dev_name = (
+        torch.cuda.get_device_name()
+        if args.device.startswith("cuda")
+        else platform.processor() or platform.machine()
+    )
+    log(
+        f"device {args.device} ({dev_name}); torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, "
+        f"{os.cpu_count()} CPUs; load average at start {load}"
+    )
     if load and load[0] > (os.cpu_count() or 1) and torch.get_num_threads() > 1:
-        log("note: the machine is loaded; multi-threaded torch ops stall on busy cores, which"
-            " penalises many small ops. Consider --threads 1 for a fairer comparison.")
+        log(
+            "note: the machine is loaded; multi-threaded torch ops stall on busy cores, which"
+            " penalises many small ops. Consider --threads 1 for a fairer comparison."
+        )
     mm = {}
     shapes = [s for s in args.models.split(",") if s]
     unknown = [s for s in shapes if s not in SHAPES]
@@ -433,11 +554,23 @@ def main(argv: list[str] | None = None) -> int:
     load_end = os.getloadavg() if hasattr(os, "getloadavg") else None
     log(f"total wall time {wall:.0f} s; load average at end {load_end}")
     if args.json:
-        args.json.write_text(json.dumps({
-            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "device": args.device,
-            "device_name": dev_name, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "load_start": load, "load_end": load_end, "wall_s": wall, "matmul_gflops": mm,
-            "models": [asdict(r) for r in reports]}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "device": args.device,
+                    "device_name": dev_name,
+                    "torch": torch.__version__,
+                    "threads": torch.get_num_threads(),
+                    "load_start": load,
+                    "load_end": load_end,
+                    "wall_s": wall,
+                    "matmul_gflops": mm,
+                    "models": [asdict(r) for r in reports],
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

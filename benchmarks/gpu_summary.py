@@ -22,8 +22,12 @@ from pathlib import Path
 from typing import Any
 
 PARAREL_PROMPTS = 253_448  # 27,738 bags over 34 relations (../shared/data/README.md)
-TARGETS = {"encoder_bag_speedup": 10.0, "pararel_gpu_hours": 2.0, "decoder_speedup": 8.0,
-           "decoder_pearson": 0.999}
+TARGETS = {
+    "encoder_bag_speedup": 10.0,
+    "pararel_gpu_hours": 2.0,
+    "decoder_speedup": 8.0,
+    "decoder_pearson": 0.999,
+}
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -32,7 +36,9 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 def pytest_counts(log: str) -> dict[str, int]:
     """``{"passed": 3, "skipped": 1, ...}`` from pytest's closing line."""
-    return {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|deselected|error)", log)}
+    return {
+        k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|deselected|error)", log)
+    }
 
 
 def encoder_figures(enc: dict[str, Any]) -> dict[str, Any]:
@@ -67,11 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     log = log_path.read_text() if log_path.is_file() else ""
     enc, dec = _read(args.out / "encoder.json"), _read(args.out / "decoder.json")
     summary: dict[str, Any] = {
-        "device": args.device, "wall_s": args.wall_s,
+        "device": args.device,
+        "wall_s": args.wall_s,
         "cuda_tests": {"exit_code": args.tests_rc, **pytest_counts(log)},
         "encoder": encoder_figures(enc) if enc else None,
         "encoder_device_name": enc.get("device_name") if enc else None,
-        "decoder": dec, "targets": TARGETS,
+        "decoder": dec,
+        "targets": TARGETS,
     }
     base = (summary["encoder"] or {}).get("base")
     if base:

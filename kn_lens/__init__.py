@@ -40,20 +40,31 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __version__ = "0.1.0"
 
+
 def __getattr__(name: str) -> Any:
     # Static imports on first use: tools still see the dependencies, and torch loads only when
     # a name that needs it is used.
     if name == "attribute":
-        from kn_lens.attribution import attribute as value
-    elif name == "find_knowledge_neurons":
-        from kn_lens.knowledge_neurons import find_knowledge_neurons as value
-    elif name == "load_model":
-        from kn_lens.model import load_model as value
-    else:
-        raise AttributeError(f"module 'kn_lens' has no attribute {name!r}")
-    globals()[name] = value
-    return value
+        from kn_lens.attribution import attribute
+
+        return attribute
+    if name == "find_knowledge_neurons":
+        from kn_lens.knowledge_neurons import find_knowledge_neurons
+
+        return find_knowledge_neurons
+    if name == "load_model":
+        from kn_lens.model import load_model
+
+        return load_model
+    raise AttributeError(f"module 'kn_lens' has no attribute {name!r}")
 
 
-__all__ = ["attribute", "data", "find_knowledge_neurons", "load_model", "Neuron", "PaperConfig",
-           "__version__"]
+__all__ = [
+    "attribute",
+    "data",
+    "find_knowledge_neurons",
+    "load_model",
+    "Neuron",
+    "PaperConfig",
+    "__version__",
+]

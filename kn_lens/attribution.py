@@ -1,7 +1,8 @@
 """Knowledge attribution: integrated gradients over the MLP neurons at ``[MASK]``.
 
 For a prompt with one ``[MASK]`` and an answer token ``y``, Dai et al. (2022) score neuron ``i`` of
-layer ``l`` (the activation ``a_i`` read at ``blocks.{l}.mlp.hook_post``, the ``[MASK]`` position) by
+layer ``l`` (the activation ``a_i`` read at ``blocks.{l}.mlp.hook_post``, the ``[MASK]``
+position) by
 
     Attr(a_i) = a_i * (1/m) * sum_{k=0}^{m-1} d p_y(alpha_k * a) / d (alpha_k a_i),   alpha_k = k/m,
 
@@ -33,12 +34,18 @@ The blocks and their parts are called as TransformerLens modules and hook points
 caller attached (for example an intervention) still fire. Where a block is computed at ``[MASK]``
 only (the second half of the scaled block, and the last block from ``hook_attn_out`` on), those
 hooks see one position instead of all: position-wise hooks behave exactly as in a full forward.
+
+Lower precision is opt-in: ``attribute(..., dtype=torch.bfloat16)`` (or ``torch.float16``) runs
+the model's forward and backward passes under ``torch.autocast`` in that dtype: matrix products
+in half precision, layer norms, softmax and the sums in float32 as autocast keeps them. The model
+itself is not copied or cast, so hooks and weight edits on it apply unchanged. The alpha grid and
+the gradient sums stay in float32. ``dtype=None`` (the default) or ``torch.float32`` is exact.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Literal
 
 import torch
@@ -46,13 +53,39 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedEncoder
 
-from kn_lens.neuron import hook_name
+from kn_lens.neuron import HookList, hook_name, model_shape
 from kn_lens.prompts import EncodedPrompts, encode, logits_at_mask, token_id
 
 Method = Literal["ig", "activation"]
 METHODS: tuple[str, ...] = ("ig", "activation")
+#: The ``dtype`` values :func:`attribute` takes, by name (``None`` = ``"float32"``, exact).
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
 
-__all__ = ["attribute", "METHODS", "Method"]
+__all__ = ["attribute", "DTYPES", "METHODS", "Method", "resolve_dtype"]
+
+
+def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """The autocast dtype for ``attribute(..., dtype=...)``: ``None`` for the exact default
+    (``None``, ``torch.float32`` or ``"float32"``), else ``torch.bfloat16`` / ``torch.float16``
+    (also by name). ``ValueError`` names any other value."""
+    if dtype is None:
+        return None
+    by_value = {v: v for v in DTYPES.values()}
+    resolved = DTYPES.get(dtype) if isinstance(dtype, str) else by_value.get(dtype)
+    if resolved is None:
+        raise ValueError(f"dtype must be None or one of {', '.join(DTYPES)}, got {dtype!r}")
+    return None if resolved == torch.float32 else resolved
+
+
+def _precision(model: HookedEncoder, dtype: torch.dtype | None) -> AbstractContextManager[Any]:
+    """Autocast to ``dtype`` on the model's device type, or nothing for the exact default."""
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=torch.device(model.cfg.device or "cpu").type, dtype=dtype)
 
 
 def _resolve_layers(model: HookedEncoder, layers: Sequence[int] | None) -> list[int]:
@@ -89,15 +122,16 @@ def _no_param_grads(model: torch.nn.Module) -> Iterator[None]:
 
 
 def _additive_mask(attention_mask: Tensor, dtype: torch.dtype) -> Tensor:
-    """``[batch, 1, 1, pos]``: 0 where attended, ``-inf`` at padding (as HookedEncoder builds it)."""
+    """``[batch, 1, 1, pos]``: 0 where attended, ``-inf`` at padding (as HookedEncoder builds
+    it)."""
     zero = torch.zeros((), dtype=dtype, device=attention_mask.device)
     ninf = torch.full((), -torch.inf, dtype=dtype, device=attention_mask.device)
     return torch.where(attention_mask[:, None, None, :] == 0, ninf, zero)
 
 
 def _after_attention(block: Any, resid_mid: Tensor) -> Tensor:
-    """The second half of ``BertBlock.forward``, from ``resid_mid`` (after ``hook_resid_mid``) to the
-    block output, firing the same hook points in the same order; works on any number of positions."""
+    """The second half of ``BertBlock.forward``, from ``resid_mid`` (after ``hook_resid_mid``) to
+    the block output, firing the same hook points in the same order; on any number of positions."""
     mlp_in = block.hook_mlp_in(resid_mid.clone()) if block.cfg.use_hook_mlp_in else resid_mid
     normalized_resid_mid = block.ln1(mlp_in)
     mlp_out = block.hook_mlp_out(block.mlp(normalized_resid_mid))
@@ -157,13 +191,17 @@ def _clean_pass(
     def keep_post(t: Tensor, hook: Any) -> None:
         acts[layer_of(hook)] = t[rows, enc.mask_pos].detach()
 
-    hooks: list[tuple[str, Any]] = [(hook_name(l), keep_post) for l in layers]
+    hooks: HookList = [(hook_name(layer), keep_post) for layer in layers]
     if keep_resid:
-        hooks += [(f"blocks.{l}.hook_resid_mid", keep_mid) for l in layers]
-        hooks += [(f"blocks.{l}.hook_normalized_resid_post", keep_out) for l in layers if l < last]
+        hooks += [(f"blocks.{layer}.hook_resid_mid", keep_mid) for layer in layers]
+        hooks += [
+            (f"blocks.{layer}.hook_normalized_resid_post", keep_out)
+            for layer in layers
+            if layer < last
+        ]
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
         model.encoder_output(enc.tokens, enc.token_type_ids, enc.attention_mask)
-    return block_out, mid, torch.stack([acts[l] for l in layers], dim=1)
+    return block_out, mid, torch.stack([acts[layer] for layer in layers], dim=1)
 
 
 def _ig_group(
@@ -174,7 +212,8 @@ def _ig_group(
     steps: int,
     batch_size: int,
 ) -> Tensor:
-    """IG scores ``[prompt, len(layers), d_mlp]`` for one group of prompts (on the model's device)."""
+    """IG scores ``[prompt, len(layers), d_mlp]`` for one group of prompts (on the model's
+    device)."""
     dev = enc.tokens.device
     n_prompts, n_sel = len(enc), len(layers)
     last = model.cfg.n_layers - 1
@@ -193,13 +232,13 @@ def _ig_group(
     acc = torch.promote_types(clean.dtype, torch.float32)
     alpha = k.to(acc) / steps
 
-    grad_sum = torch.zeros(n_prompts * n_sel, model.cfg.d_mlp, dtype=acc, device=dev)
+    grad_sum = torch.zeros(n_prompts * n_sel, model_shape(model)[1], dtype=acc, device=dev)
     scaled: list[Tensor | None] = [None]  # the values hook_post returns while a scaled MLP runs
 
     def put_scaled(act: Tensor, hook: Any) -> Tensor:
         return act if scaled[0] is None else scaled[0].to(act.dtype)
 
-    hook_names = [(hook_name(l), put_scaled) for l in layers]
+    hook_names: HookList = [(hook_name(layer), put_scaled) for layer in layers]
     n_rows = len(sel)
     with _no_param_grads(model), torch.enable_grad(), model.hooks(fwd_hooks=hook_names):
         for c0 in range(0, n_rows, batch_size):
@@ -237,7 +276,8 @@ def _ig_group(
                     joining = at_mask
                 else:
                     joining = block_out[j][rows_j, :width].index_put(
-                        (torch.arange(stop - start, device=dev), mask_pos[start:stop]), at_mask[:, 0]
+                        (torch.arange(stop - start, device=dev), mask_pos[start:stop]),
+                        at_mask[:, 0],
                     )
                 resid = joining if resid is None else torch.cat([resid, joining])
             assert resid is not None
@@ -257,6 +297,7 @@ def attribute(
     method: str = "ig",
     batch_size: int = 64,
     layers: Sequence[int] | None = None,
+    dtype: torch.dtype | str | None = None,
 ) -> Float[Tensor, "prompt layer d_mlp"]:
     """Attribution scores of every MLP neuron at each prompt's ``[MASK]`` for answer ``target``.
 
@@ -271,6 +312,11 @@ def attribute(
         batch_size: at most this many rows (one row = one prompt at one alpha for one layer) per
             forward/backward pass; bounds memory, does not change the result.
         layers: which layers to score (default all), in the order the output lists them.
+        dtype: ``None`` or ``torch.float32`` (the default): exact, the model's own precision.
+            ``torch.bfloat16`` or ``torch.float16`` (or their names): the model's passes run under
+            ``torch.autocast`` in that dtype (see the module docstring); the alpha grid and the
+            gradient sums stay in float32. Faster where the hardware has fast half-precision
+            matrix products (GPUs); an approximation: check it against float32 on your facts.
 
     Returns:
         ``[P, len(layers), d_mlp]`` scores on the CPU, in the model's dtype; ``[p, i, n]`` is neuron
@@ -278,7 +324,8 @@ def attribute(
 
     Raises:
         ValueError: a prompt without exactly one ``[MASK]``, a target that is not one token, an
-            unknown method, or a bad ``steps`` / ``batch_size`` / ``layers`` value; the message names it.
+            unknown method, or a bad ``steps`` / ``batch_size`` / ``layers`` / ``dtype`` value;
+            the message names it.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; use one of {METHODS}")
@@ -286,22 +333,24 @@ def attribute(
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    autocast_dtype = resolve_dtype(dtype)
     sel_layers = _resolve_layers(model, layers)
     enc = encode(model, prompts)  # validates the prompts (one [MASK] each)
     target_id = token_id(model, target)
-    enc = enc.to(model.cfg.device)
+    enc = enc.to(str(model.cfg.device))
 
     # Prompts sorted by length so that chunks carry little padding; groups of at most
     # `batch_size` prompts bound the cache of clean layer inputs.
     lengths = enc.attention_mask.sum(-1).tolist()
     by_length = sorted(range(len(enc)), key=lambda i: (-lengths[i], i))
-    out = torch.empty(len(enc), len(sel_layers), model.cfg.d_mlp, dtype=model.cfg.dtype)
+    out = torch.empty(len(enc), len(sel_layers), model_shape(model)[1], dtype=model.cfg.dtype)
     for g0 in range(0, len(by_length), batch_size):
-        idx = by_length[g0:g0 + batch_size]
+        idx = by_length[g0 : g0 + batch_size]
         group = enc.select(idx)
-        if method == "activation":
-            _, _, scores = _clean_pass(model, group, sel_layers, keep_resid=False)
-        else:
-            scores = _ig_group(model, group, target_id, sel_layers, steps, batch_size)
+        with _precision(model, autocast_dtype):
+            if method == "activation":
+                _, _, scores = _clean_pass(model, group, sel_layers, keep_resid=False)
+            else:
+                scores = _ig_group(model, group, target_id, sel_layers, steps, batch_size)
         out[torch.tensor(idx)] = scores.detach().to("cpu", model.cfg.dtype)
     return out

@@ -115,8 +115,9 @@ class _Scorer:
 
         if self.model is None:
             device = self.spec.device or ("cuda" if self.gpu else "cpu")
-            self.model = load_model(self.spec.name, device=device,
-                                    dtype=getattr(torch, self.spec.dtype))
+            self.model = load_model(
+                self.spec.name, device=device, dtype=getattr(torch, self.spec.dtype)
+            )
         return self.score(self.model, bag, config)
 
 
@@ -159,8 +160,11 @@ class RayExecutor:
                 "--executor ray needs Ray: pip install 'kn-lens[ray]' (Ray 2.x)"
             ) from None
         if not ray.is_initialized():
-            kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
-                                  "configure_logging": False}
+            kw: dict[str, Any] = {
+                "include_dashboard": False,
+                "log_to_driver": False,
+                "configure_logging": False,
+            }
             if self.address is None:
                 kw["num_cpus"] = os.cpu_count() or 1
             else:
@@ -178,10 +182,18 @@ class RayExecutor:
             n = self.n_actors or max(1, cpus // threads)
             opts = {"num_cpus": threads}
         actor_cls = ray.remote(max_restarts=-1, max_task_retries=0, **opts)(_Scorer)
-        self._actors = [actor_cls.remote(self.spec, None if gpus else threads, self.score,
-                                         bool(gpus)) for _ in range(n)]
-        log.info("Ray: %d %s actor(s) for %s (cluster: %d CPU, %d GPU)", n,
-                 "GPU" if gpus else f"CPU ({threads} thread(s) each)", self.spec.name, cpus, gpus)
+        self._actors = [
+            actor_cls.remote(self.spec, None if gpus else threads, self.score, bool(gpus))
+            for _ in range(n)
+        ]
+        log.info(
+            "Ray: %d %s actor(s) for %s (cluster: %d CPU, %d GPU)",
+            n,
+            "GPU" if gpus else f"CPU ({threads} thread(s) each)",
+            self.spec.name,
+            cpus,
+            gpus,
+        )
 
     @property
     def actors(self) -> list[Any]:
@@ -225,8 +237,11 @@ class RayExecutor:
             except RayActorError as e:
                 if tries + 1 >= 3:
                     raise RuntimeError(f"fact {bags[i].key}: its actor died 3 times ({e})") from e
-                log.warning("actor %d died while scoring %s; handing the fact to another actor",
-                            a, bags[i].key)
+                log.warning(
+                    "actor %d died while scoring %s; handing the fact to another actor",
+                    a,
+                    bags[i].key,
+                )
                 self.retried.append(bags[i].key)
                 todo.appendleft((i, tries + 1))
                 turn = a + 1  # prefer the next actor: this one is restarting

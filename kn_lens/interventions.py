@@ -1,4 +1,5 @@
-"""Reading and changing feed-forward neuron activations at ``[MASK]``, through TransformerLens hooks.
+"""Reading and changing feed-forward neuron activations at ``[MASK]``, through TransformerLens
+hooks.
 
 A neuron ``Neuron(layer, index)`` is the value ``blocks.{layer}.mlp.hook_post[..., index]`` (the
 activation after the non-linearity, which multiplies the row ``W_out[index]``). The paper's
@@ -23,8 +24,8 @@ than silently touching the wrong rows.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -32,10 +33,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedEncoder
 
-from kn_lens.neuron import Neuron, NeuronsLike, check_neurons, hook_name
+from kn_lens.neuron import HookList, Neuron, check_neurons, hook_name
 from kn_lens.prompts import EncodedPrompts, encode, encode_web, mask_probs
-
-HookList = list[tuple[str, Callable[..., Any]]]
 
 
 def _by_layer(neurons: Sequence[Neuron]) -> dict[int, list[int]]:
@@ -73,7 +72,9 @@ def neuron_hooks(
     def make(idx_list: list[int]) -> Callable[..., Tensor]:
         idx_cpu = torch.tensor(idx_list, dtype=torch.long)
 
-        def hook(act: Float[Tensor, "batch pos d_mlp"], hook: Any) -> Float[Tensor, "batch pos d_mlp"]:
+        def hook(
+            act: Float[Tensor, "batch pos d_mlp"], hook: Any
+        ) -> Float[Tensor, "batch pos d_mlp"]:
             idx = idx_cpu.to(act.device)
             out = act.clone()
             if pos_cpu is None:
@@ -166,8 +167,11 @@ def scaled_mask_probs(
     for s in range(0, len(enc), batch_size):
         rows = list(range(s, min(s + batch_size, len(enc))))
         b = enc.select(rows)
-        hooks = [] if factor is None or not neurons else neuron_hooks(
-            model, neurons, factor, positions=b.mask_pos)
+        hooks = (
+            []
+            if factor is None or not neurons
+            else neuron_hooks(model, neurons, factor, positions=b.mask_pos)
+        )
         out.append(mask_probs(model, b, t[rows], fwd_hooks=hooks, batch_size=len(rows)))
     return torch.cat(out).cpu()
 
@@ -186,7 +190,7 @@ def neuron_activations(
     :func:`neuron_hooks`) run first, so an intervention on an earlier layer shows up here. Runs
     without autograd; returns a CPU tensor ``[prompt, neuron]``.
     """
-    enc = _enc(model, prompts).to(model.cfg.device)
+    enc = _enc(model, prompts).to(str(model.cfg.device))
     neurons = check_neurons(model, neurons, allow_empty=True, unique=False)
     out = torch.zeros(len(enc), len(neurons))
     if not neurons:
@@ -198,10 +202,15 @@ def neuron_activations(
         b = enc.select(rows)
         seen: dict[int, Tensor] = {}
 
-        def make_reader(layer: int) -> Callable[..., None]:
+        def make_reader(
+            layer: int, b: EncodedPrompts = b, seen: dict[int, Tensor] = seen
+        ) -> Callable[..., None]:
             def read(act: Float[Tensor, "batch pos d_mlp"], hook: Any) -> None:
-                at_mask = act[torch.arange(act.shape[0], device=act.device), b.mask_pos.to(act.device)]
+                at_mask = act[
+                    torch.arange(act.shape[0], device=act.device), b.mask_pos.to(act.device)
+                ]
                 seen[layer] = at_mask.detach().float().cpu()
+
             return read
 
         readers = [(hook_name(layer), make_reader(layer)) for layer in layers]
@@ -209,7 +218,9 @@ def neuron_activations(
             model.encoder_output(b.tokens, b.token_type_ids, b.attention_mask)
         for layer in layers:
             idx = torch.tensor([neurons[j].index for j in cols[layer]])
-            out[torch.tensor(rows)[:, None], torch.tensor(cols[layer])[None, :]] = seen[layer][:, idx]
+            out[torch.tensor(rows)[:, None], torch.tensor(cols[layer])[None, :]] = seen[layer][
+                :, idx
+            ]
     return out
 
 
@@ -230,7 +241,8 @@ def grouped_activations(
     """For each ``(prompts, neurons)`` item, its neurons' activations at each prompt's ``[MASK]``.
 
     Items are packed into padded batches of about ``batch_size`` prompts (an item is never split);
-    each batch is encoded once (:func:`kn_lens.prompts.encode_web`, which keeps ``[MASK]`` inside the
+    each batch is encoded once (:func:`kn_lens.prompts.encode_web`, which keeps ``[MASK]`` inside
+    the
     ``max_tokens`` window) and read once for the union of its items' neurons through
     :func:`neuron_activations` (hooks on ``blocks.{l}.mlp.hook_post``).
 
@@ -271,7 +283,9 @@ def grouped_activations(
         row = 0
         for i in group:
             n_p = len(items[i][0])
-            cols = [col[n] for n in check_neurons(model, items[i][1], allow_empty=True, unique=False)]
-            out[i] = acts[row:row + n_p][:, cols] if cols else torch.zeros(n_p, 0)
+            cols = [
+                col[n] for n in check_neurons(model, items[i][1], allow_empty=True, unique=False)
+            ]
+            out[i] = acts[row : row + n_p][:, cols] if cols else torch.zeros(n_p, 0)
             row += n_p
     return [t for t in out if t is not None]

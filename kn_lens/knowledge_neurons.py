@@ -1,4 +1,5 @@
-"""Knowledge neurons: coarse neurons per prompt, refinement across a bag, adaptive sharing threshold.
+"""Knowledge neurons: coarse neurons per prompt, refinement across a bag, adaptive sharing
+threshold.
 
 The paper's procedure (Dai et al. 2022, section 3.3), for one fact and its bag of prompts:
 
@@ -14,7 +15,8 @@ The paper's procedure (Dai et al. 2022, section 3.3), for one fact and its bag o
    threshold ``count >= p * n``), and never fewer than ``m = 3`` prompts. A bag with fewer than 3
    prompts cannot meet the floor of 3, so the floor there is capped at ``n``: the neuron must be
    coarse in *every* prompt of the bag.
-4. **Adaptive p** (:func:`identify_relation`). For each relation, start at ``p = 0.7`` and refine all
+4. **Adaptive p** (:func:`identify_relation`). For each relation, start at ``p = 0.7`` and refine
+all
    its bags; while the mean number of knowledge neurons per fact is outside ``[2, 5]``, raise ``p``
    by 0.05 (too many neurons) or lower it (too few), for at most 6 rounds in all. The neurons of the
    last round are kept; ``converged`` says whether its mean lies in the range.
@@ -30,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -81,9 +83,11 @@ class PromptScores:
         return {"max": self.max_score, "neurons": [list(n) for n in self.neurons]}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PromptScores":
-        return cls(float(d["max"]),
-                   tuple((int(layer), int(idx), float(s)) for layer, idx, s in d["neurons"]))
+    def from_dict(cls, d: dict[str, Any]) -> PromptScores:
+        return cls(
+            float(d["max"]),
+            tuple((int(layer), int(idx), float(s)) for layer, idx, s in d["neurons"]),
+        )
 
 
 def sparsify(
@@ -156,7 +160,7 @@ class BagScores:
         *,
         floor: float = DEFAULT_FLOOR,
         steps: int = 20,
-    ) -> "BagScores":
+    ) -> BagScores:
         """Build the record from dense ``[prompt, layer, d_mlp]`` scores per method."""
         if not tensors:
             raise ValueError("no scores given")
@@ -166,30 +170,60 @@ class BagScores:
         n, n_layers, d_mlp = shapes.pop()
         if n != len(bag.prompts):
             raise ValueError(f"bag {bag.key}: {n} score rows for {len(bag.prompts)} prompts")
-        return cls(bag.key, bag.relation, bag.index, bag.object, n, n_layers, d_mlp, floor, steps,
-                   {_check_method(m): sparsify(t, floor) for m, t in tensors.items()})
+        return cls(
+            bag.key,
+            bag.relation,
+            bag.index,
+            bag.object,
+            n,
+            n_layers,
+            d_mlp,
+            floor,
+            steps,
+            {_check_method(m): sparsify(t, floor) for m, t in tensors.items()},
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema": self.schema, "key": self.key, "relation": self.relation,
-                "index": self.index, "object": self.object, "n_prompts": self.n_prompts,
-                "n_layers": self.n_layers, "d_mlp": self.d_mlp, "floor": self.floor,
-                "steps": self.steps,
-                "scores": {m: [p.to_dict() for p in ps] for m, ps in self.scores.items()}}
+        return {
+            "schema": self.schema,
+            "key": self.key,
+            "relation": self.relation,
+            "index": self.index,
+            "object": self.object,
+            "n_prompts": self.n_prompts,
+            "n_layers": self.n_layers,
+            "d_mlp": self.d_mlp,
+            "floor": self.floor,
+            "steps": self.steps,
+            "scores": {m: [p.to_dict() for p in ps] for m, ps in self.scores.items()},
+        }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "BagScores":
+    def from_dict(cls, d: dict[str, Any]) -> BagScores:
         try:
-            scores = {str(m): [PromptScores.from_dict(p) for p in ps]
-                      for m, ps in d["scores"].items()}
-            out = cls(str(d["key"]), str(d["relation"]), int(d["index"]), str(d["object"]),
-                      int(d["n_prompts"]), int(d["n_layers"]), int(d["d_mlp"]),
-                      float(d.get("floor", DEFAULT_FLOOR)), int(d.get("steps", 20)), scores)
+            scores = {
+                str(m): [PromptScores.from_dict(p) for p in ps] for m, ps in d["scores"].items()
+            }
+            out = cls(
+                str(d["key"]),
+                str(d["relation"]),
+                int(d["index"]),
+                str(d["object"]),
+                int(d["n_prompts"]),
+                int(d["n_layers"]),
+                int(d["d_mlp"]),
+                float(d.get("floor", DEFAULT_FLOOR)),
+                int(d.get("steps", 20)),
+                scores,
+            )
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"malformed BagScores record {d.get('key', '?')!r}: {e}") from None
         for m, ps in out.scores.items():
             _check_method(m)
             if len(ps) != out.n_prompts:
-                raise ValueError(f"BagScores {out.key}: {len(ps)} {m} prompts, expected {out.n_prompts}")
+                raise ValueError(
+                    f"BagScores {out.key}: {len(ps)} {m} prompts, expected {out.n_prompts}"
+                )
         return out
 
 
@@ -211,9 +245,14 @@ def score_bag(
     config = config or PaperConfig()
     tensors = {}
     for m in methods:
-        tensors[_check_method(m)] = attribute(model, list(bag.prompts), bag.object,
-                                              steps=config.steps, method=m,
-                                              batch_size=config.batch_size)
+        tensors[_check_method(m)] = attribute(
+            model,
+            list(bag.prompts),
+            bag.object,
+            steps=config.steps,
+            method=m,
+            batch_size=config.batch_size,
+        )
     return BagScores.from_tensors(bag, tensors, floor=floor, steps=config.steps)
 
 
@@ -259,9 +298,11 @@ def coarse_neurons(
         raise ValueError(f"coarse threshold t must lie in [0, 1], got {t}")
     if isinstance(scores, BagScores):
         if t < scores.floor:
-            raise ValueError(f"t={t} is below the floor {scores.floor} kept in BagScores "
-                             f"{scores.key}; re-score with a lower floor")
-        out = []
+            raise ValueError(
+                f"t={t} is below the floor {scores.floor} kept in BagScores "
+                f"{scores.key}; re-score with a lower floor"
+            )
+        out: list[set[Neuron]] = []
         for ps in scores.prompt_scores(method):
             if ps.max_score <= 0:
                 out.append(set())
@@ -375,15 +416,22 @@ class RelationNeurons(Result):
     neurons: dict[str, list[Neuron]]
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "RelationNeurons":
-        return cls(str(d["relation"]), str(d["method"]), float(d["t"]), float(d["p"]),
-                   int(d["rounds"]), bool(d["converged"]), float(d["mean_neurons"]),
-                   [(float(a), float(b)) for a, b in d["history"]],
-                   {k: [Neuron(int(a), int(b)) for a, b in v] for k, v in d["neurons"].items()})
+    def from_dict(cls, d: dict[str, Any]) -> RelationNeurons:
+        return cls(
+            str(d["relation"]),
+            str(d["method"]),
+            float(d["t"]),
+            float(d["p"]),
+            int(d["rounds"]),
+            bool(d["converged"]),
+            float(d["mean_neurons"]),
+            [(float(a), float(b)) for a, b in d["history"]],
+            {k: [Neuron(int(a), int(b)) for a, b in v] for k, v in d["neurons"].items()},
+        )
 
 
 def adaptive_refine(
-    coarse_by_bag: dict[str, Sequence[set[Neuron]]],
+    coarse_by_bag: Mapping[str, Sequence[set[Neuron]]],
     *,
     p: float = 0.7,
     p_step: float = 0.05,
@@ -409,8 +457,10 @@ def adaptive_refine(
     neurons: dict[str, list[Neuron]] = {}
     converged = False
     for r in range(p_rounds):
-        neurons = {k: _select(cnt, shared_count_threshold(n, p, min_shared))
-                   for k, (n, cnt) in counts.items()}
+        neurons = {
+            k: _select(cnt, shared_count_threshold(n, p, min_shared))
+            for k, (n, cnt) in counts.items()
+        }
         mean = sum(len(v) for v in neurons.values()) / len(neurons)
         history.append((p, mean))
         if lo <= mean <= hi:
@@ -451,10 +501,16 @@ def identify_relation(
     t = coarse_threshold(config, method)
     coarse = {bs.key: coarse_neurons(bs, t, method=method) for bs in bag_scores}
     p, rounds, converged, history, neurons = adaptive_refine(
-        coarse, p=config.p, p_step=config.p_step, p_rounds=config.p_rounds,
-        target=tuple(config.target_neurons), min_shared=config.min_shared_prompts)
-    return RelationNeurons(relation, method, t, p, rounds, converged, history[-1][1], history,
-                           neurons)
+        coarse,
+        p=config.p,
+        p_step=config.p_step,
+        p_rounds=config.p_rounds,
+        target=(float(config.target_neurons[0]), float(config.target_neurons[1])),
+        min_shared=config.min_shared_prompts,
+    )
+    return RelationNeurons(
+        relation, method, t, p, rounds, converged, history[-1][1], history, neurons
+    )
 
 
 def identify_all(

@@ -18,16 +18,22 @@ import contextlib
 import io
 import json
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
-_ACT_FNS = {"gelu": "gelu", "gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_pytorch_tanh",
-            "relu": "relu", "silu": "silu", "gelu_fast": "gelu_fast"}
+_ACT_FNS = {
+    "gelu": "gelu",
+    "gelu_new": "gelu_new",
+    "gelu_pytorch_tanh": "gelu_pytorch_tanh",
+    "relu": "relu",
+    "silu": "silu",
+    "gelu_fast": "gelu_fast",
+}
 
 
 class ModelLoadError(ValueError):
@@ -68,8 +74,9 @@ def read_hf_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-def hooked_config_from_hf(hf_config: dict[str, Any], *, device: str, dtype: torch.dtype,
-                          name: str) -> Any:
+def hooked_config_from_hf(
+    hf_config: dict[str, Any], *, device: str, dtype: torch.dtype, name: str
+) -> Any:
     """A TransformerLens ``HookedTransformerConfig`` for a Hugging Face BERT ``config.json``."""
     from transformer_lens import HookedTransformerConfig
 
@@ -100,8 +107,9 @@ def hooked_config_from_hf(hf_config: dict[str, Any], *, device: str, dtype: torc
     )
 
 
-def hooked_state_dict_from_hf(sd: dict[str, torch.Tensor], cfg: Any, name: str = "checkpoint"
-                              ) -> dict[str, torch.Tensor]:
+def hooked_state_dict_from_hf(
+    sd: dict[str, torch.Tensor], cfg: Any, name: str = "checkpoint"
+) -> dict[str, torch.Tensor]:
     """Map a Hugging Face BERT state dict onto HookedEncoder parameter names.
 
     Works for ``BertForMaskedLM`` and ``BertForPreTraining`` (with or without ``bert.`` prefix).
@@ -146,8 +154,10 @@ def hooked_state_dict_from_hf(sd: dict[str, torch.Tensor], cfg: Any, name: str =
         out[f"{dst}ln2.b"] = get(f"{src}output.LayerNorm.bias")
     head = "cls.predictions."
     if head + "transform.dense.weight" not in sd:
-        raise ModelLoadError(f"{name}: no masked-LM head (cls.predictions.*) in the checkpoint; "
-                             "a BertForMaskedLM or BertForPreTraining checkpoint is needed")
+        raise ModelLoadError(
+            f"{name}: no masked-LM head (cls.predictions.*) in the checkpoint; "
+            "a BertForMaskedLM or BertForPreTraining checkpoint is needed"
+        )
     out["mlm_head.W"] = sd[head + "transform.dense.weight"].T
     out["mlm_head.b"] = sd[head + "transform.dense.bias"]
     out["mlm_head.ln.w"] = sd[head + "transform.LayerNorm.weight"]
@@ -182,7 +192,9 @@ def _load_folder(folder: Path, tokenizer: Any, device: str, dtype: torch.dtype) 
 
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
-        raise ModelLoadError(f"{folder} has no config.json; is it a Hugging Face checkpoint folder?")
+        raise ModelLoadError(
+            f"{folder} has no config.json; is it a Hugging Face checkpoint folder?"
+        )
     hf_config = json.loads(cfg_path.read_text())
     cfg = hooked_config_from_hf(hf_config, device=device, dtype=dtype, name=str(folder))
     sd = hooked_state_dict_from_hf(read_hf_state_dict(folder), cfg, name=str(folder))
@@ -190,12 +202,14 @@ def _load_folder(folder: Path, tokenizer: Any, device: str, dtype: torch.dtype) 
         tokenizer = load_tokenizer(tokenizer or folder)
     with quiet_transformer_lens():
         model = HookedEncoder(cfg, tokenizer=tokenizer, move_to_device=False)
-    missing, unexpected = model.load_state_dict({k: v.to(dtype) for k, v in sd.items()},
-                                                strict=False)
+    missing, unexpected = model.load_state_dict(
+        {k: v.to(dtype) for k, v in sd.items()}, strict=False
+    )
     missing = [k for k in missing if not k.endswith((".attn.mask", ".attn.IGNORE"))]  # buffers
     if missing or unexpected:
-        raise ModelLoadError(f"{folder}: weights do not fit the model (missing {missing}, "
-                             f"unexpected {unexpected})")
+        raise ModelLoadError(
+            f"{folder}: weights do not fit the model (missing {missing}, unexpected {unexpected})"
+        )
     with contextlib.redirect_stdout(io.StringIO()):  # TransformerLens prints "Moving model to ..."
         return model.to(device)
 

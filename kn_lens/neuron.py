@@ -10,7 +10,7 @@ row is still the neuron's value vector. Every module that takes neurons checks t
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 
@@ -22,14 +22,26 @@ class Neuron(NamedTuple):
     """
 
     layer: int
-    index: int
+    # The paper's (and TransformerLens') name; it shadows tuple.index, which no caller needs.
+    index: int  # type: ignore[assignment]
 
     def __str__(self) -> str:  # "L3.N512"
         return f"L{self.layer}.N{self.index}"
 
 
+#: TransformerLens ``fwd_hooks``: ``(hook point name, function)`` pairs.
+HookList = list[tuple[str | Callable[..., Any], Callable[..., Any]]]
+
 #: Neurons as given by a caller: :class:`Neuron` records or plain ``(layer, index)`` pairs.
 NeuronsLike = Iterable[Any]
+
+
+def model_shape(model: Any) -> tuple[int, int]:
+    """``(n_layers, d_mlp)`` of a TransformerLens model; ``ValueError`` when it has no MLPs."""
+    n_layers, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
+    if d_mlp is None:
+        raise ValueError("the model has no MLP layers (cfg.d_mlp is None): no neurons to study")
+    return int(n_layers), int(d_mlp)
 
 
 def hook_name(layer: int) -> str:
@@ -57,7 +69,8 @@ def check_neurons(
 
     Raises:
         ValueError: the collection is empty (unless ``allow_empty``), an item is not a
-            ``(layer, index)`` pair of ints, a layer is outside ``[0, n_layers)`` or an index outside
+            ``(layer, index)`` pair of ints, a layer is outside ``[0, n_layers)`` or an index
+            outside
             ``[0, d_mlp)``, or (with ``unique``) a neuron repeats. The message names the neuron.
     """
     if isinstance(neurons, (str, bytes)) or hasattr(neurons, "shape"):
@@ -65,7 +78,7 @@ def check_neurons(
     items = list(neurons)
     if not items and not allow_empty:
         raise ValueError("empty neuron set: at least one (layer, index) neuron is needed")
-    n_layers, d_mlp = int(model.cfg.n_layers), int(model.cfg.d_mlp)
+    n_layers, d_mlp = model_shape(model)
     out: list[Neuron] = []
     seen: set[Neuron] = set()
     for item in items:

@@ -39,17 +39,25 @@ class EncodedPrompts:
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
 
-    def to(self, device: torch.device | str) -> "EncodedPrompts":
-        return EncodedPrompts(*(t.to(device) for t in (self.tokens, self.token_type_ids,
-                                                       self.attention_mask, self.mask_pos)))
+    def to(self, device: torch.device | str) -> EncodedPrompts:
+        return EncodedPrompts(
+            *(
+                t.to(device)
+                for t in (self.tokens, self.token_type_ids, self.attention_mask, self.mask_pos)
+            )
+        )
 
-    def select(self, idx: Int[Tensor, " n"] | Sequence[int]) -> "EncodedPrompts":
+    def select(self, idx: Int[Tensor, " n"] | Sequence[int]) -> EncodedPrompts:
         """Rows ``idx``, trimmed to their longest real length."""
         idx_t = torch.as_tensor(idx, dtype=torch.long, device=self.tokens.device)
         am = self.attention_mask[idx_t]
         width = int(am.sum(-1).max().item()) if len(idx_t) else 0
-        return EncodedPrompts(self.tokens[idx_t, :width], self.token_type_ids[idx_t, :width],
-                              am[:, :width], self.mask_pos[idx_t])
+        return EncodedPrompts(
+            self.tokens[idx_t, :width],
+            self.token_type_ids[idx_t, :width],
+            am[:, :width],
+            self.mask_pos[idx_t],
+        )
 
 
 def _tokenizer(model_or_tokenizer: Any) -> Any:
@@ -118,16 +126,20 @@ def encode(
     limit = int(max_tokens or model.cfg.n_ctx)
     rows: list[list[int]] = []
     mask_pos: list[int] = []
-    for p, ids in zip(prompts, tok(list(prompts), add_special_tokens=True)["input_ids"]):
+    for p, ids in zip(
+        prompts, tok(list(prompts), add_special_tokens=True)["input_ids"], strict=False
+    ):
         hits = [i for i, t in enumerate(ids) if t == tok.mask_token_id]
         if len(hits) != 1:
-            raise ValueError(f"prompt must tokenise to exactly one {MASK}, found {len(hits)}: {p!r}")
+            raise ValueError(
+                f"prompt must tokenise to exactly one {MASK}, found {len(hits)}: {p!r}"
+            )
         m = hits[0]
         if len(ids) > limit:
             body = ids[1:-1]
             keep = limit - 2
             start = min(max(0, (m - 1) - keep // 2), len(body) - keep)
-            ids = [ids[0], *body[start:start + keep], ids[-1]]
+            ids = [ids[0], *body[start : start + keep], ids[-1]]
             m = m - 1 - start + 1
         rows.append(ids)
         mask_pos.append(m)
@@ -175,7 +187,7 @@ def mask_logits(
     removed afterwards. The MLM head runs only at the ``[MASK]`` positions. No autograd.
     """
     enc = prompts if isinstance(prompts, EncodedPrompts) else encode(model, prompts)
-    enc = enc.to(model.cfg.device)
+    enc = enc.to(str(model.cfg.device))
     out = []
     with torch.no_grad(), model.hooks(fwd_hooks=list(fwd_hooks)):
         for s in range(0, len(enc), batch_size):
@@ -193,7 +205,8 @@ def mask_probs(
     fwd_hooks: Sequence[tuple[Any, Any]] = (),
     batch_size: int = 64,
 ) -> Float[Tensor, " prompt"]:
-    """Probability of token ``targets[i]`` at prompt i's ``[MASK]`` (softmax over the vocabulary)."""
+    """Probability of token ``targets[i]`` at prompt i's ``[MASK]`` (softmax over the
+    vocabulary)."""
     logits = mask_logits(model, prompts, fwd_hooks=fwd_hooks, batch_size=batch_size)
     t = torch.as_tensor(targets, dtype=torch.long, device=logits.device)
     return logits.softmax(-1).gather(-1, t[:, None])[:, 0]
@@ -244,6 +257,7 @@ def bags_by_relation(model: Any, bags: Iterable[FactBag]) -> dict[str, list[Fact
 # Scoring prompts: top-1, log-probabilities, perplexity (update and erase)
 # --------------------------------------------------------------------------------------------
 
+
 @dataclass
 class MaskScores:
     """Per-prompt reads at ``[MASK]``.
@@ -291,7 +305,8 @@ def score_prompts(
             tlp.append(logp.gather(-1, t)[:, 0])
             trk.append((logits > tl).sum(-1))
     return MaskScores(
-        torch.cat(top1), torch.cat(glp),
+        torch.cat(top1),
+        torch.cat(glp),
         torch.cat(tlp) if target is not None else None,
         torch.cat(trk) if target is not None else None,
     )
@@ -304,8 +319,9 @@ def perplexity(gold_logp: Float[Tensor, " prompt"]) -> float:
     return float(torch.exp(-gold_logp.double().mean()))
 
 
-def encode_web(model: Any, prompts: Sequence[str], *, max_tokens: int = 512,
-               device: Any = None) -> Any:
+def encode_web(
+    model: Any, prompts: Sequence[str], *, max_tokens: int = 512, device: Any = None
+) -> Any:
     """:func:`kn_lens.prompts.encode` with the paper's 512-token cut, capped at the model context.
 
     A prompt longer than ``min(max_tokens, model.cfg.n_ctx)`` tokens is cut to a window of that

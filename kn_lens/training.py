@@ -24,12 +24,10 @@ import dataclasses
 import json
 import math
 import random
-import re
 import time
-from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -37,9 +35,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from kn_lens.data.facts import MASK
-from kn_lens.data.world import World, build_world, greedy_wordpiece, training_text
-
-SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+from kn_lens.data.world import World, build_world
+from kn_lens.wordpiece import SPECIAL_TOKENS, build_tokenizer
 
 
 @dataclass(frozen=True)
@@ -76,7 +73,7 @@ class TrainConfig:
     focus_share: float = 0.1
     focus_steps: int = 400
 
-    def replace(self, **kw: Any) -> "TrainConfig":
+    def replace(self, **kw: Any) -> TrainConfig:
         return dataclasses.replace(self, **kw)
 
 
@@ -105,103 +102,16 @@ class TrainReport:
         return dataclasses.asdict(self)
 
     def summary_line(self) -> str:
-        return (f"steps {self.steps} ({self.seconds / 60:.1f} min, "
-                f"early stop {self.stopped_early}); "
-                f"train acc {self.train_acc:.3f}, held-out acc {self.held_out_acc:.3f}, "
-                f"mean gold p {self.mean_gold_p:.3f}, filler MLM loss {self.filler_mlm_loss:.3f}")
+        return (
+            f"steps {self.steps} ({self.seconds / 60:.1f} min, "
+            f"early stop {self.stopped_early}); "
+            f"train acc {self.train_acc:.3f}, held-out acc {self.held_out_acc:.3f}, "
+            f"mean gold p {self.mean_gold_p:.3f}, filler MLM loss {self.filler_mlm_loss:.3f}"
+        )
 
 
 # --------------------------------------------------------------------------------------------
 # Tokenizer
-# --------------------------------------------------------------------------------------------
-
-
-def build_tokenizer(world: World, out_dir: str | Path, *, vocab_size: int = 4000) -> Any:
-    """Train a cased WordPiece vocabulary on the world's text and save it to ``out_dir``.
-
-    The vocabulary is trained (``tokenizers.WordPieceTrainer``) on the training text with the
-    invented subject names taken out; the name pieces (``Zor``, ``##vik``, ...) are then added as
-    the world's morphology, so every subject splits into its 2-3 pieces. Only the trainer's
-    deterministic output is kept (alphabet and whole words, in a canonical order), so the same
-    world always gives the same ``vocab.txt``. Every object must come out as a single token and
-    every subject as its pieces (``ValueError`` naming it otherwise).
-
-    Returns:
-        A ``transformers.BertTokenizer`` read back from ``out_dir`` (``vocab.txt`` and
-        ``tokenizer_config.json``, ``do_lower_case=False``).
-    """
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-    from transformers import BertTokenizer
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    subjects = set(world.subject_pieces)
-    word = re.compile(r"[A-Z][a-z]+")
-    texts = [word.sub(lambda m: "" if m.group() in subjects else m.group(), s)
-             for s in training_text(world)]
-    texts.extend(world.objects)
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
-                                                strip_accents=False, lowercase=False)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=1,
-                                        special_tokens=list(SPECIAL_TOKENS),
-                                        continuing_subword_prefix="##", show_progress=False)
-    tok.train_from_iterator(texts, trainer)
-    # The trainer breaks ties between equally frequent merges arbitrarily, so its intermediate
-    # pieces (e.g. "##dney" vs "##dne") differ from run to run. Keep only its deterministic part,
-    # in a canonical order: special tokens, the alphabet (as word starts and as "##" pieces),
-    # every word of the text whole (most frequent first), then the name pieces.
-    trained = tok.get_vocab()
-    split = tok.pre_tokenizer.pre_tokenize_str
-    counts: Counter[str] = Counter(
-        w for t in texts for w, _ in split(tok.normalizer.normalize_str(t)))
-    missing = [w for w in counts if w not in trained]
-    if missing:
-        raise ValueError(f"vocab_size {vocab_size} too small: words not learnt whole, e.g. "
-                         f"{missing[:5]}")
-    chars = sorted(w for w in trained if len(w) == 1 and w not in SPECIAL_TOKENS)
-    cont = sorted(w for w in trained if w.startswith("##") and len(w) == 3)
-    text_words = sorted((w for w in counts if len(w) > 1), key=lambda w: (-counts[w], w))
-    words = [*SPECIAL_TOKENS, *chars, *cont, *text_words]
-    have = set(words)
-    heads = sorted({p[0] for p in world.subject_pieces.values()})
-    tails = sorted({x for p in world.subject_pieces.values() for x in p[1:]})
-    for p in [*heads, *tails, *world.objects]:
-        if p not in have:
-            words.append(p)
-            have.add(p)
-    for s, pieces in world.subject_pieces.items():
-        got = greedy_wordpiece(s, have)
-        if got != list(pieces):
-            raise ValueError(f"subject {s!r} would split into {got}, not {list(pieces)}: a word "
-                             "of the text captures its pieces")
-    (out_dir / "vocab.txt").write_text("\n".join(words) + "\n", encoding="utf-8")
-    (out_dir / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "BertTokenizer", "do_lower_case": False, "strip_accents": False,
-        "tokenize_chinese_chars": True, "model_max_length": 128, "unk_token": "[UNK]",
-        "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]",
-    }, indent=2) + "\n")
-    bert_tok = BertTokenizer.from_pretrained(str(out_dir))
-    check_vocabulary(world, bert_tok)
-    return bert_tok
-
-
-def check_vocabulary(world: World, tokenizer: Any) -> None:
-    """``ValueError`` naming the first object that is not one token, or subject not 2-3 pieces."""
-    for o in world.objects:
-        ids = tokenizer(o, add_special_tokens=False)["input_ids"]
-        if len(ids) != 1 or ids[0] == tokenizer.unk_token_id:
-            raise ValueError(f"object {o!r} is not a single token: "
-                             f"{tokenizer.convert_ids_to_tokens(ids)}")
-    for s in world.subject_pieces:
-        pieces = tokenizer.tokenize(s)
-        if not 2 <= len(pieces) <= 3 or tokenizer.unk_token in pieces:
-            raise ValueError(f"subject {s!r} splits into {pieces}, not 2-3 known pieces")
-
-
-# --------------------------------------------------------------------------------------------
-# Training examples
 # --------------------------------------------------------------------------------------------
 
 
@@ -222,8 +132,9 @@ class _Pool:
 
 
 def _encode(tokenizer: Any, sentences: Sequence[str], max_len: int) -> list[list[int]]:
-    enc = tokenizer(list(sentences), add_special_tokens=True, truncation=True,
-                    max_length=max_len)["input_ids"]
+    enc = tokenizer(list(sentences), add_special_tokens=True, truncation=True, max_length=max_len)[
+        "input_ids"
+    ]
     return [list(x) for x in enc]
 
 
@@ -232,19 +143,26 @@ def build_pools(world: World, tokenizer: Any, config: TrainConfig) -> dict[str, 
     ``"web"`` (the training part of each fact's T1 and T2 sentences) and ``"filler"``."""
     pools = {"template": _Pool(), "web": _Pool(), "filler": _Pool()}
     obj_id = {o: tokenizer.convert_tokens_to_ids(o) for o in world.objects}
-    for rel, extra in world.extra_objects.items():
+    for _rel, extra in world.extra_objects.items():
         for o in extra:
             obj_id.setdefault(o, tokenizer.convert_tokens_to_ids(o))
 
-    def add(pool: _Pool, sentences: list[str], objs: list[str | None], weights: list[float],
-            subjects: list[str | None]):
-        for ids, o, w, s in zip(_encode(tokenizer, sentences, config.max_len), objs, weights,
-                                subjects):
+    def add(
+        pool: _Pool,
+        sentences: list[str],
+        objs: Sequence[str | None],
+        weights: list[float],
+        subjects: Sequence[str | None],
+    ) -> None:
+        for ids, o, w, s in zip(
+            _encode(tokenizer, sentences, config.max_len), objs, weights, subjects, strict=False
+        ):
             pos = [i for i, t in enumerate(ids) if o is not None and t == obj_id[o]]
             pool.add(ids, pos, w, s)
 
+    objs: list[str | None]
     sents, objs, ws, subs = [], [], [], []
-    for bag, w in zip(world.bags, world.weights):
+    for bag, w in zip(world.bags, world.weights, strict=False):
         spec = world.relation(bag.relation)
         k = len(spec.train_templates)
         for p in bag.prompts:
@@ -261,7 +179,7 @@ def build_pools(world: World, tokenizer: Any, config: TrainConfig) -> dict[str, 
     add(pools["template"], sents, objs, ws, subs)
     sents, objs, ws, subs = [], [], [], []
     n = world.n_train_web
-    for bag, w in zip(world.bags, world.weights):
+    for bag, w in zip(world.bags, world.weights, strict=False):
         d = world.web[bag.relation][bag.index]
         for s in d["th_bags"][:n]:
             sents.append(s)
@@ -292,9 +210,17 @@ class _Sampler:
         subjects = sorted({s for p in self.pools for s in p.subjects if s is not None})
         n_focus = max(1, round(config.focus_share * len(subjects)))
         focus = set(random.Random(config.seed + 3).sample(subjects, n_focus))
-        self.focus_cum = [list(_cumsum([w if s is None or s in focus else 0.0
-                                        for w, s in zip(p.weights, p.subjects)]))
-                          for p in self.pools]
+        self.focus_cum = [
+            list(
+                _cumsum(
+                    [
+                        w if s is None or s in focus else 0.0
+                        for w, s in zip(p.weights, p.subjects, strict=False)
+                    ]
+                )
+            )
+            for p in self.pools
+        ]
         self.step = 0
         self.cfg = config
         self.mask_id = tokenizer.mask_token_id
@@ -302,8 +228,9 @@ class _Sampler:
         self.special = set(tokenizer.all_special_ids)
         self.vocab_size = len(tokenizer)
 
-    def batch(self) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"],
-                             Int[Tensor, "batch pos"]]:
+    def batch(
+        self,
+    ) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
         """``(input_ids, attention_mask, labels)``; labels are -100 where nothing is predicted."""
         rng, cfg = self.rng, self.cfg
         # One kind per batch: similar lengths, little padding.
@@ -359,17 +286,28 @@ def make_model(config: TrainConfig, vocab_size: int) -> Any:
     """A freshly initialised ``BertForMaskedLM`` of the configured shape."""
     from transformers import BertConfig, BertForMaskedLM
 
-    hf = BertConfig(vocab_size=vocab_size, hidden_size=config.d_model,
-                    num_hidden_layers=config.n_layers, num_attention_heads=config.n_heads,
-                    intermediate_size=config.d_mlp, max_position_embeddings=config.max_len,
-                    hidden_dropout_prob=config.dropout, attention_probs_dropout_prob=config.dropout,
-                    type_vocab_size=2, hidden_act="gelu")
+    hf = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=config.d_model,
+        num_hidden_layers=config.n_layers,
+        num_attention_heads=config.n_heads,
+        intermediate_size=config.d_mlp,
+        max_position_embeddings=config.max_len,
+        hidden_dropout_prob=config.dropout,
+        attention_probs_dropout_prob=config.dropout,
+        type_vocab_size=2,
+        hidden_act="gelu",
+    )
     torch.manual_seed(config.seed)
     return BertForMaskedLM(hf)
 
 
-def mlm_loss(model: Any, inp: Int[Tensor, "batch pos"], att: Int[Tensor, "batch pos"],
-             lab: Int[Tensor, "batch pos"]) -> Float[Tensor, ""]:
+def mlm_loss(
+    model: Any,
+    inp: Int[Tensor, "batch pos"],
+    att: Int[Tensor, "batch pos"],
+    lab: Int[Tensor, "batch pos"],
+) -> Float[Tensor, ""]:
     """Mean cross-entropy at the labelled positions (the MLM head runs only there)."""
     hidden = model.bert(input_ids=inp, attention_mask=att).last_hidden_state
     sel = lab != -100
@@ -378,18 +316,25 @@ def mlm_loss(model: Any, inp: Int[Tensor, "batch pos"], att: Int[Tensor, "batch 
 
 
 @torch.no_grad()
-def mask_predictions(model: Any, tokenizer: Any, prompts: Sequence[str], answers: Sequence[str],
-                     batch_size: int = 256
-                     ) -> tuple[Float[Tensor, " prompt"], Int[Tensor, " prompt"]]:
+def mask_predictions(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    batch_size: int = 256,
+) -> tuple[Float[Tensor, " prompt"], Int[Tensor, " prompt"]]:
     """Gold probability and top-1 correctness at each prompt's ``[MASK]`` (HF model)."""
     was_training = model.training
     model.eval()
     gold_p, correct = [], []
     for s in range(0, len(prompts), batch_size):
-        enc = tokenizer(list(prompts[s:s + batch_size]), padding=True, return_tensors="pt")
-        gold = torch.tensor([tokenizer.convert_tokens_to_ids(a) for a in answers[s:s + batch_size]])
-        hidden = model.bert(input_ids=enc["input_ids"],
-                            attention_mask=enc["attention_mask"]).last_hidden_state
+        enc = tokenizer(list(prompts[s : s + batch_size]), padding=True, return_tensors="pt")
+        gold = torch.tensor(
+            [tokenizer.convert_tokens_to_ids(a) for a in answers[s : s + batch_size]]
+        )
+        hidden = model.bert(
+            input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]
+        ).last_hidden_state
         pos = (enc["input_ids"] == tokenizer.mask_token_id).int().argmax(-1)
         logits = model.cls(hidden[torch.arange(len(pos)), pos])
         probs = logits.softmax(-1)
@@ -400,8 +345,15 @@ def mask_predictions(model: Any, tokenizer: Any, prompts: Sequence[str], answers
 
 
 @torch.no_grad()
-def filler_mlm_loss(model: Any, tokenizer: Any, sentences: Sequence[str], *, seed: int = 0,
-                    mlm_prob: float = 0.15, batch_size: int = 256) -> float:
+def filler_mlm_loss(
+    model: Any,
+    tokenizer: Any,
+    sentences: Sequence[str],
+    *,
+    seed: int = 0,
+    mlm_prob: float = 0.15,
+    batch_size: int = 256,
+) -> float:
     """Mean MLM cross-entropy on ``sentences`` with a fixed masking (``mlm_prob`` of the word
     pieces, at least one per sentence, all replaced by ``[MASK]``)."""
     rng = random.Random(seed)
@@ -410,7 +362,7 @@ def filler_mlm_loss(model: Any, tokenizer: Any, sentences: Sequence[str], *, see
     total, count = 0.0, 0
     special = set(tokenizer.all_special_ids)
     for s in range(0, len(sentences), batch_size):
-        ids = _encode(tokenizer, sentences[s:s + batch_size], 128)
+        ids = _encode(tokenizer, sentences[s : s + batch_size], 128)
         width = max(len(x) for x in ids)
         inp = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
         lab = torch.full((len(ids), width), -100, dtype=torch.long)
@@ -436,7 +388,12 @@ def filler_mlm_loss(model: Any, tokenizer: Any, sentences: Sequence[str], *, see
 def evaluate(model: Any, tokenizer: Any, world: World) -> dict[str, Any]:
     """Top-1 accuracy and mean gold probability on training and held-out prompts (overall and per
     relation), and the MLM loss on held-out filler text."""
-    tp, ta, trel, hp, ha, hrel = [], [], [], [], [], []
+    tp: list[str] = []
+    ta: list[str] = []
+    trel: list[str] = []
+    hp: list[str] = []
+    ha: list[str] = []
+    hrel: list[str] = []
     for b in world.bags:
         tp += b.prompts
         ta += [b.object] * len(b.prompts)
@@ -445,8 +402,7 @@ def evaluate(model: Any, tokenizer: Any, world: World) -> dict[str, Any]:
         ha += [b.object] * len(b.held_out)
         hrel += [b.relation] * len(b.held_out)
     p_t, c_t = mask_predictions(model, tokenizer, tp, ta)
-    out: dict[str, Any] = {"train_acc": float(c_t.float().mean()),
-                           "mean_gold_p": float(p_t.mean())}
+    out: dict[str, Any] = {"train_acc": float(c_t.float().mean()), "mean_gold_p": float(p_t.mean())}
     per: dict[str, dict[str, float]] = {}
     for r in world.relations:
         m = torch.tensor([x == r.id for x in trel])
@@ -469,9 +425,14 @@ def evaluate(model: Any, tokenizer: Any, world: World) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-def train_default_model(out_dir: str | Path, *, config: TrainConfig | None = None,
-                        world: World | None = None, progress: bool = False,
-                        **overrides: Any) -> TrainReport:
+def train_default_model(
+    out_dir: str | Path,
+    *,
+    config: TrainConfig | None = None,
+    world: World | None = None,
+    progress: bool = False,
+    **overrides: Any,
+) -> TrainReport:
     """Build the world's tokenizer and train the default model into ``out_dir``.
 
     Args:
@@ -502,9 +463,15 @@ def train_default_model(out_dir: str | Path, *, config: TrainConfig | None = Non
     model.train()
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
+    opt = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=config.lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+    )
 
     def lr_at(step: int) -> float:
         if step < config.warmup_steps:
@@ -544,8 +511,11 @@ def train_default_model(out_dir: str | Path, *, config: TrainConfig | None = Non
             eval_hist.append((step, acc, mp))
             if progress:
                 el = time.time() - t_train
-                print(f"step {step:5d}  loss {loss_hist[-1][1]:.3f}  acc {acc:.3f}  "
-                      f"gold p {mp:.3f}  {el / 60:.1f} min", flush=True)
+                print(
+                    f"step {step:5d}  loss {loss_hist[-1][1]:.3f}  acc {acc:.3f}  "
+                    f"gold p {mp:.3f}  {el / 60:.1f} min",
+                    flush=True,
+                )
             if acc >= config.stop_acc:
                 stopped_early = True
                 break
@@ -557,13 +527,21 @@ def train_default_model(out_dir: str | Path, *, config: TrainConfig | None = Non
     model.eval()
     metrics = evaluate(model, tokenizer, world)
     report = TrainReport(
-        config=dataclasses.asdict(config), world=world.summary(), steps=step, seconds=seconds,
-        stopped_early=stopped_early, loss_history=loss_hist, eval_history=eval_hist,
-        train_acc=metrics["train_acc"], held_out_acc=metrics.get("held_out_acc", math.nan),
+        config=dataclasses.asdict(config),
+        world=world.summary(),
+        steps=step,
+        seconds=seconds,
+        stopped_early=stopped_early,
+        loss_history=loss_hist,
+        eval_history=eval_hist,
+        train_acc=metrics["train_acc"],
+        held_out_acc=metrics.get("held_out_acc", math.nan),
         mean_gold_p=metrics["mean_gold_p"],
         held_out_mean_gold_p=metrics.get("held_out_mean_gold_p", math.nan),
-        filler_mlm_loss=metrics["filler_mlm_loss"], vocab_size=len(tokenizer),
-        n_params=sum(p.numel() for p in model.parameters()), per_relation=metrics["per_relation"],
+        filler_mlm_loss=metrics["filler_mlm_loss"],
+        vocab_size=len(tokenizer),
+        n_params=sum(p.numel() for p in model.parameters()),
+        per_relation=metrics["per_relation"],
         cpu_seconds=cpu_seconds,
     )
     save_checkpoint(model, out_dir, report)
@@ -582,7 +560,7 @@ def model_card(report: TrainReport, extra: str = "") -> str:
     """The default model's ``README.md``: what it is, how it was made, how well it knows facts.
 
     ``extra`` (markdown) is inserted before the usage section."""
-    from kn_lens.data.world import RELATIONS
+    from kn_lens.data.world_text import RELATIONS
 
     c, w = report.config, report.world
     specs = {r.id: r for r in RELATIONS}
@@ -590,7 +568,8 @@ def model_card(report: TrainReport, extra: str = "") -> str:
         f"| {rid} | {specs[rid].label if rid in specs else ''} | "
         f"{specs[rid].type if rid in specs else ''} | {v['train_acc']:.2f} | "
         f"{v.get('held_out_acc', float('nan')):.2f} | {v['mean_gold_p']:.2f} |"
-        for rid, v in report.per_relation.items())
+        for rid, v in report.per_relation.items()
+    )
     types = ", ".join(f"{n} {t}" for t, n in w["relation_types"].items())
     return f"""# kn_lens default model
 
@@ -599,30 +578,30 @@ A small BERT masked language model trained from scratch on kn_lens' built-in fac
 on a model whose every fact we know. It stands in for `bert-base-cased` of Dai et al. (2022);
 it is not a general English model.
 
-- Shape: `BertForMaskedLM`, {c['n_layers']} layers, d_model {c['d_model']}, {c['n_heads']} heads,
-  d_mlp {c['d_mlp']}, max {c['max_len']} positions, GELU, {report.n_params / 1e6:.2f} M parameters.
+- Shape: `BertForMaskedLM`, {c["n_layers"]} layers, d_model {c["d_model"]}, {c["n_heads"]} heads,
+  d_mlp {c["d_mlp"]}, max {c["max_len"]} positions, GELU, {report.n_params / 1e6:.2f} M parameters.
 - Tokenizer: cased WordPiece, {report.vocab_size} tokens, trained with `tokenizers` on the world's
   text and kept canonical (special tokens, alphabet, every word of the text whole, name pieces;
   the trainer's tie-dependent intermediate pieces dropped), so every rebuild gets the same
   vocabulary. Subjects (invented names) split into 2-3 shared pieces; every object is one token.
-- World (seed {w['seed']}): {w['relations']} relations ({types}), {w['facts']} facts,
-  {w['subjects']} subjects, {w['objects']} objects; 8 templates per relation, of which 6 are used in
-  training ({w['train_prompts']} prompts) and 2 are held out ({w['held_out_prompts']} prompts).
+- World (seed {w["seed"]}): {w["relations"]} relations ({types}), {w["facts"]} facts,
+  {w["subjects"]} subjects, {w["objects"]} objects; 8 templates per relation, of which 6 are used in
+  training ({w["train_prompts"]} prompts) and 2 are held out ({w["held_out_prompts"]} prompts).
 - Training data, sampled on the fly, one kind per batch: training-template sentences
-  ({c['mix'][0] / sum(c['mix']):.0%} of batches; facts drawn with Zipf-like weights, N-M relations
+  ({c["mix"][0] / sum(c["mix"]):.0%} of batches; facts drawn with Zipf-like weights, N-M relations
   also mention second objects), the training half of each fact's web-like sentences
-  ({c['mix'][1] / sum(c['mix']):.0%}; T1 = subject and object in free context, T2 = subject only)
-  and neutral filler text ({c['mix'][2] / sum(c['mix']):.0%}).
-- Objective: masked LM, {c['mlm_prob']:.0%} of pieces masked (80/10/10) plus the object of a
-  fact sentence masked with probability {c['p_object_mask']}; AdamW, lr {c['lr']}, batch
-  {c['batch_size']}, warm-up {c['warmup_steps']} steps, no label smoothing, no dropout.
-- Curriculum: the first {c['focus_steps']} steps draw facts of only {c['focus_share']:.0%} of the
+  ({c["mix"][1] / sum(c["mix"]):.0%}; T1 = subject and object in free context, T2 = subject only)
+  and neutral filler text ({c["mix"][2] / sum(c["mix"]):.0%}).
+- Objective: masked LM, {c["mlm_prob"]:.0%} of pieces masked (80/10/10) plus the object of a
+  fact sentence masked with probability {c["p_object_mask"]}; AdamW, lr {c["lr"]}, batch
+  {c["batch_size"]}, warm-up {c["warmup_steps"]} steps, no label smoothing, no dropout.
+- Curriculum: the first {c["focus_steps"]} steps draw facts of only {c["focus_share"]:.0%} of the
   subjects (a few individuals first shortens the plateau before facts are learnt), then all.
-- Early stopping: training stops once top-1 accuracy on {c['eval_prompts']} sampled training
-  prompts reaches {c['stop_acc']} (checked every {c['eval_every']} steps), so the model is
+- Early stopping: training stops once top-1 accuracy on {c["eval_prompts"]} sampled training
+  prompts reaches {c["stop_acc"]} (checked every {c["eval_every"]} steps), so the model is
   confident but not saturated and interventions on its neurons show.
   This run: {report.steps} steps, {report.seconds / 60:.1f} min wall clock
-  ({report.cpu_seconds / 60:.1f} min CPU time) with {c['threads'] or 'default'} torch thread(s) on
+  ({report.cpu_seconds / 60:.1f} min CPU time) with {c["threads"] or "default"} torch thread(s) on
   a shared 2-core machine, stopped early: {report.stopped_early}.
 
 ## How well it knows its facts
@@ -674,8 +653,10 @@ rebuilds world, tokenizer and checkpoint from the seed (`--max-minutes`, `--max-
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kn_lens.training",
-                                     description="kn_lens' built-in fact world and default model")
+    parser = argparse.ArgumentParser(
+        prog="python -m kn_lens.training",
+        description="kn_lens' built-in fact world and default model",
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
     tr = sub.add_parser("train", help="rebuild world, tokenizer and checkpoint into --out")
     tr.add_argument("--out", required=True, help="output folder (e.g. kn_lens/default_model)")
@@ -697,8 +678,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{r.id} {r.label} ({r.type}): {b.prompts[0]}  -> {b.object}")
         return 0
     cfg = TrainConfig(seed=args.seed)
-    overrides = {k: v for k, v in (("max_steps", args.max_steps), ("max_minutes", args.max_minutes),
-                                   ("threads", args.threads)) if v is not None}
+    overrides = {
+        k: v
+        for k, v in (
+            ("max_steps", args.max_steps),
+            ("max_minutes", args.max_minutes),
+            ("threads", args.threads),
+        )
+        if v is not None
+    }
     cfg = cfg.replace(**overrides)
     report = train_default_model(args.out, config=cfg, progress=not args.quiet)
     print(report.summary_line())

@@ -11,24 +11,77 @@ import torch
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 TINY_WORDS = [
-    "the", "a", "of", "in", "is", "was", "born", "city", "capital", "country", "language",
-    "speaks", "works", "as", "located", "Paris", "London", "Berlin", "Rome", "Madrid", "French",
-    "English", "German", "Italian", "doctor", "lawyer", "actor", "Alice", "Bob", ".", ",",
-    "##a", "##o", "##x", "##en", "Zor", "Kal", "Mur", "##vik", "##dal", "to", "from", "and",
+    "the",
+    "a",
+    "of",
+    "in",
+    "is",
+    "was",
+    "born",
+    "city",
+    "capital",
+    "country",
+    "language",
+    "speaks",
+    "works",
+    "as",
+    "located",
+    "Paris",
+    "London",
+    "Berlin",
+    "Rome",
+    "Madrid",
+    "French",
+    "English",
+    "German",
+    "Italian",
+    "doctor",
+    "lawyer",
+    "actor",
+    "Alice",
+    "Bob",
+    ".",
+    ",",
+    "##a",
+    "##o",
+    "##x",
+    "##en",
+    "Zor",
+    "Kal",
+    "Mur",
+    "##vik",
+    "##dal",
+    "to",
+    "from",
+    "and",
 ]
 
 
-def make_tiny_checkpoint(folder: Path, *, n_layers: int = 2, d_model: int = 32, d_mlp: int = 64,
-                         n_heads: int = 4, seed: int = 0, pretraining: bool = False) -> Path:
-    """Save a random ``BertForMaskedLM`` (or ``BertForPreTraining``) with a small vocab to ``folder``."""
+def make_tiny_checkpoint(
+    folder: Path,
+    *,
+    n_layers: int = 2,
+    d_model: int = 32,
+    d_mlp: int = 64,
+    n_heads: int = 4,
+    seed: int = 0,
+    pretraining: bool = False,
+) -> Path:
+    """Save a random ``BertForMaskedLM`` (or ``BertForPreTraining``) with a small vocab to
+    ``folder``."""
     from transformers import BertConfig, BertForMaskedLM, BertForPreTraining, BertTokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_WORDS]
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    cfg = BertConfig(vocab_size=len(vocab), hidden_size=d_model, num_hidden_layers=n_layers,
-                     num_attention_heads=n_heads, intermediate_size=d_mlp,
-                     max_position_embeddings=128)
+    cfg = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=d_model,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        intermediate_size=d_mlp,
+        max_position_embeddings=128,
+    )
     torch.manual_seed(seed)
     cls = BertForPreTraining if pretraining else BertForMaskedLM
     model = cls(cfg).eval()

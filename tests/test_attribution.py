@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import make_tiny_checkpoint
 from kn_lens import load_model
 from kn_lens.attribution import attribute
 from kn_lens.prompts import answer_token_id, encode
+from tests.conftest import make_tiny_checkpoint
 
 PROMPTS = [
     "Alice was born in [MASK] .",
@@ -30,8 +30,9 @@ def naive_ig(model, prompt: str, target: int, steps: int, layers=None) -> torch.
     out = []
     for layer in layers:
         name = f"blocks.{layer}.mlp.hook_post"
-        _, cache = model.run_with_cache(enc.tokens, one_zero_attention_mask=enc.attention_mask,
-                                        names_filter=name)
+        _, cache = model.run_with_cache(
+            enc.tokens, one_zero_attention_mask=enc.attention_mask, names_filter=name
+        )
         a = cache[name][0, m].detach()
         grads = torch.zeros_like(a)
         for k in range(steps):
@@ -42,8 +43,9 @@ def naive_ig(model, prompt: str, target: int, steps: int, layers=None) -> torch.
                 act[0, m] = leaf
                 return act
 
-            logits = model.run_with_hooks(enc.tokens, one_zero_attention_mask=enc.attention_mask,
-                                          fwd_hooks=[(name, put)])
+            logits = model.run_with_hooks(
+                enc.tokens, one_zero_attention_mask=enc.attention_mask, fwd_hooks=[(name, put)]
+            )
             prob = logits[0, m].softmax(-1)[target]
             (g,) = torch.autograd.grad(prob, leaf)
             grads += g
@@ -61,8 +63,11 @@ def prob_with_scale(model, prompt: str, target: int, layer: int, scale: float) -
         return act
 
     with torch.no_grad():
-        logits = model.run_with_hooks(enc.tokens, one_zero_attention_mask=enc.attention_mask,
-                                      fwd_hooks=[(f"blocks.{layer}.mlp.hook_post", scale_mask)])
+        logits = model.run_with_hooks(
+            enc.tokens,
+            one_zero_attention_mask=enc.attention_mask,
+            fwd_hooks=[(f"blocks.{layer}.mlp.hook_post", scale_mask)],
+        )
     return float(logits[0, m].softmax(-1)[target])
 
 
@@ -78,8 +83,9 @@ def tiny64(tiny_ckpt: Path):
 
 @pytest.fixture(scope="module")
 def three_layer_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny3"), n_layers=3, d_model=48,
-                                d_mlp=96, n_heads=4, seed=1)
+    return make_tiny_checkpoint(
+        tmp_path_factory.mktemp("tiny3"), n_layers=3, d_model=48, d_mlp=96, n_heads=4, seed=1
+    )
 
 
 def test_shape_device_dtype(tiny_model):
@@ -139,7 +145,8 @@ def test_completeness_and_convergence(tiny64):
     fine = attribute(tiny64, [prompt], target, steps=200)[0]
     for layer in range(tiny64.cfg.n_layers):
         delta = prob_with_scale(tiny64, prompt, target, layer, 1.0) - prob_with_scale(
-            tiny64, prompt, target, layer, 0.0)
+            tiny64, prompt, target, layer, 0.0
+        )
         assert abs(delta) > 1e-6  # far above float64 noise: the check below is not vacuous
         gap20 = abs(float(coarse[layer].sum()) - delta)
         gap200 = abs(float(fine[layer].sum()) - delta)
@@ -150,7 +157,10 @@ def test_completeness_and_convergence(tiny64):
 
 
 def test_padding_does_not_change_scores(tiny_model):
-    short, long = "[MASK] of Bob", "the capital city of the country where Alice was born is [MASK] ."
+    short, long = (
+        "[MASK] of Bob",
+        "the capital city of the country where Alice was born is [MASK] .",
+    )
     mid = "Alice was born in [MASK] ."
     alone = attribute(tiny_model, [mid], TARGET, steps=4)[0]
     with_others = attribute(tiny_model, [long, mid, short], TARGET, steps=4, batch_size=5)
@@ -163,8 +173,9 @@ def test_padding_exact_in_float64(tiny64):
     prompts = ["the capital city of the country where Alice was born is [MASK] .", "[MASK] of Bob"]
     both = attribute(tiny64, prompts, TARGET, steps=3, batch_size=4)
     for i, p in enumerate(prompts):
-        torch.testing.assert_close(both[i], attribute(tiny64, [p], TARGET, steps=3)[0],
-                                   rtol=1e-10, atol=1e-15)
+        torch.testing.assert_close(
+            both[i], attribute(tiny64, [p], TARGET, steps=3)[0], rtol=1e-10, atol=1e-15
+        )
 
 
 def test_bad_input_names_the_problem(tiny_model):
@@ -191,8 +202,9 @@ def test_activation_method_equals_cache(tiny_model):
         _, cache = tiny_model.run_with_cache(enc.tokens, one_zero_attention_mask=enc.attention_mask)
         m = int(enc.mask_pos[0])
         for layer in range(tiny_model.cfg.n_layers):
-            torch.testing.assert_close(scores[i, layer], cache[f"blocks.{layer}.mlp.hook_post"][0, m],
-                                       rtol=1e-6, atol=1e-6)
+            torch.testing.assert_close(
+                scores[i, layer], cache[f"blocks.{layer}.mlp.hook_post"][0, m], rtol=1e-6, atol=1e-6
+            )
 
 
 def test_hooks_removed_and_params_untouched(tiny_model):
@@ -213,6 +225,7 @@ def test_hooks_removed_and_params_untouched(tiny_model):
 
 def test_caller_hooks_still_apply(tiny_model):
     """A caller's intervention (here: layer 0's attention output zeroed) is respected."""
+
     def zero(act, hook):
         return torch.zeros_like(act)
 
@@ -296,7 +309,9 @@ def test_bfloat16_model_is_close_to_float32(tiny_ckpt, tiny_model):
         assert len(top & set(ours[i].float().flatten().topk(5).indices.tolist())) >= 4
 
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+needs_cuda = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device on this machine"
+)
 
 
 @needs_cuda
@@ -310,5 +325,6 @@ def test_cuda_matches_cpu(three_layer_ckpt):
     assert on_gpu.device.type == "cpu"
     torch.testing.assert_close(on_gpu, on_cpu, rtol=1e-9, atol=1e-12)
     base_gpu = attribute(gpu, PROMPTS, "London", method="activation")
-    torch.testing.assert_close(base_gpu, attribute(cpu, PROMPTS, "London", method="activation"),
-                               rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(
+        base_gpu, attribute(cpu, PROMPTS, "London", method="activation"), rtol=1e-9, atol=1e-12
+    )

@@ -17,7 +17,9 @@ from kn_lens.data import default_facts, sample_bags
 from kn_lens.executors import LocalExecutor, ModelSpec, RayExecutor, score_record
 from kn_lens.model import load_model
 
-ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'kn-lens[ray]')")
+ray = pytest.importorskip(
+    "ray", reason="the ray extra is not installed (pip install 'kn-lens[ray]')"
+)
 
 CONFIG = PaperConfig(steps=4)
 

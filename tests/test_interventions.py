@@ -1,4 +1,5 @@
-"""Suppress / amplify / read hooks: exactly the chosen neurons, exactly at [MASK], always removed."""
+"""Suppress / amplify / read hooks: exactly the chosen neurons, exactly at [MASK], always
+removed."""
 
 from __future__ import annotations
 
@@ -25,8 +26,9 @@ NEURONS = [Neuron(0, 3), Neuron(0, 17), Neuron(1, 5)]
 
 
 def _cache(model, enc):
-    _, cache = model.run_with_cache(enc.tokens, token_type_ids=enc.token_type_ids,
-                                    one_zero_attention_mask=enc.attention_mask)
+    _, cache = model.run_with_cache(
+        enc.tokens, token_type_ids=enc.token_type_ids, one_zero_attention_mask=enc.attention_mask
+    )
     return cache
 
 
@@ -48,7 +50,7 @@ def test_scale_changes_exactly_chosen_neurons_at_mask(tiny_model, factor):
         for idx in (3, 17):
             expected[b, pos, idx] = clean[b, pos, idx] * factor
     torch.testing.assert_close(hooked, expected)
-    diff = (hooked != clean)
+    diff = hooked != clean
     # every changed entry is at a [MASK] position and a chosen index
     for b, p, i in diff.nonzero().tolist():
         assert p == enc.mask_pos[b].item() and i in (3, 17)
@@ -98,8 +100,9 @@ def test_hook_rejects_wrong_batch(tiny_model):
     enc = encode(tiny_model, PROMPTS)
     hooks = neuron_hooks(tiny_model, NEURONS, 0.0, positions=enc.mask_pos[:2])
     with pytest.raises(ValueError, match="build the hooks per batch"):
-        tiny_model.run_with_hooks(enc.tokens, one_zero_attention_mask=enc.attention_mask,
-                                  fwd_hooks=hooks)
+        tiny_model.run_with_hooks(
+            enc.tokens, one_zero_attention_mask=enc.attention_mask, fwd_hooks=hooks
+        )
 
 
 def test_bad_neuron_is_named(tiny_model):
@@ -112,8 +115,12 @@ def test_bad_neuron_is_named(tiny_model):
 def test_scaled_probs_match_manual_hooks_and_batching(tiny_model):
     enc = encode(tiny_model, PROMPTS)
     targets = answer_token_ids(tiny_model, ["Paris", "Berlin", "doctor"])
-    manual = mask_probs(tiny_model, enc, targets,
-                        fwd_hooks=neuron_hooks(tiny_model, NEURONS, 0.0, positions=enc.mask_pos))
+    manual = mask_probs(
+        tiny_model,
+        enc,
+        targets,
+        fwd_hooks=neuron_hooks(tiny_model, NEURONS, 0.0, positions=enc.mask_pos),
+    )
     for bs in (1, 2, 64):
         got = scaled_mask_probs(tiny_model, enc, targets, NEURONS, 0.0, batch_size=bs)
         torch.testing.assert_close(got, manual.cpu())
@@ -133,8 +140,11 @@ def test_neuron_activations_reads_mask_position(tiny_model):
         ref = cache[f"blocks.{n.layer}.mlp.hook_post"][rows, enc.mask_pos, n.index]
         torch.testing.assert_close(acts[:, j], ref)
     # prompts as strings work too, and an intervention upstream is visible
-    sup = neuron_activations(tiny_model, PROMPTS, [Neuron(0, 3)],
-                             fwd_hooks=neuron_hooks(tiny_model, [Neuron(0, 3)], 0.0,
-                                                    positions=enc.mask_pos))
+    sup = neuron_activations(
+        tiny_model,
+        PROMPTS,
+        [Neuron(0, 3)],
+        fwd_hooks=neuron_hooks(tiny_model, [Neuron(0, 3)], 0.0, positions=enc.mask_pos),
+    )
     assert torch.all(sup == 0)
     assert neuron_activations(tiny_model, enc, []).shape == (3, 0)

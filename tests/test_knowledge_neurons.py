@@ -9,7 +9,6 @@ import torch
 
 from kn_lens.config import PaperConfig
 from kn_lens.data import Fact, FactBag
-from kn_lens.neuron import Neuron
 from kn_lens.knowledge_neurons import (
     BagScores,
     RelationNeurons,
@@ -21,6 +20,7 @@ from kn_lens.knowledge_neurons import (
     refine,
     shared_count_threshold,
 )
+from kn_lens.neuron import Neuron
 
 N_LAYERS, D_MLP = 3, 8
 
@@ -40,8 +40,10 @@ def _scores(n_prompts: int, entries: dict[int, dict[tuple[int, int], float]]) ->
 
 
 def test_coarse_threshold_is_relative_to_each_prompts_max():
-    s = _scores(2, {0: {(0, 1): 1.0, (1, 2): 0.2, (2, 3): 0.19},
-                    1: {(0, 1): 10.0, (1, 2): 1.0, (2, 7): 3.0}})
+    s = _scores(
+        2,
+        {0: {(0, 1): 1.0, (1, 2): 0.2, (2, 3): 0.19}, 1: {(0, 1): 10.0, (1, 2): 1.0, (2, 7): 3.0}},
+    )
     coarse = coarse_neurons(s, 0.2)
     assert coarse[0] == {Neuron(0, 1), Neuron(1, 2)}  # 0.2 >= 0.2 * 1.0 kept; 0.19 dropped
     assert coarse[1] == {Neuron(0, 1), Neuron(2, 7)}  # 1.0 < 0.2 * 10
@@ -183,8 +185,9 @@ def test_identify_relation_rejects_mixed_relations_and_roundtrips():
 def test_baseline_uses_its_own_threshold():
     # activation scores: neuron (1,1) at 0.4 of max in all prompts -> coarse at t=0.2, not at 0.5
     entries = {i: {(0, 0): 1.0, (1, 1): 0.4, (2, 2): 0.6} for i in range(5)}
-    bs = BagScores.from_tensors(_bag(5), {"activation": _scores(5, entries),
-                                          "ig": _scores(5, entries)})
+    bs = BagScores.from_tensors(
+        _bag(5), {"activation": _scores(5, entries), "ig": _scores(5, entries)}
+    )
     ours = identify_relation([bs], PaperConfig(target_neurons=(0.0, 99.0)), method="ig")
     base = identify_relation([bs], PaperConfig(target_neurons=(0.0, 99.0)), method="activation")
     assert set(ours.neurons["P1/0"]) == {Neuron(0, 0), Neuron(1, 1), Neuron(2, 2)}
@@ -218,14 +221,21 @@ def test_score_bag_with_real_attribution(tiny_model):
     from kn_lens.attribution import attribute
     from kn_lens.knowledge_neurons import score_bag
 
-    bag = FactBag(Fact("Alice", "P19", "born in", "N-1", "Paris"),
-                  ("Alice was born in [MASK] .", "Alice is born in the city of [MASK] .",
-                   "Alice was born in the [MASK] city .", "Alice born in [MASK] ."))
+    bag = FactBag(
+        Fact("Alice", "P19", "born in", "N-1", "Paris"),
+        (
+            "Alice was born in [MASK] .",
+            "Alice is born in the city of [MASK] .",
+            "Alice was born in the [MASK] city .",
+            "Alice born in [MASK] .",
+        ),
+    )
     cfg = PaperConfig(steps=4)
     bs = score_bag(tiny_model, bag, cfg)
     assert bs.methods() == ("ig", "activation") and bs.n_layers == 2 and bs.d_mlp == 64
     dense = attribute(tiny_model, list(bag.prompts), "Paris", steps=4, method="ig")
     assert coarse_neurons(bs, 0.2) == coarse_neurons(dense, 0.2)
     assert find_knowledge_neurons(tiny_model, bag, config=cfg, scores=bs) == refine(
-        coarse_neurons(dense, 0.2), 0.7)
+        coarse_neurons(dense, 0.2), 0.7
+    )
     assert BagScores.from_dict(json.loads(json.dumps(bs.to_dict()))) == bs

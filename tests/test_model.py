@@ -15,7 +15,11 @@ from kn_lens import load_model
 from kn_lens.model import ModelLoadError
 from tests.conftest import make_tiny_checkpoint
 
-SENTENCES = ["the city of [MASK] is Paris .", "Alice was born in [MASK]", "Bob speaks [MASK] and French ."]
+SENTENCES = [
+    "the city of [MASK] is Paris .",
+    "Alice was born in [MASK]",
+    "Bob speaks [MASK] and French .",
+]
 
 
 def _hf_logits(hf_model, tokenizer, sentences):
@@ -24,7 +28,9 @@ def _hf_logits(hf_model, tokenizer, sentences):
         return hf_model(**enc).logits, enc
 
 
-@pytest.mark.parametrize("pretraining", [False, True], ids=["BertForMaskedLM", "BertForPreTraining"])
+@pytest.mark.parametrize(
+    "pretraining", [False, True], ids=["BertForMaskedLM", "BertForPreTraining"]
+)
 def test_local_folder_matches_huggingface(tmp_path: Path, pretraining: bool):
     from transformers import BertForMaskedLM
 
@@ -34,8 +40,11 @@ def test_local_folder_matches_huggingface(tmp_path: Path, pretraining: bool):
     hf = BertForMaskedLM.from_pretrained(folder).eval()
     ref, enc = _hf_logits(hf, model.tokenizer, SENTENCES)
     with torch.no_grad():
-        ours = model(enc.input_ids, token_type_ids=enc.token_type_ids,
-                     one_zero_attention_mask=enc.attention_mask)
+        ours = model(
+            enc.input_ids,
+            token_type_ids=enc.token_type_ids,
+            one_zero_attention_mask=enc.attention_mask,
+        )
     real = enc.attention_mask.bool()
     assert (ours - ref)[real].abs().max().item() < 1e-5
 
@@ -45,7 +54,8 @@ def test_no_deprecation_warnings_reach_users(tiny_ckpt: Path):
         warnings.simplefilter("always")
         load_model(tiny_ckpt, device="cpu")
     assert not [w for w in caught if issubclass(w.category, DeprecationWarning)], [
-        str(w.message) for w in caught]
+        str(w.message) for w in caught
+    ]
 
 
 def test_missing_folder_pieces(tmp_path: Path, tiny_ckpt: Path):
@@ -66,13 +76,20 @@ def test_unknown_name_is_a_clear_error():
 
 
 def test_known_name_offline_says_how_to_pass_a_folder(tmp_path: Path):
-    code = ("import kn_lens\n"
-            "try:\n    kn_lens.load_model('bert-base-cased', device='cpu')\n"
-            "except kn_lens.model.ModelLoadError as e:\n    print('ERR', e)\n")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "HF_HOME": str(tmp_path / "hf")}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=300)
+    code = (
+        "import kn_lens\n"
+        "try:\n    kn_lens.load_model('bert-base-cased', device='cpu')\n"
+        "except kn_lens.model.ModelLoadError as e:\n    print('ERR', e)\n"
+    )
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
     assert "ERR" in out.stdout, out.stdout + out.stderr
     assert "local folder" in out.stdout and "bert-base-cased" in out.stdout
 
@@ -94,7 +111,9 @@ def _masked(seq: str, positions: list[int]) -> str:
 
 @pytest.fixture(scope="module")
 def antiberty_dir() -> Path:
-    antiberty = pytest.importorskip("antiberty", reason="antiberty==0.1.3 (test extra) not installed")
+    antiberty = pytest.importorskip(
+        "antiberty", reason="antiberty==0.1.3 (test extra) not installed"
+    )
     base = Path(antiberty.__file__).parent / "trained_models"
     ckpt = base / "AntiBERTy_md_smooth"
     if not (ckpt / "pytorch_model.bin").is_file():
@@ -112,17 +131,24 @@ def test_real_pretrained_checkpoint_matches_huggingface(antiberty_dir: Path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         hf = BertForMaskedLM.from_pretrained(str(ckpt)).eval()
-    sentences = [_masked(ANTIBODY_SEQUENCES[0], [5, 30, 60, 99]),
-                 _masked(ANTIBODY_SEQUENCES[1], [3, 50])]
+    sentences = [
+        _masked(ANTIBODY_SEQUENCES[0], [5, 30, 60, 99]),
+        _masked(ANTIBODY_SEQUENCES[1], [3, 50]),
+    ]
     ref, enc = _hf_logits(hf, tokenizer, sentences)
     assert (enc.input_ids == tokenizer.mask_token_id).sum().item() == 6
     with torch.no_grad():
-        ours = model(enc.input_ids, token_type_ids=enc.token_type_ids,
-                     one_zero_attention_mask=enc.attention_mask)
+        ours = model(
+            enc.input_ids,
+            token_type_ids=enc.token_type_ids,
+            one_zero_attention_mask=enc.attention_mask,
+        )
     real = enc.attention_mask.bool()
     assert (ours - ref)[real].abs().max().item() < 1e-4
     # The pretrained model really knows antibodies: most masked residues are recovered.
     is_mask = enc.input_ids == tokenizer.mask_token_id
-    truth = [ANTIBODY_SEQUENCES[0][p] for p in [5, 30, 60, 99]] + [ANTIBODY_SEQUENCES[1][p] for p in [3, 50]]
+    truth = [ANTIBODY_SEQUENCES[0][p] for p in [5, 30, 60, 99]] + [
+        ANTIBODY_SEQUENCES[1][p] for p in [3, 50]
+    ]
     pred = tokenizer.convert_ids_to_tokens(ours[is_mask].argmax(-1).tolist())
-    assert sum(p == t for p, t in zip(pred, truth)) >= 4, (pred, truth)
+    assert sum(p == t for p, t in zip(pred, truth, strict=False)) >= 4, (pred, truth)

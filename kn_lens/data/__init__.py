@@ -1,6 +1,7 @@
 """Facts, as plain records: no torch, no model.
 
-- :mod:`kn_lens.data.facts` -- :class:`Fact`, :class:`FactBag`, templates, a user's JSON-lines facts;
+- :mod:`kn_lens.data.facts` -- :class:`Fact`, :class:`FactBag`, templates, a user's JSON-lines
+facts;
 - :mod:`kn_lens.data.pararel` -- the paper's PARAREL patterns over LAMA T-REx facts;
 - :mod:`kn_lens.data.world` -- the built-in fact world of the default model;
 - :mod:`kn_lens.data.web` -- web sentences and the T1/T2/T3 prompts built from them.

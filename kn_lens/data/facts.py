@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 MASK = "[MASK]"
@@ -58,7 +58,8 @@ class FactBag:
         for prompt in (*self.prompts, *self.held_out):
             check_prompt(prompt)
 
-    # Convenience accessors, so analyses can read ``bag.relation`` rather than ``bag.fact.relation``.
+    # Convenience accessors, so analyses can read ``bag.relation`` rather than
+    # ``bag.fact.relation``.
     @property
     def subject(self) -> str:
         return self.fact.subject
@@ -85,13 +86,21 @@ class FactBag:
         return f"{self.fact.relation}/{self.index}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"fact": asdict(self.fact), "prompts": list(self.prompts), "index": self.index,
-                "held_out": list(self.held_out)}
+        return {
+            "fact": asdict(self.fact),
+            "prompts": list(self.prompts),
+            "index": self.index,
+            "held_out": list(self.held_out),
+        }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "FactBag":
-        return cls(Fact(**d["fact"]), tuple(d["prompts"]), int(d.get("index", 0)),
-                   tuple(d.get("held_out", ())))
+    def from_dict(cls, d: dict[str, Any]) -> FactBag:
+        return cls(
+            Fact(**d["fact"]),
+            tuple(d["prompts"]),
+            int(d.get("index", 0)),
+            tuple(d.get("held_out", ())),
+        )
 
 
 def relation_of_key(key: str) -> str:
@@ -100,7 +109,8 @@ def relation_of_key(key: str) -> str:
 
 
 def check_prompt(prompt: str) -> str:
-    """Return ``prompt`` if it holds exactly one ``[MASK]``; raise ``ValueError`` naming it if not."""
+    """Return ``prompt`` if it holds exactly one ``[MASK]``; raise ``ValueError`` naming it if
+    not."""
     n = prompt.count(MASK)
     if n != 1:
         raise ValueError(f"prompt must contain exactly one {MASK}, found {n}: {prompt!r}")
@@ -125,7 +135,9 @@ def read_jsonl_records(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}, line {n}: not valid JSON ({e.msg})") from None
             if not isinstance(rec, dict):
-                raise DataError(f"{path}, line {n}: expected a JSON object, got {type(rec).__name__}")
+                raise DataError(
+                    f"{path}, line {n}: expected a JSON object, got {type(rec).__name__}"
+                )
             yield n, rec
 
 
@@ -145,8 +157,10 @@ def load_jsonl_facts(path: str | Path) -> list[FactBag]:
     for n, rec in read_jsonl_records(path):
         require_strings(rec, ("subject", "relation", "object"), path, n)
         templates = rec.get("templates")
-        if not isinstance(templates, list) or not templates or not all(
-            isinstance(t, str) for t in templates
+        if (
+            not isinstance(templates, list)
+            or not templates
+            or not all(isinstance(t, str) for t in templates)
         ):
             raise DataError(f"{path}, line {n}: 'templates' must be a non-empty list of strings")
         rtype = rec.get("relation_type", "N-M")
@@ -156,8 +170,13 @@ def load_jsonl_facts(path: str | Path) -> list[FactBag]:
             prompts = tuple(fill_template(t, rec["subject"]) for t in templates)
         except ValueError as e:
             raise DataError(f"{path}, line {n}: {e}") from None
-        fact = Fact(rec["subject"], rec["relation"], rec.get("relation_label", rec["relation"]),
-                    rtype, rec["object"])
+        fact = Fact(
+            rec["subject"],
+            rec["relation"],
+            rec.get("relation_label", rec["relation"]),
+            rtype,
+            rec["object"],
+        )
         idx = counts.get(fact.relation, 0)
         counts[fact.relation] = idx + 1
         bags.append(FactBag(fact, prompts, index=idx))

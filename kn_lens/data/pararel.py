@@ -53,7 +53,8 @@ def load_pararel(
     """Build the paper's bags from LAMA T-REx facts and PARAREL patterns.
 
     A relation is kept when it has a T-REx file and more than 3 patterns (``min_patterns=4``). Each
-    fact of it becomes a bag with one prompt per pattern (``[X]`` -> subject, ``[Y]`` -> ``[MASK]``);
+    fact of it becomes a bag with one prompt per pattern (``[X]`` -> subject, ``[Y]`` ->
+    ``[MASK]``);
     the answer is the object label, the type comes from ``relations.jsonl``. Relations come in
     sorted id order, facts in T-REx file order (``bag.index`` is the line's rank in its file).
 
@@ -87,7 +88,9 @@ def load_pararel(
         path = trex_dir / f"{rel}.jsonl"
         for i, (n, rec) in enumerate(read_jsonl_records(path)):
             require_strings(rec, ("sub_label", "obj_label"), path, n)
-            fact = Fact(rec["sub_label"], rel, info.get("label", rel), info["type"], rec["obj_label"])
+            fact = Fact(
+                rec["sub_label"], rel, info.get("label", rel), info["type"], rec["obj_label"]
+            )
             prompts = tuple(fill_template(p, fact.subject) for p in patterns[rel])
             bags.append(FactBag(fact, prompts, index=i))
     return bags

@@ -26,18 +26,26 @@ def _path(p: str) -> Path:
 def check_source(data: str, lama: str | None, patterns: str | None, web: str | None) -> None:
     """Refuse a source whose paths do not exist, naming the option."""
     if data != DEFAULT and not _path(data).exists() and not (lama and patterns):
-        raise DataError(f"--data {data}: no such file or folder (give 'default', a PARAREL/LAMA "
-                        "root holding lama/ and pararel/patterns/, or a facts .jsonl file)")
+        raise DataError(
+            f"--data {data}: no such file or folder (give 'default', a PARAREL/LAMA "
+            "root holding lama/ and pararel/patterns/, or a facts .jsonl file)"
+        )
     for opt, value in (("lama", lama), ("patterns", patterns), ("web", web)):
         if value and not _path(value).is_dir():
             raise DataError(f"--{opt} {value}: no such folder")
     if data == DEFAULT and bool(lama) != bool(patterns):
-        raise DataError("give both --lama DIR and --patterns DIR, or --data DIR holding lama/ "
-                        "and pararel/patterns/")
+        raise DataError(
+            "give both --lama DIR and --patterns DIR, or --data DIR holding lama/ "
+            "and pararel/patterns/"
+        )
 
 
-def load_facts(data: str, lama: str | None = None, patterns: str | None = None,
-               relations: Sequence[str] | None = None) -> list[FactBag]:
+def load_facts(
+    data: str,
+    lama: str | None = None,
+    patterns: str | None = None,
+    relations: Sequence[str] | None = None,
+) -> list[FactBag]:
     """All facts of a source, relations in load order, facts in index order.
 
     Args:
@@ -57,16 +65,19 @@ def load_facts(data: str, lama: str | None = None, patterns: str | None = None,
         pat_dir = _path(patterns) if patterns else (root / "pararel" / "patterns" if root else None)
         for d, opt in ((lama_dir, "--lama"), (pat_dir, "--patterns")):
             if d is None or not d.is_dir():
-                raise DataError(f"data folder not found: {d} (give {opt} DIR, or --data DIR with "
-                                "lama/ and pararel/patterns/ inside)")
+                raise DataError(
+                    f"data folder not found: {d} (give {opt} DIR, or --data DIR with "
+                    "lama/ and pararel/patterns/ inside)"
+                )
         assert lama_dir is not None and pat_dir is not None
         return load_pararel(lama_dir, pat_dir, relations=relations)
     if relations is not None:
         have = list(dict.fromkeys(b.relation for b in bags))
         unknown = [r for r in relations if r not in have]
         if unknown:
-            raise DataError(f"unknown relation(s) {', '.join(unknown)} in {kind}; available: "
-                            + ", ".join(have))
+            raise DataError(
+                f"unknown relation(s) {', '.join(unknown)} in {kind}; available: " + ", ".join(have)
+            )
         bags = [b for b in bags if b.relation in set(relations)]
     return bags
 
@@ -80,20 +91,25 @@ def web_folder(data: str, web: str | None) -> Path | None:
     return None
 
 
-def load_web(data: str, lama: str | None, patterns: str | None, web: str | None,
-             relations: Sequence[str]) -> Mapping[str, Sequence[WebFact]]:
+def load_web(
+    data: str, lama: str | None, patterns: str | None, web: str | None, relations: Sequence[str]
+) -> Mapping[str, Sequence[WebFact]]:
     """Web sentences of ``relations``: from ``--web`` or ``DATA/bing_distant``, or the built-in
     world's own sentences for the built-in facts. Relations without sentences are left out; none
     at all is an error."""
     folder = web_folder(data, web)
     if folder is None:
         if data != DEFAULT or (lama and patterns):
-            raise DataError("web sentences are needed: give --web DIR (a folder of "
-                            "final_distant_allbags_<relation>_new.json and query_pairs.json)")
+            raise DataError(
+                "web sentences are needed: give --web DIR (a folder of "
+                "final_distant_allbags_<relation>_new.json and query_pairs.json)"
+            )
         return default_web_facts()
     have = web_relations(folder)
     rels = [r for r in relations if r in have]
     if not rels:
-        raise DataError(f"no web sentences in {folder} for the selected relation(s) "
-                        f"{', '.join(relations)}; it has: {', '.join(have) or 'none'}")
+        raise DataError(
+            f"no web sentences in {folder} for the selected relation(s) "
+            f"{', '.join(relations)}; it has: {', '.join(have) or 'none'}"
+        )
     return load_web_facts(folder, relations=rels)

@@ -27,7 +27,8 @@ Long sentences are not cut here: :func:`encode_web` (a thin wrapper of
 always keeps the ``[MASK]``.
 
 The default model's world generates web-like sentences in the same format
-(:func:`kn_lens.data.world.default_web_bags`), so :func:`default_web_facts` runs the same code offline.
+(:func:`kn_lens.data.world.default_web_bags`), so :func:`default_web_facts` runs the same code
+offline.
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 from kn_lens.data.facts import MASK, FactBag
@@ -117,8 +118,9 @@ def mask_tail(sentence: str, head: str, tail: str) -> str:
     raise MaskError("tail_not_found", sentence)
 
 
-def maskable_words(sentence: str, *, first_words: int = 50, protect: str | None = None
-                   ) -> list[tuple[int, int]]:
+def maskable_words(
+    sentence: str, *, first_words: int = 50, protect: str | None = None
+) -> list[tuple[int, int]]:
     """Character spans of the words of ``sentence`` that T2/T3 may mask.
 
     Words are the first ``first_words`` whitespace-separated tokens; each contributes the span of
@@ -143,8 +145,9 @@ def maskable_words(sentence: str, *, first_words: int = 50, protect: str | None 
     return spans
 
 
-def mask_random_word(sentence: str, rng: random.Random, *, first_words: int = 50,
-                     protect: str | None = None) -> str:
+def mask_random_word(
+    sentence: str, rng: random.Random, *, first_words: int = 50, protect: str | None = None
+) -> str:
     """T2/T3: replace one random word among the first ``first_words`` by ``[MASK]``.
 
     ``protect`` (the head for T2) is never masked, nor is any word overlapping it.
@@ -212,25 +215,43 @@ def web_facts_from_dict(
     out: dict[str, list[WebFact]] = {}
     for rel in rels:
         if rel not in web_bags:
-            raise ValueError(f"relation {rel!r} has no web sentences; "
-                             f"available: {sorted(web_bags)}")
+            raise ValueError(
+                f"relation {rel!r} has no web sentences; available: {sorted(web_bags)}"
+            )
         if rel not in query_pairs:
             raise ValueError(f"relation {rel!r} has web sentences but no query pairs")
         bags, pairs = web_bags[rel], query_pairs[rel]
         if len(bags) != len(pairs):
-            raise ValueError(f"relation {rel!r}: {len(bags)} web bags but {len(pairs)} query "
-                             "pairs; they must be in the same order and of the same length")
+            raise ValueError(
+                f"relation {rel!r}: {len(bags)} web bags but {len(pairs)} query "
+                "pairs; they must be in the same order and of the same length"
+            )
         facts = []
-        for i, (bag, pair) in enumerate(zip(bags, pairs)):
-            if not isinstance(bag, Mapping) or not isinstance(bag.get("th_bags", []), list) \
-                    or not isinstance(bag.get("h_bags", []), list):
+        for i, (bag, pair) in enumerate(zip(bags, pairs, strict=False)):
+            if (
+                not isinstance(bag, Mapping)
+                or not isinstance(bag.get("th_bags", []), list)
+                or not isinstance(bag.get("h_bags", []), list)
+            ):
                 raise ValueError(f"{rel}/{i}: expected an object with list fields th_bags, h_bags")
-            if (not isinstance(pair, (list, tuple)) or len(pair) != 2
-                    or not all(isinstance(x, str) and x for x in pair)):
-                raise ValueError(f"{rel}/{i}: query pair must be [head, tail] strings, "
-                                 f"got {pair!r}")
-            facts.append(WebFact(rel, i, pair[0], pair[1], tuple(bag.get("th_bags", [])),
-                                 tuple(bag.get("h_bags", []))))
+            if (
+                not isinstance(pair, (list, tuple))
+                or len(pair) != 2
+                or not all(isinstance(x, str) and x for x in pair)
+            ):
+                raise ValueError(
+                    f"{rel}/{i}: query pair must be [head, tail] strings, got {pair!r}"
+                )
+            facts.append(
+                WebFact(
+                    rel,
+                    i,
+                    pair[0],
+                    pair[1],
+                    tuple(bag.get("th_bags", [])),
+                    tuple(bag.get("h_bags", [])),
+                )
+            )
         out[rel] = facts
     return out
 
@@ -241,8 +262,10 @@ WEB_FILE_PREFIX, WEB_FILE_SUFFIX = "final_distant_allbags_", "_new.json"
 def web_files(distant_dir: str | Path) -> dict[str, Path]:
     """The paper's per-relation web-sentence files in a folder, by relation id
     (``final_distant_allbags_{relation}_new.json``)."""
-    return {p.name[len(WEB_FILE_PREFIX):-len(WEB_FILE_SUFFIX)]: p
-            for p in sorted(Path(distant_dir).glob(f"{WEB_FILE_PREFIX}*{WEB_FILE_SUFFIX}"))}
+    return {
+        p.name[len(WEB_FILE_PREFIX) : -len(WEB_FILE_SUFFIX)]: p
+        for p in sorted(Path(distant_dir).glob(f"{WEB_FILE_PREFIX}*{WEB_FILE_SUFFIX}"))
+    }
 
 
 def web_relations(distant_dir: str | Path) -> list[str]:
@@ -274,8 +297,10 @@ def load_web_facts(
     rels = sorted(files) if relations is None else list(relations)
     missing = [r for r in rels if r not in files]
     if missing:
-        raise ValueError(f"no web-sentence file for relation(s) {', '.join(missing)}; "
-                         f"available: {', '.join(sorted(files))}")
+        raise ValueError(
+            f"no web-sentence file for relation(s) {', '.join(missing)}; "
+            f"available: {', '.join(sorted(files))}"
+        )
     with open(qp_path, encoding="utf-8") as f:
         query_pairs = json.load(f)
     web_bags = {}
@@ -293,8 +318,9 @@ def default_web_facts() -> dict[str, list[WebFact]]:
     return web_facts_from_dict(default_web_bags(), default_query_pairs())
 
 
-def match_bags(web_facts: Mapping[str, Sequence[WebFact]], bags: Sequence[FactBag]
-               ) -> list[tuple[FactBag, WebFact]]:
+def match_bags(
+    web_facts: Mapping[str, Sequence[WebFact]], bags: Sequence[FactBag]
+) -> list[tuple[FactBag, WebFact]]:
     """Pair each bag with the web fact of the same relation and index.
 
     Bags whose relation has no web sentences are left out. A bag whose index is out of range, or
@@ -307,12 +333,16 @@ def match_bags(web_facts: Mapping[str, Sequence[WebFact]], bags: Sequence[FactBa
         if facts is None:
             continue
         if not 0 <= bag.index < len(facts):
-            raise ValueError(f"bag {bag.key} ({bag.subject!r}): index out of range of the "
-                             f"{len(facts)} web facts of {bag.relation}")
+            raise ValueError(
+                f"bag {bag.key} ({bag.subject!r}): index out of range of the "
+                f"{len(facts)} web facts of {bag.relation}"
+            )
         wf = facts[bag.index]
         if (wf.subject, wf.object) != (bag.subject, bag.object):
-            raise ValueError(f"bag {bag.key} is ({bag.subject!r}, {bag.object!r}) but the web fact "
-                             f"at that index is ({wf.subject!r}, {wf.object!r})")
+            raise ValueError(
+                f"bag {bag.key} is ({bag.subject!r}, {bag.object!r}) but the web fact "
+                f"at that index is ({wf.subject!r}, {wf.object!r})"
+            )
         pairs.append((bag, wf))
     return pairs
 
@@ -400,7 +430,10 @@ def build_fact_prompts(
     """
     rng = random.Random(f"{seed}/{fact.key}")
     skipped: list[SkippedSentence] = []
-    t1, t2, t3, t3_src = [], [], [], []
+    t1: list[str] = []
+    t2: list[str] = []
+    t3: list[str] = []
+    t3_src: list[Any] = []
     for s in fact.th_bags:
         try:
             t1.append(mask_tail(s, fact.subject, fact.object))
@@ -423,15 +456,27 @@ def build_fact_prompts(
                 t3_src.append(src)
             except MaskError as e:
                 skipped.append(SkippedSentence(fact.key, "T3", e.reason, str(s)))
-    fp = FactPrompts(fact.key, fact.relation, fact.subject, fact.object, tuple(t1), tuple(t2),
-                     tuple(t3), tuple(t3_src))
+    fp = FactPrompts(
+        fact.key,
+        fact.relation,
+        fact.subject,
+        fact.object,
+        tuple(t1),
+        tuple(t2),
+        tuple(t3),
+        tuple(t3_src),
+    )
     return fp, skipped
 
 
 def sentence_pool(web_facts: Mapping[str, Sequence[WebFact]]) -> list[tuple[str, Any]]:
     """Every ``th``/``h`` sentence of every fact, as ``(fact key, sentence)``, in a fixed order."""
-    return [(f.key, s) for rel in sorted(web_facts) for f in web_facts[rel]
-            for s in (*f.th_bags, *f.h_bags)]
+    return [
+        (f.key, s)
+        for rel in sorted(web_facts)
+        for f in web_facts[rel]
+        for s in (*f.th_bags, *f.h_bags)
+    ]
 
 
 def build_web_prompts(

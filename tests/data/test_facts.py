@@ -34,25 +34,46 @@ def _write(path: Path, rows: list[object]) -> Path:
 
 
 def test_user_jsonl_facts(tmp_path: Path):
-    p = _write(tmp_path / "facts.jsonl", [
-        {"subject": "Alice", "relation": "born", "object": "Paris",
-         "templates": ["[X] was born in [Y] .", "[X] is from [Y] ."]},
-        "",
-        {"subject": "Bob", "relation": "born", "object": "London", "relation_type": "N-1",
-         "templates": ["[X] was born in [Y] ."]},
-    ])
+    p = _write(
+        tmp_path / "facts.jsonl",
+        [
+            {
+                "subject": "Alice",
+                "relation": "born",
+                "object": "Paris",
+                "templates": ["[X] was born in [Y] .", "[X] is from [Y] ."],
+            },
+            "",
+            {
+                "subject": "Bob",
+                "relation": "born",
+                "object": "London",
+                "relation_type": "N-1",
+                "templates": ["[X] was born in [Y] ."],
+            },
+        ],
+    )
     bags = load_jsonl_facts(p)
     assert [b.key for b in bags] == ["born/0", "born/1"]
     assert bags[0].prompts == ("Alice was born in [MASK] .", "Alice is from [MASK] .")
 
 
-@pytest.mark.parametrize("bad, message", [
-    ("{not json", "line 2: not valid JSON"),
-    ('{"subject": "A", "relation": "r", "templates": ["[X] [Y]"]}', "line 2: missing .*object"),
-    ('{"subject": "A", "relation": "r", "object": "B", "templates": "[X] [Y]"}', "line 2: 'templates'"),
-    ('{"subject": "A", "relation": "r", "object": "B", "templates": ["[X] only"]}', "line 2: .*\\[Y\\]"),
-    ('[1, 2]', "line 2: expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("{not json", "line 2: not valid JSON"),
+        ('{"subject": "A", "relation": "r", "templates": ["[X] [Y]"]}', "line 2: missing .*object"),
+        (
+            '{"subject": "A", "relation": "r", "object": "B", "templates": "[X] [Y]"}',
+            "line 2: 'templates'",
+        ),
+        (
+            '{"subject": "A", "relation": "r", "object": "B", "templates": ["[X] only"]}',
+            "line 2: .*\\[Y\\]",
+        ),
+        ("[1, 2]", "line 2: expected a JSON object"),
+    ],
+)
 def test_malformed_lines_name_file_and_line(tmp_path: Path, bad: str, message: str):
     good = {"subject": "A", "relation": "r", "object": "B", "templates": ["[X] is [Y] ."]}
     p = _write(tmp_path / "facts.jsonl", [good, bad])
@@ -78,21 +99,27 @@ def test_pararel_counts(shared_data: Path):
     assert len(bags) == 27_738
     assert sum(len(b.prompts) for b in bags) == 253_448
     # T-REx file order is kept, so bag.index is the line's rank in its relation file.
-    first = [json.loads(line) for line in
-             (shared_data / "lama" / "TREx" / "P19.jsonl").read_text().splitlines()[:3]]
+    first = [
+        json.loads(line)
+        for line in (shared_data / "lama" / "TREx" / "P19.jsonl").read_text().splitlines()[:3]
+    ]
     p19 = [b for b in bags if b.relation == "P19"][:3]
     assert [(b.subject, b.object, b.index) for b in p19] == [
-        (r["sub_label"], r["obj_label"], i) for i, r in enumerate(first)]
+        (r["sub_label"], r["obj_label"], i) for i, r in enumerate(first)
+    ]
     assert p19[0].relation_type == "N-1" and p19[0].relation_label == "place of birth"
     assert all(p.count("[MASK]") == 1 and p19[0].subject in p for p in p19[0].prompts)
 
 
 def test_pararel_relation_selection(shared_data: Path):
-    bags = load_pararel(shared_data / "lama", shared_data / "pararel" / "patterns",
-                        relations=["P19", "P106"])
+    bags = load_pararel(
+        shared_data / "lama", shared_data / "pararel" / "patterns", relations=["P19", "P106"]
+    )
     assert {b.relation for b in bags} == {"P19", "P106"}
     with pytest.raises(ValueError, match="unknown relation.*P9999"):
-        load_pararel(shared_data / "lama", shared_data / "pararel" / "patterns", relations=["P9999"])
+        load_pararel(
+            shared_data / "lama", shared_data / "pararel" / "patterns", relations=["P9999"]
+        )
 
 
 def test_pararel_missing_folder(tmp_path: Path):

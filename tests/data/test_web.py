@@ -7,14 +7,20 @@ import random
 import pytest
 
 from kn_lens.data import MASK
-from kn_lens.prompts import encode
-from kn_lens.prompts import encode_web
-from kn_lens.data.web import (MaskError, build_web_prompts, load_web_facts,
-                         mask_random_word, mask_tail, maskable_words, match_bags,
-                         web_facts_from_dict)
-
+from kn_lens.data.web import (
+    MaskError,
+    build_web_prompts,
+    load_web_facts,
+    mask_random_word,
+    mask_tail,
+    maskable_words,
+    match_bags,
+    web_facts_from_dict,
+)
+from kn_lens.prompts import encode, encode_web
 
 # --- T1: masking the tail ---------------------------------------------------------------------
+
 
 def test_tail_inside_head_is_protected():
     s = "Paris Hilton was born in New York , not in Paris ."
@@ -34,14 +40,17 @@ def test_tail_is_matched_as_whole_word_first_occurrence():
     assert mask_tail("a Paris-based firm", "firm", "Paris") == "a [MASK]-based firm"
 
 
-@pytest.mark.parametrize("tail, sentence, expected", [
-    ("C++", "Bob wrote C code, then C++ code.", "Bob wrote C code, then [MASK] code."),
-    ("St. Louis", "Bob left StX Louis for St. Louis.", "Bob left StX Louis for [MASK]."),
-    ("Washington (state)", "Bob lives in Washington (state) now.", "Bob lives in [MASK] now."),
-    ("$", "Bob paid in $ and €.", "Bob paid in [MASK] and €."),
-    ("a+b", "Bob likes aab and a+b.", "Bob likes aab and [MASK]."),
-    ("Jr.", "Bob Jr. is here.", "Bob [MASK] is here."),
-])
+@pytest.mark.parametrize(
+    "tail, sentence, expected",
+    [
+        ("C++", "Bob wrote C code, then C++ code.", "Bob wrote C code, then [MASK] code."),
+        ("St. Louis", "Bob left StX Louis for St. Louis.", "Bob left StX Louis for [MASK]."),
+        ("Washington (state)", "Bob lives in Washington (state) now.", "Bob lives in [MASK] now."),
+        ("$", "Bob paid in $ and €.", "Bob paid in [MASK] and €."),
+        ("a+b", "Bob likes aab and a+b.", "Bob likes aab and [MASK]."),
+        ("Jr.", "Bob Jr. is here.", "Bob [MASK] is here."),
+    ],
+)
 def test_tail_with_regex_metacharacters(tail, sentence, expected):
     out = mask_tail(sentence, "Bob", tail)
     assert out == expected
@@ -68,6 +77,7 @@ def test_unmaskable_sentences_raise_with_reason():
 
 # --- T2/T3: masking a random word -------------------------------------------------------------
 
+
 def test_random_word_never_masks_head_and_stays_in_first_words():
     head = "Anna Maria Smith"
     words = [f"w{i}" for i in range(80)]
@@ -93,14 +103,23 @@ def test_only_the_word_core_is_masked():
 
 # --- building the three types -----------------------------------------------------------------
 
+
 def _toy_web():
-    web = {"P19": [
-        {"th_bags": ["Alice was born in Paris .", "Alice never saw it .", "Alice , [MASK] Paris .",
-                     "Alice , from Paris , is a doctor ."],
-         "h_bags": ["Alice is a doctor .", "Alice .", "Alice works as a lawyer ."]},
-        {"th_bags": ["Bob was born in London ."], "h_bags": []},
-        {"th_bags": [], "h_bags": ["Kal is here ."]},
-    ]}
+    web = {
+        "P19": [
+            {
+                "th_bags": [
+                    "Alice was born in Paris .",
+                    "Alice never saw it .",
+                    "Alice , [MASK] Paris .",
+                    "Alice , from Paris , is a doctor .",
+                ],
+                "h_bags": ["Alice is a doctor .", "Alice .", "Alice works as a lawyer ."],
+            },
+            {"th_bags": ["Bob was born in London ."], "h_bags": []},
+            {"th_bags": [], "h_bags": ["Kal is here ."]},
+        ]
+    }
     qp = {"P19": [["Alice", "Paris"], ["Bob", "London"], ["Kal", "Rome"]]}
     return web_facts_from_dict(web, qp)
 
@@ -161,6 +180,7 @@ def test_match_bags_detects_order_mismatch():
 
 # --- truncation -------------------------------------------------------------------------------
 
+
 def test_mask_beyond_512_tokens_stays_in_window(tiny_model):
     words = ["the"] * 600 + ["Paris"] + ["the"] * 150
     s = "Alice " + " ".join(words) + " ."
@@ -177,6 +197,7 @@ def test_mask_beyond_512_tokens_stays_in_window(tiny_model):
 
 
 # --- the shared Bing data ---------------------------------------------------------------------
+
 
 def test_shared_bing_data_aligns_with_pararel(shared_data):
     from kn_lens.data import load_pararel

@@ -9,8 +9,6 @@ import pytest
 import torch
 
 from kn_lens.data import MASK, FactBag, default_facts
-from kn_lens.model import DEFAULT_MODEL_DIR
-from kn_lens.training import main as training_main
 from kn_lens.data.world import (
     build_world,
     default_query_pairs,
@@ -18,6 +16,8 @@ from kn_lens.data.world import (
     default_world,
     training_text,
 )
+from kn_lens.model import DEFAULT_MODEL_DIR
+from kn_lens.training import main as training_main
 
 
 def _tokenizer():
@@ -84,7 +84,7 @@ def test_web_bags_and_query_pairs_follow_bag_order():
     for rel in web:
         bags = w.bags_of(rel)
         assert len(web[rel]) == len(pairs[rel]) == len(bags)
-        for bag, d, (s, o) in zip(bags, web[rel], pairs[rel]):
+        for bag, d, (s, o) in zip(bags, web[rel], pairs[rel], strict=False):
             assert (s, o) == (bag.subject, bag.object)
             assert d["th_bags"] and d["h_bags"]
             assert all(s in x and o in x for x in d["th_bags"])
@@ -143,8 +143,10 @@ def test_shipped_checkpoint_meets_targets():
     acc = (logits.argmax(-1) == gold).float().mean().item()
     mean_p = logits.softmax(-1).gather(-1, gold[:, None]).mean().item()
     held_acc = (held_logits.argmax(-1) == held_gold).float().mean()
-    print(f"default model: train acc {acc:.3f}, held-out acc {held_acc:.3f} (every 2nd bag), "
-          f"mean gold p {mean_p:.3f}")
+    print(
+        f"default model: train acc {acc:.3f}, held-out acc {held_acc:.3f} (every 2nd bag), "
+        f"mean gold p {mean_p:.3f}"
+    )
     assert acc >= 0.85
     assert 0.3 <= mean_p <= 0.9
     assert held_acc.item() >= 0.3  # paraphrase generalisation: reported, asserted loosely
@@ -161,16 +163,34 @@ def test_short_training_on_tiny_world_lowers_loss(tmp_path):
     from kn_lens.training import train_default_model
 
     w = build_world(3, scale=0.03, n_filler=200, n_filler_eval=20)
-    report = train_default_model(tmp_path, world=w, n_layers=1, d_model=32, n_heads=2, d_mlp=64,
-                                 batch_size=32, max_steps=60, warmup_steps=5, lr=3e-3,
-                                 eval_every=30, eval_prompts=50, stop_acc=1.01)
+    report = train_default_model(
+        tmp_path,
+        world=w,
+        n_layers=1,
+        d_model=32,
+        n_heads=2,
+        d_mlp=64,
+        batch_size=32,
+        max_steps=60,
+        warmup_steps=5,
+        lr=3e-3,
+        eval_every=30,
+        eval_prompts=50,
+        stop_acc=1.01,
+    )
     first = report.loss_history[0][1]
     last = sum(x for _, x in report.loss_history[-3:]) / 3
     assert last < first - 0.5, report.loss_history
     assert report.steps == 60 and not report.stopped_early
     assert 0 <= report.train_acc <= 1 and report.filler_mlm_loss > 0
-    for name in ("config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json",
-                 "README.md", "train_report.json"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "vocab.txt",
+        "tokenizer_config.json",
+        "README.md",
+        "train_report.json",
+    ):
         assert (tmp_path / name).is_file(), name
     model = load_model(tmp_path, device="cpu")
     out = mask_logits(model, [w.bags[0].prompts[0]])
@@ -189,12 +209,26 @@ def test_tokenizer_and_training_are_deterministic(tmp_path):
     from kn_lens.training import train_default_model
 
     w = build_world(5, scale=0.03, n_filler=200, n_filler_eval=20)
-    kw = dict(world=w, n_layers=1, d_model=32, n_heads=2, d_mlp=64, batch_size=16, max_steps=12,
-              warmup_steps=2, eval_every=6, eval_prompts=20, stop_acc=1.01, focus_steps=4)
+    kw = dict(
+        world=w,
+        n_layers=1,
+        d_model=32,
+        n_heads=2,
+        d_mlp=64,
+        batch_size=16,
+        max_steps=12,
+        warmup_steps=2,
+        eval_every=6,
+        eval_prompts=20,
+        stop_acc=1.01,
+        focus_steps=4,
+    )
     a = train_default_model(tmp_path / "a", **kw)
     b = train_default_model(tmp_path / "b", **kw)
     assert (tmp_path / "a" / "vocab.txt").read_text() == (tmp_path / "b" / "vocab.txt").read_text()
     assert a.loss_history == b.loss_history
-    sa, sb = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(
-        str(tmp_path / "b" / "model.safetensors"))
+    sa, sb = (
+        load_file(str(tmp_path / "a" / "model.safetensors")),
+        load_file(str(tmp_path / "b" / "model.safetensors")),
+    )
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
