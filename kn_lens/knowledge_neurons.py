@@ -36,6 +36,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import torch
 from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedEncoder
@@ -234,11 +235,13 @@ def score_bag(
     *,
     methods: Sequence[str] = METHODS,
     floor: float = DEFAULT_FLOOR,
+    dtype: torch.dtype | str | None = None,
 ) -> BagScores:
     """Attribute every prompt of ``bag`` once per method and keep the sparse scores.
 
-    Calls :func:`kn_lens.attribution.attribute` with ``config.steps`` and ``config.batch_size``
-    for each of ``methods`` (default both ``"ig"`` and the ``"activation"`` baseline).
+    Calls :func:`kn_lens.attribution.attribute` with ``config.steps``, ``config.batch_size`` and
+    ``dtype`` (default ``None``: exact float32) for each of ``methods`` (default both ``"ig"``
+    and the ``"activation"`` baseline).
     """
     from kn_lens.attribution import attribute
 
@@ -252,6 +255,7 @@ def score_bag(
             steps=config.steps,
             method=m,
             batch_size=config.batch_size,
+            dtype=dtype,
         )
     return BagScores.from_tensors(bag, tensors, floor=floor, steps=config.steps)
 
@@ -264,6 +268,7 @@ def score_bags(
     methods: Sequence[str] = METHODS,
     floor: float = DEFAULT_FLOOR,
     progress: bool = False,
+    dtype: torch.dtype | str | None = None,
 ) -> list[BagScores]:
     """:func:`score_bag` for each bag (with a progress bar when ``progress``)."""
     it: Iterable[FactBag] = bags
@@ -271,7 +276,7 @@ def score_bags(
         from tqdm.auto import tqdm
 
         it = tqdm(bags, desc="attributing bags", unit="bag")
-    return [score_bag(model, b, config, methods=methods, floor=floor) for b in it]
+    return [score_bag(model, b, config, methods=methods, floor=floor, dtype=dtype) for b in it]
 
 
 # --------------------------------------------------------------------------------------------

@@ -328,3 +328,49 @@ def test_cuda_matches_cpu(three_layer_ckpt):
     torch.testing.assert_close(
         base_gpu, attribute(cpu, PROMPTS, "London", method="activation"), rtol=1e-9, atol=1e-12
     )
+
+
+def test_dtype_float32_is_the_exact_default(tiny_model):
+    plain = attribute(tiny_model, PROMPTS, TARGET, steps=4)
+    for dtype in (None, torch.float32, "float32"):
+        same = attribute(tiny_model, PROMPTS, TARGET, steps=4, dtype=dtype)
+        torch.testing.assert_close(same, plain, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, "bfloat16", torch.float16])
+@pytest.mark.parametrize("method", ["ig", "activation"])
+def test_lower_precision_tracks_float32_and_leaves_the_model_alone(tiny_model, dtype, method):
+    """dtype=bfloat16/float16 runs a cast copy: scores in the model's dtype that correlate with
+    float32's and share their top neurons, and the caller's model is untouched."""
+    state = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    ref = attribute(tiny_model, PROMPTS, TARGET, steps=5, method=method)
+    ours = attribute(tiny_model, PROMPTS, TARGET, steps=5, method=method, dtype=dtype)
+    assert ours.dtype == torch.float32 and torch.isfinite(ours).all()
+    r = float(torch.corrcoef(torch.stack([ours.flatten(), ref.flatten()]))[0, 1])
+    assert r > 0.99, r
+    assert rel_err(ours, ref) > 0  # it did run in lower precision
+    for i in range(len(PROMPTS)):
+        top = set(ref[i].flatten().topk(5).indices.tolist())
+        assert len(top & set(ours[i].flatten().topk(5).indices.tolist())) >= 4
+    assert tiny_model.cfg.dtype == torch.float32
+    after = tiny_model.state_dict()
+    assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in state.items())
+
+
+def test_lower_precision_keeps_caller_hooks(tiny_model):
+    def zero(act, hook):
+        return torch.zeros_like(act)
+
+    plain = attribute(tiny_model, PROMPTS[:1], TARGET, steps=3, dtype=torch.bfloat16)
+    with tiny_model.hooks(fwd_hooks=[("blocks.0.hook_attn_out", zero)]):
+        hooked = attribute(tiny_model, PROMPTS[:1], TARGET, steps=3, dtype=torch.bfloat16)
+        exact = attribute(tiny_model, PROMPTS[:1], TARGET, steps=3)
+    assert not torch.allclose(plain, hooked)
+    assert float(torch.corrcoef(torch.stack([hooked.flatten(), exact.flatten()]))[0, 1]) > 0.99
+    assert all(not hp.fwd_hooks and not hp.bwd_hooks for hp in tiny_model.hook_dict.values())
+
+
+@pytest.mark.parametrize("bad", [torch.float64, torch.int8, "half"])
+def test_bad_dtype_is_named(tiny_model, bad):
+    with pytest.raises(ValueError, match="dtype must be None or one of float32, bfloat16"):
+        attribute(tiny_model, PROMPTS[:1], TARGET, steps=2, dtype=bad)
