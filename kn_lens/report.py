@@ -131,7 +131,7 @@ def _meta_lines(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
     for key, label in (("timings", "Wall time"), ("cpu_seconds", "CPU time (this process)")):
         t = meta.get(key, {})
         if isinstance(t, dict) and t:
-            rows.append((label, ", ".join(f"{k} {v:.1f}s" for k, v in t.items() if is_number(v))))
+            rows.append((label, timings_text(t)))
     v = meta.get("versions", {})
     if v:
         rows.append(("Versions", ", ".join(f"{k} {x}" for k, x in v.items())))
@@ -139,6 +139,30 @@ def _meta_lines(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
         if meta.get(k):
             rows.append((k.capitalize(), str(meta[k])))
     return rows
+
+
+def timings_text(timings: Mapping[str, Any]) -> str:
+    """``"attribute 12.0s, identify 1.0s, ..."``. Sharded attribution (``--shard K/N`` runs record
+    ``"attribute shard K/N"``) is given once, as the sum of the shards' times, and said to be
+    sharded."""
+    shards = {k: v for k, v in timings.items() if k.startswith("attribute shard ") and is_number(v)}
+    parts: list[str] = []
+    for k, v in timings.items():
+        if not is_number(v) or k in shards:
+            continue
+        if k == "attribute" and shards:
+            continue
+        parts.append(f"{k} {v:.1f}s")
+    if shards:
+        total = sum(shards.values()) + (timings.get("attribute") or 0.0)
+        of = sorted({k.rsplit("/", 1)[-1] for k in shards})
+        extra = ", plus an unsharded run" if is_number(timings.get("attribute")) else ""
+        parts.insert(
+            0,
+            f"attribute {total:.1f}s (sharded {' and '.join(of)} ways: the sum of "
+            f"{len(shards)} shard run(s){extra})",
+        )
+    return ", ".join(parts)
 
 
 def _norm(v: Any) -> Any:
@@ -186,9 +210,9 @@ def render_markdown(
     ex = examples(doc)
     if ex:
         lines += ["", "## Examples", ""]
-        for name, title in (("trigger", "Activating prompts"), ("update", "Edits")):
-            if name in ex:
-                lines += [f"### {title}", ""] + [f"- {_md(x)}" for x in ex[name]] + [""]
+        for name, lines_of in ex.items():
+            title = ANALYSES[name].title
+            lines += [f"### {title}", ""] + [f"- {_md(x)}" for x in lines_of] + [""]
     missing = [n for n in ANALYSES if n not in results]
     if missing:
         lines += ["", f"Not run: {', '.join(missing)}."]
@@ -265,11 +289,11 @@ def render_html(doc: Mapping[str, Any], figs: list[tuple[str, str, Any]]) -> str
     ex = examples(doc)
     if ex:
         parts.append("<h2>Examples</h2>")
-        for name, title in (("trigger", "Activating prompts"), ("update", "Edits")):
-            if name in ex:
-                parts.append(f"<h3>{title}</h3><ul>")
-                parts += [f"<li>{e(x)}</li>" for x in ex[name]]
-                parts.append("</ul>")
+        for name, lines_of in ex.items():
+            title = ANALYSES[name].title
+            parts.append(f"<h3>{e(title)}</h3><ul>")
+            parts += [f"<li>{e(x)}</li>" for x in lines_of]
+            parts.append("</ul>")
     parts.append("</body></html>")
     return "\n".join(parts)
 

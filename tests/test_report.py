@@ -245,3 +245,12 @@ def test_missing_png_exporter_is_said_once_in_full(tmp_path, monkeypatch, caplog
     assert len(written["figures"]) == 3 and len(calls) == 1  # tried once, not per figure
     notices = [r.message for r in caplog.records if "PNG export" in r.message]
     assert len(notices) == 1 and "which can be installed using pip" in notices[0]
+
+
+def test_sharded_attribution_time_is_the_sum_of_the_shards() -> None:
+    from kn_lens.report import timings_text
+
+    text = timings_text({"attribute shard 1/2": 10.0, "attribute shard 2/2": 12.5, "identify": 1.0})
+    assert text.startswith("attribute 22.5s (sharded 2 ways: the sum of 2 shard run(s))")
+    assert "identify 1.0s" in text and "shard 1/2" not in text
+    assert timings_text({"attribute": 3.0, "identify": 1.0}) == "attribute 3.0s, identify 1.0s"
