@@ -197,7 +197,8 @@ def hooked_config_from_hf(hf: dict[str, Any], *, device: str, dtype: torch.dtype
             d_model, n_heads = int(need("hidden_size")), int(need("num_attention_heads"))
             act = need("hidden_act")
             rope = _rope(hf)
-            pct = float(rope.get("partial_rotary_factor", hf.get("rotary_pct", 1.0)))
+            # Hugging Face GPT-NeoX rotates a quarter of each head when the config does not say.
+            pct = float(rope.get("partial_rotary_factor", hf.get("rotary_pct", 0.25)))
             d_head = d_model // n_heads
             d = {
                 "d_model": d_model, "n_heads": n_heads, "d_head": d_head,
