@@ -1,0 +1,172 @@
+"""Decoder attribution: the cached partial forward equals a naive reference (one full forward and
+backward per layer and step), on tiny GPT-2-style and Llama-style random HookedTransformers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from kn_lens.models.decoder import (
+    answer_logprob,
+    decoder_attribute,
+    encode_decoder,
+    next_token,
+    template_to_prompt,
+    templates_to_prompts,
+)
+
+VOCAB = 40
+
+
+def tiny(style: str, dtype: torch.dtype, n_layers: int = 3) -> HookedTransformer:
+    common = dict(n_layers=n_layers, d_model=32, n_ctx=64, d_head=8, n_heads=4, d_vocab=VOCAB,
+                  d_mlp=48, dtype=dtype, device="cpu", seed=0)
+    if style == "gpt2":
+        cfg = HookedTransformerConfig(act_fn="gelu_new", normalization_type="LN", **common)
+    else:
+        cfg = HookedTransformerConfig(act_fn="silu", normalization_type="RMS", gated_mlp=True,
+                                      n_key_value_heads=2, positional_embedding_type="rotary",
+                                      rotary_dim=8, **common)
+    model = HookedTransformer(cfg)
+    with torch.no_grad():  # larger weights than the default init, so probabilities move
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.mul_(3.0)
+    model.eval()
+    return model
+
+
+def naive_ig(model, prompt: list[int], answer: list[int], layer: int, steps: int) -> torch.Tensor:
+    """One full unpadded forward and backward per step, scaling hook_post at the last prompt
+    position; p(answer) is the product of the teacher-forced token probabilities."""
+    tokens = torch.tensor([prompt + answer[:-1]])
+    read = len(prompt) - 1
+    name = f"blocks.{layer}.mlp.hook_post"
+    store = {}
+    model.run_with_hooks(tokens, fwd_hooks=[(name, lambda t, hook: store.update(a=t[0, read]))])
+    clean = store["a"].detach()
+    total = torch.zeros_like(clean)
+    for k in range(steps):
+        x = (clean * (k / steps)).clone().requires_grad_(True)
+
+        def put(t, hook, x=x):
+            t = t.clone()
+            t[0, read] = x
+            return t
+
+        logits = model.run_with_hooks(tokens, fwd_hooks=[(name, put)])
+        logp = logits[0].log_softmax(-1)
+        p = torch.exp(sum(logp[read + i, a] for i, a in enumerate(answer)))
+        (g,) = torch.autograd.grad(p, x)
+        total += g
+    return clean * total / steps
+
+
+PROMPTS = [[1, 5, 7, 9, 3], [2, 8, 4], [6, 11, 12, 13, 14, 15, 16]]
+
+
+@pytest.mark.parametrize("style", ["gpt2", "llama"])
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-9), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("answer", [[17], [17, 21, 23]])
+def test_ig_equals_naive_reference(style, dtype, tol, answer):
+    model = tiny(style, dtype)
+    steps = 5
+    got = decoder_attribute(model, PROMPTS, answer, steps=steps, batch_size=7)
+    assert got.shape == (3, 3, 48) and got.dtype == dtype
+    want = torch.stack([
+        torch.stack([naive_ig(model, p, answer, layer, steps) for layer in range(3)])
+        for p in PROMPTS
+    ])
+    scale = want.abs().max()
+    assert scale > 1e-12  # not all zero: the comparison is relative to it
+    assert (got - want).abs().max() <= tol * scale, ((got - want).abs().max(), scale)
+
+
+def test_layers_subset_and_batch_size_do_not_change_scores():
+    model = tiny("llama", torch.float64)
+    a = decoder_attribute(model, PROMPTS, [17, 21], steps=3, batch_size=64)
+    b = decoder_attribute(model, PROMPTS, [17, 21], steps=3, batch_size=2, layers=[2, 0])
+    assert torch.allclose(b[:, 0], a[:, 2], rtol=1e-10, atol=1e-12)
+    assert torch.allclose(b[:, 1], a[:, 0], rtol=1e-10, atol=1e-12)
+
+
+def test_activation_method_is_hook_post_at_read_position():
+    model = tiny("gpt2", torch.float64)
+    got = decoder_attribute(model, PROMPTS, [17, 21], method="activation")
+    for i, p in enumerate(PROMPTS):
+        _, cache = model.run_with_cache(torch.tensor([p + [17]]))
+        for layer in range(3):
+            want = cache[f"blocks.{layer}.mlp.hook_post"][0, len(p) - 1]
+            assert torch.allclose(got[i, layer], want, atol=1e-12)
+
+
+@pytest.mark.parametrize("style", ["gpt2", "llama"])
+def test_answer_logprob_padded_bag_equals_unpadded(style):
+    model = tiny(style, torch.float64)
+    answers = [[17], [17, 21, 23], [30, 31]]
+    enc = encode_decoder(model, PROMPTS, answers)
+    got = answer_logprob(model, enc)
+    top = next_token(model, enc)
+    for i, (p, a) in enumerate(zip(PROMPTS, answers)):
+        logp = model(torch.tensor([p + a[:-1]]))[0].log_softmax(-1)
+        want = sum(logp[len(p) - 1 + k, t] for k, t in enumerate(a))
+        assert torch.allclose(got[i], want.detach(), atol=1e-10)
+        assert int(top[i]) == int(logp[len(p) - 1].argmax())
+
+
+def test_hooks_fire_and_change_the_answer_probability():
+    model = tiny("gpt2", torch.float64)
+    enc = encode_decoder(model, PROMPTS, [17, 21])
+    zero = [("blocks.1.mlp.hook_post", lambda t, hook: t * 0)]
+    assert not torch.allclose(answer_logprob(model, enc), answer_logprob(model, enc, fwd_hooks=zero))
+
+
+def word_model():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<unk>", "<bos>", "the", "capital", "of", "France", "is", "Paris", "New", "York"]
+    tok = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", unk_token="<unk>",
+                                   pad_token="<unk>")
+    cfg = HookedTransformerConfig(n_layers=2, d_model=16, n_ctx=32, d_head=4, n_heads=4,
+                                  d_vocab=len(words), d_mlp=32, act_fn="gelu", seed=0,
+                                  normalization_type="LN", device="cpu")
+    return HookedTransformer(cfg, tokenizer=fast)
+
+
+def test_string_prompts_bos_and_answer_tokens():
+    model = word_model()
+    enc = encode_decoder(model, ["the capital of France is", "France is"], "New York")
+    bos = model.tokenizer.bos_token_id
+    ids = model.tokenizer.convert_tokens_to_ids
+    assert enc.tokens.shape == (2, 6 + 1)
+    assert enc.tokens[0].tolist() == [bos, *ids(["the", "capital", "of", "France", "is", "New"])]
+    assert enc.attention_mask[1].tolist() == [0, 0, 0, 1, 1, 1, 1]
+    assert enc.answer_ids.tolist() == [ids(["New", "York"])] * 2
+    assert enc.read_pos.tolist() == [5, 5]
+    scores = decoder_attribute(model, ["the capital of France is", "France is"], "New York", steps=2)
+    assert scores.shape == (2, 2, 32)
+
+
+def test_errors_name_the_bad_input():
+    model = word_model()
+    with pytest.raises(ValueError, match=r"prompt 1 .*\[MASK\]"):
+        encode_decoder(model, ["France is", "the capital of [MASK] is"], "Paris")
+    with pytest.raises(ValueError, match="answer .* empty"):
+        encode_decoder(model, ["France is"], "  ")
+    with pytest.raises(ValueError, match="answer is empty"):
+        decoder_attribute(model, [[1, 2]], [])
+    with pytest.raises(ValueError, match="layer 5"):
+        decoder_attribute(model, ["France is"], "Paris", layers=[5])
+
+
+def test_templates_to_prompts():
+    t = "The official language of [X] is the [Y] language."
+    assert template_to_prompt(t, "France") == "The official language of France is the"
+    assert template_to_prompt("[Y] is the capital of [X].", "France") is None
+    prompts, skipped = templates_to_prompts([t, "[Y] is spoken in [X].", "[X] speaks [Y]."], "Peru")
+    assert prompts == ["The official language of Peru is the", "Peru speaks"]
+    assert skipped == 1
