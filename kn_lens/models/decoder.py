@@ -149,6 +149,8 @@ def encode_decoder(
         raise ValueError("prompts must be a sequence of prompts, not one string")
     if len(prompts) == 0:
         raise ValueError("no prompts given")
+    if not isinstance(answers, str) and len(answers) == 0:
+        raise ValueError("the answer is empty (no tokens and no answers given)")
     per_prompt: list[str | Sequence[int]]
     if isinstance(answers, str) or (len(answers) > 0 and isinstance(answers[0], int)):
         per_prompt = [answers] * len(prompts)  # type: ignore[list-item]
@@ -156,8 +158,6 @@ def encode_decoder(
         per_prompt = list(answers)  # type: ignore[arg-type]
         if len(per_prompt) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(per_prompt)} answers")
-    if len(per_prompt) and not isinstance(per_prompt[0], str) and len(per_prompt[0]) == 0:
-        raise ValueError("the answer is empty")
     p_ids, a_ids = [], []
     for i, (prompt, answer) in enumerate(zip(prompts, per_prompt)):
         _check_prompt(i, prompt)

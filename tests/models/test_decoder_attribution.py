@@ -122,7 +122,8 @@ def test_hooks_fire_and_change_the_answer_probability():
     assert not torch.allclose(answer_logprob(model, enc), answer_logprob(model, enc, fwd_hooks=zero))
 
 
-def word_model():
+@pytest.fixture(scope="module")
+def word_model(tmp_path_factory):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -131,14 +132,17 @@ def word_model():
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", unk_token="<unk>",
                                    pad_token="<unk>")
+    folder = tmp_path_factory.mktemp("tok")
+    fast.save_pretrained(folder)
+    fast = PreTrainedTokenizerFast.from_pretrained(folder)
     cfg = HookedTransformerConfig(n_layers=2, d_model=16, n_ctx=32, d_head=4, n_heads=4,
                                   d_vocab=len(words), d_mlp=32, act_fn="gelu", seed=0,
                                   normalization_type="LN", device="cpu")
     return HookedTransformer(cfg, tokenizer=fast)
 
 
-def test_string_prompts_bos_and_answer_tokens():
-    model = word_model()
+def test_string_prompts_bos_and_answer_tokens(word_model):
+    model = word_model
     enc = encode_decoder(model, ["the capital of France is", "France is"], "New York")
     bos = model.tokenizer.bos_token_id
     ids = model.tokenizer.convert_tokens_to_ids
@@ -151,8 +155,8 @@ def test_string_prompts_bos_and_answer_tokens():
     assert scores.shape == (2, 2, 32)
 
 
-def test_errors_name_the_bad_input():
-    model = word_model()
+def test_errors_name_the_bad_input(word_model):
+    model = word_model
     with pytest.raises(ValueError, match=r"prompt 1 .*\[MASK\]"):
         encode_decoder(model, ["France is", "the capital of [MASK] is"], "Paris")
     with pytest.raises(ValueError, match="answer .* empty"):
