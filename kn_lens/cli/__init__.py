@@ -31,7 +31,9 @@ and argument errors answer at once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import shutil
 import sys
 import time
@@ -65,17 +67,43 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_step(args: argparse.Namespace, score: ScoreFn | None = None) -> int:
-    from kn_lens.cli.run import CliError, Run
-    from kn_lens.cli.steps import run_step, write_outputs
+class OutFolderError(ValueError):
+    """``--out`` cannot be created or written (exit status 2)."""
 
-    run = Run.from_args(args) if score is None else Run.from_args(args, score=score)
-    out = run.dir.path
+
+def prepare_out(path: str | Path) -> bool:
+    """Create the ``--out`` folder if needed and check that it can be written, before anything
+    slow is loaded; returns whether this call created it. Errors name the folder, on one line."""
+    out = Path(path).expanduser()
+    if out.exists() and not out.is_dir():
+        raise OutFolderError(f"--out {out}: exists and is not a folder")
     created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".kn-lens-write-test.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
     except OSError as e:
-        raise CliError(f"--out {out}: cannot create the folder ({e.strerror})") from None
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        what = "create the folder" if created else "write into it"
+        raise OutFolderError(f"--out {out}: cannot {what} ({e.strerror or e})") from None
+    return created
+
+
+def cmd_step(args: argparse.Namespace, score: ScoreFn | None = None) -> int:
+    created = prepare_out(args.out)
+    out = Path(args.out).expanduser()
+    try:
+        from kn_lens.cli.run import Run
+
+        run = Run.from_args(args) if score is None else Run.from_args(args, score=score)
+    except BaseException:
+        _remove_if_empty(out, created)
+        raise
+    from kn_lens.cli.steps import run_step, write_outputs
+
     failed: list[str] = []
     try:
         if args.command == "reproduce":

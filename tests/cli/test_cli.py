@@ -733,3 +733,39 @@ def test_concurrent_shard_processes(tmp_path, tiny_ckpt):
     keys = all_keys(out)
     assert sorted(keys) == sorted(f"{r}/{i}" for r in RELATIONS for i in range(2))
     assert json.loads((out / "run.json").read_text())["options"]["data"] == str(facts)
+
+
+def _immutable(path: Path) -> bool:
+    """Make ``path`` immutable (``chattr +i``: root ignores chmod); False when not possible."""
+    try:
+        return subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode == 0
+    except OSError:
+        return False
+
+
+def test_out_on_a_read_only_place_is_a_one_line_error(tmp_path, capsys):
+    ro = tmp_path / "ro"
+    (ro / "run").mkdir(parents=True)
+    if not _immutable(ro / "run"):
+        pytest.skip("chattr +i is not available here")
+    try:
+        rc = cli.main(["attribute", "--out", str(ro / "run"), "--no-progress", "-q"])
+        assert rc == 2
+        _assert_clean_error(capsys, rc, str(ro / "run"), "cannot write")
+        subprocess.run(["chattr", "-i", str(ro / "run")], check=True)
+        assert _immutable(ro)
+        rc = cli.main(["identify", "--out", str(ro / "new"), "--no-progress", "-q"])
+        assert rc == 2
+        _assert_clean_error(capsys, rc, str(ro / "new"), "cannot create")
+        assert not (ro / "new").exists()
+    finally:
+        for p in (ro / "run", ro):
+            subprocess.run(["chattr", "-i", str(p)], capture_output=True)
+
+
+def test_a_failed_run_leaves_no_empty_out_folder(tmp_path, capsys):
+    out = tmp_path / "never"
+    rc = cli.main(["identify", "--data", str(tmp_path / "missing.jsonl"), "--out", str(out), "-q"])
+    assert rc == 2
+    _assert_clean_error(capsys, rc, "missing.jsonl")
+    assert not out.exists()
