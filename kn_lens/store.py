@@ -225,8 +225,17 @@ def stored_keys(
     key: str = "key",
     keep: Callable[[dict[str, Any]], bool] | None = None,
 ) -> set[str]:
-    """The keys present in any of ``paths`` (of the records ``keep`` accepts)."""
-    return set(read_union(paths, key, keep))
+    """The keys present in any of ``paths`` (of the records ``keep`` accepts). A key may have
+    several records (e.g. a stale one and the one that replaced it): it counts once, silently."""
+    keys: set[str] = set()
+    for p in paths:
+        for rec in read_jsonl(p):
+            k = rec.get(key)
+            if not isinstance(k, str):
+                raise StoreError(f"{p}: record without a string {key!r} field")
+            if keep is None or keep(rec):
+                keys.add(k)
+    return keys
 
 
 class JsonlStore:
