@@ -36,13 +36,14 @@ only (the second half of the scaled block, and the last block from ``hook_attn_o
 hooks see one position instead of all: position-wise hooks behave exactly as in a full forward.
 
 Lower precision is opt-in: ``attribute(..., dtype=torch.bfloat16)`` (or ``torch.float16``) runs
-the model's forward and backward passes on a temporary copy of the model cast to that dtype (the
-caller's model is never changed; the copy is made per call, so weight edits in place at call time
-are in it, and freed on return). The alpha grid and the gradient sums stay in float32, and the
-scores come back in the model's own dtype. ``dtype=None`` (the default) or ``torch.float32`` is
-exact. A cast copy rather than ``torch.autocast``: autocast re-casts the weights at every matrix
-product, and on the CPU measured no faster than float32 (0.98x on the default model), while the
-cast copy was 1.56x faster there (see the README / CHANGELOG for the figures).
+the scaled forward and backward passes, where integrated gradients spends its time, on a temporary
+copy of the model cast to that dtype (made per call, so weight edits in place at call time are in
+it; the caller's model is never changed). The clean pass stays in the model's own precision, so
+the activations ``a_i`` that multiply the gradient sums are exact; the alpha grid and the gradient
+sums are float32; the scores come back in the model's dtype. ``dtype=None`` (the default) or
+``torch.float32`` is exact, and the ``"activation"`` baseline is always exact. A cast copy rather
+than ``torch.autocast``: autocast re-casts the weights at every matrix product and was the slower
+of the two on the CPU.
 """
 
 from __future__ import annotations
@@ -222,13 +223,26 @@ def _ig_group(
     layers: list[int],
     steps: int,
     batch_size: int,
+    runner: HookedEncoder | None = None,
 ) -> Tensor:
     """IG scores ``[prompt, len(layers), d_mlp]`` for one group of prompts (on the model's
-    device)."""
+    device).
+
+    The clean pass runs on ``model``; the scaled passes (and their gradients) on ``runner``
+    (default ``model``), e.g. a lower-precision copy of it: the clean activations that multiply
+    the gradient sums are then exact.
+    """
     dev = enc.tokens.device
     n_prompts, n_sel = len(enc), len(layers)
     last = model.cfg.n_layers - 1
     block_out, resid_mid, clean = _clean_pass(model, enc, layers, keep_resid=True)
+    if runner is not None and runner is not model:
+        run_dtype = runner.cfg.dtype
+        block_out = {k: v.to(run_dtype) for k, v in block_out.items()}
+        resid_mid = {k: v.to(run_dtype) for k, v in resid_mid.items()}
+        model = runner
+    else:
+        run_dtype = clean.dtype
     lengths = enc.attention_mask.sum(-1)
 
     # Rows in (prompt, layer, alpha) order, so that a chunk mostly holds one prompt (little
@@ -258,8 +272,8 @@ def _ig_group(
             c_sel, c_prompt, c_block = sel[perm], prompt[perm], block[perm]
             width = int(lengths[c_prompt].max())
             mask_pos = enc.mask_pos[c_prompt]
-            add_mask = _additive_mask(enc.attention_mask[c_prompt, :width], clean.dtype)
-            leaf = (alpha[perm, None] * clean[c_prompt, c_sel]).to(clean.dtype).requires_grad_(True)
+            add_mask = _additive_mask(enc.attention_mask[c_prompt, :width], run_dtype)
+            leaf = (alpha[perm, None] * clean[c_prompt, c_sel]).to(run_dtype).requires_grad_(True)
             blocks_here = c_block.tolist()
             resid: Tensor | None = None  # rows scaled below block j, entering block j
             for j in range(blocks_here[0], model.cfg.n_layers):
@@ -353,16 +367,16 @@ def attribute(
 
     # Prompts sorted by length so that chunks carry little padding; groups of at most
     # `batch_size` prompts bound the cache of clean layer inputs.
-    runner = _in_dtype(model, run_dtype)
+    runner = _in_dtype(model, run_dtype) if method == "ig" else model
     lengths = enc.attention_mask.sum(-1).tolist()
     by_length = sorted(range(len(enc)), key=lambda i: (-lengths[i], i))
     out = torch.empty(len(enc), len(sel_layers), model_shape(model)[1], dtype=model.cfg.dtype)
     for g0 in range(0, len(by_length), batch_size):
         idx = by_length[g0 : g0 + batch_size]
         group = enc.select(idx)
-        if method == "activation":
-            _, _, scores = _clean_pass(runner, group, sel_layers, keep_resid=False)
+        if method == "activation":  # no gradients: exact whatever the dtype
+            _, _, scores = _clean_pass(model, group, sel_layers, keep_resid=False)
         else:
-            scores = _ig_group(runner, group, target_id, sel_layers, steps, batch_size)
+            scores = _ig_group(model, group, target_id, sel_layers, steps, batch_size, runner)
         out[torch.tensor(idx)] = scores.detach().to("cpu", model.cfg.dtype)
     return out

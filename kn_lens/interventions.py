@@ -25,7 +25,7 @@ than silently touching the wrong rows.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import torch
@@ -124,7 +124,7 @@ def suppress(
     neurons: Sequence[Neuron] | Sequence[Sequence[int]],
     *,
     positions: Int[Tensor, " prompt"] | None = None,
-) -> Any:
+) -> AbstractContextManager[HookedEncoder]:
     """Context manager that sets the neurons' activations to 0 (at ``positions`` if given)."""
     return scale_neurons(model, neurons, 0.0, positions=positions)
 
@@ -135,7 +135,7 @@ def amplify(
     *,
     positions: Int[Tensor, " prompt"] | None = None,
     factor: float = 2.0,
-) -> Any:
+) -> AbstractContextManager[HookedEncoder]:
     """Context manager that multiplies the neurons' activations by ``factor`` (default 2)."""
     return scale_neurons(model, neurons, factor, positions=positions)
 
@@ -230,7 +230,7 @@ def neuron_activations(
 
 
 def grouped_activations(
-    model: Any,
+    model: HookedEncoder,
     items: Sequence[tuple[Sequence[str], Sequence[Neuron]]],
     *,
     max_tokens: int = 512,

@@ -7,6 +7,7 @@ handled once.
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from torch import Tensor
 from transformer_lens import HookedEncoder
 
 from kn_lens.data.facts import MASK, FactBag, check_prompt
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -79,7 +82,7 @@ def answer_token_id(model_or_tokenizer: Any, answer: str) -> int:
     return int(ids[0])
 
 
-def token_id(model: Any, answer: str | int | Tensor) -> int:
+def token_id(model: HookedEncoder, answer: str | int | Tensor) -> int:
     """A vocabulary id from an answer string (exactly one token) or a token id (range-checked).
 
     Raises ``ValueError`` naming the answer when it is several tokens, unknown, out of the
@@ -245,7 +248,28 @@ def filter_single_token(
     return VocabCheck(kept, skipped)
 
 
-def bags_by_relation(model: Any, bags: Iterable[FactBag]) -> dict[str, list[FactBag]]:
+def log_skipped(
+    check: VocabCheck,
+    n_total: int | None = None,
+    *,
+    logger: logging.Logger | None = None,
+    limit: int = 20,
+) -> None:
+    """Name the facts :func:`filter_single_token` skipped, at INFO: a count line, then one line
+    per fact (its key, subject, object and reason), the first ``limit`` of them, then how many
+    more were not listed."""
+    if not check.n_skipped:
+        return
+    out = logger or log
+    of = f" of {n_total}" if n_total is not None else ""
+    out.info("skipped %d%s facts whose answer is not one vocabulary token", check.n_skipped, of)
+    for bag, reason in check.skipped[:limit]:
+        out.info("  skipped %s (%s -> %s): %s", bag.key, bag.subject, bag.object, reason)
+    if check.n_skipped > limit:
+        out.info("  ... and %d more not listed", check.n_skipped - limit)
+
+
+def bags_by_relation(model: HookedEncoder, bags: Iterable[FactBag]) -> dict[str, list[FactBag]]:
     """The bags whose answer is one vocabulary token, grouped by relation in input order."""
     by_rel: dict[str, list[FactBag]] = defaultdict(list)
     for b in filter_single_token(list(bags), model.tokenizer).kept:
@@ -276,7 +300,7 @@ class MaskScores:
 
 
 def score_prompts(
-    model: Any,
+    model: HookedEncoder,
     enc: EncodedPrompts,
     gold: Int[Tensor, " prompt"],
     target: Int[Tensor, " prompt"] | None = None,
@@ -320,8 +344,12 @@ def perplexity(gold_logp: Float[Tensor, " prompt"]) -> float:
 
 
 def encode_web(
-    model: Any, prompts: Sequence[str], *, max_tokens: int = 512, device: Any = None
-) -> Any:
+    model: HookedEncoder,
+    prompts: Sequence[str],
+    *,
+    max_tokens: int = 512,
+    device: str | torch.device | None = None,
+) -> EncodedPrompts:
     """:func:`kn_lens.prompts.encode` with the paper's 512-token cut, capped at the model context.
 
     A prompt longer than ``min(max_tokens, model.cfg.n_ctx)`` tokens is cut to a window of that

@@ -338,13 +338,12 @@ def test_dtype_float32_is_the_exact_default(tiny_model):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, "bfloat16", torch.float16])
-@pytest.mark.parametrize("method", ["ig", "activation"])
-def test_lower_precision_tracks_float32_and_leaves_the_model_alone(tiny_model, dtype, method):
-    """dtype=bfloat16/float16 runs a cast copy: scores in the model's dtype that correlate with
-    float32's and share their top neurons, and the caller's model is untouched."""
+def test_lower_precision_tracks_float32_and_leaves_the_model_alone(tiny_model, dtype):
+    """dtype=bfloat16/float16 runs the scaled passes on a cast copy: scores in the model's dtype
+    that correlate with float32's and share their top neurons; the caller's model is untouched."""
     state = {k: v.clone() for k, v in tiny_model.state_dict().items()}
-    ref = attribute(tiny_model, PROMPTS, TARGET, steps=5, method=method)
-    ours = attribute(tiny_model, PROMPTS, TARGET, steps=5, method=method, dtype=dtype)
+    ref = attribute(tiny_model, PROMPTS, TARGET, steps=5)
+    ours = attribute(tiny_model, PROMPTS, TARGET, steps=5, dtype=dtype)
     assert ours.dtype == torch.float32 and torch.isfinite(ours).all()
     r = float(torch.corrcoef(torch.stack([ours.flatten(), ref.flatten()]))[0, 1])
     assert r > 0.99, r
@@ -368,6 +367,12 @@ def test_lower_precision_keeps_caller_hooks(tiny_model):
     assert not torch.allclose(plain, hooked)
     assert float(torch.corrcoef(torch.stack([hooked.flatten(), exact.flatten()]))[0, 1]) > 0.99
     assert all(not hp.fwd_hooks and not hp.bwd_hooks for hp in tiny_model.hook_dict.values())
+
+
+def test_activation_baseline_is_exact_in_any_dtype(tiny_model):
+    ref = attribute(tiny_model, PROMPTS, TARGET, method="activation")
+    ours = attribute(tiny_model, PROMPTS, TARGET, method="activation", dtype=torch.bfloat16)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("bad", [torch.float64, torch.int8, "half"])

@@ -14,6 +14,7 @@ This package holds facts only: no torch, no model.
 from __future__ import annotations
 
 import json
+import logging
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,6 +24,8 @@ from typing import Any, Literal
 MASK = "[MASK]"
 RelationType = Literal["1-1", "N-1", "N-M"]
 RELATION_TYPES: tuple[str, ...] = ("1-1", "N-1", "N-M")
+
+log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -118,27 +121,72 @@ def check_prompt(prompt: str) -> str:
 
 
 def fill_template(template: str, subject: str) -> str:
-    """``[X]`` -> subject, ``[Y]`` -> ``[MASK]``."""
-    if "[X]" not in template or "[Y]" not in template:
-        raise ValueError(f"template must contain [X] and [Y]: {template!r}")
+    """``[X]`` -> subject, ``[Y]`` -> ``[MASK]``.
+
+    Raises:
+        ValueError: the template lacks ``[X]``, holds ``[Y]`` other than exactly once, or holds
+            ``[MASK]`` itself; or the subject holds ``[MASK]`` or ``[Y]``. The message quotes it.
+    """
+    if "[X]" not in template:
+        raise ValueError(f"template must contain [X]: {template!r}")
+    n_y = template.count("[Y]")
+    if n_y != 1:
+        raise ValueError(f"template must contain [Y] exactly once, found {n_y}: {template!r}")
+    if MASK in template:
+        raise ValueError(f"template must not contain {MASK} (use [Y]): {template!r}")
+    for marker in (MASK, "[Y]"):
+        if marker in subject:
+            raise ValueError(f"subject must not contain {marker}: {subject!r}")
     return template.replace("[X]", subject).replace("[Y]", MASK)
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
+def _decode_line(raw: bytes, path: Path, n: int, offset: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{path}, line {n}: not UTF-8 (byte {raw[e.start]:#04x} at byte offset "
+            f"{offset + e.start} of the file, column {e.start + 1} of the line)"
+        ) from None
+
+
+def read_text_lines(path: str | Path) -> Iterable[tuple[int, str]]:
+    """Yield ``(line_number, text)`` of a UTF-8 text file (a BOM at its start is dropped).
+
+    Raises:
+        DataError: bytes that are not UTF-8, naming the file, the line and the byte offset.
+    """
+    path = Path(path)
+    offset = 0
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            start = len(_BOM) if n == 1 and raw.startswith(_BOM) else 0
+            yield n, _decode_line(raw[start:], path, n, offset + start)
+            offset += len(raw)
+
+
+def read_text(path: str | Path) -> str:
+    """The whole text of a UTF-8 file (a BOM at its start dropped); :class:`DataError` names the
+    file, line and byte offset of bytes that are not UTF-8."""
+    return "".join(line for _, line in read_text_lines(path))
+
+
 def read_jsonl_records(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
-    """Yield ``(line_number, record)``; blank lines are skipped, malformed ones raise DataError."""
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}, line {n}: not valid JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise DataError(
-                    f"{path}, line {n}: expected a JSON object, got {type(rec).__name__}"
-                )
-            yield n, rec
+    """Yield ``(line_number, record)``; blank lines are skipped, malformed ones raise DataError
+    (naming the file and line). A UTF-8 BOM at the start of the file is accepted."""
+    for n, line in read_text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}, line {n}: not valid JSON ({e.msg})") from None
+        if not isinstance(rec, dict):
+            raise DataError(f"{path}, line {n}: expected a JSON object, got {type(rec).__name__}")
+        yield n, rec
 
 
 def require_strings(rec: dict[str, Any], keys: Sequence[str], path: Path, n: int) -> None:
@@ -150,10 +198,15 @@ def require_strings(rec: dict[str, Any], keys: Sequence[str], path: Path, n: int
 def load_jsonl_facts(path: str | Path) -> list[FactBag]:
     """A user's own facts: one JSON object a line with ``subject``, ``relation``, ``object`` and
     ``templates`` (a list of strings with ``[X]`` and ``[Y]``); optional ``relation_label`` and
-    ``relation_type`` (default ``"N-M"``). Bags are indexed per relation in file order."""
+    ``relation_type`` (default ``"N-M"``). Bags are indexed per relation in file order.
+
+    A line repeating an earlier line's fact (same subject, relation and object) is logged as a
+    warning naming both lines, and dropped: each fact is scored once.
+    """
     path = Path(path)
     bags: list[FactBag] = []
     counts: dict[str, int] = {}
+    first_line: dict[tuple[str, str, str], int] = {}
     for n, rec in read_jsonl_records(path):
         require_strings(rec, ("subject", "relation", "object"), path, n)
         templates = rec.get("templates")
@@ -177,6 +230,17 @@ def load_jsonl_facts(path: str | Path) -> list[FactBag]:
             rtype,
             rec["object"],
         )
+        ident = (fact.subject, fact.relation, fact.object)
+        if ident in first_line:
+            log.warning(
+                "%s:%d: duplicate of the fact on line %d (%s, %s, %s): kept once",
+                path,
+                n,
+                first_line[ident],
+                *ident,
+            )
+            continue
+        first_line[ident] = n
         idx = counts.get(fact.relation, 0)
         counts[fact.relation] = idx + 1
         bags.append(FactBag(fact, prompts, index=idx))

@@ -37,8 +37,10 @@ def load_patterns(path: str | Path) -> list[str]:
     patterns = []
     for n, rec in read_jsonl_records(path):
         require_strings(rec, ("pattern",), path, n)
-        if "[X]" not in rec["pattern"] or "[Y]" not in rec["pattern"]:
-            raise DataError(f"{path}, line {n}: pattern lacks [X] or [Y]: {rec['pattern']!r}")
+        try:
+            fill_template(rec["pattern"], "")  # [X] present, [Y] once, no [MASK]
+        except ValueError as e:
+            raise DataError(f"{path}, line {n}: {e}") from None
         patterns.append(rec["pattern"])
     return patterns
 
@@ -54,9 +56,9 @@ def load_pararel(
 
     A relation is kept when it has a T-REx file and more than 3 patterns (``min_patterns=4``). Each
     fact of it becomes a bag with one prompt per pattern (``[X]`` -> subject, ``[Y]`` ->
-    ``[MASK]``);
-    the answer is the object label, the type comes from ``relations.jsonl``. Relations come in
-    sorted id order, facts in T-REx file order (``bag.index`` is the line's rank in its file).
+    ``[MASK]``); the answer is the object label, the type comes from ``relations.jsonl``.
+    Relations come in sorted id order, facts in T-REx file order (``bag.index`` is the line's rank
+    in its file).
 
     Args:
         lama_dir: folder with ``relations.jsonl`` and ``TREx/P*.jsonl``.
@@ -91,6 +93,9 @@ def load_pararel(
             fact = Fact(
                 rec["sub_label"], rel, info.get("label", rel), info["type"], rec["obj_label"]
             )
-            prompts = tuple(fill_template(p, fact.subject) for p in patterns[rel])
+            try:
+                prompts = tuple(fill_template(p, fact.subject) for p in patterns[rel])
+            except ValueError as e:
+                raise DataError(f"{path}, line {n}: {e}") from None
             bags.append(FactBag(fact, prompts, index=i))
     return bags

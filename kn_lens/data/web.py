@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from kn_lens.data.facts import MASK, FactBag
+from kn_lens.data.facts import MASK, DataError, FactBag, read_text
 from kn_lens.data.world import default_query_pairs, default_web_bags
 
 PromptType = Literal["T1", "T2", "T3"]
@@ -268,6 +268,15 @@ def web_files(distant_dir: str | Path) -> dict[str, Path]:
     }
 
 
+def _read_json(path: str | Path) -> Any:
+    """One JSON document; :class:`DataError` names the file and line of bad UTF-8 or JSON (a BOM
+    at the start is accepted)."""
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}, line {e.lineno}: not valid JSON ({e.msg})") from None
+
+
 def web_relations(distant_dir: str | Path) -> list[str]:
     """The relation ids that have a web-sentence file in ``distant_dir``, sorted."""
     return sorted(web_files(distant_dir))
@@ -301,12 +310,10 @@ def load_web_facts(
             f"no web-sentence file for relation(s) {', '.join(missing)}; "
             f"available: {', '.join(sorted(files))}"
         )
-    with open(qp_path, encoding="utf-8") as f:
-        query_pairs = json.load(f)
+    query_pairs = _read_json(qp_path)
     web_bags = {}
     for rel in rels:
-        with open(files[rel], encoding="utf-8") as f:
-            data = json.load(f)
+        data = _read_json(files[rel])
         if not isinstance(data, list):
             raise ValueError(f"{files[rel]}: expected a JSON list of objects")
         web_bags[rel] = data

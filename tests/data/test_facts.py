@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from kn_lens.data import DataError, Fact, FactBag, check_prompt, load_jsonl_facts, load_pararel
-from kn_lens.prompts import filter_single_token
+from kn_lens.prompts import filter_single_token, log_skipped
 
 
 def test_check_prompt_names_the_prompt():
@@ -72,6 +72,18 @@ def test_user_jsonl_facts(tmp_path: Path):
             "line 2: .*\\[Y\\]",
         ),
         ("[1, 2]", "line 2: expected a JSON object"),
+        (
+            '{"subject": "A", "relation": "r", "object": "B", "templates": ["[X] [Y] or [Y]"]}',
+            "line 2: template must contain \\[Y\\] exactly once, found 2",
+        ),
+        (
+            '{"subject": "A", "relation": "r", "object": "B", "templates": ["[X] [MASK] [Y]"]}',
+            "line 2: template must not contain \\[MASK\\]",
+        ),
+        (
+            '{"subject": "A [MASK]", "relation": "r", "object": "B", "templates": ["[X] [Y]"]}',
+            "line 2: subject must not contain \\[MASK\\]: 'A \\[MASK\\]'",
+        ),
     ],
 )
 def test_malformed_lines_name_file_and_line(tmp_path: Path, bad: str, message: str):
@@ -80,6 +92,51 @@ def test_malformed_lines_name_file_and_line(tmp_path: Path, bad: str, message: s
     with pytest.raises(DataError, match=message) as err:
         load_jsonl_facts(p)
     assert "facts.jsonl, line 2" in str(err.value)
+
+
+def test_non_utf8_bytes_name_file_line_and_byte_offset(tmp_path: Path):
+    good = json.dumps({"subject": "A", "relation": "r", "object": "B", "templates": ["[X] [Y]"]})
+    p = tmp_path / "facts.jsonl"
+    p.write_bytes(good.encode() + b"\n" + b'{"subject": "Z\xe9lvik"}\n')
+    with pytest.raises(DataError) as err:
+        load_jsonl_facts(p)
+    offset = len(good) + 1 + len('{"subject": "Z')
+    assert str(err.value) == (
+        f"{p}, line 2: not UTF-8 (byte 0xe9 at byte offset {offset} of the file, column 15 of "
+        "the line)"
+    )
+
+
+def test_utf8_bom_at_the_start_is_accepted(tmp_path: Path):
+    good = {"subject": "Zélvik", "relation": "r", "object": "B", "templates": ["[X] [Y] ."]}
+    p = tmp_path / "facts.jsonl"
+    p.write_bytes(b"\xef\xbb\xbf" + json.dumps(good, ensure_ascii=False).encode() + b"\n")
+    (bag,) = load_jsonl_facts(p)
+    assert bag.subject == "Zélvik" and bag.prompts == ("Zélvik [MASK] .",)
+
+
+def test_duplicate_fact_lines_are_logged_and_kept_once(tmp_path: Path, caplog):
+    a = {"subject": "A", "relation": "r", "object": "B", "templates": ["[X] [Y] ."]}
+    b = {"subject": "C", "relation": "r", "object": "B", "templates": ["[X] [Y] ."]}
+    p = _write(tmp_path / "facts.jsonl", [a, b, a])
+    with caplog.at_level("WARNING", logger="kn_lens.data.facts"):
+        bags = load_jsonl_facts(p)
+    assert [(x.subject, x.index) for x in bags] == [("A", 0), ("C", 1)]
+    assert f"{p}:3: duplicate of the fact on line 1 (A, r, B): kept once" in caplog.text
+
+
+def test_log_skipped_names_each_fact(tiny_model, caplog):
+    bags = [
+        FactBag(Fact(f"S{i}", "r", "r", "N-1", "Parisville zzz"), ("x [MASK] .",), index=i)
+        for i in range(4)
+    ]
+    check = filter_single_token(bags, tiny_model.tokenizer)
+    with caplog.at_level("INFO", logger="kn_lens.prompts"):
+        log_skipped(check, 10, limit=3)
+    lines = caplog.messages
+    assert lines[0] == "skipped 4 of 10 facts whose answer is not one vocabulary token"
+    assert lines[1].startswith("  skipped r/0 (S0 -> Parisville zzz): answer 'Parisville zzz'")
+    assert lines[-1] == "  ... and 1 more not listed" and len(lines) == 5
 
 
 def test_filter_single_token(tiny_model):
