@@ -242,8 +242,7 @@ def grouped_activations(
 
     Items are packed into padded batches of about ``batch_size`` prompts (an item is never split);
     each batch is encoded once (:func:`kn_lens.prompts.encode_web`, which keeps ``[MASK]`` inside
-    the
-    ``max_tokens`` window) and read once for the union of its items' neurons through
+    the ``max_tokens`` window) and read once for the union of its items' neurons through
     :func:`neuron_activations` (hooks on ``blocks.{l}.mlp.hook_post``).
 
     Returns one CPU tensor ``[len(prompts), len(neurons)]`` per item (columns in the item's order).

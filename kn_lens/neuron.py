@@ -70,8 +70,8 @@ def check_neurons(
     Raises:
         ValueError: the collection is empty (unless ``allow_empty``), an item is not a
             ``(layer, index)`` pair of ints, a layer is outside ``[0, n_layers)`` or an index
-            outside
-            ``[0, d_mlp)``, or (with ``unique``) a neuron repeats. The message names the neuron.
+            outside ``[0, d_mlp)``, or (with ``unique``) a neuron repeats. The message names the
+            neuron.
     """
     if isinstance(neurons, (str, bytes)) or hasattr(neurons, "shape"):
         raise ValueError(f"neurons must be a collection of (layer, index) pairs, got {neurons!r}")

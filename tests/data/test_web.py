@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from kn_lens.data import MASK
+from kn_lens.data import MASK, DataError
 from kn_lens.data.web import (
     MaskError,
     build_web_prompts,
@@ -16,6 +16,7 @@ from kn_lens.data.web import (
     maskable_words,
     match_bags,
     web_facts_from_dict,
+    web_relations,
 )
 from kn_lens.prompts import encode, encode_web
 
@@ -227,3 +228,20 @@ def test_shared_bing_data_aligns_with_pararel(shared_data):
     assert "Alexandra" not in ps.facts[0].t1[0].split(MASK)[0]  # first occurrence masked
     with pytest.raises(ValueError, match="P999"):
         load_web_facts(distant, relations=["P999"])
+
+
+def test_web_relations_lists_the_web_files_of_a_folder(tmp_path):
+    for name in ("final_distant_allbags_P19_new.json", "final_distant_allbags_P1376_new.json"):
+        (tmp_path / name).write_text("[]")
+    (tmp_path / "final_distant_allbags_P19.json").write_text("[]")  # not the paper's name
+    (tmp_path / "notes.txt").write_text("")
+    assert web_relations(tmp_path) == ["P1376", "P19"]
+    assert web_relations(tmp_path / "empty") == []
+
+
+def test_bad_web_json_names_file_and_line(tmp_path):
+    (tmp_path / "final_distant_allbags_P19_new.json").write_text('[\n{"a": 1},\n{oops}\n]')
+    qp = tmp_path / "query_pairs.json"
+    qp.write_text("{}")
+    with pytest.raises(DataError, match=r"final_distant_allbags_P19_new.json, line 3: not valid"):
+        load_web_facts(tmp_path, qp)
