@@ -205,8 +205,7 @@ def render_markdown(
             lines += [f"Paper: {notes}", ""]
         for f in figure_files.get(name, []):
             lines.append(f"- figure: [{Path(f).name}]({f})")
-        if name == "identify":
-            lines += _relation_table(results.get(name), doc.get("meta", {}))
+        lines += _table(name, results.get(name), doc.get("meta", {}))
     ex = examples(doc)
     if ex:
         lines += ["", "## Examples", ""]
@@ -220,25 +219,21 @@ def render_markdown(
     return "\n".join(lines)
 
 
-def _relation_table(res: Any, meta: Any) -> list[str]:
-    """Per relation: facts, the adaptive p and neurons per fact (ours and baseline)."""
-    rels = dig(res, "relations")
-    if not isinstance(rels, dict) or not rels:
+def _table(name: str, res: Any, meta: Any) -> list[str]:
+    """The analysis' own table (its registry entry's ``table``), as markdown lines."""
+    fn = ANALYSES[name].table
+    if fn is None or not isinstance(res, dict):
         return []
-    labels = dig(meta, "data", "relation_labels") or {}
-    out = [
-        "",
-        "| relation | label | facts | p (ours) | neurons/fact (ours) | p (baseline) | "
-        "neurons/fact (baseline) |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
-    for rel, st in rels.items():
-        out.append(
-            f"| {_md(rel)} | {_md(labels.get(rel, ''))} | {fmt(dig(st, 'n_facts'))} | "
-            f"{fmt(dig(st, 'ours', 'p'))} | {fmt(dig(st, 'ours', 'neurons_per_fact'))} | "
-            f"{fmt(dig(st, 'baseline', 'p'))} | "
-            f"{fmt(dig(st, 'baseline', 'neurons_per_fact'))} |"
-        )
+    try:
+        header, rows = fn(res, meta)
+    except Exception as e:  # noqa: BLE001 - a table is decoration; never fail the report
+        log.warning("no %s table: %s", name, e)
+        return []
+    if not rows:
+        return []
+    out = ["", "| " + " | ".join(_md(h) for h in header) + " |"]
+    out.append("|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|")
+    out += ["| " + " | ".join(_md(fmt(c)) for c in row) + " |" for row in rows]
     return out
 
 

@@ -42,6 +42,8 @@ from kn_lens.results import ReportRow, Result
 FigureFn = Callable[[Mapping[str, Any], Mapping[str, Any]], Any]
 #: ``examples(result dict, n) -> up to n display lines`` for the report.
 ExamplesFn = Callable[[Mapping[str, Any], int], list[str]]
+#: ``table(result dict, results.json meta) -> (header, rows)``: the analysis' own report table.
+TableFn = Callable[[Mapping[str, Any], Mapping[str, Any]], tuple[list[str], list[list[Any]]]]
 #: ``rows(result dict, paper dict, results.json meta) -> paper-vs-run rows``.
 RowsFn = Callable[[Mapping[str, Any], Mapping[str, Any], Mapping[str, Any]], list[ReportRow]]
 
@@ -101,6 +103,8 @@ class Analysis:
     details: Callable[[Any, Any], Any] | None = None
     #: a few facts of the result as display lines for the report, if any.
     examples: ExamplesFn | None = None
+    #: the analysis' own table in the report (identify: per relation), if any.
+    table: TableFn | None = None
 
 
 def _identify(x: AnalysisInputs) -> Result:
@@ -174,6 +178,7 @@ ANALYSES: dict[str, Analysis] = {
             identify.PAPER,
             (_layer_figures,),
             identify.report_rows,
+            table=identify.report_table,
         ),
         Analysis(
             "modify",
@@ -223,4 +228,4 @@ ANALYSES: dict[str, Analysis] = {
     )
 }
 
-__all__ = ["ANALYSES", "Analysis", "AnalysisInputs", "ExamplesFn", "FigureFn", "RowsFn"]
+__all__ = ["ANALYSES", "Analysis", "AnalysisInputs", "ExamplesFn", "FigureFn", "RowsFn", "TableFn"]

@@ -395,3 +395,36 @@ def report_rows(
                 )
             )
     return rows
+
+
+def report_table(
+    result: Mapping[str, Any], meta: Mapping[str, Any]
+) -> tuple[list[str], list[list[Any]]]:
+    """The report's per-relation table: facts, the adaptive p and neurons per fact (ours and
+    the baseline). Returns ``(header, rows)``."""
+    header = [
+        "relation",
+        "label",
+        "facts",
+        "p (ours)",
+        "neurons/fact (ours)",
+        "p (baseline)",
+        "neurons/fact (baseline)",
+    ]
+    rels = dig(result, "relations")
+    if not isinstance(rels, Mapping):
+        return header, []
+    labels = dig(meta, "data", "relation_labels") or {}
+    rows = [
+        [
+            rel,
+            labels.get(rel, ""),
+            dig(st, "n_facts"),
+            dig(st, "ours", "p"),
+            dig(st, "ours", "neurons_per_fact"),
+            dig(st, "baseline", "p"),
+            dig(st, "baseline", "neurons_per_fact"),
+        ]
+        for rel, st in rels.items()
+    ]
+    return header, rows
