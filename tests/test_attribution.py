@@ -339,7 +339,7 @@ def test_dtype_float32_is_the_exact_default(tiny_model):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, "bfloat16", torch.float16])
 def test_lower_precision_tracks_float32_and_leaves_the_model_alone(tiny_model, dtype):
-    """dtype=bfloat16/float16 runs the scaled passes on a cast copy: scores in the model's dtype
+    """dtype=bfloat16/float16 runs the scaled passes under autocast: scores in the model's dtype
     that correlate with float32's and share their top neurons; the caller's model is untouched."""
     state = {k: v.clone() for k, v in tiny_model.state_dict().items()}
     ref = attribute(tiny_model, PROMPTS, TARGET, steps=5)
