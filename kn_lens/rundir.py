@@ -356,9 +356,6 @@ class RunDir:
         return neurons, dict(doc.get("fingerprints", {}))
 
     # ---- results.json ---------------------------------------------------------------------------
-    def load_results(self) -> dict[str, Any]:
-        return load_results(self.results_json)
-
     def save_result(
         self,
         name: str,
@@ -373,7 +370,7 @@ class RunDir:
         a registered analysis' paper numbers go to ``doc["paper"]``, once."""
         path = self.results_json
         with _locked(self.path / ".results.lock"):
-            doc = self.load_results() if path.is_file() else new_results_doc()
+            doc = load_results(path) if path.is_file() else new_results_doc()
             old, new_meta = doc["meta"], meta()
             old.update(
                 {
