@@ -330,6 +330,14 @@ def _no_param_grads(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return switched
 
 
+def _unembed(model: HookedTransformer, resid: Tensor, w_u_t: Tensor) -> Tensor:
+    """``model.unembed(resid)`` with its hook points, from a transposed ``W_U`` made once (the
+    module makes it contiguous on every call, a copy of the whole unembedding)."""
+    unembed = model.unembed
+    return unembed.hook_out(torch.nn.functional.linear(unembed.hook_in(resid), w_u_t,
+                                                       unembed.b_U.detach()))
+
+
 def _ig_group(
     model: HookedTransformer,
     enc: EncodedDecoderPrompts,
@@ -366,6 +374,7 @@ def _ig_group(
 
     hooks: HookList = [(f"blocks.{layer}.mlp.hook_post", put_scaled) for layer in layers]
     n_rows = len(sel)
+    w_u_t = model.unembed.W_U.detach().T.contiguous()  # once, not per chunk
     switched = _no_param_grads(model)
     try:
         with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
@@ -400,7 +409,7 @@ def _ig_group(
                     finally:
                         joining[0] = None
                 assert resid is not None
-                logits = model.unembed(model.ln_final(resid))
+                logits = _unembed(model, model.ln_final(resid), w_u_t)
                 logp = _answer_logprob_from_logits(
                     logits, enc.answer_ids[c_prompt], enc.answer_mask[c_prompt]
                 )
