@@ -17,9 +17,11 @@ class PaperConfig:
 
     # --- attribution -------------------------------------------------------------------------
     steps: int = 20  # m: Riemann steps of integrated gradients; the paper found 20 sufficient.
-    batch_size: int = (
-        64  # rows (prompt x alpha x layer) per forward/backward pass; memory bound only.
-    )
+    # rows (prompt x alpha x layer) per forward/backward pass; bounds memory only.
+    batch_size: int = 64
+    # Precision of the integrated-gradients passes: float32 is exact; bfloat16 / float16 are opt-in
+    # approximations (autocast; the clean pass, alpha grid and sums stay float32).
+    dtype: str = "float32"
 
     # --- identification ----------------------------------------------------------------------
     t: float = 0.2  # coarse threshold: keep neurons >= t * the prompt's maximum attribution.

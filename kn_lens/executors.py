@@ -44,7 +44,7 @@ def score_record(model: Any, bag: FactBag, config: PaperConfig) -> dict[str, Any
     (:func:`kn_lens.knowledge_neurons.score_bag`) as a dict keyed by ``bag.key``."""
     from kn_lens.knowledge_neurons import score_bag
 
-    record = score_bag(model, bag, config).to_dict()
+    record = score_bag(model, bag, config, dtype=config.dtype).to_dict()
     record.setdefault("key", bag.key)
     return record
 

@@ -22,6 +22,7 @@ REPRODUCE_DEFAULT_MAX_BAGS = 20
 #: Options resolved as: command line > DIR/run.json > these defaults.
 RECORDED_DEFAULTS: dict[str, Any] = {
     "model": "default",
+    "dtype": "float32",
     "data": "default",
     "lama": None,
     "patterns": None,
@@ -36,6 +37,8 @@ RECORDED_DEFAULTS: dict[str, Any] = {
 #: import of the registry, whose modules load torch). A test checks it equals the registry.
 ANALYSIS_NAMES = ("identify", "modify", "distant", "trigger", "update", "erase")
 EXECUTORS = ("local", "ray")
+#: Attribution precisions (kn_lens.attribution.DTYPES; named here so parsing needs no torch).
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 def package_version() -> str:
@@ -128,6 +131,14 @@ def _compute(g: Any, *, steps: bool, model: bool, executor: bool, shard: bool) -
             type=positive_int,
             metavar="M",
             help="integrated-gradients steps" + _REC % RECORDED_DEFAULTS["steps"],
+        )
+        g.add_argument(
+            "--dtype",
+            choices=DTYPES,
+            help="precision of the attribution passes: float32 is exact; bfloat16 and float16 are "
+            "opt-in approximations (see benchmarks/README.md for where they are safe)"
+            + _REC
+            % RECORDED_DEFAULTS["dtype"],
         )
     if model:
         g.add_argument(

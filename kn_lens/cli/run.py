@@ -40,7 +40,7 @@ from kn_lens.rundir import RunDir
 log = logging.getLogger("kn_lens.cli")
 
 #: Options whose change makes the stored attribution scores stale (checked folder-wide).
-ATTRIBUTION_KEYS = ("model", "data", "lama", "patterns", "steps")
+ATTRIBUTION_KEYS = ("model", "data", "lama", "patterns", "steps", "dtype")
 
 
 class CliError(ValueError):
@@ -196,6 +196,7 @@ class Run:
         changes: dict[str, Any] = {
             "steps": int(self.opts["steps"]),
             "batch_size": int(self.opts["batch_size"]),
+            "dtype": str(self.opts["dtype"]),
             "seed": int(self.opts["seed"]),
             **self.overrides,
         }
@@ -216,7 +217,13 @@ class Run:
     @property
     def score_settings(self) -> dict[str, Any]:
         """What attribution scores depend on besides the fact (part of every fingerprint)."""
-        return {"model": str(self.opts["model"]), "steps": int(self.opts["steps"])}
+        settings: dict[str, Any] = {
+            "model": str(self.opts["model"]),
+            "steps": int(self.opts["steps"]),
+        }
+        if self.opts["dtype"] != "float32":  # float32 fingerprints stay as they were before dtype
+            settings["dtype"] = str(self.opts["dtype"])
+        return settings
 
     def fingerprints(self) -> dict[str, str]:
         """The current fingerprint of each selected fact, by bag key."""
