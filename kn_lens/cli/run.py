@@ -34,7 +34,7 @@ from kn_lens.data.web import WebFact
 from kn_lens.executors import ScoreFn, score_record
 from kn_lens.model import load_model
 from kn_lens.neuron import Neuron
-from kn_lens.prompts import filter_single_token
+from kn_lens.prompts import filter_single_token, log_skipped
 from kn_lens.rundir import RunDir
 
 log = logging.getLogger("kn_lens.cli")
@@ -254,16 +254,7 @@ class Run:
             o = self.opts
             bags = load_facts(o["data"], o["lama"], o["patterns"], o["relations"])
             check = filter_single_token(bags, self.model.tokenizer)
-            if check.n_skipped:
-                log.info(
-                    "skipped %d of %d facts whose answer is not one vocabulary token",
-                    check.n_skipped,
-                    len(bags),
-                )
-                for bag, reason in check.skipped[:20]:
-                    log.info("  skipped %s (%s): %s", bag.key, bag.subject, reason)
-                if check.n_skipped > 20:
-                    log.info("  ... and %d more", check.n_skipped - 20)
+            log_skipped(check, len(bags), logger=log)
             bags = sample_bags(check.kept, o["max_bags"], int(o["seed"]))
             if not bags:
                 raise CliError(
