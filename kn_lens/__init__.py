@@ -36,7 +36,7 @@ from kn_lens.neuron import Neuron
 if TYPE_CHECKING:  # pragma: no cover
     from kn_lens.attribution import attribute
     from kn_lens.knowledge_neurons import find_knowledge_neurons
-    from kn_lens.model import load_model
+    from kn_lens.models import load_model
 
 __version__ = "0.1.0"
 
@@ -53,7 +53,7 @@ def __getattr__(name: str) -> Any:
 
         return find_knowledge_neurons
     if name == "load_model":
-        from kn_lens.model import load_model
+        from kn_lens.models import load_model
 
         return load_model
     raise AttributeError(f"module 'kn_lens' has no attribute {name!r}")

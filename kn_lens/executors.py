@@ -111,7 +111,7 @@ class _Scorer:
     def run(self, bag: FactBag, config: PaperConfig) -> dict[str, Any]:
         import torch
 
-        from kn_lens.model import load_model
+        from kn_lens.models import load_model
 
         if self.model is None:
             device = self.spec.device or ("cuda" if self.gpu else "cpu")

@@ -15,7 +15,7 @@ import torch
 from kn_lens.config import PaperConfig
 from kn_lens.data import default_facts, sample_bags
 from kn_lens.executors import LocalExecutor, ModelSpec, RayExecutor, score_record
-from kn_lens.model import load_model
+from kn_lens.models import load_model
 
 ray = pytest.importorskip(
     "ray", reason="the ray extra is not installed (pip install 'kn-lens[ray]')"

@@ -32,7 +32,7 @@ from kn_lens.data.facts import FactBag, sample_bags
 from kn_lens.data.sources import check_source, load_facts, load_web
 from kn_lens.data.web import WebFact
 from kn_lens.executors import ScoreFn, score_record
-from kn_lens.model import load_model
+from kn_lens.models import load_model
 from kn_lens.neuron import Neuron
 from kn_lens.prompts import filter_single_token, log_skipped
 from kn_lens.rundir import RunDir

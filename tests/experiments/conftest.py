@@ -50,7 +50,7 @@ def default_neurons(relation: str) -> dict[str, list[Neuron]]:
 @pytest.fixture
 def default_kn():
     """``(model, bags, neurons_of)``: the default model, its bags, and :func:`default_neurons`."""
-    from kn_lens.model import DEFAULT_MODEL_DIR
+    from kn_lens.models import DEFAULT_MODEL_DIR
 
     if not (DEFAULT_MODEL_DIR / "config.json").is_file():
         pytest.skip(f"default model not found in {DEFAULT_MODEL_DIR}")

@@ -13,7 +13,7 @@ from kn_lens.experiments import ANALYSES
 from kn_lens.experiments.distant import PAPER, DistantResult, distant_activation
 from kn_lens.experiments.trigger import activating_prompts, write_trigger_jsonl
 from kn_lens.interventions import grouped_activations, neuron_activations
-from kn_lens.model import DEFAULT_MODEL_DIR
+from kn_lens.models import DEFAULT_MODEL_DIR
 from kn_lens.neuron import Neuron
 
 

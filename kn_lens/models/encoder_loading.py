@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "default_model"
 _ACT_FNS = {
     "gelu": "gelu",
     "gelu_new": "gelu_new",
@@ -240,7 +240,7 @@ def _load_named(name: str, tokenizer: Any, device: str, dtype: torch.dtype) -> A
     return model
 
 
-def load_model(
+def load_encoder(
     name_or_path: str | Path = "default",
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from kn_lens import load_model
-from kn_lens.model import ModelLoadError
+from kn_lens.models import ModelLoadError
 from tests.conftest import make_tiny_checkpoint
 
 SENTENCES = [
@@ -79,7 +79,7 @@ def test_known_name_offline_says_how_to_pass_a_folder(tmp_path: Path):
     code = (
         "import kn_lens\n"
         "try:\n    kn_lens.load_model('bert-base-cased', device='cpu')\n"
-        "except kn_lens.model.ModelLoadError as e:\n    print('ERR', e)\n"
+        "except kn_lens.models.ModelLoadError as e:\n    print('ERR', e)\n"
     )
     env = {
         **os.environ,
