@@ -17,8 +17,8 @@ own input (teacher forcing): for answer tokens ``a_0 .. a_{A-1}``,
 convention for the model (``model.cfg.default_prepend_bos``: GPT-2-style models get a BOS token in
 front, models converted with ``default_prepend_bos=False`` do not). The answer is tokenised on its
 own without BOS, with a leading space added when the prompt does not end in whitespace and the
-answer does not start with one (``"... is"`` + ``"Paris"`` -> tokens of ``" Paris"``), which is how a
-BPE vocabulary spells a word that follows another. Prompts and answers may also be given as token
+answer does not start with one (``"... is"`` + ``"Paris"`` -> tokens of ``" Paris"``), which is how
+a BPE vocabulary spells a word that follows another. Prompts and answers may also be given as token
 id lists; those are used exactly as given (no BOS, no space).
 
 **Padding.** A bag of prompts of different lengths is padded on the *left* and the answers on the
@@ -42,6 +42,12 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+from transformer_lens.components.mlps.gated_mlp import GatedMLP
+from transformer_lens.components.mlps.mlp import MLP
+from transformer_lens.components.transformer_block import POST_NORM_ARCHITECTURES
+from transformer_lens.utilities.addmm import batch_addmm
+
+from kn_lens.neuron import HookList
 
 __all__ = [
     "EncodedDecoderPrompts",
@@ -54,7 +60,6 @@ __all__ = [
 ]
 
 MASK = "[MASK]"
-HookList = list[tuple[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -87,10 +92,22 @@ class EncodedDecoderPrompts:
         """``P``: the padded prompt length (``read_pos + 1``)."""
         return int(self.read_pos[0]) + 1 if len(self) else 0
 
-    def to(self, device: str | torch.device) -> EncodedDecoderPrompts:
+    def to(self, device: str | torch.device | None) -> EncodedDecoderPrompts:
+        """The same prompts on ``device`` (``None``: where they are)."""
+        if device is None:
+            return self
         return EncodedDecoderPrompts(
-            *(t.to(device) for t in (self.tokens, self.attention_mask, self.read_pos,
-                                     self.answer_ids, self.answer_mask, self.answer_pos))
+            *(
+                t.to(device)
+                for t in (
+                    self.tokens,
+                    self.attention_mask,
+                    self.read_pos,
+                    self.answer_ids,
+                    self.answer_mask,
+                    self.answer_pos,
+                )
+            )
         )
 
 
@@ -159,7 +176,7 @@ def encode_decoder(
         if len(per_prompt) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(per_prompt)} answers")
     p_ids, a_ids = [], []
-    for i, (prompt, answer) in enumerate(zip(prompts, per_prompt)):
+    for i, (prompt, answer) in enumerate(zip(prompts, per_prompt, strict=True)):
         _check_prompt(i, prompt)
         p_ids.append(_prompt_ids(model, prompt))
         a_ids.append(_answer_ids(model, i, prompt, answer))
@@ -173,7 +190,7 @@ def encode_decoder(
     mask = torch.zeros_like(tokens)
     answer_ids = torch.zeros(n, width_a, dtype=torch.long)
     answer_mask = torch.zeros(n, width_a, dtype=torch.long)
-    for i, (p, a) in enumerate(zip(p_ids, a_ids)):
+    for i, (p, a) in enumerate(zip(p_ids, a_ids, strict=True)):
         seq = p + a[:-1]
         start = width_p - len(p)
         tokens[i, start : start + len(seq)] = torch.tensor(seq)
@@ -279,14 +296,21 @@ def _resolve_layers(model: HookedTransformer, layers: Sequence[int] | None) -> l
 
 @dataclass
 class _Clean:
-    """One clean pass over a group: the prefix's keys and values per layer, the segment's
-    (read position and fed answer tokens) ``hook_resid_pre`` per layer, the activations at the
-    read position per selected layer, and the clean answer log-probabilities."""
+    """One clean pass over a group: the prefix's keys and values per layer, the residual stream at
+    the segment (read position and fed answer tokens) entering each block from the lowest scored
+    layer up (``resid_in[n_layers]`` is the last block's output), each scored layer's
+    ``hook_resid_mid`` and ``hook_post`` at the read position, and the clean answer
+    log-probabilities."""
 
     cache: TransformerLensKeyValueCache
-    resid_pre: dict[int, Tensor]  # layer -> [prompt, seg, d_model]
+    resid_in: dict[int, Tensor]  # block j -> [prompt, seg, d_model] entering block j
+    resid_mid: dict[int, Tensor]  # scored layer -> [prompt, d_model] at the read position
     acts: Tensor  # [prompt, len(layers), d_mlp]
     logprob: Tensor  # [prompt]
+
+
+def _layer_of(hook: Any) -> int:
+    return int(hook.name.split(".")[1])
 
 
 def _clean_pass(
@@ -294,33 +318,89 @@ def _clean_pass(
 ) -> _Clean:
     dev = enc.tokens.device
     n, p_w = len(enc), enc.prompt_width
+    n_layers = model.cfg.n_layers
     cache = TransformerLensKeyValueCache.init_cache(model.cfg, dev, n)
-    resid: dict[int, Tensor] = {}
+    resid_in: dict[int, Tensor] = {}
+    resid_mid: dict[int, Tensor] = {}
     acts: dict[int, Tensor] = {}
 
-    def layer_of(hook: Any) -> int:
-        return int(hook.name.split(".")[1])
+    def keep_block_input(j: int) -> Any:
+        def keep(module: Any, args: tuple, kwargs: dict) -> None:
+            resid_in[j] = (args[0] if args else kwargs["resid_pre"]).detach()
 
-    def keep_resid_pre(t: Tensor, hook: Any) -> None:
-        resid[layer_of(hook)] = t.detach()
+        return keep
+
+    def keep_last(t: Tensor, hook: Any) -> None:
+        resid_in[n_layers] = t.detach()
+
+    def keep_mid(t: Tensor, hook: Any) -> None:
+        resid_mid[_layer_of(hook)] = t[:, 0].detach()
 
     def keep_post(t: Tensor, hook: Any) -> None:
-        acts[layer_of(hook)] = t[:, 0].detach()
+        acts[_layer_of(hook)] = t[:, 0].detach()
 
     hooks: HookList = [(f"blocks.{layer}.mlp.hook_post", keep_post) for layer in layers]
     if keep_resid:
-        hooks += [(f"blocks.{j}.hook_resid_pre", keep_resid_pre) for j in range(min(layers),
-                                                                                model.cfg.n_layers)]
+        hooks.append((f"blocks.{n_layers - 1}.hook_resid_post", keep_last))
+        if _joins_after_block(model):
+            hooks += [(f"blocks.{layer}.hook_resid_mid", keep_mid) for layer in layers]
     with torch.no_grad():
         if p_w > 1:  # the prefix (positions before the read position) fills the cache
-            model(enc.tokens[:, : p_w - 1], attention_mask=enc.attention_mask[:, : p_w - 1],
-                  past_kv_cache=cache)
+            model(
+                enc.tokens[:, : p_w - 1],
+                attention_mask=enc.attention_mask[:, : p_w - 1],
+                past_kv_cache=cache,
+            )
         cache.freeze()
-        with model.hooks(fwd_hooks=hooks):
-            logits = model(enc.tokens[:, p_w - 1 :], attention_mask=enc.attention_mask[:, p_w - 1 :],
-                           past_kv_cache=cache)
+        # a block's input before its hook_resid_pre fires (rows that join there fire it again)
+        handles = (
+            [
+                model.blocks[j].register_forward_pre_hook(keep_block_input(j), with_kwargs=True)
+                for j in range(min(layers), n_layers)
+            ]
+            if keep_resid
+            else []
+        )
+        seg = slice(p_w - 1, None)
+        try:
+            with model.hooks(fwd_hooks=hooks):
+                logits = model(
+                    enc.tokens[:, seg],
+                    attention_mask=enc.attention_mask[:, seg],
+                    past_kv_cache=cache,
+                )
+        finally:
+            for handle in handles:
+                handle.remove()
     logprob = _answer_logprob_from_logits(logits, enc.answer_ids, enc.answer_mask)
-    return _Clean(cache, resid, torch.stack([acts[layer] for layer in layers], dim=1), logprob)
+    return _Clean(
+        cache, resid_in, resid_mid, torch.stack([acts[layer] for layer in layers], dim=1), logprob
+    )
+
+
+def _joins_after_block(model: HookedTransformer) -> bool:
+    """Whether a row scaled at layer ``l`` can skip block ``l`` except its MLP output at the read
+    position: the block is ``resid_mid + hook_mlp_out(W_out hook_post + b_out)`` with a plain
+    (``MLP``) or gated (``GatedMLP``) TransformerLens MLP and no norm after the MLP. Otherwise
+    (parallel attention and MLP, post-norm, layer-norm activations, other MLP classes) the row runs
+    all of block ``l`` on its segment, which is as exact and a little slower."""
+    cfg = model.cfg
+    return (
+        not cfg.attn_only
+        and not cfg.parallel_attn_mlp
+        and not cfg.use_normalization_before_and_after
+        and not cfg.is_layer_norm_activation()
+        and cfg.original_architecture not in POST_NORM_ARCHITECTURES
+        and all(type(b.mlp) in (MLP, GatedMLP) for b in model.blocks)
+    )
+
+
+def _mlp_output(block: Any, post: Tensor) -> Tensor:
+    """``W_out post + b_out`` as TransformerLens' ``MLP`` / ``GatedMLP.forward`` computes it."""
+    mlp = block.mlp
+    if type(mlp) is GatedMLP:
+        return torch.nn.functional.linear(post, mlp.W_out.T.contiguous(), mlp.b_out)
+    return batch_addmm(mlp.b_out, mlp.W_out, post)
 
 
 def _no_param_grads(model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -334,8 +414,9 @@ def _unembed(model: HookedTransformer, resid: Tensor, w_u_t: Tensor) -> Tensor:
     """``model.unembed(resid)`` with its hook points, from a transposed ``W_U`` made once (the
     module makes it contiguous on every call, a copy of the whole unembedding)."""
     unembed = model.unembed
-    return unembed.hook_out(torch.nn.functional.linear(unembed.hook_in(resid), w_u_t,
-                                                       unembed.b_U.detach()))
+    return unembed.hook_out(
+        torch.nn.functional.linear(unembed.hook_in(resid), w_u_t, unembed.b_U.detach())
+    )
 
 
 def _ig_group(
@@ -348,11 +429,12 @@ def _ig_group(
     """IG scores ``[prompt, len(layers), d_mlp]`` for one group of prompts."""
     dev = enc.tokens.device
     n_prompts, n_sel = len(enc), len(layers)
-    p_w = enc.prompt_width
+    n_layers = model.cfg.n_layers
     clean = _clean_pass(model, enc, layers, keep_resid=True)
     acts = clean.acts
-    seg_mask_full = enc.attention_mask  # [prompt, P - 1 + seg]
+    after_block = _joins_after_block(model)
 
+    # Rows in (prompt, layer, alpha) order; a chunk is sorted by layer so rows join bottom-up.
     prompt = torch.arange(n_prompts, device=dev).repeat_interleave(n_sel * steps)
     sel = torch.arange(n_sel, device=dev).repeat_interleave(steps).repeat(n_prompts)
     k = torch.arange(steps, device=dev).repeat(n_prompts * n_sel)
@@ -361,16 +443,41 @@ def _ig_group(
     alpha = k.to(acc) / steps
     grad_sum = torch.zeros(n_prompts * n_sel, acts.shape[-1], dtype=acc, device=dev)
 
-    # While block j runs, rows [n_old:] of the batch join at j: their hook_post at the read
-    # position (segment position 0) is the scaled leaf.
+    # While the rows of layer l join, their hook_post at the read position becomes the scaled
+    # leaf. joining = (n_old, leaf rows): with after_block the hook sees the joining rows' read
+    # position alone; otherwise the whole batch at block l, whose first n_old rows pass unchanged.
     joining: list[Any] = [None]
 
     def put_scaled(act: Tensor, hook: Any) -> Tensor:
         if joining[0] is None:
             return act
         n_old, leaf_j = joining[0]
+        if after_block:
+            return leaf_j[:, None].to(act.dtype)
         new = torch.cat([leaf_j[:, None].to(act.dtype), act[n_old:, 1:]], dim=1)
         return torch.cat([act[:n_old], new]) if n_old else new
+
+    def run_block(j: int, resid: Tensor, rows: Tensor) -> Tensor:
+        entry = clean.cache[j]
+        past = TransformerLensKeyValueCacheEntry(
+            entry.past_keys[rows], entry.past_values[rows], frozen=True
+        )
+        return model.blocks[j](
+            resid, past_kv_cache_entry=past, attention_mask=enc.attention_mask[rows]
+        )
+
+    def rows_after_block(j: int, rows: Tensor, leaf_j: Tensor, sel_j: Tensor) -> Tensor:
+        """The joining rows' segment after block ``j``: clean except the read position, which is
+        ``resid_mid + hook_mlp_out(W_out hook_post(scaled) + b_out)``."""
+        blk: Any = model.blocks[j]
+        joining[0] = (0, leaf_j)
+        try:
+            post = blk.mlp.hook_post(acts[rows, sel_j][:, None])
+        finally:
+            joining[0] = None
+        mlp_out = blk.hook_mlp_out(_mlp_output(blk, post))
+        read = blk.hook_resid_post(clean.resid_mid[j][rows][:, None] + mlp_out)
+        return torch.cat([read, clean.resid_in[j + 1][rows][:, 1:]], dim=1)
 
     hooks: HookList = [(f"blocks.{layer}.mlp.hook_post", put_scaled) for layer in layers]
     n_rows = len(sel)
@@ -385,27 +492,29 @@ def _ig_group(
                 leaf = (alpha[perm, None] * acts[c_prompt, c_sel]).to(acts.dtype)
                 leaf.requires_grad_(True)
                 blocks_here = c_block.tolist()
-                mask_rows = seg_mask_full[c_prompt]
                 resid: Tensor | None = None
-                for j in range(blocks_here[0], model.cfg.n_layers):
+                for j in range(blocks_here[0], n_layers):
                     n_old = 0 if resid is None else resid.shape[0]
-                    if j in blocks_here:
+                    joins = j in blocks_here
+                    if joins:
                         start = blocks_here.index(j)
                         stop = len(blocks_here) - blocks_here[::-1].index(j)
-                        new_rows = clean.resid_pre[j][c_prompt[start:stop]]
-                        resid = new_rows if resid is None else torch.cat([resid, new_rows])
+                    if after_block:
+                        if resid is not None:
+                            resid = run_block(j, resid, c_prompt[:n_old])
+                        if joins:
+                            new = rows_after_block(
+                                j, c_prompt[start:stop], leaf[start:stop], c_sel[start:stop]
+                            )
+                            resid = new if resid is None else torch.cat([resid, new])
+                        continue
+                    if joins:
+                        new = clean.resid_in[j][c_prompt[start:stop]]
+                        resid = new if resid is None else torch.cat([resid, new])
                         joining[0] = (n_old, leaf[start:stop])
                     assert resid is not None
-                    rows = c_prompt[: resid.shape[0]]
-                    entry = clean.cache[j]
-                    past = TransformerLensKeyValueCacheEntry(
-                        entry.past_keys[rows], entry.past_values[rows], frozen=True
-                    )
                     try:
-                        resid = model.blocks[j](
-                            resid, past_kv_cache_entry=past,
-                            attention_mask=mask_rows[: resid.shape[0]],
-                        )
+                        resid = run_block(j, resid, c_prompt[: resid.shape[0]])
                     finally:
                         joining[0] = None
                 assert resid is not None
@@ -418,7 +527,6 @@ def _ig_group(
     finally:
         for p in switched:
             p.requires_grad_(True)
-    del p_w
     return acts * grad_sum.view(n_prompts, n_sel, -1) / steps
 
 
@@ -443,15 +551,26 @@ def decoder_attribute(
     The exact scores of one full forward and backward per layer and step, computed with less work:
 
     - positions before the read position are clean at every layer: one clean pass fills a
-      key/value cache with them (TransformerLens' own ``TransformerLensKeyValueCache``) and keeps
-      the segment's (read position and fed answer tokens) ``hook_resid_pre`` of every layer;
-    - a row scaled at layer ``l`` (one prompt, one alpha, one layer) starts at block ``l`` from the
-      clean residual of the segment, and runs blocks ``l .. L-1`` on the segment positions only,
-      attending over the cached prefix keys/values plus its own (rotary positions and grouped-query
-      attention as TransformerLens computes them with a cache); ``hook_post`` of block ``l`` at the
-      read position is replaced by the scaled activation (a hook, so callers' hooks still fire);
+      key/value cache with them (TransformerLens' own ``TransformerLensKeyValueCache``) and keeps,
+      at the segment (the read position and the fed answer tokens), the input of every block from
+      the lowest scored layer up, and each scored layer's ``hook_resid_mid`` and ``hook_post`` at
+      the read position;
+    - scaling at layer ``l`` changes nothing in block ``l`` but its MLP output at the read
+      position (the answer positions of block ``l`` attend to the read position's layer-``l`` keys
+      and values, which come before the MLP). So a row (one prompt, one alpha, one layer) computes
+      ``hook_resid_post = resid_mid + hook_mlp_out(W_out hook_post + b_out)`` at the read position,
+      with ``hook_post`` replaced by the scaled activation through a hook (callers' hooks on it
+      still fire first), takes the clean block output at the answer positions, and joins at block
+      ``l + 1``. Blocks ``l + 1 .. L-1`` run on the segment positions only, attending over the
+      cached prefix keys/values plus their own (rotary positions and grouped-query attention as
+      TransformerLens computes them with a cache), then the final norm and the unembedding at the
+      segment. Models whose block does not split that way (parallel attention and MLP, post-norm,
+      layer-norm activations, other MLP classes) run all of block ``l`` on the segment instead;
     - rows of several layers share a batch: a chunk of at most ``batch_size`` rows runs bottom-up
       and rows join at their layer; autograd records only what depends on the scaled activation.
+    - blocks run as TransformerLens modules and hook points, so hooks a caller attached fire;
+      where only the segment (or, in block ``l``, the read position) is recomputed, they see those
+      positions only, so position-wise hooks act exactly as in a full forward.
 
     Args:
         model: a ``HookedTransformer`` (with ``tokenizer`` for string prompts).

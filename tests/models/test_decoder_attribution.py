@@ -8,6 +8,8 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from kn_lens.models.decoder import (
+    EncodedDecoderPrompts,
+    _joins_after_block,
     answer_logprob,
     decoder_attribute,
     encode_decoder,
@@ -20,14 +22,39 @@ VOCAB = 40
 
 
 def tiny(style: str, dtype: torch.dtype, n_layers: int = 3) -> HookedTransformer:
-    common = dict(n_layers=n_layers, d_model=32, n_ctx=64, d_head=8, n_heads=4, d_vocab=VOCAB,
-                  d_mlp=48, dtype=dtype, device="cpu", seed=0)
+    common = dict(
+        n_layers=n_layers,
+        d_model=32,
+        n_ctx=64,
+        d_head=8,
+        n_heads=4,
+        d_vocab=VOCAB,
+        d_mlp=48,
+        dtype=dtype,
+        device="cpu",
+        seed=0,
+    )
     if style == "gpt2":
         cfg = HookedTransformerConfig(act_fn="gelu_new", normalization_type="LN", **common)
+    elif style == "neox":  # parallel attention and MLP: rows run all of their block (fallback)
+        cfg = HookedTransformerConfig(
+            act_fn="gelu",
+            normalization_type="LN",
+            parallel_attn_mlp=True,
+            positional_embedding_type="rotary",
+            rotary_dim=4,
+            **common,
+        )
     else:
-        cfg = HookedTransformerConfig(act_fn="silu", normalization_type="RMS", gated_mlp=True,
-                                      n_key_value_heads=2, positional_embedding_type="rotary",
-                                      rotary_dim=8, **common)
+        cfg = HookedTransformerConfig(
+            act_fn="silu",
+            normalization_type="RMS",
+            gated_mlp=True,
+            n_key_value_heads=2,
+            positional_embedding_type="rotary",
+            rotary_dim=8,
+            **common,
+        )
     model = HookedTransformer(cfg)
     with torch.no_grad():  # larger weights than the default init, so probabilities move
         for p in model.parameters():
@@ -37,14 +64,19 @@ def tiny(style: str, dtype: torch.dtype, n_layers: int = 3) -> HookedTransformer
     return model
 
 
-def naive_ig(model, prompt: list[int], answer: list[int], layer: int, steps: int) -> torch.Tensor:
+def naive_ig(
+    model, prompt: list[int], answer: list[int], layer: int, steps: int, extra: tuple = ()
+) -> torch.Tensor:
     """One full unpadded forward and backward per step, scaling hook_post at the last prompt
-    position; p(answer) is the product of the teacher-forced token probabilities."""
+    position (after the hooks in ``extra``); p(answer) is the product of the teacher-forced token
+    probabilities."""
     tokens = torch.tensor([prompt + answer[:-1]])
     read = len(prompt) - 1
     name = f"blocks.{layer}.mlp.hook_post"
     store = {}
-    model.run_with_hooks(tokens, fwd_hooks=[(name, lambda t, hook: store.update(a=t[0, read]))])
+    model.run_with_hooks(
+        tokens, fwd_hooks=[*extra, (name, lambda t, hook: store.update(a=t[0, read]))]
+    )
     clean = store["a"].detach()
     total = torch.zeros_like(clean)
     for k in range(steps):
@@ -55,7 +87,7 @@ def naive_ig(model, prompt: list[int], answer: list[int], layer: int, steps: int
             t[0, read] = x
             return t
 
-        logits = model.run_with_hooks(tokens, fwd_hooks=[(name, put)])
+        logits = model.run_with_hooks(tokens, fwd_hooks=[*extra, (name, put)])
         logp = logits[0].log_softmax(-1)
         p = torch.exp(sum(logp[read + i, a] for i, a in enumerate(answer)))
         (g,) = torch.autograd.grad(p, x)
@@ -66,7 +98,7 @@ def naive_ig(model, prompt: list[int], answer: list[int], layer: int, steps: int
 PROMPTS = [[1, 5, 7, 9, 3], [2, 8, 4], [6, 11, 12, 13, 14, 15, 16]]
 
 
-@pytest.mark.parametrize("style", ["gpt2", "llama"])
+@pytest.mark.parametrize("style", ["gpt2", "llama", "neox"])
 @pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-9), (torch.float32, 1e-5)])
 @pytest.mark.parametrize("answer", [[17], [17, 21, 23]])
 def test_ig_equals_naive_reference(style, dtype, tol, answer):
@@ -74,10 +106,12 @@ def test_ig_equals_naive_reference(style, dtype, tol, answer):
     steps = 5
     got = decoder_attribute(model, PROMPTS, answer, steps=steps, batch_size=7)
     assert got.shape == (3, 3, 48) and got.dtype == dtype
-    want = torch.stack([
-        torch.stack([naive_ig(model, p, answer, layer, steps) for layer in range(3)])
-        for p in PROMPTS
-    ])
+    want = torch.stack(
+        [
+            torch.stack([naive_ig(model, p, answer, layer, steps) for layer in range(3)])
+            for p in PROMPTS
+        ]
+    )
     scale = want.abs().max()
     assert scale > 1e-12  # not all zero: the comparison is relative to it
     assert (got - want).abs().max() <= tol * scale, ((got - want).abs().max(), scale)
@@ -108,7 +142,7 @@ def test_answer_logprob_padded_bag_equals_unpadded(style):
     enc = encode_decoder(model, PROMPTS, answers)
     got = answer_logprob(model, enc)
     top = next_token(model, enc)
-    for i, (p, a) in enumerate(zip(PROMPTS, answers)):
+    for i, (p, a) in enumerate(zip(PROMPTS, answers, strict=True)):
         logp = model(torch.tensor([p + a[:-1]]))[0].log_softmax(-1)
         want = sum(logp[len(p) - 1 + k, t] for k, t in enumerate(a))
         assert torch.allclose(got[i], want.detach(), atol=1e-10)
@@ -119,7 +153,9 @@ def test_hooks_fire_and_change_the_answer_probability():
     model = tiny("gpt2", torch.float64)
     enc = encode_decoder(model, PROMPTS, [17, 21])
     zero = [("blocks.1.mlp.hook_post", lambda t, hook: t * 0)]
-    assert not torch.allclose(answer_logprob(model, enc), answer_logprob(model, enc, fwd_hooks=zero))
+    assert not torch.allclose(
+        answer_logprob(model, enc), answer_logprob(model, enc, fwd_hooks=zero)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -130,14 +166,25 @@ def word_model(tmp_path_factory):
     words = ["<unk>", "<bos>", "the", "capital", "of", "France", "is", "Paris", "New", "York"]
     tok = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", unk_token="<unk>",
-                                   pad_token="<unk>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", unk_token="<unk>", pad_token="<unk>"
+    )
     folder = tmp_path_factory.mktemp("tok")
     fast.save_pretrained(folder)
     fast = PreTrainedTokenizerFast.from_pretrained(folder)
-    cfg = HookedTransformerConfig(n_layers=2, d_model=16, n_ctx=32, d_head=4, n_heads=4,
-                                  d_vocab=len(words), d_mlp=32, act_fn="gelu", seed=0,
-                                  normalization_type="LN", device="cpu")
+    cfg = HookedTransformerConfig(
+        n_layers=2,
+        d_model=16,
+        n_ctx=32,
+        d_head=4,
+        n_heads=4,
+        d_vocab=len(words),
+        d_mlp=32,
+        act_fn="gelu",
+        seed=0,
+        normalization_type="LN",
+        device="cpu",
+    )
     return HookedTransformer(cfg, tokenizer=fast)
 
 
@@ -151,7 +198,9 @@ def test_string_prompts_bos_and_answer_tokens(word_model):
     assert enc.attention_mask[1].tolist() == [0, 0, 0, 1, 1, 1, 1]
     assert enc.answer_ids.tolist() == [ids(["New", "York"])] * 2
     assert enc.read_pos.tolist() == [5, 5]
-    scores = decoder_attribute(model, ["the capital of France is", "France is"], "New York", steps=2)
+    scores = decoder_attribute(
+        model, ["the capital of France is", "France is"], "New York", steps=2
+    )
     assert scores.shape == (2, 2, 32)
 
 
@@ -174,3 +223,87 @@ def test_templates_to_prompts():
     prompts, skipped = templates_to_prompts([t, "[Y] is spoken in [X].", "[X] speaks [Y]."], "Peru")
     assert prompts == ["The official language of Peru is the", "Peru speaks"]
     assert skipped == 1
+
+
+def test_rows_skip_their_block_where_the_mlp_allows_it():
+    """gpt2/llama take the join-after-block path, neox (parallel attention and MLP) the full-block
+    fallback; the naive-reference test above covers all three."""
+    assert _joins_after_block(tiny("gpt2", torch.float64))
+    assert _joins_after_block(tiny("llama", torch.float64))
+    assert not _joins_after_block(tiny("neox", torch.float64))
+
+
+@pytest.mark.parametrize("style", ["gpt2", "llama", "neox"])
+def test_callers_hooks_fire_during_attribution(style):
+    """A position-wise hook the caller attached applies inside attribution as in a full forward."""
+    model = tiny(style, torch.float64)
+    half = [
+        ("blocks.1.mlp.hook_post", lambda t, hook: t * 0.5),
+        ("blocks.2.hook_resid_pre", lambda t, hook: t * 1.5),
+    ]
+    with model.hooks(fwd_hooks=half):
+        got = decoder_attribute(model, PROMPTS[:2], [17, 21], steps=3, batch_size=5)
+    plain = decoder_attribute(model, PROMPTS[:2], [17, 21], steps=3, batch_size=5)
+    want = torch.stack(
+        [
+            torch.stack(
+                [naive_ig(model, p, [17, 21], layer, 3, extra=tuple(half)) for layer in range(3)]
+            )
+            for p in PROMPTS[:2]
+        ]
+    )
+    scale = want.abs().max()
+    assert (got - want).abs().max() <= 1e-9 * scale
+    assert (got - plain).abs().max() > 1e-3 * scale  # the hooks did change the scores
+
+
+@pytest.mark.parametrize("style", ["gpt2", "llama"])
+def test_completeness(style):
+    """Scores of a layer add up to p(answer | a) - p(answer | 0), the scaling at the read position
+    of that layer, up to the left Riemann sum's O(1/m) error: the error shrinks about 8x from
+    m = 8 to m = 64."""
+    model = tiny(style, torch.float64)
+    answer = [17, 21]
+    enc = encode_decoder(model, PROMPTS, answer)
+    read = enc.prompt_width - 1
+    p_clean = answer_logprob(model, enc).exp()
+    gaps = []
+    for layer in range(3):
+
+        def zero(t, hook):
+            t = t.clone()
+            t[:, read] = 0
+            return t
+
+        p_zero = answer_logprob(model, enc, fwd_hooks=[(f"blocks.{layer}.mlp.hook_post", zero)])
+        gaps.append(p_clean - p_zero.exp())
+    gap = torch.stack(gaps, dim=1)  # [prompt, layer]
+    assert gap.abs().max() > 1e-3 * p_clean.max()  # the scaling moves p: a real check
+    err = {
+        m: (decoder_attribute(model, PROMPTS, answer, steps=m).sum(-1) - gap).abs().max()
+        for m in (8, 64)
+    }
+    assert err[64] < err[8] / 4, err
+    assert err[64] < 0.25 * gap.abs().max(), err  # these weights are far from linear
+
+
+def test_encoded_prompts_shapes_are_checked():
+    """jaxtyping checks the dataclass's shapes at runtime (pyproject's --jaxtyping-packages)."""
+    enc = encode_decoder(tiny("gpt2", torch.float32), PROMPTS, [17, 21])
+    with pytest.raises(Exception, match="(?i)shape|type"):
+        EncodedDecoderPrompts(
+            enc.tokens,
+            enc.attention_mask[:, :-1],
+            enc.read_pos,
+            enc.answer_ids,
+            enc.answer_mask,
+            enc.answer_pos,
+        )
+
+
+def test_bad_method_and_steps():
+    model = tiny("gpt2", torch.float32)
+    with pytest.raises(ValueError, match="unknown method 'grad'"):
+        decoder_attribute(model, PROMPTS, [17], method="grad")
+    with pytest.raises(ValueError, match="steps"):
+        decoder_attribute(model, PROMPTS, [17], steps=0)
