@@ -7,8 +7,26 @@ from pathlib import Path
 import pytest
 import torch
 
-WORDS = ["the", "a", "of", "is", "capital", "city", "France", "Paris", "Japan", "Tokyo",
-         "language", "official", "delta", "epsilon", "born", "in", ".", ","]
+WORDS = [
+    "the",
+    "a",
+    "of",
+    "is",
+    "capital",
+    "city",
+    "France",
+    "Paris",
+    "Japan",
+    "Tokyo",
+    "language",
+    "official",
+    "delta",
+    "epsilon",
+    "born",
+    "in",
+    ".",
+    ",",
+]
 
 
 def save_word_tokenizer(folder: Path, *, bos: str, eos: str, unk: str) -> int:
@@ -23,8 +41,9 @@ def save_word_tokenizer(folder: Path, *, bos: str, eos: str, unk: str) -> int:
     vocab = {w: i for i, w in enumerate([*specials, *WORDS])}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos,
-                                   unk_token=unk)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=bos, eos_token=eos, unk_token=unk
+    )
     fast.save_pretrained(folder)
     return len(vocab)
 
@@ -46,27 +65,51 @@ def make_decoder_checkpoint(folder: Path, kind: str, *, seed: int = 0) -> Path:
 
     folder.mkdir(parents=True, exist_ok=True)
     if kind == "gpt2":
-        n_vocab = save_word_tokenizer(folder, bos="<|endoftext|>", eos="<|endoftext|>",
-                                      unk="<unk>")
-        cfg = GPT2Config(vocab_size=n_vocab, n_embd=32, n_layer=2, n_head=4, n_positions=64,
-                         bos_token_id=1, eos_token_id=1)
+        n_vocab = save_word_tokenizer(folder, bos="<|endoftext|>", eos="<|endoftext|>", unk="<unk>")
+        cfg = GPT2Config(
+            vocab_size=n_vocab,
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            n_positions=64,
+            bos_token_id=1,
+            eos_token_id=1,
+        )
         model = GPT2LMHeadModel(cfg)
     elif kind == "gpt_neox":
-        n_vocab = save_word_tokenizer(folder, bos="<|endoftext|>", eos="<|endoftext|>",
-                                      unk="<unk>")
-        cfg = GPTNeoXConfig(vocab_size=n_vocab, hidden_size=32, num_hidden_layers=2,
-                            num_attention_heads=4, intermediate_size=80,
-                            max_position_embeddings=64, bos_token_id=1, eos_token_id=1,
-                            rope_parameters={"rope_theta": 10000.0, "partial_rotary_factor": 0.5,
-                                             "rope_type": "default"})
+        n_vocab = save_word_tokenizer(folder, bos="<|endoftext|>", eos="<|endoftext|>", unk="<unk>")
+        cfg = GPTNeoXConfig(
+            vocab_size=n_vocab,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=80,
+            max_position_embeddings=64,
+            bos_token_id=1,
+            eos_token_id=1,
+            rope_parameters={
+                "rope_theta": 10000.0,
+                "partial_rotary_factor": 0.5,
+                "rope_type": "default",
+            },
+        )
         model = GPTNeoXForCausalLM(cfg)
     elif kind == "llama":
         n_vocab = save_word_tokenizer(folder, bos="<s>", eos="</s>", unk="<unk>")
-        cfg = LlamaConfig(vocab_size=n_vocab, hidden_size=32, num_hidden_layers=2,
-                          num_attention_heads=4, num_key_value_heads=2, intermediate_size=48,
-                          max_position_embeddings=64, tie_word_embeddings=True, bos_token_id=1,
-                          eos_token_id=2, rms_norm_eps=1e-5,
-                          rope_parameters={"rope_theta": 500.0, "rope_type": "default"})
+        cfg = LlamaConfig(
+            vocab_size=n_vocab,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=48,
+            max_position_embeddings=64,
+            tie_word_embeddings=True,
+            bos_token_id=1,
+            eos_token_id=2,
+            rms_norm_eps=1e-5,
+            rope_parameters={"rope_theta": 500.0, "rope_type": "default"},
+        )
         model = LlamaForCausalLM(cfg)
     else:
         raise ValueError(f"unknown kind {kind!r}")
@@ -82,8 +125,9 @@ def make_decoder_checkpoint(folder: Path, kind: str, *, seed: int = 0) -> Path:
 
 
 @pytest.fixture(scope="session", params=["gpt2", "gpt_neox", "llama"])
-def decoder_ckpt(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-                 ) -> tuple[str, Path]:
+def decoder_ckpt(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, Path]:
     """(kind, folder) of a tiny random decoder checkpoint, one per supported family."""
     kind = request.param
     return kind, make_decoder_checkpoint(tmp_path_factory.mktemp(f"tiny_{kind}"), kind)

