@@ -45,6 +45,7 @@ from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValue
 from transformer_lens.components.mlps.gated_mlp import GatedMLP
 from transformer_lens.components.mlps.mlp import MLP
 from transformer_lens.components.transformer_block import POST_NORM_ARCHITECTURES
+from transformer_lens.utilities.activation_functions import apply_softcap
 from transformer_lens.utilities.addmm import batch_addmm
 
 from kn_lens.neuron import HookList
@@ -350,6 +351,7 @@ def _clean_pass(
                 enc.tokens[:, : p_w - 1],
                 attention_mask=enc.attention_mask[:, : p_w - 1],
                 past_kv_cache=cache,
+                return_type=None,  # no unembedding: nothing reads the prefix's logits
             )
         cache.freeze()
         # a block's input before its hook_resid_pre fires (rows that join there fire it again)
@@ -410,13 +412,17 @@ def _no_param_grads(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return switched
 
 
-def _unembed(model: HookedTransformer, resid: Tensor, w_u_t: Tensor) -> Tensor:
-    """``model.unembed(resid)`` with its hook points, from a transposed ``W_U`` made once (the
-    module makes it contiguous on every call, a copy of the whole unembedding)."""
+def _logits(model: HookedTransformer, resid: Tensor, w_u_t: Tensor) -> Tensor:
+    """The end of ``HookedTransformer.forward`` from the last block's output: ``ln_final``,
+    ``unembed`` with its hook points (from a transposed ``W_U`` made once: the module makes it
+    contiguous on every call, a copy of the whole unembedding) and the logit soft-cap."""
+    if model.cfg.normalization_type is not None:
+        resid = model.ln_final(resid)
     unembed = model.unembed
-    return unembed.hook_out(
+    logits = unembed.hook_out(
         torch.nn.functional.linear(unembed.hook_in(resid), w_u_t, unembed.b_U.detach())
     )
+    return apply_softcap(logits, model.cfg.output_logits_soft_cap)
 
 
 def _ig_group(
@@ -518,7 +524,7 @@ def _ig_group(
                     finally:
                         joining[0] = None
                 assert resid is not None
-                logits = _unembed(model, model.ln_final(resid), w_u_t)
+                logits = _logits(model, resid, w_u_t)
                 logp = _answer_logprob_from_logits(
                     logits, enc.answer_ids[c_prompt], enc.answer_mask[c_prompt]
                 )

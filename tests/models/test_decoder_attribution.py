@@ -21,7 +21,7 @@ from kn_lens.models.decoder import (
 VOCAB = 40
 
 
-def tiny(style: str, dtype: torch.dtype, n_layers: int = 3) -> HookedTransformer:
+def tiny(style: str, dtype: torch.dtype, n_layers: int = 3, **extra) -> HookedTransformer:
     common = dict(
         n_layers=n_layers,
         d_model=32,
@@ -33,6 +33,7 @@ def tiny(style: str, dtype: torch.dtype, n_layers: int = 3) -> HookedTransformer
         dtype=dtype,
         device="cpu",
         seed=0,
+        **extra,
     )
     if style == "gpt2":
         cfg = HookedTransformerConfig(act_fn="gelu_new", normalization_type="LN", **common)
@@ -307,3 +308,18 @@ def test_bad_method_and_steps():
         decoder_attribute(model, PROMPTS, [17], method="grad")
     with pytest.raises(ValueError, match="steps"):
         decoder_attribute(model, PROMPTS, [17], steps=0)
+
+
+def test_logit_soft_cap_is_applied():
+    """Gemma-style ``output_logits_soft_cap``: the partial forward ends as the model's does."""
+    model = tiny("gpt2", torch.float64, output_logits_soft_cap=2.0)
+    got = decoder_attribute(model, PROMPTS[:2], [17, 21], steps=3)
+    want = torch.stack(
+        [
+            torch.stack([naive_ig(model, p, [17, 21], layer, 3) for layer in range(3)])
+            for p in PROMPTS[:2]
+        ]
+    )
+    assert (got - want).abs().max() <= 1e-9 * want.abs().max()
+    uncapped = decoder_attribute(tiny("gpt2", torch.float64), PROMPTS[:2], [17, 21], steps=3)
+    assert (uncapped - want).abs().max() > 1e-3 * want.abs().max()  # the cap matters here
