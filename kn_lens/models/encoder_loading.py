@@ -65,10 +65,20 @@ def read_hf_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         for f in st_files:
-            sd.update(load_file(str(f), device="cpu"))
+            try:
+                sd.update(load_file(str(f), device="cpu"))
+            except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+                raise ModelLoadError(
+                    f"{f}: cannot read the weights, corrupt or truncated? ({e})"
+                ) from None
     elif bin_files:
         for f in bin_files:
-            sd.update(torch.load(f, map_location="cpu", weights_only=True))
+            try:
+                sd.update(torch.load(f, map_location="cpu", weights_only=True))
+            except Exception as e:  # noqa: BLE001 - pickle and zip errors of many kinds
+                raise ModelLoadError(
+                    f"{f}: cannot read the weights, corrupt or truncated? ({e})"
+                ) from None
     else:
         raise ModelLoadError(f"no weights (*.safetensors or pytorch_model*.bin) in {folder}")
     return sd
@@ -195,7 +205,12 @@ def _load_folder(folder: Path, tokenizer: Any, device: str, dtype: torch.dtype) 
         raise ModelLoadError(
             f"{folder} has no config.json; is it a Hugging Face checkpoint folder?"
         )
-    hf_config = json.loads(cfg_path.read_text())
+    try:
+        hf_config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelLoadError(f"{cfg_path}: not valid JSON ({e})") from None
+    if not isinstance(hf_config, dict):
+        raise ModelLoadError(f"{cfg_path}: expected a JSON object")
     cfg = hooked_config_from_hf(hf_config, device=device, dtype=dtype, name=str(folder))
     sd = hooked_state_dict_from_hf(read_hf_state_dict(folder), cfg, name=str(folder))
     if tokenizer is None or isinstance(tokenizer, (str, Path)):

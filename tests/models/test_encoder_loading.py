@@ -152,3 +152,27 @@ def test_real_pretrained_checkpoint_matches_huggingface(antiberty_dir: Path):
     ]
     pred = tokenizer.convert_ids_to_tokens(ours[is_mask].argmax(-1).tolist())
     assert sum(p == t for p, t in zip(pred, truth, strict=False)) >= 4, (pred, truth)
+
+
+def test_corrupt_weights_and_bad_config_name_the_file(tmp_path, tiny_ckpt):
+    """A truncated safetensors file or an invalid config.json is a ModelLoadError naming the file;
+    on the command line, exit 2 and one line."""
+    import shutil
+
+    from kn_lens import cli
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_ckpt, bad)
+    weights = next(bad.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ModelLoadError, match=f"{weights}: cannot read the weights"):
+        load_model(bad, device="cpu")
+    assert cli.main(["attribute", "--model", str(bad), "--out", str(tmp_path / "o"), "-q"]) == 2
+    assert not (tmp_path / "o").exists()  # a failed run leaves no folder behind
+    shutil.copy(next(Path(tiny_ckpt).glob("*.safetensors")), weights)
+    (bad / "config.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match=f"{bad / 'config.json'}: not valid JSON"):
+        load_model(bad, device="cpu")
+    (bad / "config.json").write_text("[1, 2]")
+    with pytest.raises(ModelLoadError, match="expected a JSON object"):
+        load_model(bad, device="cpu")
