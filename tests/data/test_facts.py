@@ -1,4 +1,4 @@
-"""Facts, bags and the PARAREL / user JSON-lines loaders."""
+"""Facts, bags, the user JSON-lines loader and the single-token filter."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kn_lens.data import DataError, Fact, FactBag, check_prompt, load_jsonl_facts, load_pararel
+from kn_lens.data import DataError, Fact, FactBag, check_prompt, load_jsonl_facts
 from kn_lens.prompts import filter_single_token, log_skipped
 
 
@@ -147,38 +147,3 @@ def test_filter_single_token(tiny_model):
     assert "Parisville zzz" in check.skipped[0][1]
     with pytest.raises(ValueError, match="fact r/0 .*'Parisville zzz'"):
         filter_single_token(bags, tiny_model.tokenizer, on_error="raise")
-
-
-def test_pararel_counts(shared_data: Path):
-    """On the shared data: the paper's 34 relations, 27,738 bags, 253,448 prompts."""
-    bags = load_pararel(shared_data / "lama", shared_data / "pararel" / "patterns")
-    assert len({b.relation for b in bags}) == 34
-    assert len(bags) == 27_738
-    assert sum(len(b.prompts) for b in bags) == 253_448
-    # T-REx file order is kept, so bag.index is the line's rank in its relation file.
-    first = [
-        json.loads(line)
-        for line in (shared_data / "lama" / "TREx" / "P19.jsonl").read_text().splitlines()[:3]
-    ]
-    p19 = [b for b in bags if b.relation == "P19"][:3]
-    assert [(b.subject, b.object, b.index) for b in p19] == [
-        (r["sub_label"], r["obj_label"], i) for i, r in enumerate(first)
-    ]
-    assert p19[0].relation_type == "N-1" and p19[0].relation_label == "place of birth"
-    assert all(p.count("[MASK]") == 1 and p19[0].subject in p for p in p19[0].prompts)
-
-
-def test_pararel_relation_selection(shared_data: Path):
-    bags = load_pararel(
-        shared_data / "lama", shared_data / "pararel" / "patterns", relations=["P19", "P106"]
-    )
-    assert {b.relation for b in bags} == {"P19", "P106"}
-    with pytest.raises(ValueError, match="unknown relation.*P9999"):
-        load_pararel(
-            shared_data / "lama", shared_data / "pararel" / "patterns", relations=["P9999"]
-        )
-
-
-def test_pararel_missing_folder(tmp_path: Path):
-    with pytest.raises(FileNotFoundError, match="data folder not found"):
-        load_pararel(tmp_path / "lama", tmp_path / "patterns")
