@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 
 class Neuron(NamedTuple):
@@ -36,7 +36,27 @@ HookList = list[tuple[str | Callable[..., Any], Callable[..., Any]]]
 NeuronsLike = Iterable[Any]
 
 
-def model_shape(model: Any) -> tuple[int, int]:
+@runtime_checkable
+class ModelConfig(Protocol):
+    """The parts of a TransformerLens ``HookedTransformerConfig`` that neurons depend on."""
+
+    @property
+    def n_layers(self) -> int: ...
+
+    @property
+    def d_mlp(self) -> int | None: ...
+
+
+@runtime_checkable
+class HasConfig(Protocol):
+    """A TransformerLens model (``HookedEncoder``, ``HookedTransformer``) as neurons see it: its
+    ``cfg``. A protocol rather than the classes, so that this bottom layer imports no torch."""
+
+    @property
+    def cfg(self) -> ModelConfig: ...
+
+
+def model_shape(model: HasConfig) -> tuple[int, int]:
     """``(n_layers, d_mlp)`` of a TransformerLens model; ``ValueError`` when it has no MLPs."""
     n_layers, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
     if d_mlp is None:
@@ -56,7 +76,7 @@ def _as_int(x: Any) -> int:
 
 
 def check_neurons(
-    model: Any, neurons: NeuronsLike, *, allow_empty: bool = False, unique: bool = True
+    model: HasConfig, neurons: NeuronsLike, *, allow_empty: bool = False, unique: bool = True
 ) -> list[Neuron]:
     """Validate ``neurons`` against ``model`` and return them as a list of :class:`Neuron`.
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kn_lens import weights
-from kn_lens.neuron import Neuron, check_neurons
+from kn_lens.neuron import Neuron
 from kn_lens.weights import RowEdit, add_to_rows, edit_rows, read_value_vectors, set_rows, zero_rows
 
 NEURONS = [Neuron(0, 3), Neuron(1, 10), Neuron(0, 40), Neuron(1, 63)]
@@ -129,10 +129,6 @@ def test_bad_neurons_fail_clearly_and_change_nothing(tiny_model, bad, match):
         with pytest.raises(ValueError, match=match):
             fn()
     _assert_same_state(tiny_model, before)
-
-
-def test_check_neurons_accepts_plain_pairs(tiny_model):
-    assert check_neurons(tiny_model, [(1, 2), (0, 5)]) == [Neuron(1, 2), Neuron(0, 5)]
 
 
 def test_shape_mismatch_fails_clearly(tiny_model):
