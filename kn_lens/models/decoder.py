@@ -234,13 +234,34 @@ def templates_to_prompts(templates: Sequence[str], subject: str) -> tuple[list[s
     return out, skipped
 
 
+class _AnswerLogprob(torch.autograd.Function):
+    """``sum_k mask_k (logits[k, a_k] - logsumexp(logits[k]))`` with a lean backward: one pass
+    ``-g softmax(logits)`` plus ``g`` at the answer ids, instead of autograd's ``log_softmax`` and
+    ``gather`` backward (two more passes over the ``[row, seg, vocab]`` logits and a zero fill)."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
+        lse = torch.logsumexp(logits, dim=-1)
+        picked = logits.gather(-1, ids[:, :, None])[:, :, 0]
+        ctx.save_for_backward(logits, lse, ids, mask)
+        return ((picked - lse) * mask).sum(-1)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor, None, None]:
+        logits, lse, ids, mask = ctx.saved_tensors
+        g = grads[0][:, None] * mask  # [row, seg]
+        grad = torch.sub(logits, lse[:, :, None]).exp_().mul_(-g[:, :, None])
+        grad.scatter_add_(-1, ids[:, :, None], g[:, :, None])
+        return grad, None, None
+
+
 def _answer_logprob_from_logits(
     logits: Float[Tensor, "row seg vocab"],
     answer_ids: Int[Tensor, "row answer"],
     answer_mask: Int[Tensor, "row answer"],
 ) -> Float[Tensor, " row"]:
-    logp = logits.log_softmax(-1).gather(-1, answer_ids[:, :, None])[:, :, 0]
-    return (logp * answer_mask.to(logp.dtype)).sum(-1)
+    out: Tensor = _AnswerLogprob.apply(logits, answer_ids, answer_mask.to(logits.dtype))
+    return out
 
 
 def answer_logprob(
@@ -366,11 +387,13 @@ def _clean_pass(
         seg = slice(p_w - 1, None)
         try:
             with model.hooks(fwd_hooks=hooks):
-                logits = model(
+                resid = model(
                     enc.tokens[:, seg],
                     attention_mask=enc.attention_mask[:, seg],
                     past_kv_cache=cache,
+                    stop_at_layer=n_layers,  # the head below, without copying W_U
                 )
+                logits = _logits(model, resid)
         finally:
             for handle in handles:
                 handle.remove()
@@ -412,16 +435,18 @@ def _no_param_grads(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return switched
 
 
-def _logits(model: HookedTransformer, resid: Tensor, w_u_t: Tensor) -> Tensor:
+def _logits(model: HookedTransformer, resid: Tensor) -> Tensor:
     """The end of ``HookedTransformer.forward`` from the last block's output: ``ln_final``,
-    ``unembed`` with its hook points (from a transposed ``W_U`` made once: the module makes it
-    contiguous on every call, a copy of the whole unembedding) and the logit soft-cap."""
+    ``unembed`` with its hook points and the logit soft-cap. The unembedding is ``resid @ W_U +
+    b_U`` on ``W_U`` as stored (the module copies a transposed ``W_U`` on every call: the whole
+    unembedding, for each chunk)."""
     if model.cfg.normalization_type is not None:
         resid = model.ln_final(resid)
     unembed = model.unembed
-    logits = unembed.hook_out(
-        torch.nn.functional.linear(unembed.hook_in(resid), w_u_t, unembed.b_U.detach())
-    )
+    x = unembed.hook_in(resid)
+    w_u = unembed.W_U.detach()
+    flat = torch.addmm(unembed.b_U.detach(), x.reshape(-1, x.shape[-1]), w_u)
+    logits = unembed.hook_out(flat.view(*x.shape[:-1], w_u.shape[-1]))
     return apply_softcap(logits, model.cfg.output_logits_soft_cap)
 
 
@@ -465,9 +490,12 @@ def _ig_group(
 
     def run_block(j: int, resid: Tensor, rows: Tensor) -> Tensor:
         entry = clean.cache[j]
-        past = TransformerLensKeyValueCacheEntry(
-            entry.past_keys[rows], entry.past_values[rows], frozen=True
-        )
+        keys, values = entry.past_keys, entry.past_values
+        if keys.shape[0] == 1:  # one prompt: a view, no copy per row
+            keys, values = keys.expand(len(rows), -1, -1, -1), values.expand(len(rows), -1, -1, -1)
+        else:
+            keys, values = keys[rows], values[rows]
+        past = TransformerLensKeyValueCacheEntry(keys, values, frozen=True)
         return model.blocks[j](
             resid, past_kv_cache_entry=past, attention_mask=enc.attention_mask[rows]
         )
@@ -487,7 +515,6 @@ def _ig_group(
 
     hooks: HookList = [(f"blocks.{layer}.mlp.hook_post", put_scaled) for layer in layers]
     n_rows = len(sel)
-    w_u_t = model.unembed.W_U.detach().T.contiguous()  # once, not per chunk
     switched = _no_param_grads(model)
     try:
         with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
@@ -524,7 +551,7 @@ def _ig_group(
                     finally:
                         joining[0] = None
                 assert resid is not None
-                logits = _logits(model, resid, w_u_t)
+                logits = _logits(model, resid)
                 logp = _answer_logprob_from_logits(
                     logits, enc.answer_ids[c_prompt], enc.answer_mask[c_prompt]
                 )
