@@ -57,6 +57,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedEncoder
+from transformer_lens.components import BertBlock
+from transformer_lens.hook_points import HookPoint
 
 from kn_lens.neuron import HookList, hook_name, model_shape
 from kn_lens.prompts import EncodedPrompts, encode, logits_at_mask, token_id
@@ -134,7 +136,7 @@ def _additive_mask(attention_mask: Tensor, dtype: torch.dtype) -> Tensor:
     return torch.where(attention_mask[:, None, None, :] == 0, ninf, zero)
 
 
-def _after_attention(block: Any, resid_mid: Tensor) -> Tensor:
+def _after_attention(block: BertBlock, resid_mid: Tensor) -> Tensor:
     """The second half of ``BertBlock.forward``, from ``resid_mid`` (after ``hook_resid_mid``) to
     the block output, firing the same hook points in the same order; on any number of positions."""
     mlp_in = block.hook_mlp_in(resid_mid.clone()) if block.cfg.use_hook_mlp_in else resid_mid
@@ -145,7 +147,7 @@ def _after_attention(block: Any, resid_mid: Tensor) -> Tensor:
 
 
 def _block_at_mask(
-    block: Any,
+    block: BertBlock,
     resid: Float[Tensor, "batch pos d_model"],
     additive_mask: Float[Tensor, "batch 1 1 pos"],
     mask_pos: Int[Tensor, " batch"],
@@ -184,16 +186,18 @@ def _clean_pass(
     mid: dict[int, Tensor] = {}
     acts: dict[int, Tensor] = {}
 
-    def layer_of(hook: Any) -> int:
+    def layer_of(hook: HookPoint) -> int:
+        # A set-up TransformerLens model names every hook point ("blocks.{l}. ...").
+        assert hook.name is not None
         return int(hook.name.split(".")[1])
 
-    def keep_out(t: Tensor, hook: Any) -> None:
+    def keep_out(t: Tensor, hook: HookPoint) -> None:
         block_out[layer_of(hook)] = t.detach()
 
-    def keep_mid(t: Tensor, hook: Any) -> None:
+    def keep_mid(t: Tensor, hook: HookPoint) -> None:
         mid[layer_of(hook)] = t[rows, enc.mask_pos].detach()
 
-    def keep_post(t: Tensor, hook: Any) -> None:
+    def keep_post(t: Tensor, hook: HookPoint) -> None:
         acts[layer_of(hook)] = t[rows, enc.mask_pos].detach()
 
     hooks: HookList = [(hook_name(layer), keep_post) for layer in layers]
@@ -247,7 +251,7 @@ def _ig_group(
     grad_sum = torch.zeros(n_prompts * n_sel, model_shape(model)[1], dtype=acc, device=dev)
     scaled: list[Tensor | None] = [None]  # the values hook_post returns while a scaled MLP runs
 
-    def put_scaled(act: Tensor, hook: Any) -> Tensor:
+    def put_scaled(act: Tensor, hook: HookPoint) -> Tensor:
         return act if scaled[0] is None else scaled[0].to(act.dtype)
 
     hook_names: HookList = [(hook_name(layer), put_scaled) for layer in layers]

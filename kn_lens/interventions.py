@@ -26,14 +26,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedEncoder
+from transformer_lens.hook_points import HookPoint
 
-from kn_lens.neuron import HookList, Neuron, check_neurons, hook_name
+from kn_lens.neuron import Hook, HookList, Neuron, check_neurons, hook_name
 from kn_lens.prompts import EncodedPrompts, encode, encode_web, mask_probs
 
 
@@ -73,7 +73,7 @@ def neuron_hooks(
         idx_cpu = torch.tensor(idx_list, dtype=torch.long)
 
         def hook(
-            act: Float[Tensor, "batch pos d_mlp"], hook: Any
+            act: Float[Tensor, "batch pos d_mlp"], hook: HookPoint
         ) -> Float[Tensor, "batch pos d_mlp"]:
             idx = idx_cpu.to(act.device)
             out = act.clone()
@@ -182,7 +182,7 @@ def neuron_activations(
     neurons: Sequence[Neuron] | Sequence[Sequence[int]],
     *,
     batch_size: int = 64,
-    fwd_hooks: Sequence[tuple[Any, Any]] = (),
+    fwd_hooks: Sequence[Hook] = (),
 ) -> Float[Tensor, "prompt neuron"]:
     """Activations of ``neurons`` at each prompt's ``[MASK]``, read by hooks on ``hook_post``.
 
@@ -205,7 +205,7 @@ def neuron_activations(
         def make_reader(
             layer: int, b: EncodedPrompts = b, seen: dict[int, Tensor] = seen
         ) -> Callable[..., None]:
-            def read(act: Float[Tensor, "batch pos d_mlp"], hook: Any) -> None:
+            def read(act: Float[Tensor, "batch pos d_mlp"], hook: HookPoint) -> None:
                 at_mask = act[
                     torch.arange(act.shape[0], device=act.device), b.mask_pos.to(act.device)
                 ]

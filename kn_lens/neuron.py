@@ -29,8 +29,10 @@ class Neuron(NamedTuple):
         return f"L{self.layer}.N{self.index}"
 
 
-#: TransformerLens ``fwd_hooks``: ``(hook point name, function)`` pairs.
-HookList = list[tuple[str | Callable[..., Any], Callable[..., Any]]]
+#: One TransformerLens forward hook: ``(hook point name or name filter, function)``.
+Hook = tuple[str | Callable[..., Any], Callable[..., Any]]
+#: TransformerLens ``fwd_hooks``: a list of :data:`Hook` pairs.
+HookList = list[Hook]
 
 #: Neurons as given by a caller: :class:`Neuron` records or plain ``(layer, index)`` pairs.
 NeuronsLike = Iterable[Any]

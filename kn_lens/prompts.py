@@ -11,14 +11,16 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedEncoder
+from transformers import PreTrainedTokenizerBase
 
 from kn_lens.data.facts import MASK, FactBag, check_prompt
+from kn_lens.neuron import Hook
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +65,20 @@ class EncodedPrompts:
         )
 
 
-def _tokenizer(model_or_tokenizer: Any) -> Any:
-    tok = getattr(model_or_tokenizer, "tokenizer", model_or_tokenizer)
+#: Where an answer's token id is read from: the model (its attached tokenizer) or a tokenizer.
+ModelOrTokenizer = HookedEncoder | PreTrainedTokenizerBase
+
+
+def _tokenizer(model_or_tokenizer: ModelOrTokenizer) -> PreTrainedTokenizerBase:
+    if isinstance(model_or_tokenizer, PreTrainedTokenizerBase):
+        return model_or_tokenizer
+    tok = model_or_tokenizer.tokenizer
     if tok is None:
         raise ValueError("the model has no tokenizer attached; load it with kn_lens.load_model")
     return tok
 
 
-def answer_token_id(model_or_tokenizer: Any, answer: str) -> int:
+def answer_token_id(model_or_tokenizer: ModelOrTokenizer, answer: str) -> int:
     """The vocabulary id of ``answer``; ``ValueError`` naming it if it is not exactly one token."""
     tok = _tokenizer(model_or_tokenizer)
     ids = tok(answer, add_special_tokens=False)["input_ids"]
@@ -101,7 +109,9 @@ def token_id(model: HookedEncoder, answer: str | int | Tensor) -> int:
     return tid
 
 
-def answer_token_ids(model_or_tokenizer: Any, answers: Sequence[str]) -> Int[Tensor, " n"]:
+def answer_token_ids(
+    model_or_tokenizer: ModelOrTokenizer, answers: Sequence[str]
+) -> Int[Tensor, " n"]:
     """:func:`answer_token_id` for each answer."""
     return torch.tensor([answer_token_id(model_or_tokenizer, a) for a in answers], dtype=torch.long)
 
@@ -181,7 +191,7 @@ def mask_logits(
     model: HookedEncoder,
     prompts: Sequence[str] | EncodedPrompts,
     *,
-    fwd_hooks: Sequence[tuple[Any, Any]] = (),
+    fwd_hooks: Sequence[Hook] = (),
     batch_size: int = 64,
 ) -> Float[Tensor, "prompt d_vocab"]:
     """The model's logits at each prompt's ``[MASK]``, optionally under ``fwd_hooks``.
@@ -205,7 +215,7 @@ def mask_probs(
     prompts: Sequence[str] | EncodedPrompts,
     targets: Int[Tensor, " prompt"] | Sequence[int],
     *,
-    fwd_hooks: Sequence[tuple[Any, Any]] = (),
+    fwd_hooks: Sequence[Hook] = (),
     batch_size: int = 64,
 ) -> Float[Tensor, " prompt"]:
     """Probability of token ``targets[i]`` at prompt i's ``[MASK]`` (softmax over the
@@ -228,7 +238,10 @@ class VocabCheck:
 
 
 def filter_single_token(
-    bags: Sequence[FactBag], tokenizer: Any, *, on_error: Literal["skip", "raise"] = "skip"
+    bags: Sequence[FactBag],
+    tokenizer: ModelOrTokenizer,
+    *,
+    on_error: Literal["skip", "raise"] = "skip",
 ) -> VocabCheck:
     """Keep bags whose object is exactly one vocabulary token (the paper keeps only these).
 
