@@ -16,10 +16,14 @@ Layers, top to bottom; every import points down (see ARCHITECTURE.md)::
     experiments/                one module per analysis, and ONE registry (experiments.ANALYSES)
     attribution, knowledge_neurons, interventions, weights
                                 integrated gradients; neurons; hooks; W_out row edits
-    prompts, model              prompts as model input, answers read out; loading models
+    prompts, models/            prompts as model input, answers read out; loading models (one
+                                module per family: encoder_loading, decoder_loading, decoder)
     data/, neuron, config, results
                                 facts (no torch); the Neuron and its validator; the paper's
                                 hyperparameters; results as plain data
+
+Beside the stack: ``training`` (``python -m kn_lens.training``) and ``wordpiece`` (its vocabulary)
+train the default model on ``data/world``; they import only ``data/``, and only tests import them.
 
 The public names below are imported on first use, so ``import kn_lens`` (and the ``kn-lens``
 command's argument parsing) does not import torch.
