@@ -22,8 +22,8 @@ class Neuron(NamedTuple):
     """
 
     layer: int
-    # The paper's (and TransformerLens') name; it shadows tuple.index, which no caller needs.
-    index: int  # type: ignore[assignment]
+    # The paper's (and TransformerLens') name, so it shadows tuple.index (no caller needs that).
+    index: int  # type: ignore[assignment]  # the shadowing above is on purpose
 
     def __str__(self) -> str:  # "L3.N512"
         return f"L{self.layer}.N{self.index}"

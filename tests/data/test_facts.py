@@ -140,7 +140,9 @@ def test_log_skipped_names_each_fact(tiny_model, caplog):
 
 
 def test_filter_single_token(tiny_model):
-    fact = lambda obj: FactBag(Fact("Alice", "r", "r", "N-1", obj), ("Alice [MASK] .",))  # noqa: E731
+    def fact(obj: str) -> FactBag:
+        return FactBag(Fact("Alice", "r", "r", "N-1", obj), ("Alice [MASK] .",))
+
     bags = [fact("Paris"), fact("Parisville zzz"), fact("London")]
     check = filter_single_token(bags, tiny_model.tokenizer)
     assert [b.object for b in check.kept] == ["Paris", "London"] and check.n_skipped == 1
