@@ -41,6 +41,7 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedEncoder
 
+from kn_lens import attribution
 from kn_lens.config import PaperConfig
 from kn_lens.data import FactBag
 from kn_lens.neuron import Neuron
@@ -243,12 +244,10 @@ def score_bag(
     ``dtype`` (default ``None``: exact float32) for each of ``methods`` (default both ``"ig"``
     and the ``"activation"`` baseline).
     """
-    from kn_lens.attribution import attribute
-
     config = config or PaperConfig()
     tensors = {}
     for m in methods:
-        tensors[_check_method(m)] = attribute(
+        tensors[_check_method(m)] = attribution.attribute(
             model,
             list(bag.prompts),
             bag.object,

@@ -36,6 +36,7 @@ from torch import Tensor
 
 from kn_lens.data.facts import MASK
 from kn_lens.data.world import World, build_world
+from kn_lens.data.world_text import RELATIONS
 from kn_lens.wordpiece import SPECIAL_TOKENS, build_tokenizer
 
 
@@ -560,8 +561,6 @@ def model_card(report: TrainReport, extra: str = "") -> str:
     """The default model's ``README.md``: what it is, how it was made, how well it knows facts.
 
     ``extra`` (markdown) is inserted before the usage section."""
-    from kn_lens.data.world_text import RELATIONS
-
     c, w = report.config, report.world
     specs = {r.id: r for r in RELATIONS}
     rows = "\n".join(
@@ -669,8 +668,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     sh.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.cmd == "show":
-        import json
-
         w = build_world(args.seed)
         print(json.dumps(w.summary(), indent=2))
         for r in w.relations:
