@@ -195,20 +195,61 @@ def require_strings(rec: dict[str, Any], keys: Sequence[str], path: Path, n: int
         raise DataError(f"{path}, line {n}: missing or non-string field(s) {', '.join(missing)}")
 
 
+def _relation_fields(
+    records: Sequence[tuple[int, dict[str, Any]]], path: Path
+) -> dict[str, tuple[str, str]]:
+    """Each relation's ``(relation_label, relation_type)``: the value given on any of its lines,
+    else the defaults (the relation id, ``"N-M"``). Two lines giving different values for one
+    relation raise :class:`DataError` naming both lines."""
+    given: dict[tuple[str, str], tuple[int, Any]] = {}
+    for n, rec in records:
+        for key in ("relation_label", "relation_type"):
+            if key not in rec:
+                continue
+            value = rec[key]
+            if key == "relation_label" and (not isinstance(value, str) or not value.strip()):
+                raise DataError(f"{path}, line {n}: 'relation_label' must be a non-blank string")
+            if key == "relation_type" and value not in RELATION_TYPES:
+                raise DataError(f"{path}, line {n}: unknown relation_type {value!r}")
+            first = given.setdefault((rec["relation"], key), (n, value))
+            if first[1] != value:
+                raise DataError(
+                    f"{path}, line {n}: relation {rec['relation']!r} has {key} {value!r} here "
+                    f"but {first[1]!r} on line {first[0]}"
+                )
+    out = {}
+    for _, rec in records:
+        rel = rec["relation"]
+        label = given.get((rel, "relation_label"), (0, rel))[1]
+        out[rel] = (label, given.get((rel, "relation_type"), (0, "N-M"))[1])
+    return out
+
+
 def load_jsonl_facts(path: str | Path) -> list[FactBag]:
     """A user's own facts: one JSON object a line with ``subject``, ``relation``, ``object`` and
     ``templates`` (a list of strings with ``[X]`` and ``[Y]``); optional ``relation_label`` and
     ``relation_type`` (default ``"N-M"``). Bags are indexed per relation in file order.
 
-    A line repeating an earlier line's fact (same subject, relation and object) is logged as a
-    warning naming both lines, and dropped: each fact is scored once.
+    A relation's label and type may be given on any of its lines (they apply to all of them), and
+    must not differ between lines. A line repeating an earlier line's fact (same subject, relation
+    and object) is logged as a warning naming both lines, and dropped: each fact is scored once.
+    A template repeated within a line is logged and kept once.
+
+    Raises:
+        DataError: naming the file and line (and the earlier line it disagrees with).
     """
     path = Path(path)
+    records = list(read_jsonl_records(path))
+    for n, rec in records:
+        require_strings(rec, ("subject", "relation", "object"), path, n)
+        blank = [k for k in ("subject", "relation", "object") if not rec[k].strip()]
+        if blank:
+            raise DataError(f"{path}, line {n}: blank field(s) {', '.join(blank)}")
+    relation_fields = _relation_fields(records, path)
     bags: list[FactBag] = []
     counts: dict[str, int] = {}
     first_line: dict[tuple[str, str, str], int] = {}
-    for n, rec in read_jsonl_records(path):
-        require_strings(rec, ("subject", "relation", "object"), path, n)
+    for n, rec in records:
         templates = rec.get("templates")
         if (
             not isinstance(templates, list)
@@ -216,20 +257,17 @@ def load_jsonl_facts(path: str | Path) -> list[FactBag]:
             or not all(isinstance(t, str) for t in templates)
         ):
             raise DataError(f"{path}, line {n}: 'templates' must be a non-empty list of strings")
-        rtype = rec.get("relation_type", "N-M")
-        if rtype not in RELATION_TYPES:
-            raise DataError(f"{path}, line {n}: unknown relation_type {rtype!r}")
+        unique = list(dict.fromkeys(templates))
+        if len(unique) < len(templates):
+            log.warning(
+                "%s:%d: %d repeated template(s) kept once", path, n, len(templates) - len(unique)
+            )
         try:
-            prompts = tuple(fill_template(t, rec["subject"]) for t in templates)
+            prompts = tuple(fill_template(t, rec["subject"]) for t in unique)
         except ValueError as e:
             raise DataError(f"{path}, line {n}: {e}") from None
-        fact = Fact(
-            rec["subject"],
-            rec["relation"],
-            rec.get("relation_label", rec["relation"]),
-            rtype,
-            rec["object"],
-        )
+        label, rtype = relation_fields[rec["relation"]]
+        fact = Fact(rec["subject"], rec["relation"], label, rtype, rec["object"])
         ident = (fact.subject, fact.relation, fact.object)
         if ident in first_line:
             log.warning(

@@ -84,6 +84,15 @@ def test_user_jsonl_facts(tmp_path: Path):
             '{"subject": "A [MASK]", "relation": "r", "object": "B", "templates": ["[X] [Y]"]}',
             "line 2: subject must not contain \\[MASK\\]: 'A \\[MASK\\]'",
         ),
+        (
+            '{"subject": " ", "relation": "r", "object": "B", "templates": ["[X] [Y]"]}',
+            "line 2: blank field\\(s\\) subject",
+        ),
+        (
+            '{"subject": "C", "relation": "r", "relation_label": 5, "object": "B", '
+            '"templates": ["[X] [Y]"]}',
+            "line 2: 'relation_label' must be a non-blank string",
+        ),
     ],
 )
 def test_malformed_lines_name_file_and_line(tmp_path: Path, bad: str, message: str):
@@ -149,3 +158,28 @@ def test_filter_single_token(tiny_model):
     assert "Parisville zzz" in check.skipped[0][1]
     with pytest.raises(ValueError, match="fact r/0 .*'Parisville zzz'"):
         filter_single_token(bags, tiny_model.tokenizer, on_error="raise")
+
+
+def test_repeated_template_in_a_line_is_logged_and_kept_once(tmp_path: Path, caplog):
+    rec = {"subject": "A", "relation": "r", "object": "B", "templates": ["[X] [Y] .", "[X] [Y] ."]}
+    p = _write(tmp_path / "facts.jsonl", [rec])
+    with caplog.at_level("WARNING", logger="kn_lens.data.facts"):
+        (bag,) = load_jsonl_facts(p)
+    assert bag.prompts == ("A [MASK] .",)
+    assert f"{p}:1: 1 repeated template(s) kept once" in caplog.text
+
+
+def test_relation_label_and_type_apply_to_all_lines_and_must_agree(tmp_path: Path):
+    def rec(subject: str, **extra: str) -> dict[str, object]:
+        base = {"subject": subject, "relation": "r", "object": "B", "templates": ["[X] [Y]"]}
+        return {**base, **extra}
+
+    p = _write(tmp_path / "facts.jsonl", [rec("A"), rec("C", relation_type="1-1")])
+    assert [b.relation_type for b in load_jsonl_facts(p)] == ["1-1", "1-1"]
+    rows = [rec("A", relation_label="born in"), rec("C"), rec("D", relation_label="lives in")]
+    p = _write(tmp_path / "facts.jsonl", rows)
+    with pytest.raises(DataError) as err:
+        load_jsonl_facts(p)
+    assert str(err.value) == (
+        f"{p}, line 3: relation 'r' has relation_label 'lives in' here but 'born in' on line 1"
+    )
