@@ -1,5 +1,6 @@
 """Decoder attribution: the cached partial forward equals a naive reference (one full forward and
-backward per layer and step), on tiny GPT-2-style and Llama-style random HookedTransformers."""
+backward per layer and step), on tiny GPT-2-style, Llama-style and GPT-NeoX-style (parallel
+attention and MLP) random HookedTransformers."""
 
 from __future__ import annotations
 
