@@ -295,6 +295,9 @@ def load_web_facts(
         query_pairs_path: ``query_pairs.json`` (default: the one in ``distant_dir``).
         relations: only these relations (default: every relation with a file there). A relation
             without a file raises ``ValueError`` naming it.
+
+    Raises:
+        DataError: bad UTF-8 or JSON (file and line), or a malformed entry (file and fact key).
     """
     distant_dir = Path(distant_dir)
     if not distant_dir.is_dir():
@@ -311,13 +314,18 @@ def load_web_facts(
             f"available: {', '.join(sorted(files))}"
         )
     query_pairs = _read_json(qp_path)
-    web_bags = {}
+    if not isinstance(query_pairs, dict):
+        raise DataError(f"{qp_path}: expected a JSON object {{relation: [[head, tail], ...]}}")
+    out: dict[str, list[WebFact]] = {}
     for rel in rels:
         data = _read_json(files[rel])
         if not isinstance(data, list):
-            raise ValueError(f"{files[rel]}: expected a JSON list of objects")
-        web_bags[rel] = data
-    return web_facts_from_dict(web_bags, query_pairs, relations=rels)
+            raise DataError(f"{files[rel]}: expected a JSON list of objects")
+        try:
+            out.update(web_facts_from_dict({rel: data}, query_pairs, relations=[rel]))
+        except ValueError as e:  # entry i of the file is fact rel/i
+            raise DataError(f"{files[rel]} (query pairs {qp_path}): {e}") from None
+    return out
 
 
 def default_web_facts() -> dict[str, list[WebFact]]:

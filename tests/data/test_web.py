@@ -245,3 +245,21 @@ def test_bad_web_json_names_file_and_line(tmp_path):
     qp.write_text("{}")
     with pytest.raises(DataError, match=r"final_distant_allbags_P19_new.json, line 3: not valid"):
         load_web_facts(tmp_path, qp)
+
+
+def test_malformed_web_entry_names_the_file_and_fact(tmp_path):
+    web = tmp_path / "final_distant_allbags_P19_new.json"
+    web.write_text('[{"th_bags": ["a b"], "h_bags": []}, {"th_bags": "not a list"}]')
+    qp = tmp_path / "query_pairs.json"
+    qp.write_text('{"P19": [["A", "B"], ["C", "D"]]}')
+    with pytest.raises(DataError) as err:
+        load_web_facts(tmp_path)
+    assert str(err.value) == (
+        f"{web} (query pairs {qp}): P19/1: expected an object with list fields th_bags, h_bags"
+    )
+    qp.write_text('[["A", "B"]]')
+    with pytest.raises(DataError, match=r"query_pairs\.json: expected a JSON object"):
+        load_web_facts(tmp_path)
+    qp.write_text('{"P19": [["A", "B"]]}')
+    with pytest.raises(DataError, match=r"P19_new\.json .*2 web bags but 1 query pairs"):
+        load_web_facts(tmp_path)
