@@ -24,6 +24,7 @@ than silently touching the wrong rows.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 
@@ -58,7 +59,8 @@ def neuron_hooks(
     Args:
         model: the model the hooks are for (used to check the neurons' range).
         neurons: ``(layer, index)`` pairs; duplicates are applied once.
-        factor: 0 suppresses, 2 amplifies (any float works).
+        factor: 0 suppresses, 2 amplifies (any finite float works; NaN or inf raises
+            ``ValueError``, as it would only fill the forward pass with non-finite values).
         positions: ``[prompt]``; row ``b`` of the batch is changed only at position
             ``positions[b]`` (each prompt's ``[MASK]``). ``None`` changes every position.
 
@@ -66,6 +68,8 @@ def neuron_hooks(
         ``(hook name, fn)`` pairs for ``model.hooks(fwd_hooks=...)`` / ``run_with_hooks``. Each hook
         returns a modified copy of ``hook_post`` (``[batch, pos, d_mlp]``), so it is autograd-safe.
     """
+    if not math.isfinite(factor):
+        raise ValueError(f"factor must be a finite number, got {factor!r}")
     groups = _by_layer(check_neurons(model, neurons, allow_empty=True, unique=False))
     pos_cpu = None if positions is None else torch.as_tensor(positions, dtype=torch.long)
 
