@@ -56,10 +56,11 @@ from typing import Any, Literal
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedEncoder
+from transformer_lens import HookedEncoder, HookedTransformer
 from transformer_lens.components import BertBlock
 from transformer_lens.hook_points import HookPoint
 
+from kn_lens.models.decoder import decoder_attribute
 from kn_lens.neuron import HookList, hook_name, model_shape
 from kn_lens.prompts import EncodedPrompts, encode, logits_at_mask, token_id
 
@@ -306,7 +307,7 @@ def _ig_group(
 
 
 def attribute(
-    model: HookedEncoder,
+    model: HookedEncoder | HookedTransformer,
     prompts: Sequence[str],
     target: str | int,
     *,
@@ -320,7 +321,10 @@ def attribute(
 
     Args:
         model: a TransformerLens ``HookedEncoder`` with ``model.tokenizer`` (see
-            :func:`kn_lens.load_model`). Runs on ``model.cfg.device``.
+            :func:`kn_lens.load_model`). Runs on ``model.cfg.device``. A ``HookedTransformer``
+            (a decoder) is scored by :func:`kn_lens.models.decoder.decoder_attribute`: prompts are
+            the text before the answer, ``target`` the answer text (several tokens allowed), and
+            the neurons are read at the last prompt position.
         prompts: ``P`` prompts, each with exactly one ``[MASK]`` (a fact's bag, usually).
         target: the answer, a string that is exactly one vocabulary token, or a token id.
         steps: ``m``, the number of Riemann steps (alpha = 0, 1/m, ..., (m-1)/m).
@@ -352,6 +356,15 @@ def attribute(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     run_dtype = resolve_dtype(dtype)
+    if isinstance(model, HookedTransformer):
+        # Decoders: the fact is read at the last prompt position (kn_lens.models.decoder).
+        if run_dtype is not None:
+            raise ValueError("dtype= is not supported for decoders yet; use float32")
+        if not isinstance(target, str):
+            raise ValueError("a decoder's target is the answer text (its tokens follow the prompt)")
+        return decoder_attribute(
+            model, prompts, target, steps=steps, batch_size=batch_size, layers=layers, method=method
+        )
     sel_layers = _resolve_layers(model, layers)
     enc = encode(model, prompts)  # validates the prompts (one [MASK] each)
     target_id = token_id(model, target)

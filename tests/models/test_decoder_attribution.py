@@ -324,3 +324,29 @@ def test_logit_soft_cap_is_applied():
     assert (got - want).abs().max() <= 1e-9 * want.abs().max()
     uncapped = decoder_attribute(tiny("gpt2", torch.float64), PROMPTS[:2], [17, 21], steps=3)
     assert (uncapped - want).abs().max() > 1e-3 * want.abs().max()  # the cap matters here
+
+
+def test_kn_lens_attribute_dispatches_decoders_to_decoder_attribute(monkeypatch):
+    """``kn_lens.attribute`` on a HookedTransformer is the decoder family's attribution."""
+    import kn_lens
+    from kn_lens import attribution
+
+    calls = []
+
+    def fake(model, prompts, answer, **kw):
+        calls.append((prompts, answer, kw))
+        return torch.zeros(len(prompts), 2, 3)
+
+    monkeypatch.setattr(attribution, "decoder_attribute", fake)
+    model = object.__new__(HookedTransformer)  # no weights needed: only the dispatch is checked
+    out = kn_lens.attribute(model, ["The capital of France is"], " Paris", steps=4)
+    assert out.shape == (1, 2, 3)
+    assert calls == [
+        (
+            ["The capital of France is"],
+            " Paris",
+            {"steps": 4, "batch_size": 64, "layers": None, "method": "ig"},
+        )
+    ]
+    with pytest.raises(ValueError, match="not supported for decoders"):
+        kn_lens.attribute(model, ["x"], " y", dtype="bfloat16")
