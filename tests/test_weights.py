@@ -224,20 +224,27 @@ def test_set_rows_and_edit_rows_refuse_introducing_nan(tiny_model):
 def test_row_holding_nan_restores_exactly(tiny_model):
     # A NaN (and a -0.0) written by other means: an edit may carry them along, and the undo
     # compares bit patterns, so restore works and puts back exactly those bits.
+    # The model is shared by the whole session: the row's own values are put back at the end.
     d = tiny_model.cfg.d_model
-    with torch.no_grad():
-        row = tiny_model.blocks[0].mlp.W_out.data[1]
-        row[0], row[1] = float("nan"), -0.0
-    before = _state(tiny_model)
-    edit = add_to_rows(tiny_model, [(0, 1)], torch.ones(d), scale=0.5)
-    assert torch.isnan(tiny_model.blocks[0].mlp.W_out[1, 0])
-    edit.restore()  # NaN != NaN, yet the row still holds what the edit wrote
-    assert not edit.active
-    _assert_same_bits(tiny_model, before)
-    with zero_rows(tiny_model, [(0, 1)]):
-        assert float(tiny_model.blocks[0].mlp.W_out[1].detach().abs().sum()) == 0.0
-    _assert_same_bits(tiny_model, before)
-    assert str(tiny_model.blocks[0].mlp.W_out[1, 1].item()) == "-0.0"
+    row = tiny_model.blocks[0].mlp.W_out.data[1]
+    original = row.clone()
+    try:
+        with torch.no_grad():
+            row[0], row[1] = float("nan"), -0.0
+        before = _state(tiny_model)
+        edit = add_to_rows(tiny_model, [(0, 1)], torch.ones(d), scale=0.5)
+        assert torch.isnan(tiny_model.blocks[0].mlp.W_out[1, 0])
+        edit.restore()  # NaN != NaN, yet the row still holds what the edit wrote
+        assert not edit.active
+        _assert_same_bits(tiny_model, before)
+        with zero_rows(tiny_model, [(0, 1)]):
+            assert float(tiny_model.blocks[0].mlp.W_out[1].detach().abs().sum()) == 0.0
+        _assert_same_bits(tiny_model, before)
+        assert str(tiny_model.blocks[0].mlp.W_out[1, 1].item()) == "-0.0"
+    finally:
+        with torch.no_grad():
+            row.copy_(original)
+    assert torch.isfinite(tiny_model.blocks[0].mlp.W_out).all()
 
 
 def test_same_bits_tells_signed_zeros_and_nans_apart():
