@@ -41,7 +41,7 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedEncoder
 
-from kn_lens import attribution
+import kn_lens.attribution as attribution
 from kn_lens.config import PaperConfig
 from kn_lens.data import FactBag
 from kn_lens.neuron import Neuron
