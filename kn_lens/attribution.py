@@ -49,8 +49,8 @@ the same speed on the CPU, and needs no second copy of the weights.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Literal
 
 import torch
@@ -61,7 +61,7 @@ from transformer_lens.components import BertBlock
 from transformer_lens.hook_points import HookPoint
 
 from kn_lens.models.decoder import decoder_attribute
-from kn_lens.neuron import HookList, hook_name, model_shape
+from kn_lens.neuron import HookList, hook_name, model_shape, no_param_grads, resolve_layers
 from kn_lens.prompts import EncodedPrompts, encode, logits_at_mask, token_id
 
 Method = Literal["ig", "activation"]
@@ -94,39 +94,6 @@ def _autocast(model: HookedEncoder, dtype: torch.dtype | None) -> AbstractContex
     if dtype is None or dtype == model.cfg.dtype:
         return nullcontext()
     return torch.autocast(device_type=torch.device(model.cfg.device or "cpu").type, dtype=dtype)
-
-
-def _resolve_layers(model: HookedEncoder, layers: Sequence[int] | None) -> list[int]:
-    n = model.cfg.n_layers
-    if layers is None:
-        return list(range(n))
-    out: list[int] = []
-    for layer in layers:
-        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n:
-            raise ValueError(f"layer {layer!r} is not a layer index of this {n}-layer model")
-        if layer in out:
-            raise ValueError(f"layer {layer} is listed twice in layers={list(layers)}")
-        out.append(layer)
-    if not out:
-        raise ValueError("layers is empty")
-    return out
-
-
-@contextmanager
-def _no_param_grads(model: torch.nn.Module) -> Iterator[None]:
-    """Turn ``requires_grad`` off for the parameters while inside; restore it on exit.
-
-    Gradients are only ever taken with respect to the scaled activation, so autograd need not keep
-    what a weight gradient would use.
-    """
-    switched = [p for p in model.parameters() if p.requires_grad]
-    try:
-        for p in switched:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p in switched:
-            p.requires_grad_(True)
 
 
 def _additive_mask(attention_mask: Tensor, dtype: torch.dtype) -> Tensor:
@@ -258,7 +225,7 @@ def _ig_group(
     hook_names: HookList = [(hook_name(layer), put_scaled) for layer in layers]
     n_rows = len(sel)
     lower = _autocast(model, half)
-    with _no_param_grads(model), torch.enable_grad(), model.hooks(fwd_hooks=hook_names), lower:
+    with no_param_grads(model), torch.enable_grad(), model.hooks(fwd_hooks=hook_names), lower:
         for c0 in range(0, n_rows, batch_size):
             c1 = min(c0 + batch_size, n_rows)
             perm = c0 + torch.sort(block[c0:c1], stable=True).indices
@@ -365,7 +332,7 @@ def attribute(
         return decoder_attribute(
             model, prompts, target, steps=steps, batch_size=batch_size, layers=layers, method=method
         )
-    sel_layers = _resolve_layers(model, layers)
+    sel_layers = resolve_layers(model, layers)
     enc = encode(model, prompts)  # validates the prompts (one [MASK] each)
     target_id = token_id(model, target)
     enc = enc.to(str(model.cfg.device))

@@ -10,7 +10,8 @@ row is still the neuron's value vector. Every module that takes neurons checks t
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 
@@ -124,3 +125,38 @@ def check_neurons(
         seen.add(n)
         out.append(n)
     return out
+
+
+def resolve_layers(model: HasConfig, layers: Sequence[int] | None) -> list[int]:
+    """The layers to score, in the caller's order (default all); ``ValueError`` naming a layer
+    that is not an index of the model, a repeated layer, or an empty list."""
+    n = model.cfg.n_layers
+    if layers is None:
+        return list(range(n))
+    out: list[int] = []
+    for layer in layers:
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n:
+            raise ValueError(f"layer {layer!r} is not a layer index of this {n}-layer model")
+        if layer in out:
+            raise ValueError(f"layer {layer} is listed twice in layers={list(layers)}")
+        out.append(layer)
+    if not out:
+        raise ValueError("layers is empty")
+    return out
+
+
+@contextmanager
+def no_param_grads(model: Any) -> Iterator[None]:
+    """Turn ``requires_grad`` off for ``model.parameters()`` while inside; restore it on exit.
+
+    Attribution takes gradients with respect to neuron activations only, so autograd need not keep
+    what a weight gradient would use.
+    """
+    switched = [p for p in model.parameters() if p.requires_grad]
+    try:
+        for p in switched:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p in switched:
+            p.requires_grad_(True)

@@ -48,7 +48,7 @@ from transformer_lens.components.transformer_block import POST_NORM_ARCHITECTURE
 from transformer_lens.utilities.activation_functions import apply_softcap
 from transformer_lens.utilities.addmm import batch_addmm
 
-from kn_lens.neuron import HookList
+from kn_lens.neuron import HookList, hook_name, no_param_grads, resolve_layers
 
 __all__ = [
     "EncodedDecoderPrompts",
@@ -300,22 +300,6 @@ def next_token(
 # ---------------------------------------------------------------------------------------------
 
 
-def _resolve_layers(model: HookedTransformer, layers: Sequence[int] | None) -> list[int]:
-    n = model.cfg.n_layers
-    if layers is None:
-        return list(range(n))
-    out: list[int] = []
-    for layer in layers:
-        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n:
-            raise ValueError(f"layer {layer!r} is not a layer index of this {n}-layer model")
-        if layer in out:
-            raise ValueError(f"layer {layer} is listed twice in layers={list(layers)}")
-        out.append(layer)
-    if not out:
-        raise ValueError("layers is empty")
-    return out
-
-
 @dataclass
 class _Clean:
     """One clean pass over a group: the prefix's keys and values per layer, the residual stream at
@@ -361,7 +345,7 @@ def _clean_pass(
     def keep_post(t: Tensor, hook: Any) -> None:
         acts[_layer_of(hook)] = t[:, 0].detach()
 
-    hooks: HookList = [(f"blocks.{layer}.mlp.hook_post", keep_post) for layer in layers]
+    hooks: HookList = [(hook_name(layer), keep_post) for layer in layers]
     if keep_resid:
         hooks.append((f"blocks.{n_layers - 1}.hook_resid_post", keep_last))
         if _joins_after_block(model):
@@ -426,13 +410,6 @@ def _mlp_output(block: Any, post: Tensor) -> Tensor:
     if type(mlp) is GatedMLP:
         return torch.nn.functional.linear(post, mlp.W_out.T.contiguous(), mlp.b_out)
     return batch_addmm(mlp.b_out, mlp.W_out, post)
-
-
-def _no_param_grads(model: torch.nn.Module) -> list[torch.nn.Parameter]:
-    switched = [p for p in model.parameters() if p.requires_grad]
-    for p in switched:
-        p.requires_grad_(False)
-    return switched
 
 
 def _logits(model: HookedTransformer, resid: Tensor) -> Tensor:
@@ -513,53 +490,48 @@ def _ig_group(
         read = blk.hook_resid_post(clean.resid_mid[j][rows][:, None] + mlp_out)
         return torch.cat([read, clean.resid_in[j + 1][rows][:, 1:]], dim=1)
 
-    hooks: HookList = [(f"blocks.{layer}.mlp.hook_post", put_scaled) for layer in layers]
+    hooks: HookList = [(hook_name(layer), put_scaled) for layer in layers]
     n_rows = len(sel)
-    switched = _no_param_grads(model)
-    try:
-        with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
-            for c0 in range(0, n_rows, batch_size):
-                c1 = min(c0 + batch_size, n_rows)
-                perm = c0 + torch.sort(block[c0:c1], stable=True).indices
-                c_sel, c_prompt, c_block = sel[perm], prompt[perm], block[perm]
-                leaf = (alpha[perm, None] * acts[c_prompt, c_sel]).to(acts.dtype)
-                leaf.requires_grad_(True)
-                blocks_here = c_block.tolist()
-                resid: Tensor | None = None
-                for j in range(blocks_here[0], n_layers):
-                    n_old = 0 if resid is None else resid.shape[0]
-                    joins = j in blocks_here
+    with no_param_grads(model), torch.enable_grad(), model.hooks(fwd_hooks=hooks):
+        for c0 in range(0, n_rows, batch_size):
+            c1 = min(c0 + batch_size, n_rows)
+            perm = c0 + torch.sort(block[c0:c1], stable=True).indices
+            c_sel, c_prompt, c_block = sel[perm], prompt[perm], block[perm]
+            leaf = (alpha[perm, None] * acts[c_prompt, c_sel]).to(acts.dtype)
+            leaf.requires_grad_(True)
+            blocks_here = c_block.tolist()
+            resid: Tensor | None = None
+            for j in range(blocks_here[0], n_layers):
+                n_old = 0 if resid is None else resid.shape[0]
+                joins = j in blocks_here
+                if joins:
+                    start = blocks_here.index(j)
+                    stop = len(blocks_here) - blocks_here[::-1].index(j)
+                if after_block:
+                    if resid is not None:
+                        resid = run_block(j, resid, c_prompt[:n_old])
                     if joins:
-                        start = blocks_here.index(j)
-                        stop = len(blocks_here) - blocks_here[::-1].index(j)
-                    if after_block:
-                        if resid is not None:
-                            resid = run_block(j, resid, c_prompt[:n_old])
-                        if joins:
-                            new = rows_after_block(
-                                j, c_prompt[start:stop], leaf[start:stop], c_sel[start:stop]
-                            )
-                            resid = new if resid is None else torch.cat([resid, new])
-                        continue
-                    if joins:
-                        new = clean.resid_in[j][c_prompt[start:stop]]
+                        new = rows_after_block(
+                            j, c_prompt[start:stop], leaf[start:stop], c_sel[start:stop]
+                        )
                         resid = new if resid is None else torch.cat([resid, new])
-                        joining[0] = (n_old, leaf[start:stop])
-                    assert resid is not None
-                    try:
-                        resid = run_block(j, resid, c_prompt[: resid.shape[0]])
-                    finally:
-                        joining[0] = None
+                    continue
+                if joins:
+                    new = clean.resid_in[j][c_prompt[start:stop]]
+                    resid = new if resid is None else torch.cat([resid, new])
+                    joining[0] = (n_old, leaf[start:stop])
                 assert resid is not None
-                logits = _logits(model, resid)
-                logp = _answer_logprob_from_logits(
-                    logits, enc.answer_ids[c_prompt], enc.answer_mask[c_prompt]
-                )
-                (grad,) = torch.autograd.grad(logp.exp().sum(), leaf)
-                grad_sum.index_add_(0, c_prompt * n_sel + c_sel, grad.to(acc))
-    finally:
-        for p in switched:
-            p.requires_grad_(True)
+                try:
+                    resid = run_block(j, resid, c_prompt[: resid.shape[0]])
+                finally:
+                    joining[0] = None
+            assert resid is not None
+            logits = _logits(model, resid)
+            logp = _answer_logprob_from_logits(
+                logits, enc.answer_ids[c_prompt], enc.answer_mask[c_prompt]
+            )
+            (grad,) = torch.autograd.grad(logp.exp().sum(), leaf)
+            grad_sum.index_add_(0, c_prompt * n_sel + c_sel, grad.to(acc))
     return acts * grad_sum.view(n_prompts, n_sel, -1) / steps
 
 
@@ -632,7 +604,7 @@ def decoder_attribute(
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if model.cfg.positional_embedding_type == "shortformer":
         raise ValueError("shortformer positional embeddings are not supported")
-    sel_layers = _resolve_layers(model, layers)
+    sel_layers = resolve_layers(model, layers)
     full = encode_decoder(model, prompts, answer)  # validates every prompt
     lengths = full.attention_mask.sum(-1).tolist()
     by_length = sorted(range(len(prompts)), key=lambda i: (-lengths[i], i))
