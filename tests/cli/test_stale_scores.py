@@ -12,6 +12,7 @@ from pathlib import Path
 
 from kn_lens import cli
 from kn_lens.store import read_jsonl
+from tests.cli.helpers import base_args
 
 FACTS = [
     ("Alice", "Paris"),
@@ -32,21 +33,6 @@ def write(path: Path, facts: list[tuple[str, str]]) -> Path:
     return path
 
 
-def args(tiny_ckpt: Path, facts: Path, out: Path) -> list[str]:
-    return [
-        "--model",
-        str(tiny_ckpt),
-        "--data",
-        str(facts),
-        "--out",
-        str(out),
-        "--device",
-        "cpu",
-        "--no-progress",
-        "-q",
-    ]
-
-
 def current(out: Path) -> dict[str, dict]:
     """The last stored record of each key (what a resumed store holds for it)."""
     recs: dict[str, dict] = {}
@@ -57,7 +43,7 @@ def current(out: Path) -> dict[str, dict]:
 
 
 def attribute(tiny_ckpt: Path, facts: Path, out: Path, capsys) -> str:
-    assert cli.main(["attribute", *args(tiny_ckpt, facts, out), "--steps", "2"]) == 0
+    assert cli.main(["attribute", *base_args(tiny_ckpt, facts, out, "--steps", "2")]) == 0
     return capsys.readouterr().err
 
 
