@@ -15,7 +15,7 @@ each beside a plain torch matmul's on this machine, and kn_lens' cost per prompt
     python benchmarks/attribution.py                       # both models, CPU
     python benchmarks/attribution.py --models base --kn-prompts 5
     python benchmarks/attribution.py --device cuda --kn-prompts 10 --bags 1,4,9,20
-    python benchmarks/attribution.py --models base --also-dtype bfloat16   # + an approximation
+    python benchmarks/attribution.py --models base --also-dtype bfloat16,float16  # + approximations
 
 Needs ``pip install -r benchmarks/requirements.txt`` (installs knowledge-neurons without its
 dependencies, which would otherwise pull another torch). knowledge-neurons is imported here only,
@@ -269,7 +269,7 @@ class ModelReport:
     bound_speedup_at_matmul_peak: float | None
     bag_s_per_prompt: dict
     max_logit_diff_hf_vs_tl: float
-    lower_precision: dict | None
+    lower_precision: list[dict]
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -300,11 +300,6 @@ def run_model(shape: str, args: argparse.Namespace, log, matmul_peak: float) -> 
         folder = make_checkpoint(Path(tmp) / shape, shape, seed=args.seed)
         tl = load_model(folder, device=device)
         hf = BertForMaskedLM.from_pretrained(str(folder)).eval().to(device)
-        tl_low = (
-            load_model(folder, device=device, dtype=getattr(torch, args.also_dtype))
-            if args.also_dtype
-            else None
-        )
     tok = tl.tokenizer
     target = "Paris"
     n_layers, d, f, heads, v = SHAPES[shape]
@@ -323,10 +318,12 @@ def run_model(shape: str, args: argparse.Namespace, log, matmul_peak: float) -> 
         f" max |logit_HF - logit_TL| at [MASK] = {max_diff:.2e}"
     )
 
-    def time_ours(ps: list[str], model=tl) -> tuple[float, torch.Tensor]:
+    def time_ours(ps: list[str], dtype: str | None = None) -> tuple[float, torch.Tensor]:
         sync(device)
         t0 = time.perf_counter()
-        scores = attribute(model, ps, target, steps=args.steps, batch_size=args.batch_size)
+        scores = attribute(
+            tl, ps, target, steps=args.steps, batch_size=args.batch_size, dtype=dtype
+        )
         sync(device)
         return time.perf_counter() - t0, scores
 
@@ -419,28 +416,30 @@ def run_model(shape: str, args: argparse.Namespace, log, matmul_peak: float) -> 
             f"at equal efficiency at most {kn_flop / floor_flop:.2f}x (the work ratio)"
         )
 
-    low = None
-    if tl_low is not None:
-        # An opt-in approximation, timed beside the exact float32 run: the same prompts one at a
-        # time with the model in a lower precision; agreement is against kn_lens' float32 scores.
-        attribute(tl_low, prompts[:1], target, steps=2, batch_size=args.batch_size)  # warm-up
-        low_runs = [time_ours([p], model=tl_low) for p in prompts]
+    low = []
+    for low_dtype in args.also_dtype:
+        # The opt-in approximation (attribute(..., dtype=...): the scaled passes under autocast),
+        # timed beside the exact float32 run on the same prompts one at a time; agreement is
+        # against kn_lens' float32 scores.
+        attribute(tl, prompts[:1], target, steps=2, batch_size=args.batch_size, dtype=low_dtype)
+        low_runs = [time_ours([p], dtype=low_dtype) for p in prompts]
         low_scores = torch.stack([sc[0].float() for _, sc in low_runs])
         low_s = sum(dt for dt, _ in low_runs) / len(prompts)
         low_top = top_overlap(low_scores, ours)
-        low = {
-            "dtype": args.also_dtype,
+        entry = {
+            "dtype": low_dtype,
             "s_per_prompt": low_s,
             "speedup_vs_knowledge_neurons": None if kn_s is None else kn_s / low_s,
             "speedup_vs_float32": ours_s / low_s,
             "pearson_vs_float32": pearson(low_scores, ours),
             "top20_overlap_vs_float32": low_top,
         }
+        low.append(entry)
         log(
-            f"[{shape}] kn_lens in {args.also_dtype} (approximate): {low_s:.3f} s/prompt, "
+            f"[{shape}] kn_lens with dtype={low_dtype} (approximate): {low_s:.3f} s/prompt, "
             f"{ours_s / low_s:.2f}x its float32 run"
             + ("" if kn_s is None else f", {kn_s / low_s:.2f}x knowledge-neurons (float32)")
-            + f"; Pearson r vs float32 {low['pearson_vs_float32']:.5f}, top-20 overlap "
+            + f"; Pearson r vs float32 {entry['pearson_vs_float32']:.5f}, top-20 overlap "
             f"{low_top:.2f}"
         )
 
@@ -456,6 +455,24 @@ def run_model(shape: str, args: argparse.Namespace, log, matmul_peak: float) -> 
         f"[{shape}] kn_lens cost per prompt by bag size: "
         + ", ".join(f"{n}: {s:.3f} s" for n, s in bag_costs.items())
     )
+    if args.bags:  # the lower precisions on the largest bag too, where batching pays most
+        n = max(args.bags)
+        bag = make_prompts(n, seed=args.seed + 1000 + n)
+        for entry in low:
+            sync(device)
+            t0 = time.perf_counter()
+            attribute(
+                tl, bag, target, steps=args.steps, batch_size=args.batch_size, dtype=entry["dtype"]
+            )
+            sync(device)
+            entry["largest_bag"] = n
+            entry["bag_s_per_prompt"] = (time.perf_counter() - t0) / n
+            entry["bag_speedup_vs_float32"] = bag_costs[n] / entry["bag_s_per_prompt"]
+            log(
+                f"[{shape}] dtype={entry['dtype']} on a bag of {n}: "
+                f"{entry['bag_s_per_prompt']:.3f} s/prompt, "
+                f"{entry['bag_speedup_vs_float32']:.2f}x float32's bag"
+            )
 
     return ModelReport(
         model=shape,
@@ -507,15 +524,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-kn", action="store_true", help="time kn_lens only")
     ap.add_argument(
         "--also-dtype",
-        default=None,
-        choices=["bfloat16", "float16"],
-        help="also time kn_lens with the model in this lower precision (an opt-in "
-        "approximation) and compare its scores with float32's",
+        default="",
+        help="comma list of bfloat16, float16: also time attribute(..., dtype=...) (the opt-in "
+        "autocast approximation) and compare its scores with float32's",
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args(argv)
     args.bags = [int(b) for b in args.bags.split(",") if b]
+    args.also_dtype = [d for d in args.also_dtype.split(",") if d]
+    for d in args.also_dtype:
+        if d not in ("bfloat16", "float16"):
+            ap.error(f"--also-dtype: {d!r} is not one of bfloat16, float16")
     if args.threads:
         torch.set_num_threads(args.threads)
 

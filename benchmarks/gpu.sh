@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One GPU check for kn_lens: the CUDA tests, the encoder attribution benchmark (bert-base shape,
 # against the knowledge-neurons package, prompts batched across a bag) and the decoder attribution
-# benchmark (GPT-2-small shape). Builds every model from a config: no model files are needed.
+# benchmark (GPT-2-small shape), with the opt-in lower precisions (--dtype) on the bert-base shape.
+# Builds every model from a config: no model files are needed.
 # Writes OUT/gpu.json (the figures), OUT/encoder.json, OUT/decoder.json, OUT/cuda_tests.log.
 # Sized to finish in under 8 minutes on one H100.
 #
@@ -37,10 +38,10 @@ if ! "$py" -c "import knowledge_neurons" 2>/dev/null; then
 fi
 
 if [ "$device" = cpu ]; then
-  enc_args=(--models tiny --kn-prompts 2 --bags 1,2 --threads 1)
+  enc_args=(--models tiny --kn-prompts 2 --bags 1,2 --threads 1 --also-dtype bfloat16)
   dec_args=(--tiny --threads 1)
 else
-  enc_args=(--models base --kn-prompts 10 --bags 1,4,9,20)
+  enc_args=(--models base --kn-prompts 10 --bags 1,4,9,20 --also-dtype bfloat16,float16)
   dec_args=()
 fi
 

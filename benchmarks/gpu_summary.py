@@ -58,6 +58,7 @@ def encoder_figures(enc: dict[str, Any]) -> dict[str, Any]:
             "speedup_bag": kn / m["bag_s_per_prompt_same_prompts"] if kn else None,
             "pearson": m.get("pearson"),
             "projected_pararel_hours": PARAREL_PROMPTS * s_bag / 3600.0,
+            "lower_precision": m.get("lower_precision") or [],
         }
     return out
 

@@ -350,3 +350,21 @@ def test_kn_lens_attribute_dispatches_decoders_to_decoder_attribute(monkeypatch)
     ]
     with pytest.raises(ValueError, match="not supported for decoders"):
         kn_lens.attribute(model, ["x"], " y", dtype="bfloat16")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+@pytest.mark.parametrize("style", ["gpt2", "llama"])
+def test_cuda_matches_cpu_and_the_naive_reference(style):
+    """On a CUDA device the cached partial forward gives the CPU's scores (float64, tight) and
+    the naive reference's; the scores come back on the CPU."""
+    cpu = tiny(style, torch.float64)
+    gpu = tiny(style, torch.float64).to("cuda")
+    answer = [17, 21]
+    on_cpu = decoder_attribute(cpu, PROMPTS, answer, steps=4, batch_size=5)
+    on_gpu = decoder_attribute(gpu, PROMPTS, answer, steps=4, batch_size=5)
+    assert on_gpu.device.type == "cpu"
+    torch.testing.assert_close(on_gpu, on_cpu, rtol=1e-9, atol=1e-12)
+    want = torch.stack(
+        [torch.stack([naive_ig(gpu, p, answer, layer, 4) for layer in range(3)]) for p in PROMPTS]
+    ).cpu()
+    assert (on_gpu - want).abs().max() <= 1e-9 * want.abs().max()
