@@ -293,6 +293,7 @@ def run_model(shape: str, args: argparse.Namespace, log, matmul_peak: float) -> 
 
     from kn_lens import load_model
     from kn_lens.attribution import attribute
+    from kn_lens.config import default_batch_size
     from kn_lens.prompts import encode, mask_logits
 
     device = args.device
@@ -481,7 +482,7 @@ def run_model(shape: str, args: argparse.Namespace, log, matmul_peak: float) -> 
         ),
         device=device,
         steps=args.steps,
-        batch_size=args.batch_size,
+        batch_size=args.batch_size or default_batch_size(device),
         kn_batch_size=args.kn_batch_size,
         n_prompts=len(prompts),
         prompt_tokens=lengths,
@@ -513,7 +514,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kn-prompts", type=int, default=3, help="prompts timed on both (default 3)")
     ap.add_argument("--bags", default="1,4,9", help="bag sizes for kn_lens' cost per prompt")
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--batch-size", type=int, default=64, help="kn_lens rows per pass")
+    ap.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="kn_lens rows per pass (default: kn_lens' default for the device)",
+    )
     ap.add_argument(
         "--kn-batch-size",
         type=int,

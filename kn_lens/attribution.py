@@ -60,6 +60,7 @@ from transformer_lens import HookedEncoder, HookedTransformer
 from transformer_lens.components import BertBlock
 from transformer_lens.hook_points import HookPoint
 
+from kn_lens.config import default_batch_size
 from kn_lens.models.decoder import decoder_attribute
 from kn_lens.neuron import HookList, hook_name, model_shape, no_param_grads, resolve_layers
 from kn_lens.prompts import EncodedPrompts, encode, logits_at_mask, token_id
@@ -280,7 +281,7 @@ def attribute(
     *,
     steps: int = 20,
     method: str = "ig",
-    batch_size: int = 64,
+    batch_size: int | None = None,
     layers: Sequence[int] | None = None,
     dtype: torch.dtype | str | None = None,
 ) -> Float[Tensor, "prompt layer d_mlp"]:
@@ -298,7 +299,9 @@ def attribute(
         method: ``"ig"`` for integrated gradients (the paper's method), ``"activation"`` for the
             paper's baseline, the raw activation at ``[MASK]``.
         batch_size: at most this many rows (one row = one prompt at one alpha for one layer) per
-            forward/backward pass; bounds memory, does not change the result.
+            forward/backward pass; bounds memory, does not change the result. Default
+            :func:`kn_lens.config.default_batch_size` of the model's device: 64 on the CPU, 2048 on
+            CUDA, where small passes leave the GPU idle.
         layers: which layers to score (default all), in the order the output lists them.
         dtype: ``None`` or ``torch.float32`` (the default): exact, the model's own precision.
             ``torch.bfloat16`` or ``torch.float16`` (or their names): the scaled IG passes run
@@ -320,7 +323,9 @@ def attribute(
         raise ValueError(f"unknown method {method!r}; use one of {METHODS}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+    ):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     run_dtype = resolve_dtype(dtype)
     if isinstance(model, HookedTransformer):
@@ -332,6 +337,8 @@ def attribute(
         return decoder_attribute(
             model, prompts, target, steps=steps, batch_size=batch_size, layers=layers, method=method
         )
+    if batch_size is None:
+        batch_size = default_batch_size(model.cfg.device)
     sel_layers = resolve_layers(model, layers)
     enc = encode(model, prompts)  # validates the prompts (one [MASK] each)
     target_id = token_id(model, target)

@@ -30,7 +30,7 @@ RECORDED_DEFAULTS: dict[str, Any] = {
     "relations": None,
     "max_bags": None,
     "steps": 20,
-    "batch_size": 64,
+    "batch_size": None,  # None: kn_lens.config.default_batch_size(--device)
     "seed": 0,
 }
 #: The analyses in pipeline order (the registry's names; kept here so that parsing needs no
@@ -145,7 +145,8 @@ def _compute(g: Any, *, steps: bool, model: bool, executor: bool, shard: bool) -
             "--batch-size",
             type=positive_int,
             metavar="B",
-            help="rows per forward/backward pass" + _REC % RECORDED_DEFAULTS["batch_size"],
+            help="rows per forward/backward pass"
+            + _REC % "64 on the CPU, 2048 on CUDA",
         )
         g.add_argument(
             "--device",

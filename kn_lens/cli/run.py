@@ -27,7 +27,7 @@ from typing import Any
 from transformer_lens import HookedEncoder
 
 from kn_lens.cli.parser import PROG, RECORDED_DEFAULTS, REPRODUCE_DEFAULT_MAX_BAGS
-from kn_lens.config import PaperConfig
+from kn_lens.config import PaperConfig, default_batch_size
 from kn_lens.data.facts import FactBag, sample_bags
 from kn_lens.data.sources import check_source, load_facts, load_web
 from kn_lens.data.web import WebFact
@@ -128,7 +128,10 @@ def versions() -> dict[str, str]:
         try:
             out[name] = version(dist)
         except PackageNotFoundError:
-            continue
+            if name == "kn_lens":  # run from a source checkout (PYTHONPATH), not installed
+                from kn_lens import __version__
+
+                out[name] = f"{__version__} (not installed)"
     return out
 
 
@@ -195,7 +198,11 @@ class Run:
         a = self.args
         changes: dict[str, Any] = {
             "steps": int(self.opts["steps"]),
-            "batch_size": int(self.opts["batch_size"]),
+            "batch_size": (
+                default_batch_size(getattr(a, "device", "cpu"))
+                if self.opts["batch_size"] is None
+                else int(self.opts["batch_size"])
+            ),
             "dtype": str(self.opts["dtype"]),
             "seed": int(self.opts["seed"]),
             **self.overrides,

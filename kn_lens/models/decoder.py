@@ -48,6 +48,7 @@ from transformer_lens.components.transformer_block import POST_NORM_ARCHITECTURE
 from transformer_lens.utilities.activation_functions import apply_softcap
 from transformer_lens.utilities.addmm import batch_addmm
 
+from kn_lens.config import default_batch_size
 from kn_lens.neuron import HookList, hook_name, no_param_grads, resolve_layers
 
 __all__ = [
@@ -541,7 +542,7 @@ def decoder_attribute(
     answer: str | Sequence[int],
     *,
     steps: int = 20,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     layers: Sequence[int] | None = None,
     method: Literal["ig", "activation"] | str = "ig",
 ) -> Float[Tensor, "prompt layer d_mlp"]:
@@ -582,7 +583,8 @@ def decoder_attribute(
         prompts: ``P`` prompts (strings, or token id lists used as given).
         answer: the answer (a string or token ids), one or more tokens.
         steps: ``m``. batch_size: rows per forward/backward (bounds memory; prompts are also
-            grouped by at most ``batch_size``). layers: which layers (default all).
+            grouped by at most ``batch_size``); default
+            :func:`kn_lens.config.default_batch_size` of the model's device. layers: which layers (default all).
 
     Memory: a group of at most ``batch_size`` prompts keeps its prefix keys/values and the segment's
     residual stream per layer; a chunk of at most ``batch_size`` rows holds its autograd graph
@@ -600,6 +602,8 @@ def decoder_attribute(
         raise ValueError(f"unknown method {method!r}; use one of ('ig', 'activation')")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if batch_size is None:
+        batch_size = default_batch_size(model.cfg.device)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if model.cfg.positional_embedding_type == "shortformer":

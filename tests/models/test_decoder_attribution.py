@@ -345,7 +345,7 @@ def test_kn_lens_attribute_dispatches_decoders_to_decoder_attribute(monkeypatch)
         (
             ["The capital of France is"],
             " Paris",
-            {"steps": 4, "batch_size": 64, "layers": None, "method": "ig"},
+            {"steps": 4, "batch_size": None, "layers": None, "method": "ig"},
         )
     ]
     with pytest.raises(ValueError, match="not supported for decoders"):
