@@ -145,8 +145,7 @@ def _compute(g: Any, *, steps: bool, model: bool, executor: bool, shard: bool) -
             "--batch-size",
             type=positive_int,
             metavar="B",
-            help="rows per forward/backward pass"
-            + _REC % "64 on the CPU, 2048 on CUDA",
+            help="rows per forward/backward pass" + _REC % "64 on the CPU, 2048 on CUDA",
         )
         g.add_argument(
             "--device",

@@ -584,7 +584,8 @@ def decoder_attribute(
         answer: the answer (a string or token ids), one or more tokens.
         steps: ``m``. batch_size: rows per forward/backward (bounds memory; prompts are also
             grouped by at most ``batch_size``); default
-            :func:`kn_lens.config.default_batch_size` of the model's device. layers: which layers (default all).
+            :func:`kn_lens.config.default_batch_size` of the model's device. layers: which
+            layers (default all).
 
     Memory: a group of at most ``batch_size`` prompts keeps its prefix keys/values and the segment's
     residual stream per layer; a chunk of at most ``batch_size`` rows holds its autograd graph
