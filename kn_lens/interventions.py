@@ -1,9 +1,10 @@
-"""Reading and changing feed-forward neuron activations at ``[MASK]``, through TransformerLens
-hooks.
+"""Reading and changing feed-forward neuron activations where a fact is read, through
+TransformerLens hooks.
 
 A neuron ``Neuron(layer, index)`` is the value ``blocks.{layer}.mlp.hook_post[..., index]`` (the
 activation after the non-linearity, which multiplies the row ``W_out[index]``). The paper's
-interventions change it only at the position of the ``[MASK]`` token:
+interventions change it only at the read position: the ``[MASK]`` token of an encoder prompt, the
+last prompt position of a decoder prompt (``read_pos`` of the family's encoded batch):
 
 - **suppress**: set the activation to 0;
 - **amplify**: multiply it by 2 (``PaperConfig.amplify_factor``).
@@ -11,13 +12,14 @@ interventions change it only at the position of the ``[MASK]`` token:
 Everything here works with hooks only, never by editing modules:
 
 - :func:`neuron_hooks` builds TransformerLens ``fwd_hooks`` (``(name, fn)`` pairs) for
-  ``model.hooks(...)``, ``run_with_hooks`` or :func:`kn_lens.prompts.mask_probs`;
+  ``model.hooks(...)`` or ``run_with_hooks``;
 - :func:`scale_neurons`, :func:`suppress`, :func:`amplify` are context managers that attach those
   hooks and always remove them on exit, exceptions included;
-- :func:`scaled_mask_probs` is the gold-answer probability under an intervention, batched safely;
-- :func:`neuron_activations` reads chosen neurons' activations at each prompt's ``[MASK]``.
+- :func:`scaled_answer_probs` is the gold answer's probability under an intervention, batched
+  safely;
+- :func:`neuron_activations` reads chosen neurons' activations at each prompt's read position.
 
-Positions are per prompt (``EncodedPrompts.mask_pos``, shape ``[prompt]``), so a hook built for a
+Positions are per prompt (the batch's ``read_pos``, shape ``[prompt]``), so a hook built for a
 batch only fits a forward pass over exactly that batch; it raises ``ValueError`` otherwise rather
 than silently touching the wrong rows.
 """
@@ -27,15 +29,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedEncoder
 from transformer_lens.hook_points import HookPoint
 
+from kn_lens.models.family import Model, family_of
 from kn_lens.neuron import Hook, HookList, Neuron, check_neurons, hook_name
-from kn_lens.prompts import EncodedPrompts, encode, encode_web, mask_probs
 
 
 def _by_layer(neurons: Sequence[Neuron]) -> dict[int, list[int]]:
@@ -48,7 +50,7 @@ def _by_layer(neurons: Sequence[Neuron]) -> dict[int, list[int]]:
 
 
 def neuron_hooks(
-    model: HookedEncoder,
+    model: Model,
     neurons: Sequence[Neuron] | Sequence[Sequence[int]],
     factor: float,
     *,
@@ -101,12 +103,12 @@ def neuron_hooks(
 
 @contextmanager
 def scale_neurons(
-    model: HookedEncoder,
+    model: Model,
     neurons: Sequence[Neuron] | Sequence[Sequence[int]],
     factor: float,
     *,
     positions: Int[Tensor, " prompt"] | None = None,
-) -> Iterator[HookedEncoder]:
+) -> Iterator[Model]:
     """Context manager: within it, the neurons' activations are multiplied by ``factor``.
 
     ``positions`` as in :func:`neuron_hooks`. The hooks are removed on exit, also when the body
@@ -124,65 +126,70 @@ def scale_neurons(
 
 
 def suppress(
-    model: HookedEncoder,
+    model: Model,
     neurons: Sequence[Neuron] | Sequence[Sequence[int]],
     *,
     positions: Int[Tensor, " prompt"] | None = None,
-) -> AbstractContextManager[HookedEncoder]:
+) -> AbstractContextManager[Model]:
     """Context manager that sets the neurons' activations to 0 (at ``positions`` if given)."""
     return scale_neurons(model, neurons, 0.0, positions=positions)
 
 
 def amplify(
-    model: HookedEncoder,
+    model: Model,
     neurons: Sequence[Neuron] | Sequence[Sequence[int]],
     *,
     positions: Int[Tensor, " prompt"] | None = None,
     factor: float = 2.0,
-) -> AbstractContextManager[HookedEncoder]:
+) -> AbstractContextManager[Model]:
     """Context manager that multiplies the neurons' activations by ``factor`` (default 2)."""
     return scale_neurons(model, neurons, factor, positions=positions)
 
 
-def _enc(model: HookedEncoder, prompts: Sequence[str] | EncodedPrompts) -> EncodedPrompts:
-    return prompts if isinstance(prompts, EncodedPrompts) else encode(model, prompts)
+def _enc(model: Any, prompts: Sequence[str] | Any) -> Any:
+    return family_of(model).encode(model, prompts) if _is_text(prompts) else prompts
 
 
-def scaled_mask_probs(
-    model: HookedEncoder,
-    prompts: Sequence[str] | EncodedPrompts,
-    targets: Int[Tensor, " prompt"] | Sequence[int],
+def _is_text(prompts: Any) -> bool:
+    return isinstance(prompts, (list, tuple)) and all(isinstance(p, str) for p in prompts)
+
+
+def scaled_answer_probs(
+    model: Any,
+    enc: Any,
     neurons: Sequence[Neuron] | Sequence[Sequence[int]],
     factor: float | None,
     *,
     batch_size: int = 64,
 ) -> Float[Tensor, " prompt"]:
-    """Probability of ``targets[i]`` at prompt i's ``[MASK]`` while the neurons, at each prompt's
-    ``[MASK]`` only, are multiplied by ``factor`` (``None``: no intervention).
+    """``p(answer | prompt)`` for each prompt of ``enc`` (encoded with answers,
+    :func:`kn_lens.readout.encode_facts`) while the neurons, at each prompt's read position only
+    (the ``[MASK]``, or a decoder's last prompt position), are multiplied by ``factor``
+    (``None``: no intervention).
 
-    Batches are formed here so that each batch gets hooks with its own ``[MASK]`` positions.
+    Batches are formed here so that each batch gets hooks with its own read positions.
     """
-    enc = _enc(model, prompts)
-    t = torch.as_tensor(targets, dtype=torch.long)
-    if t.shape[0] != len(enc):
-        raise ValueError(f"{t.shape[0]} targets for {len(enc)} prompts")
+    fam = family_of(model)
     neurons = check_neurons(model, neurons, allow_empty=True, unique=False)
     out = []
-    for s in range(0, len(enc), batch_size):
-        rows = list(range(s, min(s + batch_size, len(enc))))
-        b = enc.select(rows)
-        hooks = (
-            []
-            if factor is None or not neurons
-            else neuron_hooks(model, neurons, factor, positions=b.mask_pos)
-        )
-        out.append(mask_probs(model, b, t[rows], fwd_hooks=hooks, batch_size=len(rows)))
-    return torch.cat(out).cpu()
+    with torch.no_grad():
+        for s in range(0, len(enc), batch_size):
+            b = enc.select(list(range(s, min(s + batch_size, len(enc)))))
+            hooks = (
+                []
+                if factor is None or not neurons
+                else neuron_hooks(model, neurons, factor, positions=b.read_pos)
+            )
+            _, logp = fam.readout(model, b, fwd_hooks=hooks)
+            if logp is None:
+                raise ValueError("these prompts were encoded without answers")
+            out.append(logp.float().exp().cpu())
+    return torch.cat(out)
 
 
 def neuron_activations(
-    model: HookedEncoder,
-    prompts: Sequence[str] | EncodedPrompts,
+    model: Model,
+    prompts: Sequence[str] | Any,
     neurons: Sequence[Neuron] | Sequence[Sequence[int]],
     *,
     batch_size: int = 64,
@@ -194,7 +201,8 @@ def neuron_activations(
     :func:`neuron_hooks`) run first, so an intervention on an earlier layer shows up here. Runs
     without autograd; returns a CPU tensor ``[prompt, neuron]``.
     """
-    enc = _enc(model, prompts).to(str(model.cfg.device))
+    fam = family_of(model)
+    enc = _enc(model, prompts)
     neurons = check_neurons(model, neurons, allow_empty=True, unique=False)
     out = torch.zeros(len(enc), len(neurons))
     if not neurons:
@@ -207,11 +215,11 @@ def neuron_activations(
         seen: dict[int, Tensor] = {}
 
         def make_reader(
-            layer: int, b: EncodedPrompts = b, seen: dict[int, Tensor] = seen
+            layer: int, b: Any = b, seen: dict[int, Tensor] = seen
         ) -> Callable[..., None]:
             def read(act: Float[Tensor, "batch pos d_mlp"], hook: HookPoint) -> None:
                 at_mask = act[
-                    torch.arange(act.shape[0], device=act.device), b.mask_pos.to(act.device)
+                    torch.arange(act.shape[0], device=act.device), b.read_pos.to(act.device)
                 ]
                 seen[layer] = at_mask.detach().float().cpu()
 
@@ -219,7 +227,7 @@ def neuron_activations(
 
         readers = [(hook_name(layer), make_reader(layer)) for layer in layers]
         with torch.no_grad(), model.hooks(fwd_hooks=[*fwd_hooks, *readers]):
-            model.encoder_output(b.tokens, b.token_type_ids, b.attention_mask)
+            fam.forward(model, b)
         for layer in layers:
             idx = torch.tensor([neurons[j].index for j in cols[layer]])
             out[torch.tensor(rows)[:, None], torch.tensor(cols[layer])[None, :]] = seen[layer][
@@ -234,7 +242,7 @@ def neuron_activations(
 
 
 def grouped_activations(
-    model: HookedEncoder,
+    model: Model,
     items: Sequence[tuple[Sequence[str], Sequence[Neuron]]],
     *,
     max_tokens: int = 512,
@@ -245,9 +253,9 @@ def grouped_activations(
     """For each ``(prompts, neurons)`` item, its neurons' activations at each prompt's ``[MASK]``.
 
     Items are packed into padded batches of about ``batch_size`` prompts (an item is never split);
-    each batch is encoded once (:func:`kn_lens.prompts.encode_web`, which keeps ``[MASK]`` inside
-    the ``max_tokens`` window) and read once for the union of its items' neurons through
-    :func:`neuron_activations` (hooks on ``blocks.{l}.mlp.hook_post``).
+    each batch is encoded once by the model's family (an encoder keeps ``[MASK]`` inside the
+    ``max_tokens`` window, a decoder keeps a prompt's last tokens) and read once for the union of
+    its items' neurons through :func:`neuron_activations` (hooks on ``blocks.{l}.mlp.hook_post``).
 
     Returns one CPU tensor ``[len(prompts), len(neurons)]`` per item (columns in the item's order).
     """
@@ -281,7 +289,7 @@ def grouped_activations(
             for i in group:
                 out[i] = torch.zeros(len(items[i][0]), len(items[i][1]))
             continue
-        enc = encode_web(model, prompts, max_tokens=max_tokens)
+        enc = family_of(model).encode(model, prompts, max_tokens=max_tokens)
         acts = neuron_activations(model, enc, union, batch_size=max(batch_size, len(prompts)))
         row = 0
         for i in group:

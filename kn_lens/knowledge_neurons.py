@@ -39,11 +39,11 @@ from typing import Any, ClassVar
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens import HookedEncoder
 
 import kn_lens.attribution as attribution
 from kn_lens.config import PaperConfig
 from kn_lens.data import FactBag
+from kn_lens.models.family import Model
 from kn_lens.neuron import Neuron
 from kn_lens.results import Result
 
@@ -230,7 +230,7 @@ class BagScores:
 
 
 def score_bag(
-    model: HookedEncoder,
+    model: Model,
     bag: FactBag,
     config: PaperConfig | None = None,
     *,
@@ -260,7 +260,7 @@ def score_bag(
 
 
 def score_bags(
-    model: HookedEncoder,
+    model: Model,
     bags: Sequence[FactBag],
     config: PaperConfig | None = None,
     *,
@@ -356,7 +356,7 @@ def refine(coarse: Sequence[set[Neuron]], p: float, *, min_shared: int = 3) -> l
 
 
 def find_knowledge_neurons(
-    model: HookedEncoder,
+    model: Model,
     bag: FactBag,
     *,
     config: PaperConfig | None = None,

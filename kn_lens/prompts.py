@@ -8,8 +8,7 @@ handled once.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -34,22 +33,38 @@ class EncodedPrompts:
         token_type_ids: ``[prompt, pos]`` segment ids (all zero).
         attention_mask: ``[prompt, pos]``, 1 for real tokens, 0 for padding.
         mask_pos: ``[prompt]`` position of the single ``[MASK]`` of each prompt.
+        answer_ids: ``[prompt]`` each prompt's answer token, when answers were given to
+            :func:`encode` (``None`` otherwise).
     """
 
     tokens: Int[Tensor, "prompt pos"]
     token_type_ids: Int[Tensor, "prompt pos"]
     attention_mask: Int[Tensor, "prompt pos"]
     mask_pos: Int[Tensor, " prompt"]
+    answer_ids: Int[Tensor, " prompt"] | None = None
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
 
+    @property
+    def read_pos(self) -> Int[Tensor, " prompt"]:
+        """Where the fact is read: the ``[MASK]`` (the name both model families share)."""
+        return self.mask_pos
+
+    @property
+    def first_answer_ids(self) -> Int[Tensor, " prompt"]:
+        """The answer token of each prompt (an encoder answer is one token)."""
+        if self.answer_ids is None:
+            raise ValueError("these prompts were encoded without answers")
+        return self.answer_ids
+
     def to(self, device: torch.device | str) -> EncodedPrompts:
         return EncodedPrompts(
-            *(
-                t.to(device)
-                for t in (self.tokens, self.token_type_ids, self.attention_mask, self.mask_pos)
-            )
+            self.tokens.to(device),
+            self.token_type_ids.to(device),
+            self.attention_mask.to(device),
+            self.mask_pos.to(device),
+            None if self.answer_ids is None else self.answer_ids.to(device),
         )
 
     def select(self, idx: Int[Tensor, " n"] | Sequence[int]) -> EncodedPrompts:
@@ -62,6 +77,7 @@ class EncodedPrompts:
             self.token_type_ids[idx_t, :width],
             am[:, :width],
             self.mask_pos[idx_t],
+            None if self.answer_ids is None else self.answer_ids[idx_t.to(self.answer_ids.device)],
         )
 
 
@@ -122,8 +138,11 @@ def encode(
     *,
     max_tokens: int | None = None,
     device: torch.device | str | None = None,
+    answers: Sequence[str] | None = None,
 ) -> EncodedPrompts:
-    """Tokenise ``prompts`` (each with exactly one ``[MASK]``) into a right-padded batch.
+    """Tokenise ``prompts`` (each with exactly one ``[MASK]``) into a right-padded batch, with
+    each prompt's answer token when ``answers`` (one per prompt, each one vocabulary token) are
+    given.
 
     A prompt longer than ``max_tokens`` (default: the model's context, ``cfg.n_ctx``) is cut to a
     window of that many tokens that keeps ``[CLS]``, ``[SEP]`` and the ``[MASK]``, so the mask is
@@ -163,8 +182,13 @@ def encode(
     for i, r in enumerate(rows):
         tokens[i, : len(r)] = torch.tensor(r)
         attn[i, : len(r)] = 1
+    ids = None
+    if answers is not None:
+        if len(answers) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
+        ids = answer_token_ids(model, answers)
     dev = device if device is not None else model.cfg.device
-    enc = EncodedPrompts(tokens, torch.zeros_like(tokens), attn, torch.tensor(mask_pos))
+    enc = EncodedPrompts(tokens, torch.zeros_like(tokens), attn, torch.tensor(mask_pos), ids)
     return enc.to(dev) if dev is not None else enc
 
 
@@ -280,80 +304,6 @@ def log_skipped(
         out.info("  skipped %s (%s -> %s): %s", bag.key, bag.subject, bag.object, reason)
     if check.n_skipped > limit:
         out.info("  ... and %d more not listed", check.n_skipped - limit)
-
-
-def bags_by_relation(model: HookedEncoder, bags: Iterable[FactBag]) -> dict[str, list[FactBag]]:
-    """The bags whose answer is one vocabulary token, grouped by relation in input order."""
-    by_rel: dict[str, list[FactBag]] = defaultdict(list)
-    for b in filter_single_token(list(bags), model.tokenizer).kept:
-        by_rel[b.relation].append(b)
-    return by_rel
-
-
-# --------------------------------------------------------------------------------------------
-# Scoring prompts: top-1, log-probabilities, perplexity (update and erase)
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class MaskScores:
-    """Per-prompt reads at ``[MASK]``.
-
-    Attributes:
-        top1: ``[prompt]`` the arg-max token.
-        gold_logp: ``[prompt]`` log-probability of the gold answer.
-        target_logp: ``[prompt]`` log-probability of an extra target (e.g. the new answer), or None.
-        target_rank: ``[prompt]`` rank of the extra target (0 = top-1), or None.
-    """
-
-    top1: Int[Tensor, " prompt"]
-    gold_logp: Float[Tensor, " prompt"]
-    target_logp: Float[Tensor, " prompt"] | None = None
-    target_rank: Int[Tensor, " prompt"] | None = None
-
-
-def score_prompts(
-    model: HookedEncoder,
-    enc: EncodedPrompts,
-    gold: Int[Tensor, " prompt"],
-    target: Int[Tensor, " prompt"] | None = None,
-    *,
-    batch_size: int = 64,
-    chunk: int = 1024,
-) -> MaskScores:
-    """Top-1, gold log-prob and (optionally) a target's log-prob and rank, for each prompt.
-
-    Reads the model through :func:`mask_logits`, ``chunk`` prompts at a time so
-    the ``[prompt, d_vocab]`` logits never all sit in memory.
-    """
-    n = len(enc)
-    if gold.shape[0] != n or (target is not None and target.shape[0] != n):
-        raise ValueError(f"gold/target ids must have one entry per prompt ({n})")
-    top1, glp, tlp, trk = [], [], [], []
-    for s in range(0, n, chunk):
-        idx = list(range(s, min(s + chunk, n)))
-        logits = mask_logits(model, enc.select(idx), batch_size=batch_size).float().cpu()
-        logp = logits.log_softmax(-1)
-        top1.append(logits.argmax(-1))
-        glp.append(logp.gather(-1, gold[idx][:, None].cpu())[:, 0])
-        if target is not None:
-            t = target[idx][:, None].cpu()
-            tl = logits.gather(-1, t)
-            tlp.append(logp.gather(-1, t)[:, 0])
-            trk.append((logits > tl).sum(-1))
-    return MaskScores(
-        torch.cat(top1),
-        torch.cat(glp),
-        torch.cat(tlp) if target is not None else None,
-        torch.cat(trk) if target is not None else None,
-    )
-
-
-def perplexity(gold_logp: Float[Tensor, " prompt"]) -> float:
-    """exp(mean negative log-likelihood) of the gold answers."""
-    if gold_logp.numel() == 0:
-        return float("nan")
-    return float(torch.exp(-gold_logp.double().mean()))
 
 
 def encode_web(

@@ -35,30 +35,28 @@ from typing import cast
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens import HookedEncoder
 
+from kn_lens.models.family import Model
 from kn_lens.neuron import Neuron, NeuronsLike, check_neurons
 
 
-def w_out(model: HookedEncoder, layer: int) -> torch.nn.Parameter:
+def w_out(model: Model, layer: int) -> torch.nn.Parameter:
     """The ``W_out`` parameter of block ``layer`` (shape ``[d_mlp, d_model]``)."""
     # nn.Module attribute access is typed Tensor | Module; W_out is a Parameter in every block.
     return cast(torch.nn.Parameter, model.blocks[layer].mlp.W_out)
 
 
-def _read_row(model: HookedEncoder, n: Neuron) -> Float[Tensor, " d_model"]:
+def _read_row(model: Model, n: Neuron) -> Float[Tensor, " d_model"]:
     return w_out(model, n.layer).data[n.index].detach().clone()
 
 
-def _write_row(model: HookedEncoder, n: Neuron, row: Float[Tensor, " d_model"]) -> None:
+def _write_row(model: Model, n: Neuron, row: Float[Tensor, " d_model"]) -> None:
     """Copy ``row`` into ``W_out[n.index]`` of layer ``n.layer``, in place."""
     with torch.no_grad():
         w_out(model, n.layer).data[n.index].copy_(row)
 
 
-def read_value_vectors(
-    model: HookedEncoder, neurons: NeuronsLike
-) -> Float[Tensor, "neuron d_model"]:
+def read_value_vectors(model: Model, neurons: NeuronsLike) -> Float[Tensor, "neuron d_model"]:
     """The value vectors (``W_out`` rows) of ``neurons``, in order, as a detached copy."""
     ns = check_neurons(model, neurons)
     return torch.stack([_read_row(model, n) for n in ns])
@@ -74,7 +72,7 @@ class RowEdit:
     """
 
     def __init__(
-        self, model: HookedEncoder, neurons: Sequence[Neuron], original: Tensor, written: Tensor
+        self, model: Model, neurons: Sequence[Neuron], original: Tensor, written: Tensor
     ) -> None:
         self.model = model
         self.neurons: tuple[Neuron, ...] = tuple(neurons)
@@ -146,9 +144,7 @@ def _check_finite(name: str, t: Tensor) -> None:
         )
 
 
-def _write_rows_atomic(
-    model: HookedEncoder, neurons: Sequence[Neuron], rows: Sequence[Tensor]
-) -> None:
+def _write_rows_atomic(model: Model, neurons: Sequence[Neuron], rows: Sequence[Tensor]) -> None:
     """Write ``rows[k]`` into neuron ``k``'s row; on any exception, undo the rows already
     written."""
     saved = [_read_row(model, n) for n in neurons]
@@ -165,7 +161,7 @@ def _write_rows_atomic(
 
 
 def edit_rows(
-    model: HookedEncoder,
+    model: Model,
     neurons: NeuronsLike,
     fn: Callable[[Neuron, Tensor], Tensor],
 ) -> RowEdit:
@@ -201,7 +197,7 @@ def edit_rows(
 
 
 def set_rows(
-    model: HookedEncoder, neurons: NeuronsLike, values: Float[Tensor, "neuron d_model"]
+    model: Model, neurons: NeuronsLike, values: Float[Tensor, "neuron d_model"]
 ) -> RowEdit:
     """Overwrite the value vectors of ``neurons`` with ``values`` (row k -> neuron k)."""
     ns = check_neurons(model, neurons)
@@ -213,7 +209,7 @@ def set_rows(
 
 
 def add_to_rows(
-    model: HookedEncoder,
+    model: Model,
     neurons: NeuronsLike,
     vector: Float[Tensor, " d_model"] | Float[Tensor, "neuron d_model"],
     scale: float | Sequence[float] | Float[Tensor, " neuron"] = 1.0,
@@ -246,6 +242,6 @@ def add_to_rows(
     return edit_rows(model, ns, lambda n, v: v + deltas[index[n]].to(v.device, v.dtype))
 
 
-def zero_rows(model: HookedEncoder, neurons: NeuronsLike) -> RowEdit:
+def zero_rows(model: Model, neurons: NeuronsLike) -> RowEdit:
     """Set the value vectors of ``neurons`` to zero (the neurons then write nothing)."""
     return edit_rows(model, neurons, lambda n, v: torch.zeros_like(v))

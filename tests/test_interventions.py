@@ -11,7 +11,7 @@ from kn_lens.interventions import (
     neuron_activations,
     neuron_hooks,
     scale_neurons,
-    scaled_mask_probs,
+    scaled_answer_probs,
     suppress,
 )
 from kn_lens.neuron import Neuron
@@ -122,7 +122,7 @@ def test_bad_neuron_is_named(tiny_model):
 
 
 def test_scaled_probs_match_manual_hooks_and_batching(tiny_model):
-    enc = encode(tiny_model, PROMPTS)
+    enc = encode(tiny_model, PROMPTS, answers=["Paris", "Berlin", "doctor"])
     targets = answer_token_ids(tiny_model, ["Paris", "Berlin", "doctor"])
     manual = mask_probs(
         tiny_model,
@@ -131,9 +131,9 @@ def test_scaled_probs_match_manual_hooks_and_batching(tiny_model):
         fwd_hooks=neuron_hooks(tiny_model, NEURONS, 0.0, positions=enc.mask_pos),
     )
     for bs in (1, 2, 64):
-        got = scaled_mask_probs(tiny_model, enc, targets, NEURONS, 0.0, batch_size=bs)
+        got = scaled_answer_probs(tiny_model, enc, NEURONS, 0.0, batch_size=bs)
         torch.testing.assert_close(got, manual.cpu())
-    clean = scaled_mask_probs(tiny_model, enc, targets, NEURONS, None)
+    clean = scaled_answer_probs(tiny_model, enc, NEURONS, None)
     torch.testing.assert_close(clean, mask_probs(tiny_model, enc, targets).cpu())
     assert not torch.allclose(clean, manual.cpu())
 

@@ -29,6 +29,8 @@ RECORDED_DEFAULTS: dict[str, Any] = {
     "web": None,
     "relations": None,
     "max_bags": None,
+    "facts": None,
+    "max_prompts": None,
     "steps": 20,
     "batch_size": None,  # None: kn_lens.config.default_batch_size(--device)
     "seed": 0,
@@ -120,6 +122,19 @@ def _data(g: Any, *, web: bool) -> None:
         type=positive_int,
         metavar="N",
         help="at most N facts per relation, a seeded random sample kept in index order"
+        + _REC % "all",
+    )
+    g.add_argument(
+        "--facts",
+        metavar="FILE",
+        help="only the facts whose keys (RELATION/INDEX, e.g. P37/12) FILE lists, one per line "
+        "(# comments allowed); applied before --max-bags" + _REC % "all",
+    )
+    g.add_argument(
+        "--max-prompts",
+        type=positive_int,
+        metavar="N",
+        help="at most N prompts per fact, a seeded random sample kept in template order"
         + _REC % "all",
     )
 

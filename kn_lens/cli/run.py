@@ -24,17 +24,16 @@ from dataclasses import dataclass, field, fields
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from transformer_lens import HookedEncoder
-
 from kn_lens.cli.parser import PROG, RECORDED_DEFAULTS, REPRODUCE_DEFAULT_MAX_BAGS
 from kn_lens.config import PaperConfig, default_batch_size
-from kn_lens.data.facts import FactBag, sample_bags
+from kn_lens.data.facts import FactBag, cap_prompts, read_keys, sample_bags, select_keys
 from kn_lens.data.sources import check_source, load_facts, load_web
 from kn_lens.data.web import WebFact
 from kn_lens.executors import ScoreFn, score_record
 from kn_lens.models import load_model
+from kn_lens.models.family import Model
 from kn_lens.neuron import Neuron
-from kn_lens.prompts import filter_single_token, log_skipped
+from kn_lens.readout import usable_bags
 from kn_lens.rundir import RunDir
 
 log = logging.getLogger("kn_lens.cli")
@@ -145,7 +144,8 @@ class Run:
     overrides: dict[str, Any] = field(default_factory=dict)
     #: the executor's per-fact attribution scorer (a cheaper stand-in in tests)
     score: ScoreFn = score_record
-    _model: HookedEncoder | None = None
+    _model: Model | None = None
+    _dropped_prompts: dict[str, int] = field(default_factory=dict)
     _bags: list[FactBag] | None = None
     _neurons: dict[str, dict[str, list[Neuron]]] | None = None
     _web: Mapping[str, Sequence[WebFact]] | None = None
@@ -238,7 +238,7 @@ class Run:
 
     # ---- model and facts -------------------------------------------------------------------
     @property
-    def model(self) -> HookedEncoder:
+    def model(self) -> Model:
         if self._model is None:
             t0 = time.perf_counter()
             log.info("loading model %s", self.opts["model"])
@@ -260,13 +260,20 @@ class Run:
         if self._bags is None:
             o = self.opts
             bags = load_facts(o["data"], o["lama"], o["patterns"], o["relations"])
-            check = filter_single_token(bags, self.model.tokenizer)
-            log_skipped(check, len(bags), logger=log)
-            bags = sample_bags(check.kept, o["max_bags"], int(o["seed"]))
+            check = usable_bags(self.model, bags)
+            check.log(len(bags), logger=log)
+            self._dropped_prompts = {r: n for r, n in check.dropped_prompts.items() if n}
+            bags = check.kept
+            if o.get("facts"):
+                bags = select_keys(bags, read_keys(o["facts"]), o["facts"])
+            bags = sample_bags(bags, o["max_bags"], int(o["seed"]))
+            if o.get("max_prompts"):
+                bags = [cap_prompts(b, int(o["max_prompts"]), int(o["seed"])) for b in bags]
             if not bags:
                 raise CliError(
-                    "no facts left to analyse (check --data, --relations and that "
-                    "answers are single tokens of the model's vocabulary)"
+                    "no facts left to analyse (check --data and --relations; an encoder needs "
+                    "answers that are single tokens of its vocabulary, a decoder prompts with the "
+                    "subject before the answer)"
                 )
             self._bags = bags
             self.dir.record_options(
@@ -326,7 +333,17 @@ class Run:
             )
         o = self.opts
         data_info: dict[str, Any] = {
-            k: o[k] for k in ("data", "lama", "patterns", "web", "relations", "max_bags")
+            k: o[k]
+            for k in (
+                "data",
+                "lama",
+                "patterns",
+                "web",
+                "relations",
+                "max_bags",
+                "facts",
+                "max_prompts",
+            )
         }
         if self._bags is not None:
             data_info.update(
@@ -336,6 +353,7 @@ class Run:
                     r: sum(b.relation == r for b in self._bags) for r in self.relations
                 },
                 relation_labels={b.relation: b.relation_label for b in self._bags},
+                dropped_prompts=self._dropped_prompts,
             )
         return {
             "model": model_info,

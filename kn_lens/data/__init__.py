@@ -16,6 +16,7 @@ from kn_lens.data.facts import (
     check_prompt,
     fill_template,
     load_jsonl_facts,
+    prefix_prompt,
     relation_of_key,
     sample_bags,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "load_pararel",
     "load_patterns",
     "load_relations",
+    "prefix_prompt",
     "relation_of_key",
     "sample_bags",
 ]

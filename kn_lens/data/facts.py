@@ -45,7 +45,8 @@ class Fact:
 
 @dataclass(frozen=True)
 class FactBag:
-    """A fact and its prompts: one per paraphrase template, each with exactly one ``[MASK]``.
+    """A fact and its prompts: one per paraphrase template, each with exactly one ``[MASK]``, or,
+    for a decoder (:meth:`to_prefix_bag`), each the text before the answer.
 
     ``index`` is the bag's position within its relation (T-REx file order for PARAREL data), which
     the web-prompt analysis uses to pair bags with their sentences. ``held_out`` lists prompts the
@@ -56,10 +57,39 @@ class FactBag:
     prompts: tuple[str, ...]
     index: int = 0
     held_out: tuple[str, ...] = field(default=())
+    #: True for a decoder bag (:meth:`to_prefix_bag`): each prompt is the text before the answer.
+    prefix: bool = False
 
     def __post_init__(self) -> None:
         for prompt in (*self.prompts, *self.held_out):
-            check_prompt(prompt)
+            if not self.prefix:
+                check_prompt(prompt)
+            elif MASK in prompt or not prompt.strip():
+                raise ValueError(
+                    f"a decoder prompt is the non-empty text before the answer, without {MASK}: "
+                    f"{prompt!r}"
+                )
+
+    @property
+    def is_prefix(self) -> bool:
+        """True for a decoder bag, whose prompts are the text before the answer (no ``[MASK]``)."""
+        return self.prefix
+
+    def to_prefix_bag(self) -> tuple[FactBag | None, int]:
+        """This bag for a decoder: each prompt cut to its text before ``[MASK]``
+        (:func:`prefix_prompt`), and the number of prompts dropped because the answer comes before
+        the subject. ``None`` when no prompt is left. A prefix bag is returned unchanged."""
+        if self.is_prefix:
+            return self, 0
+        kept = [q for q in (prefix_prompt(p, self.subject) for p in self.prompts) if q]
+        held = [q for q in (prefix_prompt(p, self.subject) for p in self.held_out) if q]
+        dropped = len(self.prompts) - len(kept)
+        if not kept:
+            return None, dropped
+        return (
+            FactBag(self.fact, tuple(dict.fromkeys(kept)), self.index, tuple(held), prefix=True),
+            dropped,
+        )
 
     # Convenience accessors, so analyses can read ``bag.relation`` rather than
     # ``bag.fact.relation``.
@@ -89,12 +119,15 @@ class FactBag:
         return f"{self.fact.relation}/{self.index}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "fact": asdict(self.fact),
             "prompts": list(self.prompts),
             "index": self.index,
             "held_out": list(self.held_out),
         }
+        if self.prefix:
+            out["prefix"] = True
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FactBag:
@@ -103,6 +136,7 @@ class FactBag:
             tuple(d["prompts"]),
             int(d.get("index", 0)),
             tuple(d.get("held_out", ())),
+            bool(d.get("prefix", False)),
         )
 
 
@@ -118,6 +152,22 @@ def check_prompt(prompt: str) -> str:
     if n != 1:
         raise ValueError(f"prompt must contain exactly one {MASK}, found {n}: {prompt!r}")
     return prompt
+
+
+def prefix_prompt(prompt: str, subject: str | None = None) -> str | None:
+    """A masked prompt as a decoder prompt: its text before ``[MASK]``, trailing whitespace removed
+    (the answer brings its own leading space).
+
+    ``None`` when nothing is left, or when ``subject`` is given and does not occur before the mask
+    (a template whose ``[Y]`` comes before ``[X]``: the subject would follow the answer).
+    ``"The official language of France is the [MASK] language."`` -> ``"The official language of
+    France is the"``.
+    """
+    check_prompt(prompt)
+    head = prompt[: prompt.index(MASK)].rstrip()
+    if not head.strip() or (subject is not None and subject not in head):
+        return None
+    return head
 
 
 def fill_template(template: str, subject: str) -> str:
@@ -304,3 +354,46 @@ def sample_bags(bags: Sequence[FactBag], max_bags: int | None, seed: int) -> lis
             rng = random.Random(f"{seed}:{rel}:{len(idx)}")
             keep.update(rng.sample(idx, max_bags))
     return [b for i, b in enumerate(bags) if i in keep]
+
+
+def read_keys(path: str | Path) -> list[str]:
+    """Fact keys (``RELATION/INDEX``) listed in a text file, one per line; blank lines and ``#``
+    comments are ignored. A malformed line raises :class:`DataError` naming the file and line."""
+    keys = []
+    for n, line in read_text_lines(path):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        rel, _, idx = text.rpartition("/")
+        if not rel or not idx.isdigit():
+            raise DataError(f"{path}:{n}: expected a fact key like P37/12, got {text!r}")
+        keys.append(text)
+    if not keys:
+        raise DataError(f"{path}: no fact keys")
+    return keys
+
+
+def select_keys(bags: Sequence[FactBag], keys: Sequence[str], source: object = "") -> list[FactBag]:
+    """The bags with these keys, in the bags' order; a key with no bag raises :class:`DataError`
+    naming it (a fact the model cannot use counts as missing)."""
+    have = {b.key for b in bags}
+    missing = [k for k in dict.fromkeys(keys) if k not in have]
+    if missing:
+        raise DataError(
+            f"{source}: {len(missing)} listed fact(s) are not among the usable facts "
+            f"(e.g. {', '.join(missing[:5])})"
+        )
+    want = set(keys)
+    return [b for b in bags if b.key in want]
+
+
+def cap_prompts(bag: FactBag, max_prompts: int, seed: int) -> FactBag:
+    """The bag with at most ``max_prompts`` prompts: a seeded random sample (by the bag's key), in
+    template order."""
+    if len(bag.prompts) <= max_prompts:
+        return bag
+    rng = random.Random(f"{seed}:prompts:{bag.key}")
+    keep = sorted(rng.sample(range(len(bag.prompts)), max_prompts))
+    return FactBag(
+        bag.fact, tuple(bag.prompts[i] for i in keep), bag.index, bag.held_out, bag.prefix
+    )

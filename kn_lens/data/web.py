@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -426,6 +426,38 @@ class WebPromptSet:
 
     def by_key(self) -> dict[str, FactPrompts]:
         return {fp.key: fp for fp in self.facts}
+
+    def map_prompts(self, fn: Callable[[str], str | None], reason: str) -> WebPromptSet:
+        """The same set with every prompt passed through ``fn`` (a model family's
+        ``model_prompt``); prompts it maps to ``None`` are dropped and listed in ``skipped`` with
+        ``reason``."""
+        facts, skipped = [], list(self.skipped)
+        for fp in self.facts:
+            kept: dict[str, list[str]] = {}
+            sources: list[str] = []
+            for kind in PROMPT_TYPES:
+                kept[kind] = []
+                for i, p in enumerate(fp.of_type(kind)):
+                    q = fn(p)
+                    if q is None:
+                        skipped.append(SkippedSentence(fp.key, kind, reason, p))
+                        continue
+                    kept[kind].append(q)
+                    if kind == "T3" and i < len(fp.t3_sources):
+                        sources.append(fp.t3_sources[i])
+            facts.append(
+                FactPrompts(
+                    fp.key,
+                    fp.relation,
+                    fp.subject,
+                    fp.object,
+                    tuple(kept["T1"]),
+                    tuple(kept["T2"]),
+                    tuple(kept["T3"]),
+                    tuple(sources),
+                )
+            )
+        return WebPromptSet(facts, skipped, self.seed)
 
 
 def build_fact_prompts(

@@ -27,14 +27,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from transformer_lens import HookedEncoder
-
 from kn_lens import plots
 from kn_lens.config import PaperConfig
 from kn_lens.data.facts import FactBag
 from kn_lens.data.web import WebFact
 from kn_lens.experiments import distant, erase, identify, modify, trigger, update
 from kn_lens.knowledge_neurons import BagScores
+from kn_lens.models.family import Model
 from kn_lens.neuron import Neuron
 from kn_lens.results import ReportRow, Result
 
@@ -66,7 +65,7 @@ class AnalysisInputs:
         progress: show progress bars.
     """
 
-    model: HookedEncoder | None
+    model: Model | None
     bags: Sequence[FactBag]
     neurons: Mapping[str, Sequence[Neuron]] = field(default_factory=dict)
     baseline: Mapping[str, Sequence[Neuron]] | None = None
@@ -77,7 +76,7 @@ class AnalysisInputs:
     facts_per_relation: int | None = None
     progress: bool = False
 
-    def require_model(self) -> HookedEncoder:
+    def require_model(self) -> Model:
         if self.model is None:
             raise ValueError("this analysis needs a model")
         return self.model

@@ -7,9 +7,12 @@ For each fact with knowledge neurons we build its T1, T2 and T3 web prompts
 - **T2**: sentences with only the head, a random word masked;
 - **T3**: random sentences from the whole pool, a random word masked.
 
-and read the activation of the fact's knowledge neurons at ``[MASK]``. A fact's value for a type is
-the mean over its prompts of that type and over its neurons; relation and overall values are
-means over facts. The same is done for the activation-baseline neurons, when given. The paper
+and read the activation of the fact's knowledge neurons at ``[MASK]``. For a decoder the prompt is
+the sentence's text before the masked word (T1: before the object; T2: before a random early word;
+T3: before a random word of an unrelated sentence), read at its last position; a prompt with no
+text before the word is dropped (counted as ``no_text_before_the_word``). A fact's value for a
+type is the mean over its prompts of that type and over its neurons; relation and overall values
+are means over facts. The same is done for the activation-baseline neurons, when given. The paper
 finds that knowledge neurons fire on T1 and stay near zero on T2/T3, while baseline neurons do not
 tell the types apart.
 """
@@ -20,8 +23,6 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-
-from transformer_lens import HookedEncoder
 
 from kn_lens.config import PaperConfig
 from kn_lens.data import FactBag
@@ -34,6 +35,7 @@ from kn_lens.data.web import (
     select_facts,
 )
 from kn_lens.interventions import grouped_activations
+from kn_lens.models.family import Model, family_of
 from kn_lens.neuron import Neuron
 from kn_lens.results import ReportRow, Result, dig, report_row
 
@@ -168,7 +170,7 @@ def _counts(prompts: WebPromptSet, keys: set[str]) -> dict[str, dict[str, int]]:
 
 
 def distant_activation(
-    model: HookedEncoder,
+    model: Model,
     web_facts: Mapping[str, Sequence[WebFact]],
     neurons: Mapping[str, Sequence[Neuron]],
     *,
@@ -181,7 +183,8 @@ def distant_activation(
     """Mean activation of each fact's knowledge neurons at [MASK] on its T1/T2/T3 web prompts.
 
     Args:
-        model: a ``HookedEncoder`` with its tokenizer (:func:`kn_lens.load_model`).
+        model: a ``HookedEncoder`` or ``HookedTransformer`` with its tokenizer
+            (:func:`kn_lens.load_model`).
         web_facts: ``{relation: [WebFact, ...]}`` (:func:`kn_lens.data.web.load_web_facts` for
             the Bing data, :func:`kn_lens.data.web.default_web_facts` for the default world).
         neurons: bag key -> our knowledge neurons. Only these facts are analysed, in this order.
@@ -200,6 +203,9 @@ def distant_activation(
         prompts = build_web_prompts(
             web_facts, keys=keys, seed=config.seed, first_words=config.t2_first_words
         )
+    # As the model reads them: an encoder keeps the masked prompt, a decoder its text before
+    # the masked word (prompts with none are dropped and counted).
+    prompts = prompts.map_prompts(family_of(model).model_prompt, "no_text_before_the_word")
     by_key = prompts.by_key()
     chosen: list[FactPrompts] = []
     for key in keys:

@@ -5,8 +5,10 @@ For a relation, count in how many of its facts each neuron is a knowledge neuron
 value vectors -- rows of ``blocks[l].mlp.W_out`` -- to zero through :mod:`kn_lens.weights`. The
 model is scored before and after on every relation's bags:
 
-- **accuracy**: share of prompts whose top-1 prediction at ``[MASK]`` is the gold answer;
-- **perplexity**: exp(mean NLL of the gold answer at ``[MASK]``) pooled over the relation's prompts.
+- **accuracy**: share of prompts whose top-1 prediction at ``[MASK]`` (a decoder: the next token)
+  is the gold answer (its first token);
+- **perplexity**: exp(mean NLL of the gold answer where it is read; all of a decoder answer's
+  tokens) pooled over the relation's prompts.
 
 "Other relations" are reported per relation, pooled, and as the mean relative perplexity change.
 As a control, the same number of random neurons (uniform over all layers, excluding the erased
@@ -24,19 +26,12 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from transformer_lens import HookedEncoder
 
 from kn_lens.config import PaperConfig
 from kn_lens.data import FactBag, relation_of_key
+from kn_lens.models.family import Model
 from kn_lens.neuron import Neuron, model_shape
-from kn_lens.prompts import (
-    EncodedPrompts,
-    answer_token_id,
-    bags_by_relation,
-    encode,
-    perplexity,
-    score_prompts,
-)
+from kn_lens.readout import bags_by_relation, encode_facts, perplexity, score_prompts
 from kn_lens.results import ReportRow, Result, dig, is_number, mean_or_nan, report_row
 from kn_lens.weights import RowEdit, zero_rows
 
@@ -80,7 +75,7 @@ def relation_top_neurons(
 
 
 def erase_relation(
-    model: HookedEncoder, neurons: Mapping[str, Sequence[Any]], relation: str, top: int = 20
+    model: Model, neurons: Mapping[str, Sequence[Any]], relation: str, top: int = 20
 ) -> RowEdit:
     """Zero the value vectors of ``relation``'s ``top`` most frequent knowledge neurons.
 
@@ -140,25 +135,23 @@ class EraseResult(Result):
 class _Eval:
     """All evaluation prompts encoded once, scored per relation."""
 
-    def __init__(self, model: HookedEncoder, bags: Sequence[FactBag], batch_size: int) -> None:
+    def __init__(self, model: Model, bags: Sequence[FactBag], batch_size: int) -> None:
         self.model, self.batch_size = model, batch_size
-        prompts, gold, rel = [], [], []
+        prompts, answers, rel = [], [], []
         self.n_bags: Counter[str] = Counter()
         for b in bags:
-            tid = answer_token_id(model, b.object)
             self.n_bags[b.relation] += 1
             for p in b.prompts:
                 prompts.append(p)
-                gold.append(tid)
+                answers.append(b.object)
                 rel.append(b.relation)
-        self.enc: EncodedPrompts = encode(model, prompts)
-        self.gold = torch.tensor(gold)
+        self.enc = encode_facts(model, prompts, answers)
         self.rel = rel
         self.relations = sorted(self.n_bags)
 
     def scores(self) -> dict[str, RelationScore]:
-        s = score_prompts(self.model, self.enc, self.gold, batch_size=self.batch_size)
-        correct = s.top1 == self.gold
+        s = score_prompts(self.model, self.enc, batch_size=self.batch_size)
+        correct = s.correct
         out = {}
         for r in self.relations:
             m = torch.tensor([x == r for x in self.rel])
@@ -217,7 +210,7 @@ def _summary(
 
 
 def erase_experiment(
-    model: HookedEncoder,
+    model: Model,
     bags: Sequence[FactBag],
     neurons: Mapping[str, Sequence[Any]],
     relations: Sequence[str],

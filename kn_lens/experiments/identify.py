@@ -29,11 +29,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from transformer_lens import HookedEncoder
-
 from kn_lens.config import PaperConfig
 from kn_lens.data import FactBag
 from kn_lens.knowledge_neurons import BagScores, RelationNeurons, identify_all, score_bags
+from kn_lens.models.family import Model
 from kn_lens.neuron import Neuron
 from kn_lens.results import ReportRow, Result, dig, mean_or_nan, report_row
 
@@ -346,7 +345,7 @@ def identification_from_scores(
 
 
 def identification(
-    model: HookedEncoder,
+    model: Model,
     bags: Sequence[FactBag],
     config: PaperConfig = PaperConfig(),
     *,

@@ -28,13 +28,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from transformer_lens import HookedEncoder
-
 from kn_lens.config import PaperConfig
 from kn_lens.data import FactBag
-from kn_lens.interventions import scaled_mask_probs
+from kn_lens.interventions import scaled_answer_probs
+from kn_lens.models.family import Model
 from kn_lens.neuron import Neuron, check_neurons
-from kn_lens.prompts import answer_token_id, encode
+from kn_lens.readout import encode_facts, first_token
 from kn_lens.results import ReportRow, Result, dig, mean_or_nan, report_row
 
 #: The paper's Figure 3 averages for bert-base-cased (% change of the correct answer's probability).
@@ -158,7 +157,7 @@ def _stats(facts: Sequence[FactChange], method: str, op: str) -> ChangeStats:
 
 
 def modify(
-    model: HookedEncoder,
+    model: Model,
     bags: Sequence[FactBag],
     ours: Mapping[str, Sequence[Neuron]],
     baseline: Mapping[str, Sequence[Neuron]] | None = None,
@@ -193,7 +192,7 @@ def modify(
             except ValueError as e:
                 raise ValueError(f"{m} neurons of bag {k}: {e}") from None
     for b in bags:
-        answer_token_id(model, b.object)
+        first_token(model, b.object)
 
     facts: list[FactChange] = []
     skipped: dict[str, str] = {}
@@ -210,11 +209,9 @@ def modify(
         other = unrelated_bag(bags, bag, config.seed)
         prompts = list(bag.prompts) + (list(other.prompts) if other else [])
         n_own = len(bag.prompts)
-        targets = [answer_token_id(model, bag.object)] * n_own + (
-            [answer_token_id(model, other.object)] * len(other.prompts) if other else []
-        )
-        enc = encode(model, prompts)
-        base = scaled_mask_probs(model, enc, targets, [], None, batch_size=config.batch_size)
+        answers = [bag.object] * n_own + ([other.object] * len(other.prompts) if other else [])
+        enc = encode_facts(model, prompts, answers)
+        base = scaled_answer_probs(model, enc, [], None, batch_size=config.batch_size)
         delta: dict[str, dict[str, dict[str, float | None]]] = {}
         for m, neurons in neuron_sets.items():
             if not neurons:
@@ -222,9 +219,7 @@ def modify(
             delta[m] = {}
             for op, factor in factors.items():
                 d = (
-                    scaled_mask_probs(
-                        model, enc, targets, neurons, factor, batch_size=config.batch_size
-                    )
+                    scaled_answer_probs(model, enc, neurons, factor, batch_size=config.batch_size)
                     - base
                 )
                 delta[m][op] = {

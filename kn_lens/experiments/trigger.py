@@ -1,7 +1,8 @@
 """Which web sentences activate a fact's knowledge neurons most and least? (paper, Table 5)
 
 For each fact, its web prompts (by default T1 and T2, see :mod:`kn_lens.data.web`) are scored by the
-summed activation of the fact's knowledge neurons at ``[MASK]`` and ranked. The top ``k`` and the
+summed activation of the fact's knowledge neurons at ``[MASK]`` (for a decoder: at the last token
+of the text before the masked word) and ranked. The top ``k`` and the
 bottom ``k`` (``PaperConfig.top_k_prompts``, 3) are kept with their scores. The paper finds that
 the top prompts state the fact (the tail is the masked word), while the bottom ones do not.
 """
@@ -14,12 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transformer_lens import HookedEncoder
-
 from kn_lens.config import PaperConfig
 from kn_lens.data import FactBag
 from kn_lens.data.web import PROMPT_TYPES, WebFact, WebPromptSet, build_web_prompts, select_facts
 from kn_lens.interventions import grouped_activations
+from kn_lens.models.family import Model, family_of
 from kn_lens.neuron import Neuron
 from kn_lens.results import (
     ReportRow,
@@ -109,7 +109,7 @@ def _share_t1(items: Sequence[ScoredPrompt]) -> float:
 
 
 def activating_prompts(
-    model: HookedEncoder,
+    model: Model,
     web_facts: Mapping[str, Sequence[WebFact]],
     neurons: Mapping[str, Sequence[Neuron]],
     *,
@@ -123,7 +123,7 @@ def activating_prompts(
     """Rank each fact's web prompts by the summed activation of its knowledge neurons.
 
     Args:
-        model: a ``HookedEncoder`` with its tokenizer.
+        model: a ``HookedEncoder`` or ``HookedTransformer`` with its tokenizer.
         web_facts: ``{relation: [WebFact, ...]}``.
         neurons: bag key -> knowledge neurons; only these facts are ranked.
         k: prompts kept at each end (default ``config.top_k_prompts``, 3).
@@ -144,6 +144,9 @@ def activating_prompts(
         prompts = build_web_prompts(
             web_facts, keys=keys, seed=config.seed, first_words=config.t2_first_words
         )
+    # As the model reads them: an encoder keeps the masked prompt, a decoder its text before
+    # the masked word (prompts with none are dropped and counted).
+    prompts = prompts.map_prompts(family_of(model).model_prompt, "no_text_before_the_word")
     by_key = prompts.by_key()
     chosen, items = [], []
     for key in keys:

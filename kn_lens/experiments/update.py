@@ -8,7 +8,12 @@ towards the new answer's:
                + lambda2 * (|v_i| / |e_o'|) * e_o'
 
 with ``|v_i|`` the norm of the original row and ``e = model.W_E[token]`` the word embeddings
-(defaults ``lambda1=1``, ``lambda2=8``, :class:`~kn_lens.config.PaperConfig`). Neurons that serve
+(defaults ``lambda1=1``, ``lambda2=8``, :class:`~kn_lens.config.PaperConfig`). For a decoder,
+``e`` is the unembedding direction ``W_U[:, token]`` of the answer's first token: a decoder's MLP
+output reaches the next-token logits through the unembedding, so that is the direction that
+raises a token (the model family's ``answer_direction``; for tied embeddings, as in SmolLM2, it
+equals the word embedding). Top-1 success compares first tokens, and the new answer is drawn
+among objects that start with another token. Neurons that serve
 more than ``max_relation_share`` (10%) of the relation's facts are dropped first, since they
 encode the relation rather than the fact.
 
@@ -25,7 +30,7 @@ use it as a context manager); :func:`update_experiment` runs the paper's evaluat
   old answer; *probability gain* and *rank gain* of the new answer (rank 0 = top-1, gain = rank
   before - rank after); *Delta perplexity* of the gold answers on ``ppl_bags`` (5) random other bags
   of the same relation (intra) and of other relations (inter), after - before, where perplexity
-  = exp(mean NLL of the gold answer at ``[MASK]``) pooled over those bags' prompts;
+  = exp(mean NLL of the gold answer, all its tokens for a decoder) pooled over those bags' prompts;
 - **control**: the same rule on as many random neurons (uniform over all layers, excluding the
   fact's knowledge neurons), on the same prompts and perplexity bags.
 
@@ -45,19 +50,18 @@ from typing import Any, ClassVar
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens import HookedEncoder
 
 from kn_lens.config import PaperConfig
 from kn_lens.data import FactBag, relation_of_key
+from kn_lens.models.family import Model, family_of
 from kn_lens.neuron import Neuron, check_neurons, model_shape
-from kn_lens.prompts import (
-    MaskScores,
-    answer_token_id,
+from kn_lens.readout import (
+    AnswerScores,
     bags_by_relation,
-    encode,
+    encode_facts,
+    first_token,
     perplexity,
     score_prompts,
-    token_id,
 )
 from kn_lens.results import (
     ReportRow,
@@ -85,9 +89,9 @@ PAPER: dict[str, float] = {
 DEFAULT_FACTS_PER_RELATION = 10
 
 
-def _token(model: HookedEncoder, answer: str | int, what: str) -> int:
+def _token(model: Model, answer: str | int, what: str) -> int:
     try:
-        return token_id(model, answer)
+        return first_token(model, answer)
     except ValueError as e:
         raise ValueError(f"{what}: {e}") from None
 
@@ -112,7 +116,7 @@ def update_deltas(
 
 
 def update_fact(
-    model: HookedEncoder,
+    model: Model,
     neurons: Iterable[Any],
     old_answer: str | int,
     new_answer: str | int,
@@ -122,17 +126,22 @@ def update_fact(
 ) -> RowEdit:
     """Apply the paper's update rule to ``neurons``' value vectors; returns the restore handle.
 
-    ``old_answer`` / ``new_answer`` are single-token words (or token ids). Raises ``ValueError`` if
-    an answer is not one token, the two answers are the same token, or a neuron is invalid.
+    ``old_answer`` / ``new_answer`` are words (or token ids). The direction written for an answer
+    is its family's (:meth:`kn_lens.models.family.Family.answer_direction`): an encoder answer is
+    one token and writes its word embedding ``W_E[token]`` (the paper); a decoder answer writes the
+    unembedding direction ``W_U[:, token]`` of its first token. Raises ``ValueError`` if an encoder
+    answer is not one token, the two answers start with the same token, or a neuron is invalid.
     """
     old_id = _token(model, old_answer, "old answer")
     new_id = _token(model, new_answer, "new answer")
     if old_id == new_id:
-        raise ValueError(f"old and new answer are the same token ({old_answer!r})")
+        raise ValueError(f"old and new answer start with the same token ({old_answer!r})")
     ns = check_neurons(model, neurons)
     values = read_value_vectors(model, ns)
-    W_E = model.W_E.detach()
-    deltas = update_deltas(values, W_E[old_id].to(values), W_E[new_id].to(values), lambda1, lambda2)
+    fam = family_of(model)
+    e_old = fam.answer_direction(model, old_id).to(values)
+    e_new = fam.answer_direction(model, new_id).to(values)
+    deltas = update_deltas(values, e_old, e_new, lambda1, lambda2)
     return add_to_rows(model, ns, deltas)
 
 
@@ -273,8 +282,8 @@ def _summarise(facts: Sequence[FactUpdate]) -> dict[str, dict[str, float]]:
 
 
 def _edit_metrics(
-    before: MaskScores,
-    after: MaskScores,
+    before: AnswerScores,
+    after: AnswerScores,
     n_fact: int,
     n_intra: int,
     old_id: int,
@@ -312,23 +321,26 @@ def _rng(seed: int, *parts: str) -> random.Random:
 
 
 def known_shares(
-    model: HookedEncoder, bags: Sequence[FactBag], config: PaperConfig = PaperConfig()
+    model: Model, bags: Sequence[FactBag], config: PaperConfig = PaperConfig()
 ) -> dict[str, float]:
     """Per bag key, the share of its prompts whose top-1 prediction is the bag's object
     (``config.batch_size`` prompts per forward pass)."""
     prompts = [p for b in bags for p in b.prompts]
-    gold = torch.tensor([answer_token_id(model, b.object) for b in bags for _ in b.prompts])
-    scores = score_prompts(model, encode(model, prompts), gold, batch_size=config.batch_size)
+    answers = [b.object for b in bags for _ in b.prompts]
+    scores = score_prompts(
+        model, encode_facts(model, prompts, answers), batch_size=config.batch_size
+    )
+    correct = scores.correct
     out, s = {}, 0
     for b in bags:
         n = len(b.prompts)
-        out[b.key] = float((scores.top1[s : s + n] == gold[s : s + n]).float().mean())
+        out[b.key] = float(correct[s : s + n].float().mean())
         s += n
     return out
 
 
 def update_experiment(
-    model: HookedEncoder,
+    model: Model,
     bags: Sequence[FactBag],
     neurons: Mapping[str, Sequence[Any]],
     config: PaperConfig = PaperConfig(),
@@ -424,28 +436,32 @@ def update_experiment(
         if not objects:
             skipped.append({"key": bag.key, "reason": "no other object in the relation"})
             continue
+        old_id = first_token(model, bag.object)
+        objects = [o for o in objects if first_token(model, o) != old_id]
+        if not objects:
+            skipped.append({"key": bag.key, "reason": "no other object with another first token"})
+            continue
         new = rng.choice(objects)
-        old_id, new_id = answer_token_id(model, bag.object), answer_token_id(model, new)
+        new_id = first_token(model, new)
         same = [b for b in by_rel[bag.relation] if b.key != bag.key]
         other = [b for rel, bs in sorted(by_rel.items()) if rel != bag.relation for b in bs]
         intra = rng.sample(same, min(config.ppl_bags, len(same)))
         inter = rng.sample(other, min(config.ppl_bags, len(other)))
         prompts = list(bag.prompts) + [p for b in (*intra, *inter) for p in b.prompts]
-        gold = torch.tensor(
-            [old_id] * len(bag.prompts)
-            + [answer_token_id(model, b.object) for b in (*intra, *inter) for _ in b.prompts]
-        )
-        target = torch.full_like(gold, new_id)
-        enc = encode(model, prompts)
+        answers = [bag.object] * len(bag.prompts) + [
+            b.object for b in (*intra, *inter) for _ in b.prompts
+        ]
+        enc = encode_facts(model, prompts, answers)
+        target = torch.full((len(prompts),), new_id, dtype=torch.long)
         n_fact = len(bag.prompts)
         n_intra = sum(len(b.prompts) for b in intra)
-        before = score_prompts(model, enc, gold, target, batch_size=config.batch_size)
+        before = score_prompts(model, enc, target, batch_size=config.batch_size)
         intra_b = perplexity(before.gold_logp[n_fact : n_fact + n_intra])
         inter_b = perplexity(before.gold_logp[n_fact + n_intra :])
 
         kn = kept[bag.key]
         with update_fact(model, kn, old_id, new_id, lambda1=config.lambda1, lambda2=config.lambda2):
-            after = score_prompts(model, enc, gold, target, batch_size=config.batch_size)
+            after = score_prompts(model, enc, target, batch_size=config.batch_size)
         km = _edit_metrics(before, after, n_fact, n_intra, old_id, new_id, intra_b, inter_b)
 
         rand_ns: list[Neuron] | None = None
@@ -461,7 +477,7 @@ def update_experiment(
             with update_fact(
                 model, rand_ns, old_id, new_id, lambda1=config.lambda1, lambda2=config.lambda2
             ):
-                after_r = score_prompts(model, enc, gold, target, batch_size=config.batch_size)
+                after_r = score_prompts(model, enc, target, batch_size=config.batch_size)
             rm = _edit_metrics(before, after_r, n_fact, n_intra, old_id, new_id, intra_b, inter_b)
 
         facts.append(

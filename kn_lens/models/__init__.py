@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformer_lens import HookedEncoder, HookedTransformer
 
 from kn_lens.models.decoder_loading import DecoderLoadError, is_decoder_checkpoint, load_decoder
 from kn_lens.models.encoder_loading import (
@@ -26,9 +25,7 @@ from kn_lens.models.encoder_loading import (
     load_encoder,
     load_tokenizer,
 )
-
-#: A model of either family.
-Model = HookedEncoder | HookedTransformer
+from kn_lens.models.family import Model
 
 
 def load_model(

@@ -49,7 +49,9 @@ from transformer_lens.utilities.activation_functions import apply_softcap
 from transformer_lens.utilities.addmm import batch_addmm
 
 from kn_lens.config import default_batch_size
-from kn_lens.neuron import HookList, hook_name, no_param_grads, resolve_layers
+from kn_lens.data.facts import FactBag, prefix_prompt
+from kn_lens.models.family import BagCheck
+from kn_lens.neuron import Hook, HookList, hook_name, no_param_grads, resolve_layers
 
 __all__ = [
     "EncodedDecoderPrompts",
@@ -59,6 +61,7 @@ __all__ = [
     "answer_logprob",
     "next_token",
     "decoder_attribute",
+    "DecoderFamily",
 ]
 
 MASK = "[MASK]"
@@ -88,6 +91,33 @@ class EncodedDecoderPrompts:
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
+
+    @property
+    def first_answer_ids(self) -> Int[Tensor, " prompt"]:
+        """The first answer token of each prompt (the token an answer starts with)."""
+        return self.answer_ids[:, 0]
+
+    def select(self, idx: Sequence[int] | Tensor) -> EncodedDecoderPrompts:
+        """Rows ``idx``, with the columns that are padding in all of them cut off (the read
+        position stays shared)."""
+        i = torch.as_tensor(idx, dtype=torch.long, device=self.tokens.device)
+        am = self.attention_mask[i]
+        p_w = self.prompt_width
+        real = am[:, :p_w].sum(0) > 0
+        left = int(real.nonzero()[0]) if len(i) and bool(real.any()) else 0
+        a_mask = self.answer_mask[i]
+        width_a = int(a_mask.sum(-1).max()) if len(i) else 1
+        width_a = max(width_a, 1)
+        end = p_w + width_a - 1
+        read = self.read_pos[i] - left
+        return EncodedDecoderPrompts(
+            self.tokens[i, left:end],
+            am[:, left:end],
+            read,
+            self.answer_ids[i, :width_a],
+            a_mask[:, :width_a],
+            read[:, None] + torch.arange(width_a, device=read.device)[None],
+        )
 
     @property
     def prompt_width(self) -> int:
@@ -156,10 +186,17 @@ def _answer_ids(
 def encode_decoder(
     model: HookedTransformer,
     prompts: Sequence[str | Sequence[int]],
-    answers: str | Sequence[int] | Sequence[str | Sequence[int]],
+    answers: str | Sequence[int] | Sequence[str | Sequence[int]] | None,
+    *,
+    max_tokens: int | None = None,
 ) -> EncodedDecoderPrompts:
     """Tokenise prompts and their answers (one answer for all, or one per prompt); see the module
     docstring for the tokenisation and the padding. Tensors are on the CPU.
+
+    ``answers=None`` encodes the prompts alone (for reading activations): each gets a one-token
+    placeholder answer that is never fed and is masked out (its log-probability is 0). A prompt
+    whose prompt and fed answer tokens exceed ``max_tokens`` (default: the model's context) keeps
+    its last tokens, and its BOS token where it has one.
 
     Raises:
         ValueError: a prompt with ``[MASK]``, an empty prompt or answer, a count mismatch.
@@ -168,6 +205,9 @@ def encode_decoder(
         raise ValueError("prompts must be a sequence of prompts, not one string")
     if len(prompts) == 0:
         raise ValueError("no prompts given")
+    placeholder = answers is None
+    if answers is None:
+        answers = [[0]] * len(prompts)
     if not isinstance(answers, str) and len(answers) == 0:
         raise ValueError("the answer is empty (no tokens and no answers given)")
     per_prompt: list[str | Sequence[int]]
@@ -177,11 +217,20 @@ def encode_decoder(
         per_prompt = list(answers)  # type: ignore[arg-type]
         if len(per_prompt) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(per_prompt)} answers")
+    limit = int(max_tokens or model.cfg.n_ctx)
     p_ids, a_ids = [], []
     for i, (prompt, answer) in enumerate(zip(prompts, per_prompt, strict=True)):
         _check_prompt(i, prompt)
-        p_ids.append(_prompt_ids(model, prompt))
-        a_ids.append(_answer_ids(model, i, prompt, answer))
+        ids = _prompt_ids(model, prompt)
+        a = _answer_ids(model, i, prompt, answer)
+        room = limit - (len(a) - 1)
+        if len(ids) > room:
+            if room < 2:
+                raise ValueError(f"prompt {i}: its answer alone fills the {limit}-token context")
+            bos = isinstance(prompt, str) and model.cfg.default_prepend_bos
+            ids = [ids[0], *ids[len(ids) - room + 1 :]] if bos else ids[len(ids) - room :]
+        p_ids.append(ids)
+        a_ids.append(a)
     n = len(prompts)
     width_p = max(len(p) for p in p_ids)
     width_a = max(len(a) for a in a_ids)
@@ -198,7 +247,7 @@ def encode_decoder(
         tokens[i, start : start + len(seq)] = torch.tensor(seq)
         mask[i, start : start + len(seq)] = 1
         answer_ids[i, : len(a)] = torch.tensor(a)
-        answer_mask[i, : len(a)] = 1
+        answer_mask[i, : len(a)] = 0 if placeholder else 1
     read_pos = torch.full((n,), width_p - 1, dtype=torch.long)
     answer_pos = read_pos[:, None] + torch.arange(width_a)[None]
     return EncodedDecoderPrompts(tokens, mask, read_pos, answer_ids, answer_mask, answer_pos)
@@ -625,3 +674,87 @@ def decoder_attribute(
             scores = _ig_group(model, group, sel_layers, steps, batch_size)
         out[torch.tensor(idx)] = scores.detach().to("cpu", model.cfg.dtype)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The decoder family (kn_lens.models.family)
+# ---------------------------------------------------------------------------------------------
+
+
+class DecoderFamily:
+    """Decoders: the text before the answer, answers of any length, read at the last prompt
+    position. An update writes the unembedding direction of the answer's first token."""
+
+    name = "decoder"
+
+    def usable_bags(self, model: HookedTransformer, bags: Sequence[FactBag]) -> BagCheck:
+        """Each bag as a decoder bag (:meth:`kn_lens.data.facts.FactBag.to_prefix_bag`): its
+        prompts cut before the answer, dropping templates whose answer comes before the subject;
+        a bag with no prompt left is skipped. Answers of any token length are kept."""
+        kept: list[FactBag] = []
+        skipped: list[tuple[FactBag, str]] = []
+        dropped: dict[str, int] = {}
+        for bag in bags:
+            new, n_dropped = bag.to_prefix_bag()
+            dropped[bag.relation] = dropped.get(bag.relation, 0) + n_dropped
+            if new is None:
+                skipped.append((bag, "every prompt has the answer before the subject"))
+            else:
+                kept.append(new)
+        return BagCheck(kept, skipped, dropped)
+
+    def model_prompt(self, prompt: str) -> str | None:
+        """A masked prompt's text before ``[MASK]`` (``None`` when there is none)."""
+        return prefix_prompt(prompt)
+
+    def encode(
+        self,
+        model: HookedTransformer,
+        prompts: Sequence[str],
+        answers: Sequence[str] | None = None,
+        *,
+        max_tokens: int | None = None,
+    ) -> EncodedDecoderPrompts:
+        """:func:`encode_decoder` (left-padded; ``read_pos`` is the last prompt position)."""
+        limit = None if max_tokens is None else min(int(max_tokens), int(model.cfg.n_ctx))
+        return encode_decoder(
+            model, list(prompts), None if answers is None else list(answers), max_tokens=limit
+        )
+
+    def forward(self, model: HookedTransformer, batch: EncodedDecoderPrompts) -> None:
+        """One plain forward pass over the prompts (hooks attached by the caller fire)."""
+        b = batch.to(model.cfg.device)
+        p_w = b.prompt_width
+        model(b.tokens[:, :p_w], attention_mask=b.attention_mask[:, :p_w], return_type=None)
+
+    def readout(
+        self,
+        model: HookedTransformer,
+        batch: EncodedDecoderPrompts,
+        *,
+        fwd_hooks: Sequence[Hook] = (),
+    ) -> tuple[Float[Tensor, "prompt d_vocab"], Float[Tensor, " prompt"] | None]:
+        """Next-token logits at the read position and ``log p(answer | prompt)`` (teacher forced),
+        from one forward pass."""
+        b = batch.to(model.cfg.device)
+        with model.hooks(fwd_hooks=list(fwd_hooks)):
+            logits = model(b.tokens, attention_mask=b.attention_mask)
+        seg = logits[:, b.prompt_width - 1 :]
+        logp = _answer_logprob_from_logits(seg, b.answer_ids, b.answer_mask)
+        return seg[:, 0], logp
+
+    def first_token(self, model: HookedTransformer, answer: str | int) -> int:
+        """The first token of the answer as it follows a prompt (leading-space rule)."""
+        if isinstance(answer, str):
+            return _answer_ids(model, 0, "x", answer)[0]
+        tid = int(answer)
+        if not 0 <= tid < int(model.cfg.d_vocab):
+            raise ValueError(f"token id {tid} is out of range of the vocabulary")
+        return tid
+
+    def answer_direction(self, model: HookedTransformer, token: int) -> Float[Tensor, " d_model"]:
+        """The unembedding direction of ``token``, ``W_U[:, token]``: the residual direction that
+        raises that token's logit. (The paper's word embedding ``W_E[token]`` is an input-side
+        direction; in a decoder the MLP output is read by the unembedding, so an update writes
+        the output-side direction. With tied embeddings, as in SmolLM2, the two are the same.)"""
+        return model.W_U.detach()[:, token].clone()

@@ -11,9 +11,9 @@ from kn_lens.config import PaperConfig
 from kn_lens.data import Fact, FactBag
 from kn_lens.experiments import ANALYSES
 from kn_lens.experiments.modify import ModifyResult, modify, unrelated_bag
-from kn_lens.interventions import scaled_mask_probs
+from kn_lens.interventions import scaled_answer_probs
 from kn_lens.neuron import Neuron
-from kn_lens.prompts import answer_token_ids
+from kn_lens.readout import encode_facts
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "kn_lens" / "default_model"
 
@@ -49,10 +49,10 @@ def test_modify_bookkeeping_matches_direct_measurement(tiny_model):
     other = next(b for b in bags if b.key == f0.other_key)
     assert other.relation != "P19"
     # Δp on own prompts equals a direct measurement with the same hooks
-    t = answer_token_ids(tiny_model, ["Paris"] * 2)
-    clean = scaled_mask_probs(tiny_model, list(bags[0].prompts), t, [], None)
+    enc = encode_facts(tiny_model, list(bags[0].prompts), ["Paris"] * 2)
+    clean = scaled_answer_probs(tiny_model, enc, [], None)
     for op, factor in (("suppress", 0.0), ("amplify", 2.0)):
-        hooked = scaled_mask_probs(tiny_model, list(bags[0].prompts), t, ours["P19/0"], factor)
+        hooked = scaled_answer_probs(tiny_model, enc, ours["P19/0"], factor)
         assert f0.delta["ours"][op]["own"] == pytest.approx(
             float((hooked - clean).mean()), abs=1e-6
         )

@@ -1,0 +1,101 @@
+"""Every step of `kn-lens reproduce` on a decoder: a tiny random GPT-2 checkpoint with a word-level
+tokenizer, the same facts and web sentences as the encoder CLI tests."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from kn_lens import cli
+from kn_lens.experiments import ANALYSES
+
+from .helpers import base_args, write_facts
+from .test_cli import write_web
+
+ANSWER_FIRST = "[Y] is where [X] was born ."
+
+
+def save_gpt2(folder: Path, words: list[str], seed: int = 0) -> Path:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    specials = ["<unk>", "<|endoftext|>"]
+    vocab = {w: i for i, w in enumerate([*specials, *dict.fromkeys(words)])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        unk_token="<unk>",
+    ).save_pretrained(folder)
+    cfg = GPT2Config(
+        vocab_size=len(vocab),
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        n_positions=128,
+        bos_token_id=1,
+        eos_token_id=1,
+    )
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.3)
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def decoder_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("decoder")
+    facts = write_facts(root / "facts.jsonl", per_relation=3)
+    lines = [json.loads(x) for x in facts.read_text().splitlines()]
+    for rec in lines:  # one template per P19 fact that a decoder cannot use
+        if rec["relation"] == "P19":
+            rec["templates"] = [*rec["templates"], ANSWER_FIRST]
+    facts.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    web = write_web(root / "web", facts)
+    text = facts.read_text() + " ".join(p.read_text() for p in web.iterdir())
+    words = sorted(set(re.findall(r"\w+|[^\w\s]", text)))
+    ckpt = save_gpt2(root / "gpt2", words)
+    out = root / "out"
+    rc = cli.main(["reproduce", *base_args(ckpt, facts, out, "--steps", "2", "--web", str(web))])
+    return rc, out, lines
+
+
+def test_reproduce_runs_every_step_on_a_decoder(decoder_run):
+    rc, out, lines = decoder_run
+    assert rc == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert set(doc["results"]) == set(ANALYSES)
+    meta = doc["meta"]
+    # the answer-first template is dropped from each of the 3 P19 facts, and counted
+    assert meta["data"]["dropped_prompts"] == {"P19": 3}
+    assert meta["data"]["n_facts"] == len(lines)
+    neurons = json.loads((out / "neurons.json").read_text())["neurons"]["ours"]
+    assert len(neurons) == len(lines)
+    for ns in neurons.values():
+        for layer, index in ns:
+            assert 0 <= layer < 2 and 0 <= index < 128
+    assert (out / "report.md").is_file()
+    ident = doc["results"]["identify"]
+    assert ident["schema"] == "identify"
+    distant = doc["results"]["distant"]
+    assert distant["facts"], "no fact had decoder web prompts"
+
+
+def test_decoder_prompts_are_the_text_before_the_answer(decoder_run):
+    _, out, _ = decoder_run
+    doc = json.loads((out / "results.json").read_text())
+    trig = doc["results"]["trigger"]
+    prompts = [p["prompt"] for f in trig["facts"] for p in f["top"] + f["bottom"]]
+    assert prompts
+    assert not any("[MASK]" in p for p in prompts)
