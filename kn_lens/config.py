@@ -49,6 +49,9 @@ class PaperConfig:
 
     # --- suppress / amplify ------------------------------------------------------------------
     amplify_factor: float = 2.0  # amplify multiplies the activation by 2; suppress sets it to 0.
+    # a control beside the paper's: as many random neurons per fact, from the same layers as its
+    # knowledge neurons, suppressed and amplified the same way (method "random").
+    modify_random: bool = True
 
     # --- updating facts ----------------------------------------------------------------------
     lambda1: float = 1.0  # weight of subtracting the old answer's embedding.

@@ -162,16 +162,29 @@ def scaled_answer_probs(
     *,
     batch_size: int = 64,
 ) -> Float[Tensor, " prompt"]:
+    """:func:`scaled_answer_reads`' probabilities alone."""
+    return scaled_answer_reads(model, enc, neurons, factor, batch_size=batch_size)[0]
+
+
+def scaled_answer_reads(
+    model: Any,
+    enc: Any,
+    neurons: Sequence[Neuron] | Sequence[Sequence[int]],
+    factor: float | None,
+    *,
+    batch_size: int = 64,
+) -> tuple[Float[Tensor, " prompt"], Int[Tensor, " prompt"]]:
     """``p(answer | prompt)`` for each prompt of ``enc`` (encoded with answers,
     :func:`kn_lens.readout.encode_facts`) while the neurons, at each prompt's read position only
     (the ``[MASK]``, or a decoder's last prompt position), are multiplied by ``factor``
     (``None``: no intervention).
 
-    Batches are formed here so that each batch gets hooks with its own read positions.
+    Batches are formed here so that each batch gets hooks with its own read positions. Returns
+    the probabilities and the top-1 next token at the read position (CPU tensors).
     """
     fam = family_of(model)
     neurons = check_neurons(model, neurons, allow_empty=True, unique=False)
-    out = []
+    out, top = [], []
     with torch.no_grad():
         for s in range(0, len(enc), batch_size):
             b = enc.select(list(range(s, min(s + batch_size, len(enc)))))
@@ -180,11 +193,12 @@ def scaled_answer_probs(
                 if factor is None or not neurons
                 else neuron_hooks(model, neurons, factor, positions=b.read_pos)
             )
-            _, logp = fam.readout(model, b, fwd_hooks=hooks)
+            logits, logp = fam.readout(model, b, fwd_hooks=hooks)
             if logp is None:
                 raise ValueError("these prompts were encoded without answers")
             out.append(logp.float().exp().cpu())
-    return torch.cat(out)
+            top.append(logits.argmax(-1).cpu())
+    return torch.cat(out), torch.cat(top)
 
 
 def neuron_activations(

@@ -215,6 +215,7 @@ def modify_figure(result: Mapping[str, Any], paper: Mapping[str, Any]) -> go.Fig
     arms = [
         ("ours", "our knowledge neurons", OURS_COLOR),
         ("baseline", "baseline neurons", BASELINE_COLOR),
+        ("random", "random neurons, same layers (control)", "#969696"),
     ]
     for col, op in enumerate(ops, start=1):
         for name, label, colour in arms:

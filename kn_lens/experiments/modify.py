@@ -11,13 +11,19 @@ and measure the change in the probability of the correct answer
 - on the fact's **own** prompts (its bag), and
 - on the prompts of **one unrelated fact**: a bag drawn at random from another relation (seeded
   by ``config.seed`` and the fact's key), with *its* correct answer, under the *first* fact's
-  neurons.
+  neurons;
+- beyond the paper, for specificity: on **another fact of the same relation** (``same``), drawn
+  the same way;
+- beyond the paper: the **answer flips**, the share of the fact's own prompts whose top-1
+  prediction changes under the intervention (``flip``).
 
 A fact's ``p`` and ``Δp`` are means over its prompts. A relation's ratio is the paper's
 ``mean Δp / mean p`` over its facts, in percent. ``overall`` averages the relation ratios (each
 relation counts once, as the paper's figure does), ``pooled`` takes ``mean Δp / mean p`` over all
 facts at once. Both our neurons (integrated gradients) and the activation-baseline neurons are
-measured the same way; a fact without neurons of a method is left out of that method's numbers.
+measured the same way, and (``config.modify_random``) a **random control**: for each fact, as many
+random neurons as it has knowledge neurons, drawn from the same layers (seeded by the fact's key);
+a fact without neurons of a method is left out of that method's numbers.
 """
 
 from __future__ import annotations
@@ -30,9 +36,9 @@ from typing import Any
 
 from kn_lens.config import PaperConfig
 from kn_lens.data import FactBag
-from kn_lens.interventions import scaled_answer_probs
+from kn_lens.interventions import scaled_answer_reads
 from kn_lens.models.family import Model
-from kn_lens.neuron import Neuron, check_neurons
+from kn_lens.neuron import Neuron, check_neurons, model_shape
 from kn_lens.readout import encode_facts, first_token
 from kn_lens.results import ReportRow, Result, dig, mean_or_nan, report_row
 
@@ -72,6 +78,8 @@ class FactChange:
     p_own: float
     p_other: float | None
     delta: dict[str, dict[str, dict[str, float | None]]]
+    same_key: str | None = None
+    p_same: float | None = None
 
 
 @dataclass
@@ -94,6 +102,11 @@ class ChangeStats:
     other_p: float
     other_delta: float
     other_pct: float
+    n_facts_same: int = 0
+    same_p: float = math.nan
+    same_delta: float = math.nan
+    same_pct: float = math.nan
+    flip: float = math.nan  # mean over facts of the share of own prompts whose top-1 changed
 
 
 @dataclass
@@ -132,6 +145,34 @@ def unrelated_bag(bags: Sequence[FactBag], bag: FactBag, seed: int) -> FactBag |
     return pool[random.Random(f"{seed}:modify:{bag.key}").randrange(len(pool))]
 
 
+def related_bag(bags: Sequence[FactBag], bag: FactBag, seed: int) -> FactBag | None:
+    """Another bag of the same relation, drawn with a generator seeded by ``seed`` and
+    ``bag.key``."""
+    pool = [b for b in bags if b.relation == bag.relation and b.key != bag.key]
+    if not pool:
+        return None
+    return pool[random.Random(f"{seed}:modify-same:{bag.key}").randrange(len(pool))]
+
+
+def random_control(neurons: Sequence[Neuron], d_mlp: int, seed: int, key: str) -> list[Neuron]:
+    """As many random neurons as ``neurons``, one in the layer of each, none of them among
+    ``neurons`` and no two alike (seeded by ``seed`` and the fact's ``key``)."""
+    rng = random.Random(f"{seed}:random-control:{key}")
+    taken = set(neurons)
+    out = []
+    for n in neurons:
+        free = d_mlp - sum(1 for t in taken if t.layer == n.layer)
+        if free <= 0:
+            continue
+        while True:
+            r = Neuron(n.layer, rng.randrange(d_mlp))
+            if r not in taken:
+                taken.add(r)
+                out.append(r)
+                break
+    return out
+
+
 def _ratio(delta: float, p: float) -> float:
     return 100.0 * delta / p if p and math.isfinite(p) and math.isfinite(delta) else math.nan
 
@@ -149,10 +190,33 @@ def _stats(facts: Sequence[FactChange], method: str, op: str) -> ChangeStats:
         and f.p_other is not None
         and (d := f.delta[method][op]["other"]) is not None
     ]
+    same = [
+        (f.p_same, d)
+        for f in facts
+        if method in f.delta
+        and f.p_same is not None
+        and (d := f.delta[method][op].get("same")) is not None
+    ]
+    flips = [
+        d for f in facts if method in f.delta and (d := f.delta[method][op].get("flip")) is not None
+    ]
     own_p, own_d = mean_or_nan([a for a, _ in own]), mean_or_nan([b for _, b in own])
     oth_p, oth_d = mean_or_nan([a for a, _ in oth]), mean_or_nan([b for _, b in oth])
+    sam_p, sam_d = mean_or_nan([a for a, _ in same]), mean_or_nan([b for _, b in same])
     return ChangeStats(
-        len(own), own_p, own_d, _ratio(own_d, own_p), len(oth), oth_p, oth_d, _ratio(oth_d, oth_p)
+        len(own),
+        own_p,
+        own_d,
+        _ratio(own_d, own_p),
+        len(oth),
+        oth_p,
+        oth_d,
+        _ratio(oth_d, oth_p),
+        len(same),
+        sam_p,
+        sam_d,
+        _ratio(sam_d, sam_p),
+        mean_or_nan(flips),
     )
 
 
@@ -184,6 +248,8 @@ def modify(
     if baseline is not None:
         methods["baseline"] = baseline
     factors = {"suppress": 0.0, "amplify": float(config.amplify_factor)}
+    names = [*methods, *(["random"] if config.modify_random else [])]
+    d_mlp = model_shape(model)[1]
     # Check the inputs up front so a bad neuron or answer fails before any work.
     for m, table in methods.items():
         for k, ns in table.items():
@@ -206,25 +272,38 @@ def modify(
         if not any(neuron_sets.values()):
             skipped[bag.key] = "no_neurons"
             continue
+        if config.modify_random:
+            ours_here = check_neurons(model, neuron_sets["ours"], allow_empty=True)
+            neuron_sets["random"] = random_control(ours_here, d_mlp, config.seed, bag.key)
         other = unrelated_bag(bags, bag, config.seed)
-        prompts = list(bag.prompts) + (list(other.prompts) if other else [])
+        same = related_bag(bags, bag, config.seed)
+        parts = [bag, *([other] if other else []), *([same] if same else [])]
+        prompts = [p for b in parts for p in b.prompts]
+        answers = [b.object for b in parts for _ in b.prompts]
         n_own = len(bag.prompts)
-        answers = [bag.object] * n_own + ([other.object] * len(other.prompts) if other else [])
+        n_other = len(other.prompts) if other else 0
+        s_own, s_oth, s_sam = (
+            slice(0, n_own),
+            slice(n_own, n_own + n_other),
+            slice(n_own + n_other, len(prompts)),
+        )
         enc = encode_facts(model, prompts, answers)
-        base = scaled_answer_probs(model, enc, [], None, batch_size=config.batch_size)
+        base, base_top = scaled_answer_reads(model, enc, [], None, batch_size=config.batch_size)
         delta: dict[str, dict[str, dict[str, float | None]]] = {}
         for m, neurons in neuron_sets.items():
             if not neurons:
                 continue
             delta[m] = {}
             for op, factor in factors.items():
-                d = (
-                    scaled_answer_probs(model, enc, neurons, factor, batch_size=config.batch_size)
-                    - base
+                p, top = scaled_answer_reads(
+                    model, enc, neurons, factor, batch_size=config.batch_size
                 )
+                d = p - base
                 delta[m][op] = {
-                    "own": float(d[:n_own].mean()),
-                    "other": float(d[n_own:].mean()) if other else None,
+                    "own": float(d[s_own].mean()),
+                    "other": float(d[s_oth].mean()) if other else None,
+                    "same": float(d[s_sam].mean()) if same else None,
+                    "flip": float((top[s_own] != base_top[s_own]).float().mean()),
                 }
         facts.append(
             FactChange(
@@ -233,34 +312,44 @@ def modify(
                 bag.object,
                 other.key if other else None,
                 {m: len(v) for m, v in neuron_sets.items()},
-                float(base[:n_own].mean()),
-                float(base[n_own:].mean()) if other else None,
+                float(base[s_own].mean()),
+                float(base[s_oth].mean()) if other else None,
                 delta,
+                same.key if same else None,
+                float(base[s_sam].mean()) if same else None,
             )
         )
 
     relations: dict[str, dict[str, dict[str, ChangeStats]]] = {}
     for rel in dict.fromkeys(f.relation for f in facts):
         fs = [f for f in facts if f.relation == rel]
-        relations[rel] = {m: {op: _stats(fs, m, op) for op in factors} for m in methods}
+        relations[rel] = {m: {op: _stats(fs, m, op) for op in factors} for m in names}
     overall: dict[str, dict[str, dict[str, float]]] = {}
     pooled: dict[str, dict[str, ChangeStats]] = {}
-    for m in methods:
+    for m in names:
         overall[m], pooled[m] = {}, {}
         for op in factors:
             rel_stats = [r[m][op] for r in relations.values() if r[m][op].n_facts]
             own = [s.own_pct for s in rel_stats if math.isfinite(s.own_pct)]
             oth = [s.other_pct for s in rel_stats if math.isfinite(s.other_pct)]
+            sam = [s.same_pct for s in rel_stats if math.isfinite(s.same_pct)]
+            flips = [s.flip for s in rel_stats if math.isfinite(s.flip)]
             overall[m][op] = {
                 "own_pct": mean_or_nan(own),
                 "other_pct": mean_or_nan(oth),
+                "same_pct": mean_or_nan(sam),
+                "flip": mean_or_nan(flips),
                 "n_relations": len(rel_stats),
                 "n_facts": sum(s.n_facts for s in rel_stats),
             }
             pooled[m][op] = _stats(facts, m, op)
-    settings = {"amplify_factor": config.amplify_factor, "seed": config.seed}
+    settings = {
+        "amplify_factor": config.amplify_factor,
+        "seed": config.seed,
+        "random_control": config.modify_random,
+    }
     return ModifyResult(
-        tuple(methods), OPERATIONS, relations, overall, pooled, facts, skipped, settings
+        tuple(names), OPERATIONS, relations, overall, pooled, facts, skipped, settings
     )
 
 
@@ -285,4 +374,28 @@ def report_rows(
                 dig(result, "overall", "ours", op, "other_pct"),
             )
         )
+        if "random" in result.get("methods", ()):
+            rows.append(
+                report_row(
+                    f"{op}: % change of correct-answer probability (random control)",
+                    "-",
+                    dig(result, "overall", "random", op, "own_pct"),
+                )
+            )
+        rows.append(
+            report_row(
+                f"{op}: % change on other facts of the same relation (ours)",
+                "-",
+                dig(result, "overall", "ours", op, "same_pct"),
+            )
+        )
+        for who in ("ours", "random"):
+            if who in result.get("methods", ()):
+                rows.append(
+                    report_row(
+                        f"{op}: share of own prompts whose top-1 flips ({who})",
+                        "-",
+                        dig(result, "overall", who, op, "flip"),
+                    )
+                )
     return rows

@@ -10,22 +10,23 @@ import pytest
 from kn_lens.config import PaperConfig
 from kn_lens.data import Fact, FactBag
 from kn_lens.experiments import ANALYSES
-from kn_lens.experiments.modify import ModifyResult, modify, unrelated_bag
-from kn_lens.interventions import scaled_answer_probs
+from kn_lens.experiments.modify import ModifyResult, modify, random_control, unrelated_bag
+from kn_lens.interventions import scaled_answer_probs, scaled_answer_reads
 from kn_lens.neuron import Neuron
 from kn_lens.readout import encode_facts
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "kn_lens" / "default_model"
 
 
-def _tiny_bags() -> list[FactBag]:
+def _tiny_bags(index_offset: int = 0) -> list[FactBag]:
     born = Fact("Alice", "P19", "born in", "N-1", "Paris")
     capital = Fact("Bob", "P36", "capital", "1-1", "London")
     job = Fact("Alice", "P106", "occupation", "N-M", "doctor")
+    i = index_offset
     return [
-        FactBag(born, ("Alice was born in [MASK] .", "Alice is born in the city [MASK] ."), 0),
-        FactBag(capital, ("the capital of Bob is [MASK] .", "[MASK] is the capital of Bob ."), 0),
-        FactBag(job, ("Alice works as a [MASK] .", "Alice is a [MASK] ."), 0),
+        FactBag(born, ("Alice was born in [MASK] .", "Alice is born in the city [MASK] ."), i),
+        FactBag(capital, ("the capital of Bob is [MASK] .", "[MASK] is the capital of Bob ."), i),
+        FactBag(job, ("Alice works as a [MASK] .", "Alice is a [MASK] ."), i),
     ]
 
 
@@ -43,7 +44,7 @@ def test_modify_bookkeeping_matches_direct_measurement(tiny_model):
     ours = {"P19/0": [Neuron(1, 3), Neuron(1, 10)], "P36/0": [Neuron(0, 5)]}
     base = {"P19/0": [Neuron(0, 1)], "P36/0": [], "P106/0": [Neuron(1, 7)]}
     res = modify(tiny_model, bags, ours, base, PaperConfig(seed=3))
-    assert isinstance(res, ModifyResult) and res.methods == ("ours", "baseline")
+    assert isinstance(res, ModifyResult) and res.methods == ("ours", "baseline", "random")
     assert [f.key for f in res.facts] == ["P19/0", "P36/0", "P106/0"]
     f0 = res.facts[0]
     other = next(b for b in bags if b.key == f0.other_key)
@@ -75,9 +76,40 @@ def test_modify_bookkeeping_matches_direct_measurement(tiny_model):
     assert d["schema"] == "modify" and ANALYSES["modify"].paper["suppress"]["ours"] == -29.03
 
 
+def test_random_control_flips_and_same_relation(tiny_model):
+    bags = [*_tiny_bags(), *_tiny_bags(index_offset=1)]
+    ours = {b.key: [Neuron(1, 3), Neuron(1, 10), Neuron(0, 5)] for b in bags}
+    res = modify(tiny_model, bags, ours, None, PaperConfig(seed=3))
+    assert res.methods == ("ours", "random")
+    for f in res.facts:
+        # the control: as many neurons, from the same layers, none of the fact's own
+        ctrl = random_control(ours[f.key], 64, 3, f.key)
+        assert sorted(n.layer for n in ctrl) == sorted(n.layer for n in ours[f.key])
+        assert not set(ctrl) & set(ours[f.key]) and len(set(ctrl)) == len(ctrl)
+        assert f.n_neurons == {"ours": 3, "random": 3}
+        same = next(b for b in bags if b.key == f.same_key)
+        assert same.relation == f.relation and same.key != f.key
+        enc = encode_facts(tiny_model, list(same.prompts), [same.object] * len(same.prompts))
+        clean, top0 = scaled_answer_reads(tiny_model, enc, [], None)
+        hooked, _ = scaled_answer_reads(tiny_model, enc, ours[f.key], 0.0)
+        assert f.delta["ours"]["suppress"]["same"] == pytest.approx(
+            float((hooked - clean).mean()), abs=1e-6
+        )
+        own = next(b for b in bags if b.key == f.key)
+        enc = encode_facts(tiny_model, list(own.prompts), [own.object] * len(own.prompts))
+        _, base_top = scaled_answer_reads(tiny_model, enc, [], None)
+        _, top = scaled_answer_reads(tiny_model, enc, ctrl, 2.0)
+        assert f.delta["random"]["amplify"]["flip"] == pytest.approx(
+            float((top != base_top).float().mean())
+        )
+    assert 0.0 <= res.overall["ours"]["suppress"]["flip"] <= 1.0
+
+
 def test_modify_skips_facts_without_neurons_and_checks_input(tiny_model):
     bags = _tiny_bags()
-    res = modify(tiny_model, bags, {"P19/0": [Neuron(1, 3)]})
+    res = modify(
+        tiny_model, bags, {"P19/0": [Neuron(1, 3)]}, config=PaperConfig(modify_random=False)
+    )
     assert res.methods == ("ours",) and res.skipped_facts == {
         "P36/0": "no_neurons",
         "P106/0": "no_neurons",
