@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import torch
@@ -183,6 +183,19 @@ class BagScores:
             floor,
             steps,
             {_check_method(m): sparsify(t, floor) for m, t in tensors.items()},
+        )
+
+    def select_prompts(self, idx: Sequence[int]) -> BagScores:
+        """The same record for prompts ``idx`` only (in that order), e.g. a half of the bag."""
+        bad = [i for i in idx if not 0 <= i < self.n_prompts]
+        if bad or not idx:
+            raise ValueError(
+                f"bag {self.key}: prompt indices {list(idx)} out of range 0..{self.n_prompts - 1}"
+            )
+        return replace(
+            self,
+            n_prompts=len(idx),
+            scores={m: [ps[i] for i in idx] for m, ps in self.scores.items()},
         )
 
     def to_dict(self) -> dict[str, Any]:

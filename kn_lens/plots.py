@@ -126,6 +126,33 @@ def update_figure(result: Mapping[str, Any], paper: Mapping[str, Any]) -> go.Fig
     return fig
 
 
+def heldout_figure(result: Mapping[str, Any], paper: Mapping[str, Any]) -> go.Figure:
+    """Held-out paraphrases (``HeldoutResult.to_dict()``): % change of the correct answer's
+    probability when the neurons found on one half of each bag are suppressed, on the held-out
+    half and on the half they were found on, knowledge neurons vs random neurons (means over
+    relations)."""
+    overall = result.get("overall", {})
+    x = ["held-out prompts", "prompts they were found on"]
+    fig = go.Figure()
+    for arm, label, colour in (
+        ("ours", "knowledge neurons", OURS_COLOR),
+        ("random", "random neurons, same layers", "#969696"),
+    ):
+        a = overall.get(arm) or {}
+        fig.add_bar(
+            x=x,
+            y=[(a.get(h) or {}).get("pct") for h in ("heldout", "finding")],
+            name=label,
+            marker_color=colour,
+        )
+    fig.update_layout(
+        barmode="group",
+        title="Suppressing neurons found on the other paraphrases",
+        yaxis=dict(title="% change of the correct answer's probability"),
+    )
+    return fig
+
+
 def erase_figure(result: Mapping[str, Any], paper: Mapping[str, Any]) -> go.Figure:
     """Relation erasure (``EraseResult.to_dict()``): perplexity of the erased relation and of the
     other relations (pooled) before and after zeroing its top knowledge neurons."""

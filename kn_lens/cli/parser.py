@@ -37,7 +37,7 @@ RECORDED_DEFAULTS: dict[str, Any] = {
 }
 #: The analyses in pipeline order (the registry's names; kept here so that parsing needs no
 #: import of the registry, whose modules load torch). A test checks it equals the registry.
-ANALYSIS_NAMES = ("identify", "modify", "distant", "trigger", "update", "erase")
+ANALYSIS_NAMES = ("identify", "modify", "heldout", "distant", "trigger", "update", "erase")
 EXECUTORS = ("local", "ray")
 #: Attribution precisions (kn_lens.attribution.DTYPES; named here so parsing needs no torch).
 DTYPES = ("float32", "bfloat16", "float16")
@@ -298,6 +298,8 @@ _HELP = {
     "baseline) from the stored scores; statistics and the layer-distribution figure.",
     "modify": "Suppress and amplify knowledge neurons; change of the correct answer's "
     "probability (ours vs baseline).",
+    "heldout": "Find knowledge neurons on half of each fact's prompts and suppress them on the "
+    "other half, against random neurons from the same layers (beyond the paper).",
     "distant": "Activation of knowledge neurons on web prompts T1 (head and tail), T2 (head only) "
     "and T3 (random).",
     "trigger": "Top and bottom activating web prompts of knowledge neurons (all prompts also go "
@@ -386,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         choices=[s for s in ANALYSIS_NAMES if s != "identify"],
-        help="leave out an analysis: modify, distant, trigger, update or erase "
+        help="leave out an analysis: modify, heldout, distant, trigger, update or erase "
         "(repeatable; default: run all)",
     )
     for extra in _EXTRA.values():

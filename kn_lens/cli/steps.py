@@ -233,6 +233,7 @@ def analysis_inputs(run: Run, name: str) -> AnalysisInputs:
         ours,
         baseline,
         run.config,
+        scores=read_scores(run) if analysis.needs_scores else (),
         web_facts=web,
         relations=relations,
         facts_per_relation=getattr(run.args, "n_edits", None),

@@ -31,7 +31,7 @@ from kn_lens import plots
 from kn_lens.config import PaperConfig
 from kn_lens.data.facts import FactBag
 from kn_lens.data.web import WebFact
-from kn_lens.experiments import distant, erase, identify, modify, trigger, update
+from kn_lens.experiments import distant, erase, heldout, identify, modify, trigger, update
 from kn_lens.knowledge_neurons import BagScores
 from kn_lens.models.family import Model
 from kn_lens.neuron import Neuron
@@ -58,7 +58,7 @@ class AnalysisInputs:
         baseline: the activation baseline's neurons by bag key, when identified.
         config: the hyperparameters (the paper's by default); ``config.batch_size`` bounds every
             forward pass.
-        scores: the stored attribution scores (``identify``).
+        scores: the stored attribution scores (``identify``, ``heldout``).
         web_facts: web sentences by relation (``distant``, ``trigger``).
         relations: relations to erase (``erase``; default: :func:`erase.default_relations`).
         facts_per_relation: facts edited per relation (``update``; default 10).
@@ -98,6 +98,8 @@ class Analysis:
     figures: tuple[FigureFn, ...]
     rows: RowsFn
     needs_web: bool = False
+    #: reads the stored attribution scores (``AnalysisInputs.scores``).
+    needs_scores: bool = False
     #: writes the per-fact details beside results.json (``result, path -> path``), if any.
     details: Callable[[Any, Any], Any] | None = None
     #: a few facts of the result as display lines for the report, if any.
@@ -114,6 +116,12 @@ def _modify(x: AnalysisInputs) -> Result:
     bags = [b for b in x.bags if b.key in x.neurons]
     return modify.modify(
         x.require_model(), bags, x.neurons, x.baseline, x.config, progress=x.progress
+    )
+
+
+def _heldout(x: AnalysisInputs) -> Result:
+    return heldout.heldout_paraphrases(
+        x.require_model(), x.bags, x.scores, x.config, progress=x.progress
     )
 
 
@@ -186,6 +194,15 @@ ANALYSES: dict[str, Analysis] = {
             modify.PAPER,
             (plots.modify_figure,),
             modify.report_rows,
+        ),
+        Analysis(
+            "heldout",
+            "Held-out paraphrases (beyond the paper)",
+            _heldout,
+            heldout.PAPER,
+            (plots.heldout_figure,),
+            heldout.report_rows,
+            needs_scores=True,
         ),
         Analysis(
             "distant",
