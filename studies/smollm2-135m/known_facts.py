@@ -29,6 +29,23 @@ from kn_lens.data.sources import load_facts
 from kn_lens.readout import encode_facts, score_prompts, usable_bags
 
 
+def write_summary(args: argparse.Namespace, summary: dict[str, dict]) -> None:
+    """``OUT/known_summary.json`` for the relations scanned so far."""
+    (args.out / "known_summary.json").write_text(
+        json.dumps(
+            {
+                "model": args.model,
+                "per_relation": args.per_relation,
+                "seed": args.seed,
+                "rule": "gold answer's first token is top-1 on at least half of the usable prompts",
+                "relations": summary,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default="../shared/data")
@@ -99,19 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             "known_multi_token": sum(r["share"] >= 0.5 and r["answer_tokens"] > 1 for r in recs),
         }
         print(rel, summary[rel], f"{time.time() - t0:.0f}s", flush=True)
-    (args.out / "known_summary.json").write_text(
-        json.dumps(
-            {
-                "model": args.model,
-                "per_relation": args.per_relation,
-                "seed": args.seed,
-                "rule": "gold answer's first token is top-1 on at least half of the usable prompts",
-                "relations": summary,
-            },
-            indent=1,
-        )
-        + "\n"
-    )
+        write_summary(args, summary)  # after each relation, so a partial scan can be used
     return 0
 
 
