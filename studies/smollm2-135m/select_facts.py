@@ -22,8 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     here = Path(__file__).parent
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dir", type=Path, default=here)
-    ap.add_argument("--per-relation", type=int, default=14)
-    ap.add_argument("--min-known", type=int, default=10)
+    ap.add_argument("--per-relation", type=int, default=20)
+    ap.add_argument("--min-known", type=int, default=5)
     ap.add_argument("--min-templates", type=int, default=4)
     ap.add_argument("--min-facts", type=int, default=100)
     ap.add_argument("--min-relations", type=int, default=8)
