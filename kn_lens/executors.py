@@ -202,7 +202,9 @@ class RayExecutor:
 
     def run(self, bags: Sequence[FactBag], config: PaperConfig) -> Iterator[tuple[FactBag, dict]]:
         """Yield ``(bag, record)`` as the actors finish them; a fact whose actor died is handed
-        to the next actor (at most 3 tries per fact, then the error is raised)."""
+        to another actor (at most 3 tries per fact, then the error is raised). An actor that died
+        once gets no more facts in this run (Ray may be restarting it, and a restarting actor
+        fails every call at once); when every actor has died the run stops with an error."""
         if not bags:
             return
         self.start()
@@ -212,14 +214,15 @@ class RayExecutor:
         todo: deque[tuple[int, int]] = deque((i, 0) for i in range(len(bags)))  # (bag, tries)
         running: dict[Any, tuple[int, int, int]] = {}  # ref -> (bag, tries, actor)
         load = [0] * len(self._actors)
+        alive = set(range(len(self._actors)))
         turn = 0
 
         def submit() -> None:
             nonlocal turn
-            while todo and min(load) < self.in_flight:
+            while todo and any(load[a] < self.in_flight for a in alive):
                 i, tries = todo.popleft()
                 a = turn % len(self._actors)
-                while load[a] >= self.in_flight:
+                while a not in alive or load[a] >= self.in_flight:
                     a = (a + 1) % len(self._actors)
                 turn = a + 1
                 ref = self._actors[a].run.remote(bags[i], config)
@@ -237,14 +240,16 @@ class RayExecutor:
             except RayActorError as e:
                 if tries + 1 >= 3:
                     raise RuntimeError(f"fact {bags[i].key}: its actor died 3 times ({e})") from e
-                log.warning(
-                    "actor %d died while scoring %s; handing the fact to another actor",
-                    a,
-                    bags[i].key,
-                )
+                if a in alive:
+                    log.warning("actor %d died; its facts go to the other actors", a)
+                alive.discard(a)
+                if not alive:
+                    raise RuntimeError(
+                        f"every Ray actor died (the last while scoring {bags[i].key}): {e}"
+                    ) from e
+                log.warning("handing %s to another actor", bags[i].key)
                 self.retried.append(bags[i].key)
                 todo.appendleft((i, tries + 1))
-                turn = a + 1  # prefer the next actor: this one is restarting
                 submit()
                 continue
             submit()
