@@ -22,7 +22,7 @@ from typing import Any
 
 from kn_lens.config import PaperConfig
 from kn_lens.data import FactBag
-from kn_lens.experiments.modify import random_control
+from kn_lens.experiments.modify import change_pct, random_control
 from kn_lens.interventions import scaled_answer_reads
 from kn_lens.knowledge_neurons import BagScores, identify_all
 from kn_lens.models.family import Model
@@ -80,10 +80,6 @@ class HeldoutResult(Result):
     facts: list[HeldoutFact]
     skipped_facts: dict[str, str] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
-
-
-def _pct(delta: float, p: float) -> float:
-    return 100.0 * delta / p if p and math.isfinite(p) and math.isfinite(delta) else math.nan
 
 
 def heldout_paraphrases(
@@ -157,7 +153,7 @@ def heldout_paraphrases(
         for arm in ARMS:
             entry[arm] = {
                 h: {
-                    "pct": _pct(
+                    "pct": change_pct(
                         mean_or_nan(f.delta[arm][h] for f in fs), mean_or_nan(f.p[h] for f in fs)
                     ),
                     "flip": mean_or_nan(f.flip[arm][h] for f in fs),

@@ -173,7 +173,8 @@ def random_control(neurons: Sequence[Neuron], d_mlp: int, seed: int, key: str) -
     return out
 
 
-def _ratio(delta: float, p: float) -> float:
+def change_pct(delta: float, p: float) -> float:
+    """``100 * delta / p``, the paper's % change; NaN when either is missing or ``p`` is 0."""
     return 100.0 * delta / p if p and math.isfinite(p) and math.isfinite(delta) else math.nan
 
 
@@ -207,15 +208,15 @@ def _stats(facts: Sequence[FactChange], method: str, op: str) -> ChangeStats:
         len(own),
         own_p,
         own_d,
-        _ratio(own_d, own_p),
+        change_pct(own_d, own_p),
         len(oth),
         oth_p,
         oth_d,
-        _ratio(oth_d, oth_p),
+        change_pct(oth_d, oth_p),
         len(same),
         sam_p,
         sam_d,
-        _ratio(sam_d, sam_p),
+        change_pct(sam_d, sam_p),
         mean_or_nan(flips),
     )
 
