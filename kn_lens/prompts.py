@@ -7,7 +7,6 @@ handled once.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -18,10 +17,8 @@ from torch import Tensor
 from transformer_lens import HookedEncoder
 from transformers import PreTrainedTokenizerBase
 
-from kn_lens.data.facts import MASK, FactBag, check_prompt
+from kn_lens.data.facts import MASK, BagCheck, FactBag, check_prompt
 from kn_lens.neuron import Hook
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -249,28 +246,17 @@ def mask_probs(
     return logits.softmax(-1).gather(-1, t[:, None])[:, 0]
 
 
-@dataclass
-class VocabCheck:
-    """Result of :func:`filter_single_token`: the kept bags and the skipped ones, with reasons."""
-
-    kept: list[FactBag]
-    skipped: list[tuple[FactBag, str]]
-
-    @property
-    def n_skipped(self) -> int:
-        return len(self.skipped)
-
-
 def filter_single_token(
     bags: Sequence[FactBag],
     tokenizer: ModelOrTokenizer,
     *,
     on_error: Literal["skip", "raise"] = "skip",
-) -> VocabCheck:
+) -> BagCheck:
     """Keep bags whose object is exactly one vocabulary token (the paper keeps only these).
 
     With ``on_error="raise"`` the first offending object raises ``ValueError`` naming it and its
-    fact; with ``"skip"`` it is dropped and counted in the returned :class:`VocabCheck`.
+    fact; with ``"skip"`` it is dropped and counted in the returned
+    :class:`~kn_lens.data.facts.BagCheck`.
     """
     kept, skipped = [], []
     for bag in bags:
@@ -282,41 +268,4 @@ def filter_single_token(
             skipped.append((bag, str(e)))
         else:
             kept.append(bag)
-    return VocabCheck(kept, skipped)
-
-
-def log_skipped(
-    check: VocabCheck,
-    n_total: int | None = None,
-    *,
-    logger: logging.Logger | None = None,
-    limit: int = 20,
-) -> None:
-    """Name the facts :func:`filter_single_token` skipped, at INFO: a count line, then one line
-    per fact (its key, subject, object and reason), the first ``limit`` of them, then how many
-    more were not listed."""
-    if not check.n_skipped:
-        return
-    out = logger or log
-    of = f" of {n_total}" if n_total is not None else ""
-    out.info("skipped %d%s facts whose answer is not one vocabulary token", check.n_skipped, of)
-    for bag, reason in check.skipped[:limit]:
-        out.info("  skipped %s (%s -> %s): %s", bag.key, bag.subject, bag.object, reason)
-    if check.n_skipped > limit:
-        out.info("  ... and %d more not listed", check.n_skipped - limit)
-
-
-def encode_web(
-    model: HookedEncoder,
-    prompts: Sequence[str],
-    *,
-    max_tokens: int = 512,
-    device: str | torch.device | None = None,
-) -> EncodedPrompts:
-    """:func:`kn_lens.prompts.encode` with the paper's 512-token cut, capped at the model context.
-
-    A prompt longer than ``min(max_tokens, model.cfg.n_ctx)`` tokens is cut to a window of that
-    many tokens that keeps its ``[MASK]``.
-    """
-    limit = min(int(max_tokens), int(model.cfg.n_ctx))
-    return encode(model, prompts, max_tokens=limit, device=device)
+    return BagCheck(kept, skipped)

@@ -22,9 +22,9 @@ cannot be masked are skipped and counted with a reason (:data:`SKIP_REASONS`), n
 dropped. Randomness comes from one :class:`random.Random` per fact, seeded by ``(seed, fact key)``,
 so a fact's prompts do not depend on which other facts are built with it.
 
-Long sentences are not cut here: :func:`encode_web` (a thin wrapper of
-:func:`kn_lens.prompts.encode`) truncates to ``min(max_tokens, n_ctx)`` tokens with a window that
-always keeps the ``[MASK]``.
+Long sentences are not cut here: the encoder family's ``encode(..., max_tokens=)``
+(:class:`kn_lens.models.encoder.EncoderFamily`) truncates to ``min(max_tokens, n_ctx)`` tokens with
+a window that always keeps the ``[MASK]``.
 
 The default model's world generates web-like sentences in the same format
 (:func:`kn_lens.data.world.default_web_bags`), so :func:`default_web_facts` runs the same code

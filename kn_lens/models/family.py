@@ -19,58 +19,20 @@ Attribution's partial forward is each family's own (``kn_lens.attribution`` for 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedEncoder, HookedTransformer
 
-from kn_lens.data.facts import FactBag
+from kn_lens.data.facts import BagCheck, FactBag
 from kn_lens.neuron import Hook
 
-log = logging.getLogger(__name__)
+__all__ = ["BagCheck", "EncodedBatch", "Family", "Model", "family_of"]
 
 #: A model of either family.
 Model = HookedEncoder | HookedTransformer
-
-
-@dataclass
-class BagCheck:
-    """Which fact bags a model can use.
-
-    Attributes:
-        kept: the usable bags, as the model reads them (decoder bags hold decoder prompts).
-        skipped: the unusable bags, each with the reason.
-        dropped_prompts: per relation, prompts dropped from kept bags (a decoder drops the
-            templates whose answer comes before the subject).
-    """
-
-    kept: list[FactBag]
-    skipped: list[tuple[FactBag, str]] = field(default_factory=list)
-    dropped_prompts: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def n_skipped(self) -> int:
-        return len(self.skipped)
-
-    def log(
-        self, n_total: int | None = None, *, logger: logging.Logger | None = None, limit: int = 20
-    ) -> None:
-        """Name the skipped facts and count the dropped prompts per relation, at INFO."""
-        out = logger or log
-        if self.n_skipped:
-            of = f" of {n_total}" if n_total is not None else ""
-            out.info("skipped %d%s facts the model cannot use", self.n_skipped, of)
-            for bag, reason in self.skipped[:limit]:
-                out.info("  skipped %s (%s -> %s): %s", bag.key, bag.subject, bag.object, reason)
-            if self.n_skipped > limit:
-                out.info("  ... and %d more not listed", self.n_skipped - limit)
-        for rel, n in sorted(self.dropped_prompts.items()):
-            if n:
-                out.info("  %s: %d prompt(s) dropped (the answer comes before the subject)", rel, n)
 
 
 @runtime_checkable

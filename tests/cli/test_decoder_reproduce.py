@@ -13,6 +13,7 @@ import torch
 from kn_lens import cli
 from kn_lens.experiments import ANALYSES
 
+from ..word_tokenizer import save_word_tokenizer
 from .helpers import base_args, write_facts
 from .test_cli import write_web
 
@@ -20,20 +21,10 @@ ANSWER_FIRST = "[Y] is where [X] was born ."
 
 
 def save_gpt2(folder: Path, words: list[str], seed: int = 0) -> Path:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from transformers import GPT2Config, GPT2LMHeadModel
 
-    folder.mkdir(parents=True, exist_ok=True)
-    specials = ["<unk>", "<|endoftext|>"]
-    vocab = {w: i for i, w in enumerate([*specials, *dict.fromkeys(words)])}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<|endoftext|>",
-        eos_token="<|endoftext|>",
-        unk_token="<unk>",
-    ).save_pretrained(folder)
+    eot = "<|endoftext|>"
+    vocab = save_word_tokenizer(folder, words, specials=("<unk>", eot), bos=eot, eos=eot)
     cfg = GPT2Config(
         vocab_size=len(vocab),
         n_embd=32,

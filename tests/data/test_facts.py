@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from kn_lens.data import DataError, Fact, FactBag, check_prompt, load_jsonl_facts
-from kn_lens.prompts import filter_single_token, log_skipped
+from kn_lens.prompts import filter_single_token
 
 
 def test_check_prompt_names_the_prompt():
@@ -134,16 +134,16 @@ def test_duplicate_fact_lines_are_logged_and_kept_once(tmp_path: Path, caplog):
     assert f"{p}:3: duplicate of the fact on line 1 (A, r, B): kept once" in caplog.text
 
 
-def test_log_skipped_names_each_fact(tiny_model, caplog):
+def test_bag_check_log_names_each_skipped_fact(tiny_model, caplog):
     bags = [
         FactBag(Fact(f"S{i}", "r", "r", "N-1", "Parisville zzz"), ("x [MASK] .",), index=i)
         for i in range(4)
     ]
     check = filter_single_token(bags, tiny_model.tokenizer)
-    with caplog.at_level("INFO", logger="kn_lens.prompts"):
-        log_skipped(check, 10, limit=3)
+    with caplog.at_level("INFO", logger="kn_lens.data.facts"):
+        check.log(10, limit=3)
     lines = caplog.messages
-    assert lines[0] == "skipped 4 of 10 facts whose answer is not one vocabulary token"
+    assert lines[0] == "skipped 4 of 10 facts the model cannot use"
     assert lines[1].startswith("  skipped r/0 (S0 -> Parisville zzz): answer 'Parisville zzz'")
     assert lines[-1] == "  ... and 1 more not listed" and len(lines) == 5
 

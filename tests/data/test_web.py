@@ -18,7 +18,8 @@ from kn_lens.data.web import (
     web_facts_from_dict,
     web_relations,
 )
-from kn_lens.prompts import encode, encode_web
+from kn_lens.models.encoder import EncoderFamily
+from kn_lens.prompts import encode
 
 # --- T1: masking the tail ---------------------------------------------------------------------
 
@@ -191,8 +192,8 @@ def test_mask_beyond_512_tokens_stays_in_window(tiny_model):
     assert enc.tokens.shape[1] == 512
     assert int(enc.tokens[0, enc.mask_pos[0]]) == tok.mask_token_id
     assert int(enc.tokens[0, 0]) == tok.cls_token_id and int(enc.tokens[0, -1]) == tok.sep_token_id
-    # encode_web additionally respects the model's context (128 for the tiny model)
-    enc_w = encode_web(tiny_model, [p], max_tokens=512)
+    # the encoder family's encode also respects the model's context (128 for the tiny model)
+    enc_w = EncoderFamily().encode(tiny_model, [p], max_tokens=512)
     assert enc_w.tokens.shape[1] == min(512, tiny_model.cfg.n_ctx)
     assert int(enc_w.tokens[0, enc_w.mask_pos[0]]) == tok.mask_token_id
 

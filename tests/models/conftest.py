@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from ..word_tokenizer import save_word_tokenizer
+
 WORDS = [
     "the",
     "a",
@@ -28,24 +30,8 @@ WORDS = [
     ",",
 ]
 
-
-def save_word_tokenizer(folder: Path, *, bos: str, eos: str, unk: str) -> int:
-    """Save a word-level ``PreTrainedTokenizerFast`` (whitespace split) to ``folder``.
-
-    Returns the vocabulary size.
-    """
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = list(dict.fromkeys([unk, bos, eos]))
-    vocab = {w: i for i, w in enumerate([*specials, *WORDS])}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=bos, eos_token=eos, unk_token=unk
-    )
-    fast.save_pretrained(folder)
-    return len(vocab)
+EOT = "<|endoftext|>"
+GPT2_SPECIALS = ("<unk>", EOT)
 
 
 def make_decoder_checkpoint(folder: Path, kind: str, *, seed: int = 0) -> Path:
@@ -65,7 +51,7 @@ def make_decoder_checkpoint(folder: Path, kind: str, *, seed: int = 0) -> Path:
 
     folder.mkdir(parents=True, exist_ok=True)
     if kind == "gpt2":
-        n_vocab = save_word_tokenizer(folder, bos="<|endoftext|>", eos="<|endoftext|>", unk="<unk>")
+        n_vocab = len(save_word_tokenizer(folder, WORDS, specials=GPT2_SPECIALS, bos=EOT, eos=EOT))
         cfg = GPT2Config(
             vocab_size=n_vocab,
             n_embd=32,
@@ -77,7 +63,7 @@ def make_decoder_checkpoint(folder: Path, kind: str, *, seed: int = 0) -> Path:
         )
         model = GPT2LMHeadModel(cfg)
     elif kind == "gpt_neox":
-        n_vocab = save_word_tokenizer(folder, bos="<|endoftext|>", eos="<|endoftext|>", unk="<unk>")
+        n_vocab = len(save_word_tokenizer(folder, WORDS, specials=GPT2_SPECIALS, bos=EOT, eos=EOT))
         cfg = GPTNeoXConfig(
             vocab_size=n_vocab,
             hidden_size=32,
@@ -95,7 +81,9 @@ def make_decoder_checkpoint(folder: Path, kind: str, *, seed: int = 0) -> Path:
         )
         model = GPTNeoXForCausalLM(cfg)
     elif kind == "llama":
-        n_vocab = save_word_tokenizer(folder, bos="<s>", eos="</s>", unk="<unk>")
+        specials = ("<unk>", "<s>", "</s>")
+        vocab = save_word_tokenizer(folder, WORDS, specials=specials, bos="<s>", eos="</s>")
+        n_vocab = len(vocab)
         cfg = LlamaConfig(
             vocab_size=n_vocab,
             hidden_size=32,

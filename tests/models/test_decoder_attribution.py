@@ -19,6 +19,8 @@ from kn_lens.models.decoder import (
     templates_to_prompts,
 )
 
+from ..word_tokenizer import save_word_tokenizer
+
 VOCAB = 40
 
 
@@ -162,17 +164,11 @@ def test_hooks_fire_and_change_the_answer_probability():
 
 @pytest.fixture(scope="module")
 def word_model(tmp_path_factory):
-    from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     words = ["<unk>", "<bos>", "the", "capital", "of", "France", "is", "Paris", "New", "York"]
-    tok = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<bos>", unk_token="<unk>", pad_token="<unk>"
-    )
     folder = tmp_path_factory.mktemp("tok")
-    fast.save_pretrained(folder)
+    save_word_tokenizer(folder, words, bos="<bos>", pad="<unk>")
     fast = PreTrainedTokenizerFast.from_pretrained(folder)
     cfg = HookedTransformerConfig(
         n_layers=2,

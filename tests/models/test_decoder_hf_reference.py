@@ -18,6 +18,8 @@ import torch
 
 import kn_lens
 
+from ..word_tokenizer import save_word_tokenizer
+
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa"]
 WORDS += ["lambda", "mu", "nu", "xi", "omicron", "pi", "rho", "sigma", "tau", "upsilon"]
 WORDS += ["phi", "chi", "psi", "omega", "one", "two"]
@@ -30,19 +32,10 @@ N_LAYERS = 3
 
 def save_word_gpt2(folder: Path, *, seed: int = 0) -> Path:
     """Save a random 3-layer GPT-2 and a whitespace word-level tokenizer into ``folder``."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from transformers import GPT2Config, GPT2LMHeadModel
 
-    vocab = {w: i for i, w in enumerate([*SPECIALS, *WORDS])}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<|endoftext|>",
-        eos_token="<|endoftext|>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-    ).save_pretrained(folder)
+    eot = "<|endoftext|>"
+    vocab = save_word_tokenizer(folder, WORDS, specials=SPECIALS, bos=eot, eos=eot, pad="<pad>")
     cfg = GPT2Config(
         vocab_size=len(vocab),
         n_embd=32,

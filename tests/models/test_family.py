@@ -19,21 +19,18 @@ from kn_lens.neuron import Neuron
 from kn_lens.readout import encode_facts, score_prompts, usable_bags
 from kn_lens.weights import read_value_vectors
 
+from ..word_tokenizer import save_word_tokenizer
+
 WORDS = ["<unk>", "<bos>", "the", "capital", "of", "France", "is", "Paris", "New", "York", "city"]
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 @pytest.fixture(scope="module")
 def decoder(tmp_path_factory) -> HookedTransformer:
-    from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
     folder = tmp_path_factory.mktemp("tok")
-    PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<bos>", unk_token="<unk>", pad_token="<unk>"
-    ).save_pretrained(folder)
+    save_word_tokenizer(folder, WORDS, bos="<bos>", pad="<unk>")
     cfg = HookedTransformerConfig(
         n_layers=2,
         d_model=16,
