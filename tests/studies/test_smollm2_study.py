@@ -1,0 +1,49 @@
+"""The committed SmolLM2-135M study: complete, and the READMEs quote its results.json."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+from contextlib import redirect_stdout
+from pathlib import Path
+
+from kn_lens.experiments import ANALYSES
+
+REPO = Path(__file__).resolve().parents[2]
+STUDY = REPO / "studies" / "smollm2-135m"
+
+
+def table_output(*args: str) -> str:
+    spec = importlib.util.spec_from_file_location("study_table", STUDY / "table.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        assert mod.main(list(args)) == 0
+    return buf.getvalue()
+
+
+def test_study_covers_every_analysis_with_controls():
+    doc = json.loads((STUDY / "run" / "results.json").read_text())
+    assert set(doc["results"]) == set(ANALYSES)
+    rels = doc["results"]["identify"]["relations"]
+    assert len(rels) >= 8 and sum(r["n_facts"] for r in rels.values()) >= 100
+    for r in rels.values():  # per-relation statistics
+        assert {"p", "neurons_per_fact", "overlap_same_relation"} <= set(r["ours"])
+    overall = doc["results"]["modify"]["overall"]
+    assert {"ours", "baseline", "random"} <= set(overall)
+    assert overall["random"]["suppress"]["n_facts"] == overall["ours"]["suppress"]["n_facts"]
+    assert all("random" in f for f in doc["results"]["update"]["facts"])
+    assert doc["meta"]["config"]["dtype"] == "float32"
+    neurons = json.loads((STUDY / "run" / "neurons.json").read_text())["neurons"]["ours"]
+    lines = (STUDY / "facts.txt").read_text().splitlines()
+    keys = [x.strip() for x in lines if x.strip() and not x.startswith("#")]
+    assert sorted(neurons) == sorted(keys)
+
+
+def test_study_readme_quotes_the_generated_table():
+    readme = (STUDY / "README.md").read_text()
+    for line in table_output().splitlines():
+        assert line in readme, f"studies/smollm2-135m/README.md lacks the row: {line}"
