@@ -63,6 +63,8 @@ def pct(x: Any, digits: int = 1, sign: bool = True) -> str:
     """A percentage given as a percent (-17.9 -> "-17.9%")."""
     if x is None or isinstance(x, str):
         return num(x)
+    if abs(x) < 0.1:  # small effects keep two digits ("-0.03%", not "-0.0%")
+        digits = max(digits, 2)
     return f"{x:+.{digits}f}%" if sign else f"{x:.{digits}f}%"
 
 

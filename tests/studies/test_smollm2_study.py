@@ -47,3 +47,11 @@ def test_study_readme_quotes_the_generated_table():
     readme = (STUDY / "README.md").read_text()
     for line in table_output().splitlines():
         assert line in readme, f"studies/smollm2-135m/README.md lacks the row: {line}"
+
+
+def test_top_level_readme_quotes_the_study_column():
+    """The README's table has the default model's column too; its rows start with the study's."""
+    readme = (REPO / "README.md").read_text().splitlines()
+    table = table_output().split("\n\n")[0].splitlines()
+    for line in table[2:]:  # the rows, without the header
+        assert any(r.startswith(line) for r in readme), f"README.md lacks the row: {line}"
