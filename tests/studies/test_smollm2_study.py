@@ -55,3 +55,10 @@ def test_top_level_readme_quotes_the_study_column():
     table = table_output().split("\n\n")[0].splitlines()
     for line in table[2:]:  # the rows, without the header
         assert any(r.startswith(line) for r in readme), f"README.md lacks the row: {line}"
+
+
+def test_lambda2_rerun_is_an_update_result_at_lambda2_1():
+    doc = json.loads((STUDY / "lambda2-1" / "results.json").read_text())
+    assert doc["meta"]["config"]["lambda2"] == 1.0
+    update = doc["results"]["update"]
+    assert update["lambda2"] == 1.0 and update["summary"]["knowledge"]["n_facts"] > 0
