@@ -45,9 +45,6 @@ class Run:
     def ours(self, analysis: str, start: str, end: str = "") -> Any:
         return self.find(analysis, start, end)["ours"]
 
-    def paper(self, analysis: str, start: str, end: str = "") -> Any:
-        return self.find(analysis, start, end)["paper"]
-
 
 def num(x: Any, digits: int = 2) -> str:
     if x is None:
@@ -107,84 +104,113 @@ def erase_others(run: Run) -> str:
     return "; ".join(cells)
 
 
-#: (measure, paper, study/default cell) rows of the README table.
-ROWS: list[tuple[str, Callable[[Run], str], Callable[[Run], str]]] = [
+#: A row of ``paper_rows``: (analysis, the metric's start, its end).
+Key = tuple[str, ...]
+Cell = Callable[[Run], str]
+
+
+def joined(field: str, keys: list[Key], fmt: Callable[[Any], str]) -> Cell:
+    """A cell: the rows' ``field`` (``"paper"`` or ``"ours"``), each formatted, joined by " / "."""
+    return lambda r: " / ".join(fmt(r.find(*k)[field]) for k in keys)
+
+
+def both(
+    keys: list[Key], fmt: Callable[[Any], str], paper_fmt: Callable[[Any], str] | None = None
+) -> tuple[Cell, Cell]:
+    """The paper cell and the run cell of the same rows."""
+    return joined("paper", keys, paper_fmt or fmt), joined("ours", keys, fmt)
+
+
+def text(s: str) -> Cell:
+    return lambda r: s
+
+
+def pct2(x: Any) -> str:
+    return pct(x, 2)
+
+
+def num1(x: Any) -> str:
+    return num(x, 1)
+
+
+def num3(x: Any) -> str:
+    return num(x, 3)
+
+
+def ours_and_baseline(analysis: str, start: str) -> list[Key]:
+    return [(analysis, start, "(ours)"), (analysis, start, "(baseline)")]
+
+
+T123 = ("T1", "T2", "T3")
+
+#: (measure, paper cell, study/default cell) rows of the README table.
+ROWS: list[tuple[str, Cell, Cell]] = [
     (
         "knowledge neurons per fact, ours / baseline",
-        lambda r: num(r.paper("identify", "knowledge neurons per fact", "(ours)")),
-        lambda r: pair(
-            num(r.ours("identify", "knowledge neurons per fact", "(ours)")),
-            num(r.ours("identify", "knowledge neurons per fact", "(baseline)")),
-        ),
+        joined("paper", [("identify", "knowledge neurons per fact", "(ours)")], num),
+        joined("ours", ours_and_baseline("identify", "knowledge neurons per fact"), num),
     ),
     (
         "shared neurons: same relation / other relations (ours)",
-        lambda r: pair(
-            num(r.paper("identify", "shared neurons, same relation", "(ours)")),
-            num(r.paper("identify", "shared neurons, other relations", "(ours)")),
-        ),
-        lambda r: pair(
-            num(r.ours("identify", "shared neurons, same relation", "(ours)")),
-            num(r.ours("identify", "shared neurons, other relations", "(ours)")),
+        *both(
+            [
+                ("identify", "shared neurons, same relation", "(ours)"),
+                ("identify", "shared neurons, other relations", "(ours)"),
+            ],
+            num,
         ),
     ),
     (
         "knowledge neurons in the top layers, ours / baseline",
-        lambda r: "most",
+        text("most"),
         lambda r: pair(top_layers(r, "ours"), top_layers(r, "baseline")),
     ),
     (
         "suppress: Δp / p, ours / baseline",
-        lambda r: pair(
-            pct(r.paper("modify", "suppress: % change of correct", "(ours)"), 2),
-            pct(r.paper("modify", "suppress: % change of correct", "(baseline)"), 2),
-        ),
-        lambda r: pair(
-            pct(r.ours("modify", "suppress: % change of correct", "(ours)")),
-            pct(r.ours("modify", "suppress: % change of correct", "(baseline)")),
-        ),
+        *both(ours_and_baseline("modify", "suppress: % change of correct"), pct, pct2),
     ),
     (
         "amplify: Δp / p, ours / baseline",
-        lambda r: pair(
-            pct(r.paper("modify", "amplify: % change of correct", "(ours)"), 2),
-            pct(r.paper("modify", "amplify: % change of correct", "(baseline)"), 2),
-        ),
-        lambda r: pair(
-            pct(r.ours("modify", "amplify: % change of correct", "(ours)")),
-            pct(r.ours("modify", "amplify: % change of correct", "(baseline)")),
-        ),
+        *both(ours_and_baseline("modify", "amplify: % change of correct"), pct, pct2),
     ),
     (
         "facts of other relations under suppress / amplify (ours)",
-        lambda r: "small",
-        lambda r: pair(
-            pct(r.ours("modify", "suppress: % change on unrelated")),
-            pct(r.ours("modify", "amplify: % change on unrelated")),
+        text("small"),
+        joined(
+            "ours",
+            [
+                ("modify", "suppress: % change on unrelated"),
+                ("modify", "amplify: % change on unrelated"),
+            ],
+            pct,
         ),
     ),
     (
         "*beyond the paper:* suppress, random neurons from the same layers (control)",
-        lambda r: "–",
-        lambda r: pct(r.ours("modify", "suppress: % change of correct", "(random control)"), 2),
+        text("–"),
+        joined("ours", [("modify", "suppress: % change of correct", "(random control)")], pct2),
     ),
     (
         "*beyond the paper:* suppress, other facts of the same relation (ours)",
-        lambda r: "–",
-        lambda r: pct(r.ours("modify", "suppress: % change on other facts of the same")),
+        text("–"),
+        joined("ours", [("modify", "suppress: % change on other facts of the same")], pct),
     ),
     (
         "*beyond the paper:* own prompts whose top-1 flips under suppress, ours / random",
-        lambda r: "–",
-        lambda r: pair(
-            share(r.ours("modify", "suppress: share of own prompts", "(ours)")),
-            share(r.ours("modify", "suppress: share of own prompts", "(random)")),
+        text("–"),
+        joined(
+            "ours",
+            [
+                ("modify", "suppress: share of own prompts", "(ours)"),
+                ("modify", "suppress: share of own prompts", "(random)"),
+            ],
+            share,
         ),
     ),
     (
         "*beyond the paper:* found on half the prompts, suppressed on the held-out half: ours / "
         "random (flips)",
-        lambda r: "–",
+        text("–"),
         lambda r: "{} / {} ({} / {})".format(
             pct(r.ours("heldout", "suppress, held-out prompts: % change", "(knowledge neurons)")),
             pct(r.ours("heldout", "suppress, held-out prompts: % change", "(random neurons)"), 2),
@@ -194,77 +220,54 @@ ROWS: list[tuple[str, Callable[[Run], str], Callable[[Run], str]]] = [
     ),
     (
         "activation at the read position on T1 / T2 / T3 (ours)",
-        lambda r: " / ".join(
-            num(r.paper("distant", f"mean activation on {t}", "(ours)"), 3)
-            for t in ("T1", "T2", "T3")
-        ),
-        lambda r: " / ".join(
-            num(r.ours("distant", f"mean activation on {t}", "(ours)"), 3)
-            for t in ("T1", "T2", "T3")
-        ),
+        *both([("distant", f"mean activation on {t}", "(ours)") for t in T123], num3),
     ),
     (
         "activation on T1 / T2 / T3 (baseline)",
-        lambda r: '"cannot tell apart"',
-        lambda r: " / ".join(
-            num(r.ours("distant", f"mean activation on {t}", "(baseline)"), 3)
-            for t in ("T1", "T2", "T3")
-        ),
+        text('"cannot tell apart"'),
+        joined("ours", [("distant", f"mean activation on {t}", "(baseline)") for t in T123], num3),
     ),
     (
         "top-3 activating prompts that state the fact (T1), bottom 3",
-        lambda r: "most / few",
-        lambda r: pair(
-            share(r.ours("trigger", "share of top prompts")),
-            share(r.ours("trigger", "share of bottom prompts")),
+        text("most / few"),
+        joined(
+            "ours",
+            [("trigger", "share of top prompts"), ("trigger", "share of bottom prompts")],
+            share,
         ),
     ),
     (
         "update: success / change rate, knowledge neurons",
-        lambda r: pair(
-            share(r.paper("update", "success rate (knowledge")),
-            share(r.paper("update", "change rate (knowledge")),
-        ),
-        lambda r: pair(
-            share(r.ours("update", "success rate (knowledge")),
-            share(r.ours("update", "change rate (knowledge")),
-        ),
+        *both([("update", "success rate (knowledge"), ("update", "change rate (knowledge")], share),
     ),
     (
         "update: success / change rate, random neurons",
-        lambda r: pair(
-            share(r.paper("update", "success rate (random")),
-            share(r.paper("update", "change rate (random")),
-        ),
-        lambda r: pair(
-            share(r.ours("update", "success rate (random")),
-            share(r.ours("update", "change rate (random")),
-        ),
+        *both([("update", "success rate (random"), ("update", "change rate (random")], share),
     ),
     (
         "update: Δ perplexity intra / inter relation, mean (knowledge neurons)",
-        lambda r: pair(
-            num(r.paper("update", "Δ intra-relation perplexity (knowledge"), 1),
-            num(r.paper("update", "Δ inter-relation perplexity (knowledge"), 1),
-        ),
-        lambda r: pair(
-            num(r.ours("update", "Δ intra-relation perplexity (knowledge")),
-            num(r.ours("update", "Δ inter-relation perplexity (knowledge")),
+        *both(
+            [
+                ("update", "Δ intra-relation perplexity (knowledge"),
+                ("update", "Δ inter-relation perplexity (knowledge"),
+            ],
+            num,
+            num1,
         ),
     ),
     (
         "update: Δ perplexity intra / inter relation, median over facts",
-        lambda r: "–",
+        text("–"),
         lambda r: pair(
             num(median_update(r, "delta_intra_ppl")), num(median_update(r, "delta_inter_ppl"))
         ),
     ),
     (
         "erase: the erased relation's perplexity before → after",
-        lambda r: "P19 1450 → 2996 (and 3 more)",
+        text("P19 1450 → 2996 (and 3 more)"),
         erase_cell,
     ),
-    ("erase: other relations' perplexity", lambda r: "+1% to +10%", erase_others),
+    ("erase: other relations' perplexity", text("+1% to +10%"), erase_others),
 ]
 
 
