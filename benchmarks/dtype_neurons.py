@@ -1,9 +1,10 @@
 """Lower precision against float32 on the default model: speed, scores and knowledge neurons.
 
-For a seeded sample of the default model's facts (``--per-relation`` facts of every relation),
-each fact's bag is attributed with ``kn_lens.attribute(..., dtype=d)`` for float32 and each
-``--dtypes`` entry, one after the other (the order rotates from fact to fact, so that load on a
-shared machine falls on every precision alike). Per fact and precision it records:
+For the default model's facts (all of them, or ``--max-bags`` per relation, the same seeded sample
+as ``kn-lens ... --max-bags``), each fact's bag is attributed with
+``kn_lens.attribute(..., dtype=d)`` for float32 and each ``--dtypes`` entry, one after the
+other (the order rotates from fact to fact, so that load on a shared machine falls on every
+precision alike). Per fact and precision it records:
 
 - the wall time of the attribution;
 - the Pearson correlation of all ``[prompt, layer, d_mlp]`` scores with float32's;
@@ -15,7 +16,7 @@ One JSON line per fact goes to ``--out`` as soon as the fact is done; a rerun wi
 precision, the speed against float32 (total time over total time), the worst and median
 correlation, and the share of facts whose refined neurons are identical to float32's.
 
-    python benchmarks/dtype_neurons.py --per-relation 16 --threads 1 \
+    python benchmarks/dtype_neurons.py --threads 1 \
         --out dtype.jsonl --json dtype-summary.json
 """
 
@@ -23,11 +24,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -35,26 +34,22 @@ import torch
 
 from kn_lens import attribute, load_model
 from kn_lens.config import PaperConfig
-from kn_lens.data import default_facts
+from kn_lens.data import default_facts, sample_bags
 from kn_lens.knowledge_neurons import coarse_neurons, coarse_threshold, refine
 
 DTYPES = ("bfloat16", "float16")
 
 
-def sample_facts(per_relation: int, relations: list[str] | None, seed: int) -> list[Any]:
-    """``per_relation`` seeded facts of each relation of the default model's world."""
-    by_rel: dict[str, list[Any]] = defaultdict(list)
-    for bag in default_facts():
-        by_rel[bag.relation].append(bag)
-    wanted = relations or sorted(by_rel)
-    unknown = [r for r in wanted if r not in by_rel]
-    if unknown:
-        raise SystemExit(f"--relations: {unknown} not in the default model's world")
-    out = []
-    for rel in wanted:
-        bags = by_rel[rel]
-        out += random.Random(f"{seed}:{rel}").sample(bags, min(per_relation, len(bags)))
-    return out
+def select_facts(max_bags: int | None, relations: list[str] | None, seed: int) -> list[Any]:
+    """The default model's facts of ``relations`` (default all), at most ``max_bags`` per relation
+    (:func:`kn_lens.data.sample_bags`, as the CLI's ``--max-bags`` samples them)."""
+    bags = default_facts()
+    if relations:
+        unknown = sorted(set(relations) - {b.relation for b in bags})
+        if unknown:
+            raise SystemExit(f"--relations: {unknown} not in the default model's world")
+        bags = [b for b in bags if b.relation in relations]
+    return sample_bags(bags, max_bags, seed)
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -107,7 +102,9 @@ def summarise(rows: list[dict], dtypes: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--per-relation", type=int, default=16, help="facts per relation (default 16)")
+    ap.add_argument(
+        "--max-bags", type=int, default=None, help="facts per relation (default: every fact)"
+    )
     ap.add_argument("--relations", default=None, help="comma list (default: every relation)")
     ap.add_argument("--dtypes", default=",".join(DTYPES), help="comma list of bfloat16, float16")
     ap.add_argument("--steps", type=int, default=None, help="Riemann steps (default the paper's)")
@@ -124,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     cfg = PaperConfig() if args.steps is None else PaperConfig(steps=args.steps)
     relations = args.relations.split(",") if args.relations else None
-    bags = sample_facts(args.per_relation, relations, args.seed)
+    bags = select_facts(args.max_bags, relations, args.seed)
 
     done: dict[str, dict] = {}
     if args.out.exists():
@@ -160,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         steps=cfg.steps,
         t=cfg.t,
         p=cfg.p,
-        per_relation=args.per_relation,
+        max_bags=args.max_bags,
         seed=args.seed,
         threads=torch.get_num_threads(),
         torch=torch.__version__,

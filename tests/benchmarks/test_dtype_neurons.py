@@ -24,7 +24,7 @@ def load_script():
 def test_dtype_neurons_measures_and_resumes(tmp_path, capsys):
     script = load_script()
     out, summary = tmp_path / "dtype.jsonl", tmp_path / "summary.json"
-    args = ["--per-relation", "2", "--relations", "W01", "--steps", "3", "--dtypes", "bfloat16"]
+    args = ["--max-bags", "2", "--relations", "W01", "--steps", "3", "--dtypes", "bfloat16"]
     n = torch.get_num_threads()
     try:
         assert script.main([*args, "--out", str(out), "--json", str(summary)]) == 0
