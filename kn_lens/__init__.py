@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from kn_lens import data
 from kn_lens.config import PaperConfig
+from kn_lens.errors import KnLensError
 from kn_lens.neuron import Neuron
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -67,6 +68,7 @@ __all__ = [
     "attribute",
     "data",
     "find_knowledge_neurons",
+    "KnLensError",
     "load_model",
     "Neuron",
     "PaperConfig",

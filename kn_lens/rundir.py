@@ -50,6 +50,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from kn_lens.errors import KnLensError
 from kn_lens.experiments import ANALYSES
 from kn_lens.neuron import Neuron
 from kn_lens.results import to_jsonable
@@ -60,7 +61,7 @@ log = logging.getLogger(__name__)
 NEURONS_SCHEMA = "kn_lens.neurons"
 
 
-class RunDirError(ValueError):
+class RunDirError(KnLensError):
     """A run folder's file is missing, unreadable, or from other inputs; the message names it."""
 
 

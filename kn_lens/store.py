@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kn_lens.errors import KnLensError
+
 try:  # POSIX advisory locks keep two processes from appending to the same file at once.
     import fcntl
 except ImportError:  # pragma: no cover - Windows
@@ -54,7 +56,7 @@ __all__ = [
 ]
 
 
-class StoreError(ValueError):
+class StoreError(KnLensError):
     """A store file is corrupt beyond a torn last line, or is busy in another process."""
 
 

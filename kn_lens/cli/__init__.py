@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kn_lens.cli.parser import ANALYSIS_NAMES, PROG, build_parser
+from kn_lens.errors import KnLensError
 
 if TYPE_CHECKING:
     from kn_lens.executors import ScoreFn
@@ -67,7 +68,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-class OutFolderError(ValueError):
+class OutFolderError(KnLensError):
     """``--out`` cannot be created or written (exit status 2)."""
 
 

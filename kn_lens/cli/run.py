@@ -29,6 +29,7 @@ from kn_lens.config import PaperConfig, default_batch_size
 from kn_lens.data.facts import FactBag, cap_prompts, read_keys, sample_bags, select_keys
 from kn_lens.data.sources import check_source, load_facts, load_web
 from kn_lens.data.web import WebFact
+from kn_lens.errors import KnLensError
 from kn_lens.executors import ScoreFn, score_record
 from kn_lens.models import load_model
 from kn_lens.models.family import Model
@@ -42,7 +43,7 @@ log = logging.getLogger("kn_lens.cli")
 ATTRIBUTION_KEYS = ("model", "data", "lama", "patterns", "steps", "dtype")
 
 
-class CliError(ValueError):
+class CliError(KnLensError):
     """A user-facing error: printed as ``kn-lens: error: ...`` with exit status 2."""
 
 

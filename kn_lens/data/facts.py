@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from kn_lens.errors import KnLensError
+
 MASK = "[MASK]"
 RelationType = Literal["1-1", "N-1", "N-M"]
 RELATION_TYPES: tuple[str, ...] = ("1-1", "N-1", "N-M")
@@ -28,7 +30,7 @@ RELATION_TYPES: tuple[str, ...] = ("1-1", "N-1", "N-M")
 log = logging.getLogger(__name__)
 
 
-class DataError(ValueError):
+class DataError(KnLensError):
     """Malformed input data; the message names the file and line (or the offending item)."""
 
 

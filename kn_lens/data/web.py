@@ -43,6 +43,7 @@ from typing import Any, Literal
 
 from kn_lens.data.facts import MASK, DataError, FactBag, read_text
 from kn_lens.data.world import default_query_pairs, default_web_bags
+from kn_lens.errors import KnLensError
 
 PromptType = Literal["T1", "T2", "T3"]
 PROMPT_TYPES: tuple[str, ...] = ("T1", "T2", "T3")
@@ -56,7 +57,7 @@ SKIP_REASONS: dict[str, str] = {
 }
 
 
-class MaskError(ValueError):
+class MaskError(KnLensError):
     """A sentence cannot be masked; ``reason`` is one of :data:`SKIP_REASONS`."""
 
     def __init__(self, reason: str, sentence: Any) -> None:

@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from kn_lens.errors import KnLensError
+
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "default_model"
 _ACT_FNS = {
     "gelu": "gelu",
@@ -36,7 +38,7 @@ _ACT_FNS = {
 }
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(KnLensError):
     """A model could not be loaded; the message says why and what to do instead."""
 
 
