@@ -61,7 +61,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kn_lens.models.decoder import decoder_attribute, encode_decoder  # noqa: E402
+from kn_lens.attribution import attribute as decoder_attribute  # noqa: E402
+from kn_lens.models.decoder import encode_decoder  # noqa: E402
 
 SHAPES = {
     # name: (n_layers, d_model, n_heads, d_mlp, vocab, n_ctx)

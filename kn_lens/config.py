@@ -16,6 +16,11 @@ from typing import Any
 DEFAULT_BATCH_SIZE = {"cpu": 64, "cuda": 2048}
 
 
+#: Attribution precisions by name (``kn_lens.attribution.DTYPES`` maps them to torch dtypes); here
+#: so that the command line can list them without importing torch.
+DTYPE_NAMES: tuple[str, ...] = ("float32", "bfloat16", "float16")
+
+
 def default_batch_size(device: object) -> int:
     """Rows per pass for ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``, a ``torch.device``)."""
     kind = str(device).split(":")[0]

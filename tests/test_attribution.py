@@ -266,7 +266,7 @@ def test_caller_hooks_exact_against_naive(three_layer_ckpt):
 def test_last_block_at_mask_equals_full_block(three_layer_ckpt):
     """The last block computed at [MASK] only gives the full block's output there, padding included,
     and fires the same hook points."""
-    from kn_lens.attribution import _additive_mask, _block_at_mask
+    from kn_lens.models.encoder.forward import _additive_mask, _block_at_mask
 
     model = load_model(three_layer_ckpt, device="cpu", dtype=torch.float64)
     enc = encode(model, PROMPTS)

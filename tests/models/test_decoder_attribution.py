@@ -8,16 +8,9 @@ import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from kn_lens.models.decoder import (
-    EncodedDecoderPrompts,
-    _joins_after_block,
-    answer_logprob,
-    decoder_attribute,
-    encode_decoder,
-    next_token,
-    template_to_prompt,
-    templates_to_prompts,
-)
+from kn_lens.attribution import attribute
+from kn_lens.models.decoder import EncodedDecoderPrompts, answer_logprob, encode_decoder, next_token
+from kn_lens.models.decoder.forward import joins_after_block
 
 from ..word_tokenizer import save_word_tokenizer
 
@@ -108,7 +101,7 @@ PROMPTS = [[1, 5, 7, 9, 3], [2, 8, 4], [6, 11, 12, 13, 14, 15, 16]]
 def test_ig_equals_naive_reference(style, dtype, tol, answer):
     model = tiny(style, dtype)
     steps = 5
-    got = decoder_attribute(model, PROMPTS, answer, steps=steps, batch_size=7)
+    got = attribute(model, PROMPTS, answer, steps=steps, batch_size=7)
     assert got.shape == (3, 3, 48) and got.dtype == dtype
     want = torch.stack(
         [
@@ -123,15 +116,15 @@ def test_ig_equals_naive_reference(style, dtype, tol, answer):
 
 def test_layers_subset_and_batch_size_do_not_change_scores():
     model = tiny("llama", torch.float64)
-    a = decoder_attribute(model, PROMPTS, [17, 21], steps=3, batch_size=64)
-    b = decoder_attribute(model, PROMPTS, [17, 21], steps=3, batch_size=2, layers=[2, 0])
+    a = attribute(model, PROMPTS, [17, 21], steps=3, batch_size=64)
+    b = attribute(model, PROMPTS, [17, 21], steps=3, batch_size=2, layers=[2, 0])
     assert torch.allclose(b[:, 0], a[:, 2], rtol=1e-10, atol=1e-12)
     assert torch.allclose(b[:, 1], a[:, 0], rtol=1e-10, atol=1e-12)
 
 
 def test_activation_method_is_hook_post_at_read_position():
     model = tiny("gpt2", torch.float64)
-    got = decoder_attribute(model, PROMPTS, [17, 21], method="activation")
+    got = attribute(model, PROMPTS, [17, 21], method="activation")
     for i, p in enumerate(PROMPTS):
         _, cache = model.run_with_cache(torch.tensor([p + [17]]))
         for layer in range(3):
@@ -196,9 +189,7 @@ def test_string_prompts_bos_and_answer_tokens(word_model):
     assert enc.attention_mask[1].tolist() == [0, 0, 0, 1, 1, 1, 1]
     assert enc.answer_ids.tolist() == [ids(["New", "York"])] * 2
     assert enc.read_pos.tolist() == [5, 5]
-    scores = decoder_attribute(
-        model, ["the capital of France is", "France is"], "New York", steps=2
-    )
+    scores = attribute(model, ["the capital of France is", "France is"], "New York", steps=2)
     assert scores.shape == (2, 2, 32)
 
 
@@ -208,27 +199,18 @@ def test_errors_name_the_bad_input(word_model):
         encode_decoder(model, ["France is", "the capital of [MASK] is"], "Paris")
     with pytest.raises(ValueError, match="answer .* empty"):
         encode_decoder(model, ["France is"], "  ")
-    with pytest.raises(ValueError, match="answer is empty"):
-        decoder_attribute(model, [[1, 2]], [])
+    with pytest.raises(ValueError, match="answer is empty|has no tokens"):
+        attribute(model, [[1, 2]], [])
     with pytest.raises(ValueError, match="layer 5"):
-        decoder_attribute(model, ["France is"], "Paris", layers=[5])
-
-
-def test_templates_to_prompts():
-    t = "The official language of [X] is the [Y] language."
-    assert template_to_prompt(t, "France") == "The official language of France is the"
-    assert template_to_prompt("[Y] is the capital of [X].", "France") is None
-    prompts, skipped = templates_to_prompts([t, "[Y] is spoken in [X].", "[X] speaks [Y]."], "Peru")
-    assert prompts == ["The official language of Peru is the", "Peru speaks"]
-    assert skipped == 1
+        attribute(model, ["France is"], "Paris", layers=[5])
 
 
 def test_rows_skip_their_block_where_the_mlp_allows_it():
     """gpt2/llama take the join-after-block path, neox (parallel attention and MLP) the full-block
     fallback; the naive-reference test above covers all three."""
-    assert _joins_after_block(tiny("gpt2", torch.float64))
-    assert _joins_after_block(tiny("llama", torch.float64))
-    assert not _joins_after_block(tiny("neox", torch.float64))
+    assert joins_after_block(tiny("gpt2", torch.float64))
+    assert joins_after_block(tiny("llama", torch.float64))
+    assert not joins_after_block(tiny("neox", torch.float64))
 
 
 @pytest.mark.parametrize("style", ["gpt2", "llama", "neox"])
@@ -240,8 +222,8 @@ def test_callers_hooks_fire_during_attribution(style):
         ("blocks.2.hook_resid_pre", lambda t, hook: t * 1.5),
     ]
     with model.hooks(fwd_hooks=half):
-        got = decoder_attribute(model, PROMPTS[:2], [17, 21], steps=3, batch_size=5)
-    plain = decoder_attribute(model, PROMPTS[:2], [17, 21], steps=3, batch_size=5)
+        got = attribute(model, PROMPTS[:2], [17, 21], steps=3, batch_size=5)
+    plain = attribute(model, PROMPTS[:2], [17, 21], steps=3, batch_size=5)
     want = torch.stack(
         [
             torch.stack(
@@ -278,8 +260,7 @@ def test_completeness(style):
     gap = torch.stack(gaps, dim=1)  # [prompt, layer]
     assert gap.abs().max() > 1e-3 * p_clean.max()  # the scaling moves p: a real check
     err = {
-        m: (decoder_attribute(model, PROMPTS, answer, steps=m).sum(-1) - gap).abs().max()
-        for m in (8, 64)
+        m: (attribute(model, PROMPTS, answer, steps=m).sum(-1) - gap).abs().max() for m in (8, 64)
     }
     assert err[64] < err[8] / 4, err
     assert err[64] < 0.25 * gap.abs().max(), err  # these weights are far from linear
@@ -302,15 +283,15 @@ def test_encoded_prompts_shapes_are_checked():
 def test_bad_method_and_steps():
     model = tiny("gpt2", torch.float32)
     with pytest.raises(ValueError, match="unknown method 'grad'"):
-        decoder_attribute(model, PROMPTS, [17], method="grad")
+        attribute(model, PROMPTS, [17], method="grad")
     with pytest.raises(ValueError, match="steps"):
-        decoder_attribute(model, PROMPTS, [17], steps=0)
+        attribute(model, PROMPTS, [17], steps=0)
 
 
 def test_logit_soft_cap_is_applied():
     """Gemma-style ``output_logits_soft_cap``: the partial forward ends as the model's does."""
     model = tiny("gpt2", torch.float64, output_logits_soft_cap=2.0)
-    got = decoder_attribute(model, PROMPTS[:2], [17, 21], steps=3)
+    got = attribute(model, PROMPTS[:2], [17, 21], steps=3)
     want = torch.stack(
         [
             torch.stack([naive_ig(model, p, [17, 21], layer, 3) for layer in range(3)])
@@ -318,34 +299,8 @@ def test_logit_soft_cap_is_applied():
         ]
     )
     assert (got - want).abs().max() <= 1e-9 * want.abs().max()
-    uncapped = decoder_attribute(tiny("gpt2", torch.float64), PROMPTS[:2], [17, 21], steps=3)
+    uncapped = attribute(tiny("gpt2", torch.float64), PROMPTS[:2], [17, 21], steps=3)
     assert (uncapped - want).abs().max() > 1e-3 * want.abs().max()  # the cap matters here
-
-
-def test_kn_lens_attribute_dispatches_decoders_to_decoder_attribute(monkeypatch):
-    """``kn_lens.attribute`` on a HookedTransformer is the decoder family's attribution."""
-    import kn_lens
-    from kn_lens import attribution
-
-    calls = []
-
-    def fake(model, prompts, answer, **kw):
-        calls.append((prompts, answer, kw))
-        return torch.zeros(len(prompts), 2, 3)
-
-    monkeypatch.setattr(attribution, "decoder_attribute", fake)
-    model = object.__new__(HookedTransformer)  # no weights needed: only the dispatch is checked
-    out = kn_lens.attribute(model, ["The capital of France is"], " Paris", steps=4)
-    assert out.shape == (1, 2, 3)
-    assert calls == [
-        (
-            ["The capital of France is"],
-            " Paris",
-            {"steps": 4, "batch_size": None, "layers": None, "method": "ig"},
-        )
-    ]
-    with pytest.raises(ValueError, match="not supported for decoders"):
-        kn_lens.attribute(model, ["x"], " y", dtype="bfloat16")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
@@ -356,8 +311,8 @@ def test_cuda_matches_cpu_and_the_naive_reference(style):
     cpu = tiny(style, torch.float64)
     gpu = tiny(style, torch.float64).to("cuda")
     answer = [17, 21]
-    on_cpu = decoder_attribute(cpu, PROMPTS, answer, steps=4, batch_size=5)
-    on_gpu = decoder_attribute(gpu, PROMPTS, answer, steps=4, batch_size=5)
+    on_cpu = attribute(cpu, PROMPTS, answer, steps=4, batch_size=5)
+    on_gpu = attribute(gpu, PROMPTS, answer, steps=4, batch_size=5)
     assert on_gpu.device.type == "cpu"
     torch.testing.assert_close(on_gpu, on_cpu, rtol=1e-9, atol=1e-12)
     want = torch.stack(

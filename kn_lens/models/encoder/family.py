@@ -3,21 +3,34 @@
 A fact is read at its prompt's ``[MASK]``; its answer is exactly one vocabulary token, as in the
 paper (a longer answer is skipped with the reason); an update writes the answer's word embedding
 ``W_E[token]`` (the paper's rule). Tokenisation and the read-out at ``[MASK]`` are
-:mod:`kn_lens.prompts`; the attribution is :mod:`kn_lens.attribution`.
+:mod:`kn_lens.prompts`; attribution's forward pieces are :mod:`.forward`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 
-from jaxtyping import Float
+import torch
+from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedEncoder
 
-from kn_lens.data.facts import FactBag, check_prompt
-from kn_lens.models.family import BagCheck
+from kn_lens.data.facts import BagCheck, FactBag, check_prompt
+from kn_lens.models.answer import answer_logprob_from_logits
+from kn_lens.models.encoder.forward import EncoderClean, clean_pass, scaled_run
+from kn_lens.models.protocol import StartChunk
 from kn_lens.neuron import Hook
-from kn_lens.prompts import EncodedPrompts, encode, filter_single_token, mask_logits, token_id
+from kn_lens.prompts import (
+    EncodedPrompts,
+    encode,
+    filter_single_token,
+    logits_at_mask,
+    mask_logits,
+    token_id,
+)
+
+__all__ = ["EncoderFamily"]
 
 
 class EncoderFamily:
@@ -76,5 +89,49 @@ class EncoderFamily:
         """The answer's word embedding, ``W_E[token]``: the paper's update direction."""
         return model.W_E.detach()[token].clone()
 
+    # --- attribution (kn_lens.attribution) -------------------------------------------------
 
-__all__ = ["EncoderFamily"]
+    def attribution_batch(
+        self, model: HookedEncoder, prompts: Sequence[str], answers: Sequence[str | int]
+    ) -> EncodedPrompts:
+        """Masked prompts with one answer token each (the answers must be one token: a string
+        that is one vocabulary token, or a token id)."""
+        enc = encode(model, prompts, device="cpu")  # validates the prompts (one [MASK] each)
+        ids = torch.tensor([token_id(model, a) for a in answers], dtype=torch.long)
+        return EncodedPrompts(enc.tokens, enc.token_type_ids, enc.attention_mask, enc.mask_pos, ids)
+
+    def select(self, batch: EncodedPrompts, idx: Sequence[int]) -> EncodedPrompts:
+        return batch.select(idx)
+
+    def clean_pass(
+        self, model: HookedEncoder, batch: EncodedPrompts, layers: list[int], keep_resid: bool
+    ) -> EncoderClean:
+        """:func:`kn_lens.models.encoder.forward.clean_pass` (on the model's device)."""
+        return clean_pass(model, batch.to(str(model.cfg.device)), layers, keep_resid)
+
+    def scaled_run(
+        self, model: HookedEncoder, batch: EncodedPrompts, clean: EncoderClean, layers: list[int]
+    ) -> AbstractContextManager[StartChunk]:
+        """:func:`kn_lens.models.encoder.forward.scaled_run`."""
+        return scaled_run(model, batch.to(str(model.cfg.device)), clean, layers)
+
+    def segment_logits(
+        self, model: HookedEncoder, batch: EncodedPrompts
+    ) -> Float[Tensor, "prompt seg d_vocab"]:
+        """Logits at ``[MASK]`` (a one-position segment), from one full forward."""
+        b = batch.to(str(model.cfg.device))
+        resid = model.encoder_output(b.tokens, b.token_type_ids, b.attention_mask)
+        return logits_at_mask(model, resid, b.mask_pos)[:, None]
+
+    def answer_logprob(
+        self,
+        logits: Float[Tensor, "row seg d_vocab"],
+        batch: EncodedPrompts,
+        rows: Int[Tensor, " row"],
+    ) -> Float[Tensor, " row"]:
+        """``log p(answer)`` at ``[MASK]`` of each row."""
+        ids = batch.first_answer_ids.to(logits.device)[rows][:, None]
+        return answer_logprob_from_logits(logits, ids, torch.ones_like(ids))
+
+    def device(self, model: HookedEncoder) -> torch.device:
+        return torch.device(model.cfg.device or "cpu")
