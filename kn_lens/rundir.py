@@ -45,7 +45,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -260,9 +260,20 @@ class RunDir:
         return self.path / "report.html"
 
     def details(self, analysis: str) -> Path:
-        """The per-fact details an analysis writes beside results.json
-        (``trigger_prompts.jsonl``)."""
+        """The per-fact details of an analysis beside results.json (``trigger_prompts.jsonl``)."""
         return self.path / f"{analysis}_prompts.jsonl"
+
+    def save_details(self, analysis: str, records: Iterable[Any]) -> Path:
+        """Write ``records`` (an analysis' registry ``details`` of its result), one JSON object per
+        line, to :meth:`details` atomically; returns the path."""
+        path = self.details(analysis)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            for rec in records:
+                f.write(json.dumps(to_jsonable(rec), ensure_ascii=False) + "\n")
+        tmp.replace(path)
+        return path
 
     # ---- run.json -----------------------------------------------------------------------------
     def recorded_options(self) -> dict[str, Any]:

@@ -242,13 +242,14 @@ def analysis_inputs(run: Run, name: str) -> AnalysisInputs:
 
 
 def step_analysis(run: Run, name: str) -> Any:
-    """Run registered analysis ``name`` on the model; write its per-fact details if it has any."""
+    """Run registered analysis ``name`` on the model; the run folder writes its per-fact details
+    if it has any (the analysis itself writes no file)."""
     if name == "identify":
         return step_identify(run)
     analysis = ANALYSES[name]
     result = analysis.run(analysis_inputs(run, name))
     if analysis.details is not None:
-        path = analysis.details(result, run.dir.details(name))
+        path = run.dir.save_details(name, analysis.details(result.to_dict()))
         log.info("wrote the per-fact details of %s to %s", name, path)
     return result
 

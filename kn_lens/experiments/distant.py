@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kn_lens import plots
 from kn_lens.config import PaperConfig
 from kn_lens.data import FactBag
 from kn_lens.data.web import (
@@ -34,6 +35,7 @@ from kn_lens.data.web import (
     build_web_prompts,
     select_facts,
 )
+from kn_lens.experiments.registry import Analysis, AnalysisInputs
 from kn_lens.interventions import grouped_activations
 from kn_lens.models.family import Model, family_of
 from kn_lens.neuron import Neuron
@@ -289,3 +291,29 @@ def report_rows(
         for who in ("ours", "baseline")
         for t in ("T1", "T2", "T3")
     ]
+
+
+def run(inputs: AnalysisInputs) -> DistantResult:
+    """The registry's ``distant``: :func:`distant_activation` with the baseline neurons of the
+    facts that have ours."""
+    base = {k: v for k, v in (inputs.baseline or {}).items() if k in inputs.neurons}
+    return distant_activation(
+        inputs.require_model(),
+        inputs.require_web(),
+        inputs.neurons,
+        baseline=base,
+        bags=inputs.bags,
+        config=inputs.config,
+        progress=inputs.progress,
+    )
+
+
+ANALYSIS = Analysis(
+    "distant",
+    "Activation on web prompts T1/T2/T3 (Sec. 5.2, Fig. 6)",
+    run,
+    PAPER,
+    (plots.distant_figure,),
+    report_rows,
+    needs_web=True,
+)

@@ -12,14 +12,14 @@ model is scored before and after on every relation's bags:
 
 "Other relations" are reported per relation, pooled, and as the mean relative perplexity change.
 As a control, the same number of random neurons (uniform over all layers, excluding the erased
-ones) is zeroed. Weights are restored after each erasure. With PARAREL data the paper erases
+ones: :func:`kn_lens.experiments.controls.any_layers`, seeded by the relation) is zeroed.
+Weights are restored after each erasure. With PARAREL data the paper erases
 :data:`PAPER_RELATIONS`; :data:`PAPER` holds its figures.
 """
 
 from __future__ import annotations
 
 import math
-import random
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,8 +27,12 @@ from typing import Any, ClassVar
 
 import torch
 
+from kn_lens import plots
 from kn_lens.config import PaperConfig
 from kn_lens.data import FactBag, relation_of_key
+from kn_lens.errors import KnLensError
+from kn_lens.experiments.controls import any_layers, seeded_rng
+from kn_lens.experiments.registry import Analysis, AnalysisInputs
 from kn_lens.models.family import Model
 from kn_lens.neuron import Neuron, model_shape
 from kn_lens.readout import bags_by_relation, encode_facts, perplexity, score_prompts
@@ -59,17 +63,20 @@ def relation_top_neurons(
     """The ``top`` neurons occurring in most of ``relation``'s facts, with their fact counts.
 
     ``neurons`` maps bag keys (``"P19/3"``) to knowledge neurons; keys of other relations are
-    ignored. Ties are broken by lower layer, then lower index. Raises ``ValueError`` if the relation
-    has no knowledge neurons.
+    ignored. Ties are broken by lower layer, then lower index. Raises
+    :class:`~kn_lens.errors.KnLensError` (a ``ValueError``) if the relation has no knowledge
+    neurons.
     """
     if top < 1:
-        raise ValueError(f"top must be >= 1, got {top}")
+        raise KnLensError(f"top must be >= 1, got {top}")
     counts: Counter[Neuron] = Counter()
     for key, ns in neurons.items():
         if relation_of_key(key) == relation:
             counts.update({Neuron(*map(int, n)) for n in ns})
     if not counts:
-        raise ValueError(f"relation {relation!r} has no knowledge neurons in the given neuron sets")
+        raise KnLensError(
+            f"relation {relation!r} has no knowledge neurons in the given neuron sets"
+        )
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0].layer, kv[0].index))
     return ranked[:top]
 
@@ -235,16 +242,16 @@ def erase_experiment(
         :class:`EraseResult`; the weights are restored after each erasure.
     """
     if not relations:
-        raise ValueError("no relations to erase")
+        raise KnLensError("no relations to erase")
     by_rel = bags_by_relation(model, bags)
     missing = [r for r in relations if r not in by_rel]
     if missing:
-        raise ValueError(f"relation(s) {', '.join(missing)} have no usable bags to score")
+        raise KnLensError(f"relation(s) {', '.join(missing)} have no usable bags to score")
     tops = {r: relation_top_neurons(neurons, r, config.erase_top) for r in relations}
     if max_bags_per_relation is not None:
         for r in list(by_rel):
             if len(by_rel[r]) > max_bags_per_relation:
-                rng = random.Random(f"{config.seed}:erase-eval:{r}")
+                rng = seeded_rng(config.seed, "erase-eval", r)
                 by_rel[r] = sorted(
                     rng.sample(by_rel[r], max_bags_per_relation), key=lambda b: b.index
                 )
@@ -269,16 +276,10 @@ def erase_experiment(
         rand_ns: list[Neuron] | None = None
         rand_after = None
         if control:
-            rng = random.Random(f"{config.seed}:erase-control:{rel}")
-            exclude = set(erased)
-            picked: list[Neuron] = []
-            while len(picked) < len(erased):
-                n = Neuron(rng.randrange(n_layers), rng.randrange(d_mlp))
-                if n not in exclude:
-                    exclude.add(n)
-                    picked.append(n)
-            rand_ns = picked
-            with zero_rows(model, picked):
+            rand_ns = any_layers(
+                erased, n_layers, d_mlp, seeded_rng(config.seed, "erase-control", rel)
+            )
+            with zero_rows(model, rand_ns):
                 rand_after = ev.scores()
                 rand_pooled = ev.pooled_others(rel)
             summary.update(
@@ -337,3 +338,31 @@ def default_relations(relations: Sequence[str], labels: Mapping[str, str]) -> li
         r for r in relations if r in PAPER_RELATIONS or labels.get(r) in PAPER_RELATIONS.values()
     ]
     return chosen or list(relations)
+
+
+def run(inputs: AnalysisInputs) -> EraseResult:
+    """The registry's ``erase``: :func:`erase_experiment` on ``inputs.relations`` (default:
+    :func:`default_relations` of the selected facts)."""
+    relations = inputs.relations
+    if relations is None:
+        have = list(dict.fromkeys(b.relation for b in inputs.bags))
+        labels = {b.relation: b.relation_label for b in inputs.bags}
+        relations = default_relations(have, labels)
+    return erase_experiment(
+        inputs.require_model(),
+        inputs.bags,
+        inputs.neurons,
+        relations,
+        inputs.config,
+        progress=inputs.progress,
+    )
+
+
+ANALYSIS = Analysis(
+    "erase",
+    "Erasing relations (Sec. 6.2, Tab. 5)",
+    run,
+    PAPER,
+    (plots.erase_figure,),
+    report_rows,
+)

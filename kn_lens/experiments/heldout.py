@@ -6,10 +6,11 @@ in two halves by a generator seeded with ``config.seed`` and the bag's key: the 
 the finding halves alone, with the paper's procedure and its adaptive sharing threshold per
 relation, from the stored attribution scores (no new gradients). Then, on the held-out prompts,
 they are suppressed (activation set to 0 at the read position), and so are as many random neurons
-from the same layers (:func:`kn_lens.experiments.modify.random_control`), and the change of the
-correct answer's probability is measured: ``mean Δp / mean p`` in percent, per relation and over
-relations, with the share of held-out prompts whose top-1 prediction flips. The same is reported
-on the finding half, for comparison. Bags of fewer than 2 prompts cannot be split and are skipped.
+from the same layers (:func:`kn_lens.experiments.controls.random_control`, drawn as ``modify``
+draws them), and the change of the correct answer's probability is measured: ``mean Δp / mean
+p`` in percent, per relation and over relations, with the share of held-out prompts whose top-1
+prediction flips. The same is reported on the finding half, for comparison. Bags of fewer than 2
+prompts cannot be split and are skipped.
 """
 
 from __future__ import annotations
@@ -20,9 +21,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kn_lens import plots
 from kn_lens.config import PaperConfig
 from kn_lens.data import FactBag
-from kn_lens.experiments.modify import change_pct, random_control
+from kn_lens.errors import KnLensError
+from kn_lens.experiments.controls import random_control
+from kn_lens.experiments.modify import change_pct
+from kn_lens.experiments.registry import Analysis, AnalysisInputs
 from kn_lens.interventions import scaled_answer_reads
 from kn_lens.knowledge_neurons import BagScores, identify_all
 from kn_lens.models.family import Model
@@ -106,7 +111,7 @@ def heldout_paraphrases(
             halves[b.key] = split_prompts(len(b.prompts), config.seed, b.key)
             finding_scores.append(s.select_prompts(halves[b.key][0]))
     if not finding_scores:
-        raise ValueError("no bag with scores and at least 2 prompts")
+        raise KnLensError("no bag with scores and at least 2 prompts")
     d_mlp = finding_scores[0].d_mlp
     found = identify_all(finding_scores, config, "ig")
     facts: list[HeldoutFact] = []
@@ -201,3 +206,21 @@ def report_rows(
                 )
             )
     return rows
+
+
+def run(inputs: AnalysisInputs) -> HeldoutResult:
+    """The registry's ``heldout``: :func:`heldout_paraphrases` on the stored scores."""
+    return heldout_paraphrases(
+        inputs.require_model(), inputs.bags, inputs.scores, inputs.config, progress=inputs.progress
+    )
+
+
+ANALYSIS = Analysis(
+    "heldout",
+    "Held-out paraphrases (beyond the paper)",
+    run,
+    PAPER,
+    (plots.heldout_figure,),
+    report_rows,
+    needs_scores=True,
+)

@@ -29,8 +29,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kn_lens import plots
 from kn_lens.config import PaperConfig
 from kn_lens.data import FactBag
+from kn_lens.errors import KnLensError
+from kn_lens.experiments.registry import Analysis, AnalysisInputs
 from kn_lens.knowledge_neurons import BagScores, RelationNeurons, identify_all, score_bags
 from kn_lens.models.family import Model
 from kn_lens.neuron import Neuron
@@ -112,7 +115,7 @@ def layer_counts(neuron_lists: Sequence[Sequence[Neuron]], n_layers: int) -> lis
     for neurons in neuron_lists:
         for n in neurons:
             if not 0 <= n.layer < n_layers:
-                raise ValueError(f"neuron {n} lies outside the model's {n_layers} layers")
+                raise KnLensError(f"neuron {n} lies outside the model's {n_layers} layers")
             counts[n.layer] += 1
     return counts
 
@@ -207,7 +210,7 @@ def neurons_from_result(
     """
     neurons = result.neurons if isinstance(result, IdentificationResult) else result["neurons"]
     if which not in neurons:
-        raise ValueError(f"no {which!r} neurons in the result (has {list(neurons)})")
+        raise KnLensError(f"no {which!r} neurons in the result (has {list(neurons)})")
     return {k: [Neuron(int(a), int(b)) for a, b in v] for k, v in neurons[which].items()}
 
 
@@ -266,12 +269,12 @@ def identification_from_neurons(
     keys_by_relation = {rel: list(rn.neurons) for rel, rn in ours.items()}
     relation_of = {k: rel for rel, ks in keys_by_relation.items() for k in ks}
     if not relation_of:
-        raise ValueError("no facts to analyse")
+        raise KnLensError("no facts to analyse")
     methods: dict[str, Mapping[str, RelationNeurons]] = {"ours": ours}
     if baseline is not None:
         missing = set(ours) ^ set(baseline)
         if missing:
-            raise ValueError(f"ours and baseline cover different relations: {sorted(missing)}")
+            raise KnLensError(f"ours and baseline cover different relations: {sorted(missing)}")
         methods["baseline"] = baseline
     flat = {
         m: {k: v for rn in rns.values() for k, v in rn.neurons.items()}
@@ -333,10 +336,10 @@ def identification_from_scores(
     """Identify neurons (ours and, when the scores hold it, the baseline) from cached
     :class:`BagScores` and compute their statistics. No model needed, no gradients."""
     if not scores:
-        raise ValueError("no bag scores given")
+        raise KnLensError("no bag scores given")
     shapes = {(s.n_layers, s.d_mlp) for s in scores}
     if len(shapes) != 1:
-        raise ValueError(f"bag scores come from models of different shapes: {sorted(shapes)}")
+        raise KnLensError(f"bag scores come from models of different shapes: {sorted(shapes)}")
     n_layers, d_mlp = shapes.pop()
     ours = identify_all(scores, config, "ig")
     has_base = all("activation" in s.scores for s in scores)
@@ -360,7 +363,7 @@ def identification(
         have = {s.key for s in scores}
         missing = [b.key for b in bags if b.key not in have]
         if missing:
-            raise ValueError(f"no scores for bag(s) {', '.join(missing[:5])}")
+            raise KnLensError(f"no scores for bag(s) {', '.join(missing[:5])}")
         wanted = {b.key for b in bags}
         scores = [s for s in scores if s.key in wanted]
     return identification_from_scores(scores, config)
@@ -427,3 +430,19 @@ def report_table(
         for rel, st in rels.items()
     ]
     return header, rows
+
+
+def run(inputs: AnalysisInputs) -> IdentificationResult:
+    """The registry's ``identify``: :func:`identification_from_scores` on the stored scores."""
+    return identification_from_scores(inputs.scores, inputs.config)
+
+
+ANALYSIS = Analysis(
+    "identify",
+    "Identifying knowledge neurons (Sec. 4, Fig. 3, Tab. 1)",
+    run,
+    PAPER,
+    (plots.layer_distribution_figure,),
+    report_rows,
+    table=report_table,
+)

@@ -22,7 +22,8 @@ A fact's ``p`` and ``Δp`` are means over its prompts. A relation's ratio is the
 relation counts once, as the paper's figure does), ``pooled`` takes ``mean Δp / mean p`` over all
 facts at once. Both our neurons (integrated gradients) and the activation-baseline neurons are
 measured the same way, and (``config.modify_random``) a **random control**: for each fact, as many
-random neurons as it has knowledge neurons, drawn from the same layers (seeded by the fact's key);
+random neurons as it has knowledge neurons, drawn from the same layers (seeded by the fact's key;
+:func:`kn_lens.experiments.controls.random_control`);
 a fact without neurons of a method is left out of that method's numbers.
 """
 
@@ -34,8 +35,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kn_lens import plots
 from kn_lens.config import PaperConfig
 from kn_lens.data import FactBag
+from kn_lens.errors import KnLensError
+from kn_lens.experiments.controls import random_control
+from kn_lens.experiments.registry import Analysis, AnalysisInputs
 from kn_lens.interventions import scaled_answer_reads
 from kn_lens.models.family import Model
 from kn_lens.neuron import Neuron, check_neurons, model_shape
@@ -154,25 +159,6 @@ def related_bag(bags: Sequence[FactBag], bag: FactBag, seed: int) -> FactBag | N
     return pool[random.Random(f"{seed}:modify-same:{bag.key}").randrange(len(pool))]
 
 
-def random_control(neurons: Sequence[Neuron], d_mlp: int, seed: int, key: str) -> list[Neuron]:
-    """As many random neurons as ``neurons``, one in the layer of each, none of them among
-    ``neurons`` and no two alike (seeded by ``seed`` and the fact's ``key``)."""
-    rng = random.Random(f"{seed}:random-control:{key}")
-    taken = set(neurons)
-    out = []
-    for n in neurons:
-        free = d_mlp - sum(1 for t in taken if t.layer == n.layer)
-        if free <= 0:
-            continue
-        while True:
-            r = Neuron(n.layer, rng.randrange(d_mlp))
-            if r not in taken:
-                taken.add(r)
-                out.append(r)
-                break
-    return out
-
-
 def change_pct(delta: float, p: float) -> float:
     """``100 * delta / p``, the paper's % change; NaN when either is missing or ``p`` is 0."""
     return 100.0 * delta / p if p and math.isfinite(p) and math.isfinite(delta) else math.nan
@@ -241,10 +227,10 @@ def modify(
         progress: show a progress bar over facts.
     """
     if not bags:
-        raise ValueError("no bags given")
+        raise KnLensError("no bags given")
     keys = [b.key for b in bags]
     if len(set(keys)) != len(keys):
-        raise ValueError(f"bag {next(k for k in keys if keys.count(k) > 1)} appears twice")
+        raise KnLensError(f"bag {next(k for k in keys if keys.count(k) > 1)} appears twice")
     methods: dict[str, Mapping[str, Sequence[Neuron]]] = {"ours": ours}
     if baseline is not None:
         methods["baseline"] = baseline
@@ -257,7 +243,7 @@ def modify(
             try:
                 check_neurons(model, ns, allow_empty=True, unique=False)
             except ValueError as e:
-                raise ValueError(f"{m} neurons of bag {k}: {e}") from None
+                raise KnLensError(f"{m} neurons of bag {k}: {e}") from None
     for b in bags:
         first_token(model, b.object)
 
@@ -400,3 +386,26 @@ def report_rows(
                     )
                 )
     return rows
+
+
+def run(inputs: AnalysisInputs) -> ModifyResult:
+    """The registry's ``modify``: :func:`modify` on the facts that have knowledge neurons."""
+    bags = [b for b in inputs.bags if b.key in inputs.neurons]
+    return modify(
+        inputs.require_model(),
+        bags,
+        inputs.neurons,
+        inputs.baseline,
+        inputs.config,
+        progress=inputs.progress,
+    )
+
+
+ANALYSIS = Analysis(
+    "modify",
+    "Suppressing and amplifying knowledge neurons (Sec. 5.1, Fig. 4-5)",
+    run,
+    PAPER,
+    (plots.modify_figure,),
+    report_rows,
+)

@@ -9,15 +9,16 @@ the top prompts state the fact (the tail is the masked word), while the bottom o
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from kn_lens import plots
 from kn_lens.config import PaperConfig
 from kn_lens.data import FactBag
 from kn_lens.data.web import PROMPT_TYPES, WebFact, WebPromptSet, build_web_prompts, select_facts
+from kn_lens.errors import KnLensError
+from kn_lens.experiments.registry import Analysis, AnalysisInputs
 from kn_lens.interventions import grouped_activations
 from kn_lens.models.family import Model, family_of
 from kn_lens.neuron import Neuron
@@ -29,7 +30,6 @@ from kn_lens.results import (
     mean_or_nan,
     report_row,
     spread_by_relation,
-    to_jsonable,
 )
 
 #: The paper (Table 3) shows examples only: the top prompts state the fact, the bottom ones do not.
@@ -135,10 +135,10 @@ def activating_prompts(
     """
     k = config.top_k_prompts if k is None else int(k)
     if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+        raise KnLensError(f"k must be >= 1, got {k}")
     bad = [t for t in types if t not in PROMPT_TYPES]
     if bad or not types:
-        raise ValueError(f"unknown prompt type(s) {bad}; expected some of {PROMPT_TYPES}")
+        raise KnLensError(f"unknown prompt type(s) {bad}; expected some of {PROMPT_TYPES}")
     keys, skipped = select_facts(web_facts, neurons, bags=bags)
     if prompts is None:
         prompts = build_web_prompts(
@@ -200,20 +200,10 @@ def activating_prompts(
     )
 
 
-def write_trigger_jsonl(result: TriggerResult | Mapping[str, Any], path: str | Path) -> Path:
-    """Write one JSON object per fact (the :class:`FactTriggers` fields) to ``path``.
-
-    Accepts the result or its ``to_dict()`` form. Returns the path written.
-    """
-    d = result.to_dict() if isinstance(result, TriggerResult) else dict(result)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for fact in d["facts"]:
-            f.write(json.dumps(to_jsonable(fact), ensure_ascii=False) + "\n")
-    tmp.replace(path)
-    return path
+def detail_records(result: Mapping[str, Any]) -> list[Any]:
+    """The per-fact records of a result's dict form (its ``facts``, one JSON object each), which
+    the run folder writes to ``DIR/trigger_prompts.jsonl``."""
+    return list(result.get("facts", []))
 
 
 def report_rows(
@@ -250,3 +240,29 @@ def report_examples(res: Mapping[str, Any], n: int) -> list[str]:
             )
         out.append(line)
     return out
+
+
+def run(inputs: AnalysisInputs) -> TriggerResult:
+    """The registry's ``trigger``: :func:`activating_prompts` (it writes no file: the run folder
+    writes :func:`detail_records` of its result)."""
+    return activating_prompts(
+        inputs.require_model(),
+        inputs.require_web(),
+        inputs.neurons,
+        bags=inputs.bags,
+        config=inputs.config,
+        progress=inputs.progress,
+    )
+
+
+ANALYSIS = Analysis(
+    "trigger",
+    "Prompts that activate knowledge neurons (Sec. 5.2, Tab. 3)",
+    run,
+    PAPER,
+    (plots.trigger_figure,),
+    report_rows,
+    needs_web=True,
+    details=detail_records,
+    examples=report_examples,
+)

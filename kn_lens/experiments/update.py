@@ -32,7 +32,8 @@ use it as a context manager); :func:`update_experiment` runs the paper's evaluat
   of the same relation (intra) and of other relations (inter), after - before, where perplexity
   = exp(mean NLL of the gold answer, all its tokens for a decoder) pooled over those bags' prompts;
 - **control**: the same rule on as many random neurons (uniform over all layers, excluding the
-  fact's knowledge neurons), on the same prompts and perplexity bags.
+  fact's knowledge neurons: :func:`kn_lens.experiments.controls.any_layers`, drawn by the fact's
+  generator after its new answer and perplexity bags), on the same prompts and perplexity bags.
 
 Every edit is restored before the next fact. The result is a :class:`UpdateResult`, with
 :data:`PAPER` holding the paper's figures for side-by-side reports.
@@ -41,7 +42,6 @@ Every edit is restored before the next fact. The result is a :class:`UpdateResul
 from __future__ import annotations
 
 import math
-import random
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,8 +51,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from kn_lens import plots
 from kn_lens.config import PaperConfig
 from kn_lens.data import FactBag, relation_of_key
+from kn_lens.errors import KnLensError
+from kn_lens.experiments.controls import any_layers, seeded_rng
+from kn_lens.experiments.registry import Analysis, AnalysisInputs
 from kn_lens.models.family import Model, family_of
 from kn_lens.neuron import Neuron, check_neurons, model_shape
 from kn_lens.readout import (
@@ -93,7 +97,7 @@ def _token(model: Model, answer: str | int, what: str) -> int:
     try:
         return first_token(model, answer)
     except ValueError as e:
-        raise ValueError(f"{what}: {e}") from None
+        raise KnLensError(f"{what}: {e}") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -129,13 +133,14 @@ def update_fact(
     ``old_answer`` / ``new_answer`` are words (or token ids). The direction written for an answer
     is its family's (:meth:`kn_lens.models.family.Family.answer_direction`): an encoder answer is
     one token and writes its word embedding ``W_E[token]`` (the paper); a decoder answer writes the
-    unembedding direction ``W_U[:, token]`` of its first token. Raises ``ValueError`` if an encoder
-    answer is not one token, the two answers start with the same token, or a neuron is invalid.
+    unembedding direction ``W_U[:, token]`` of its first token. Raises
+    :class:`~kn_lens.errors.KnLensError` (a ``ValueError``) if an encoder answer is not one token,
+    the two answers start with the same token, or a neuron is invalid.
     """
     old_id = _token(model, old_answer, "old answer")
     new_id = _token(model, new_answer, "new answer")
     if old_id == new_id:
-        raise ValueError(f"old and new answer start with the same token ({old_answer!r})")
+        raise KnLensError(f"old and new answer start with the same token ({old_answer!r})")
     ns = check_neurons(model, neurons)
     values = read_value_vectors(model, ns)
     fam = family_of(model)
@@ -316,10 +321,6 @@ def _edit_metrics(
     )
 
 
-def _rng(seed: int, *parts: str) -> random.Random:
-    return random.Random(":".join([str(seed), *parts]))
-
-
 def known_shares(
     model: Model, bags: Sequence[FactBag], config: PaperConfig = PaperConfig()
 ) -> dict[str, float]:
@@ -369,7 +370,7 @@ def update_experiment(
         :class:`UpdateResult`. Every edit is restored before the function returns.
     """
     if not bags:
-        raise ValueError("no bags given")
+        raise KnLensError("no bags given")
     by_rel = bags_by_relation(model, bags)
     kept, dropped = filter_shared_neurons(neurons, config.max_relation_share)
     if relations is None:
@@ -379,7 +380,7 @@ def update_experiment(
     else:
         missing = [r for r in relations if r not in by_rel]
         if missing:
-            raise ValueError(f"relation(s) {', '.join(missing)} have no usable bags")
+            raise KnLensError(f"relation(s) {', '.join(missing)} have no usable bags")
     relations = list(relations)
 
     skipped: list[dict[str, str]] = []
@@ -400,7 +401,7 @@ def update_experiment(
                 continue
             candidates.append(b)
     if not candidates:
-        raise ValueError("no facts to edit: no bag of the chosen relations has knowledge neurons")
+        raise KnLensError("no facts to edit: no bag of the chosen relations has knowledge neurons")
     shares = known_shares(model, candidates, config)
     n_candidates = {r: sum(1 for b in candidates if b.relation == r) for r in relations}
     n_known = {
@@ -418,7 +419,7 @@ def update_experiment(
                 )
         if facts_per_relation is not None and len(known) > facts_per_relation:
             known = sorted(
-                _rng(config.seed, "facts", rel).sample(known, facts_per_relation),
+                seeded_rng(config.seed, "facts", rel).sample(known, facts_per_relation),
                 key=lambda b: b.index,
             )
         chosen.extend(known)
@@ -431,7 +432,7 @@ def update_experiment(
 
         iterator = tqdm(chosen, desc="update facts")
     for bag in iterator:
-        rng = _rng(config.seed, "fact", bag.key)
+        rng = seeded_rng(config.seed, "fact", bag.key)
         objects = sorted({b.object for b in by_rel[bag.relation]} - {bag.object})
         if not objects:
             skipped.append({"key": bag.key, "reason": "no other object in the relation"})
@@ -467,13 +468,7 @@ def update_experiment(
         rand_ns: list[Neuron] | None = None
         rm: EditMetrics | None = None
         if control:
-            exclude = set(kn)
-            rand_ns = []
-            while len(rand_ns) < len(kn):
-                n = Neuron(rng.randrange(n_layers), rng.randrange(d_mlp))
-                if n not in exclude:
-                    exclude.add(n)
-                    rand_ns.append(n)
+            rand_ns = any_layers(kn, n_layers, d_mlp, rng)
             with update_fact(
                 model, rand_ns, old_id, new_id, lambda1=config.lambda1, lambda2=config.lambda2
             ):
@@ -558,3 +553,27 @@ def report_examples(res: Mapping[str, Any], n: int) -> list[str]:
             line += f"; random neurons: success {fmt(r.get('success_rate'))}"
         out.append(line)
     return out
+
+
+def run(inputs: AnalysisInputs) -> UpdateResult:
+    """The registry's ``update``: :func:`update_experiment`, ``inputs.facts_per_relation`` facts
+    per relation (default :data:`DEFAULT_FACTS_PER_RELATION`)."""
+    return update_experiment(
+        inputs.require_model(),
+        inputs.bags,
+        inputs.neurons,
+        inputs.config,
+        facts_per_relation=inputs.facts_per_relation or DEFAULT_FACTS_PER_RELATION,
+        progress=inputs.progress,
+    )
+
+
+ANALYSIS = Analysis(
+    "update",
+    "Updating facts (Sec. 6.1, Tab. 4)",
+    run,
+    PAPER,
+    (plots.update_figure,),
+    report_rows,
+    examples=report_examples,
+)

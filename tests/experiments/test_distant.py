@@ -9,12 +9,14 @@ import pytest
 import torch
 
 from kn_lens.data.web import build_web_prompts, web_facts_from_dict
+from kn_lens.errors import KnLensError
 from kn_lens.experiments import ANALYSES
 from kn_lens.experiments.distant import PAPER, DistantResult, distant_activation
-from kn_lens.experiments.trigger import activating_prompts, write_trigger_jsonl
+from kn_lens.experiments.trigger import activating_prompts, detail_records
 from kn_lens.interventions import grouped_activations, neuron_activations
 from kn_lens.models import DEFAULT_MODEL_DIR
 from kn_lens.neuron import Neuron
+from kn_lens.rundir import RunDir
 
 
 def _toy_web():
@@ -140,11 +142,12 @@ def test_activating_prompts_rank_and_jsonl(tiny_model, tmp_path):
     assert by["P19/1"].n_ranked == 2 and len(by["P19/1"].top) == 2
     assert {p.type for f in res.facts for p in f.top} <= {"T1", "T2"}
     assert 0.0 <= res.top_t1_share <= 1.0
-    path = write_trigger_jsonl(res, tmp_path / "trigger.jsonl")
+    path = RunDir(tmp_path).save_details("trigger", detail_records(res.to_dict()))
+    assert path.name == "trigger_prompts.jsonl"
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert [rec["key"] for rec in lines] == [f.key for f in res.facts]
     assert lines[0]["top"][0]["prompt"].count("[MASK]") == 1
-    with pytest.raises(ValueError):
+    with pytest.raises(KnLensError):
         activating_prompts(tiny_model, wf, NEURONS, types=("T4",))
     from kn_lens.plots import trigger_figure
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from kn_lens.config import PaperConfig
+from kn_lens.errors import KnLensError
 from kn_lens.experiments import ANALYSES
 from kn_lens.experiments.erase import (
     PAPER,
@@ -43,9 +44,9 @@ def test_relation_top_neurons_counts_facts_and_breaks_ties():
     top = relation_top_neurons(NEURONS, "P1", top=3)
     assert top == [(Neuron(1, 4), 3), (Neuron(0, 2), 2), (Neuron(0, 9), 2)]
     assert relation_top_neurons(NEURONS, "P2", top=20) == [(Neuron(0, 30), 1), (Neuron(1, 4), 1)]
-    with pytest.raises(ValueError, match="'P3' has no knowledge neurons"):
+    with pytest.raises(KnLensError, match="'P3' has no knowledge neurons"):
         relation_top_neurons(NEURONS, "P3")
-    with pytest.raises(ValueError, match="top must be"):
+    with pytest.raises(KnLensError, match="top must be"):
         relation_top_neurons(NEURONS, "P1", top=0)
 
 
@@ -102,11 +103,11 @@ def test_default_erase_relations_by_id_or_label():
 
 def test_erase_experiment_bad_input(tiny_model):
     bags = tiny_bags()
-    with pytest.raises(ValueError, match="no relations"):
+    with pytest.raises(KnLensError, match="no relations"):
         erase_experiment(tiny_model, bags, tiny_neurons(bags), [])
-    with pytest.raises(ValueError, match="P7"):
+    with pytest.raises(KnLensError, match="P7"):
         erase_experiment(tiny_model, bags, tiny_neurons(bags), ["P7"])
-    with pytest.raises(ValueError, match="'P2' has no knowledge neurons"):
+    with pytest.raises(KnLensError, match="'P2' has no knowledge neurons"):
         erase_experiment(tiny_model, bags, {"P1/0": [Neuron(0, 1)]}, ["P2"])
 
 

@@ -9,8 +9,8 @@ import pytest
 from kn_lens.config import PaperConfig
 from kn_lens.data import load_jsonl_facts
 from kn_lens.experiments import ANALYSES
+from kn_lens.experiments.controls import random_control
 from kn_lens.experiments.heldout import HeldoutResult, heldout_paraphrases, split_prompts
-from kn_lens.experiments.modify import random_control
 from kn_lens.interventions import scaled_answer_reads
 from kn_lens.knowledge_neurons import identify_all, score_bags
 from kn_lens.readout import encode_facts

@@ -9,8 +9,10 @@ import pytest
 
 from kn_lens.config import PaperConfig
 from kn_lens.data import Fact, FactBag
+from kn_lens.errors import KnLensError
 from kn_lens.experiments import ANALYSES
-from kn_lens.experiments.modify import ModifyResult, modify, random_control, unrelated_bag
+from kn_lens.experiments.controls import random_control
+from kn_lens.experiments.modify import ModifyResult, modify, unrelated_bag
 from kn_lens.interventions import scaled_answer_probs, scaled_answer_reads
 from kn_lens.neuron import Neuron
 from kn_lens.readout import encode_facts
@@ -114,9 +116,9 @@ def test_modify_skips_facts_without_neurons_and_checks_input(tiny_model):
         "P36/0": "no_neurons",
         "P106/0": "no_neurons",
     }
-    with pytest.raises(ValueError, match="bag P19/0"):
+    with pytest.raises(KnLensError, match="bag P19/0"):
         modify(tiny_model, bags, {"P19/0": [Neuron(7, 3)]})
-    with pytest.raises(ValueError, match="appears twice"):
+    with pytest.raises(KnLensError, match="appears twice"):
         modify(tiny_model, bags + bags[:1], {})
 
 
