@@ -21,8 +21,11 @@ order: relations in load order, facts in index order) is scored by shard ``K`` w
 commands read the union. ``--executor ray`` runs attribution on Ray actors instead.
 
 Exit status: 0 success; 1 ``reproduce`` finished but some analyses failed (the others are
-saved and reported); 2 bad arguments or input (``kn-lens: error: ...`` on stderr, no
-traceback); 130 interrupted.
+saved and reported), or a bug in kn_lens (any exception that is not a
+:class:`~kn_lens.errors.KnLensError`: its traceback, then a line asking for a report); 2 bad
+arguments or input (a :class:`~kn_lens.errors.KnLensError`, or a file or folder the system refuses:
+one ``kn-lens: error: ...`` line on stderr, no traceback); 130 interrupted. ``--debug`` shows the
+traceback of every error.
 
 Arguments are parsed before torch or TransformerLens is imported, so ``--help``, ``--version``
 and argument errors answer at once.
@@ -37,6 +40,7 @@ import os
 import shutil
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -118,10 +122,9 @@ def cmd_step(args: argparse.Namespace, score: ScoreFn | None = None) -> int:
                     continue
                 try:
                     run_step(run, step)
-                except ValueError as e:
+                except Exception as e:  # noqa: BLE001 - reported here, and in the exit status
                     # One analysis failing must not lose the others: report it and go on.
-                    log.error("%s failed: %s", step, e)
-                    failed.append(f"{step} ({e})")
+                    failed.append(_step_failed(step, e, debug=bool(getattr(args, "debug", False))))
             run.save("reproduce", None, time.perf_counter() - t0, time.process_time() - c0)
         else:
             run_step(run, args.command)
@@ -137,6 +140,16 @@ def cmd_step(args: argparse.Namespace, score: ScoreFn | None = None) -> int:
             + f". The others are in {out / 'results.json'}"
         )
     return 0
+
+
+def _step_failed(step: str, e: Exception, *, debug: bool) -> str:
+    """Log why analysis ``step`` of ``reproduce`` failed (a bug: with its traceback) and return
+    its entry in the final one-line summary."""
+    if isinstance(e, KnLensError):
+        log.error("%s failed: %s", step, _one_line(e), exc_info=e if debug else None)
+        return f"{step} ({_one_line(e)})"
+    log.error("%s failed: %s", step, _bug_line(e), exc_info=e)
+    return f"{step} (a bug in kn_lens, {type(e).__name__}: {_one_line(e)}; traceback above)"
 
 
 def _remove_if_empty(out: Path, created: bool) -> None:
@@ -208,6 +221,7 @@ def main(argv: Sequence[str] | None = None, *, score: ScoreFn | None = None) -> 
 
 
 def _dispatch(args: argparse.Namespace, score: ScoreFn | None) -> int:
+    debug = bool(getattr(args, "debug", False))
     try:
         if args.command == "plot":
             return cmd_plot(args)
@@ -215,16 +229,31 @@ def _dispatch(args: argparse.Namespace, score: ScoreFn | None) -> int:
     except StepsFailed as e:
         _error(str(e))
         return 1
-    except (ValueError, OSError) as e:  # user errors: bad input, files, folders
+    except (KnLensError, OSError) as e:  # bad input; a file or folder the system refuses
+        if debug:
+            traceback.print_exc()
         _error(_one_line(e))
         return 2
     except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
         _error("interrupted; run the same command again to resume")
         return 130
+    except Exception as e:  # noqa: BLE001 - anything else is a bug: say so, with its traceback
+        traceback.print_exc()
+        _error(_bug_line(e))
+        return 1
+
+
+def _bug_line(e: BaseException) -> str:
+    return (
+        f"{type(e).__name__}: {_one_line(e)} -- this is a bug in kn_lens, not in your input; "
+        "please report it to the kn_lens maintainers with the command and the traceback above"
+    )
 
 
 def _one_line(e: BaseException) -> str:
-    if isinstance(e, OSError) and e.filename is not None:
+    if isinstance(e, OSError) and not isinstance(e, KnLensError) and e.filename is not None:
         return f"{e.filename}: {e.strerror or type(e).__name__}"
     return " ".join(str(e).split()) or type(e).__name__
 

@@ -234,6 +234,14 @@ def _output(p: argparse.ArgumentParser, *, progress: bool = True) -> None:
         "-v", "--verbose", action="count", default=0, help="more log lines (-vv for debug)"
     )
     g.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    _debug(g, default=argparse.SUPPRESS)  # SUPPRESS: `kn-lens --debug CMD` is not undone here
+
+
+_DEBUG_HELP = "show the traceback of any error, a bad input's included (default: only a bug's)"
+
+
+def _debug(g: Any, default: Any = False) -> None:
+    g.add_argument("--debug", action="store_true", default=default, help=_DEBUG_HELP)
 
 
 def _trigger_options(g: Any) -> None:
@@ -327,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out DIR; see DIR/report.md.",
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    _debug(p)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(

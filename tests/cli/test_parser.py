@@ -76,7 +76,16 @@ def test_each_subcommand_lists_only_its_options() -> None:
     assert {"--lambda1", "--lambda2", "--n-edits"} <= _options("update")
     assert {"--erase", "--top"} <= _options("erase")
     assert {"--top-k", "--web"} <= _options("trigger")
-    assert _options("plot") == {"-h", "--help", "--out", "-v", "--verbose", "-q", "--quiet"}
+    assert _options("plot") == {
+        "-h",
+        "--help",
+        "--out",
+        "-v",
+        "--verbose",
+        "-q",
+        "--quiet",
+        "--debug",
+    }
     reproduce = _options("reproduce")
     assert {"--executor", "--skip", "--lambda1", "--erase", "--top-k"} <= reproduce
     assert "--shard" not in reproduce
