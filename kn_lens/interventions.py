@@ -20,7 +20,7 @@ Everything here works with hooks only, never by editing modules:
 - :func:`neuron_activations` reads chosen neurons' activations at each prompt's read position.
 
 Positions are per prompt (the batch's ``read_pos``, shape ``[prompt]``), so a hook built for a
-batch only fits a forward pass over exactly that batch; it raises ``ValueError`` otherwise rather
+batch only fits a forward pass over exactly that batch; it raises ``KnLensError`` otherwise rather
 than silently touching the wrong rows.
 """
 
@@ -36,6 +36,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens.hook_points import HookPoint
 
+from kn_lens.errors import KnLensError
 from kn_lens.models.family import Model, family_of
 from kn_lens.neuron import Hook, HookList, Neuron, check_neurons, hook_name
 
@@ -62,7 +63,7 @@ def neuron_hooks(
         model: the model the hooks are for (used to check the neurons' range).
         neurons: ``(layer, index)`` pairs; duplicates are applied once.
         factor: 0 suppresses, 2 amplifies (any finite float works; NaN or inf raises
-            ``ValueError``, as it would only fill the forward pass with non-finite values).
+            ``KnLensError``, as it would only fill the forward pass with non-finite values).
         positions: ``[prompt]``; row ``b`` of the batch is changed only at position
             ``positions[b]`` (each prompt's ``[MASK]``). ``None`` changes every position.
 
@@ -71,7 +72,7 @@ def neuron_hooks(
         returns a modified copy of ``hook_post`` (``[batch, pos, d_mlp]``), so it is autograd-safe.
     """
     if not math.isfinite(factor):
-        raise ValueError(f"factor must be a finite number, got {factor!r}")
+        raise KnLensError(f"factor must be a finite number, got {factor!r}")
     groups = _by_layer(check_neurons(model, neurons, allow_empty=True, unique=False))
     pos_cpu = None if positions is None else torch.as_tensor(positions, dtype=torch.long)
 
@@ -87,7 +88,7 @@ def neuron_hooks(
                 out[..., idx] = act[..., idx] * factor
                 return out
             if act.shape[0] != pos_cpu.shape[0]:
-                raise ValueError(
+                raise KnLensError(
                     f"{hook.name}: hook built for {pos_cpu.shape[0]} prompts but the batch has "
                     f"{act.shape[0]}; build the hooks per batch"
                 )
@@ -195,7 +196,7 @@ def scaled_answer_reads(
             )
             logits, logp = fam.readout(model, b, fwd_hooks=hooks)
             if logp is None:
-                raise ValueError("these prompts were encoded without answers")
+                raise KnLensError("these prompts were encoded without answers")
             out.append(logp.float().exp().cpu())
             top.append(logits.argmax(-1).cpu())
     return torch.cat(out), torch.cat(top)

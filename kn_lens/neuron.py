@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
+from kn_lens.errors import KnLensError
+
 
 class Neuron(NamedTuple):
     """Neuron ``index`` of layer ``layer``.
@@ -60,10 +62,10 @@ class HasConfig(Protocol):
 
 
 def model_shape(model: HasConfig) -> tuple[int, int]:
-    """``(n_layers, d_mlp)`` of a TransformerLens model; ``ValueError`` when it has no MLPs."""
+    """``(n_layers, d_mlp)`` of a TransformerLens model; a ``KnLensError`` when it has no MLPs."""
     n_layers, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
     if d_mlp is None:
-        raise ValueError("the model has no MLP layers (cfg.d_mlp is None): no neurons to study")
+        raise KnLensError("the model has no MLP layers (cfg.d_mlp is None): no neurons to study")
     return int(n_layers), int(d_mlp)
 
 
@@ -91,16 +93,16 @@ def check_neurons(
             as given, for callers that apply each neuron once anyway (hooks).
 
     Raises:
-        ValueError: the collection is empty (unless ``allow_empty``), an item is not a
-            ``(layer, index)`` pair of ints, a layer is outside ``[0, n_layers)`` or an index
-            outside ``[0, d_mlp)``, or (with ``unique``) a neuron repeats. The message names the
-            neuron.
+        KnLensError: (a ``ValueError``) the collection is empty (unless ``allow_empty``), an
+            item is not a ``(layer, index)`` pair of ints, a layer is outside ``[0, n_layers)``
+            or an index outside ``[0, d_mlp)``, or (with ``unique``) a neuron repeats. The
+            message names the neuron.
     """
     if isinstance(neurons, (str, bytes)) or hasattr(neurons, "shape"):
-        raise ValueError(f"neurons must be a collection of (layer, index) pairs, got {neurons!r}")
+        raise KnLensError(f"neurons must be a collection of (layer, index) pairs, got {neurons!r}")
     items = list(neurons)
     if not items and not allow_empty:
-        raise ValueError("empty neuron set: at least one (layer, index) neuron is needed")
+        raise KnLensError("empty neuron set: at least one (layer, index) neuron is needed")
     n_layers, d_mlp = model_shape(model)
     out: list[Neuron] = []
     seen: set[Neuron] = set()
@@ -109,26 +111,26 @@ def check_neurons(
             layer, index = item
             n = Neuron(_as_int(layer), _as_int(index))
         except (TypeError, ValueError):
-            raise ValueError(f"neuron {item!r} is not a (layer, index) pair of ints") from None
+            raise KnLensError(f"neuron {item!r} is not a (layer, index) pair of ints") from None
         if not 0 <= n.layer < n_layers:
-            raise ValueError(
+            raise KnLensError(
                 f"neuron {n} ({tuple(n)}) out of range: layer must be in [0, {n_layers}) for "
                 "this model"
             )
         if not 0 <= n.index < d_mlp:
-            raise ValueError(
+            raise KnLensError(
                 f"neuron {n} ({tuple(n)}) out of range: index must be in [0, {d_mlp}) for "
                 "this model"
             )
         if unique and n in seen:
-            raise ValueError(f"neuron {n} ({tuple(n)}) appears more than once in the neuron set")
+            raise KnLensError(f"neuron {n} ({tuple(n)}) appears more than once in the neuron set")
         seen.add(n)
         out.append(n)
     return out
 
 
 def resolve_layers(model: HasConfig, layers: Sequence[int] | None) -> list[int]:
-    """The layers to score, in the caller's order (default all); ``ValueError`` naming a layer
+    """The layers to score, in the caller's order (default all); a ``KnLensError`` naming a layer
     that is not an index of the model, a repeated layer, or an empty list."""
     n = model.cfg.n_layers
     if layers is None:
@@ -136,12 +138,12 @@ def resolve_layers(model: HasConfig, layers: Sequence[int] | None) -> list[int]:
     out: list[int] = []
     for layer in layers:
         if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n:
-            raise ValueError(f"layer {layer!r} is not a layer index of this {n}-layer model")
+            raise KnLensError(f"layer {layer!r} is not a layer index of this {n}-layer model")
         if layer in out:
-            raise ValueError(f"layer {layer} is listed twice in layers={list(layers)}")
+            raise KnLensError(f"layer {layer} is listed twice in layers={list(layers)}")
         out.append(layer)
     if not out:
-        raise ValueError("layers is empty")
+        raise KnLensError("layers is empty")
     return out
 
 

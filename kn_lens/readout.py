@@ -17,6 +17,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from kn_lens.data.facts import FactBag
+from kn_lens.errors import KnLensError
 from kn_lens.models.family import BagCheck, family_of
 
 
@@ -87,14 +88,14 @@ def score_prompts(
     fam = family_of(model)
     n = len(enc)
     if target is not None and target.shape[0] != n:
-        raise ValueError(f"target ids must have one entry per prompt ({n})")
+        raise KnLensError(f"target ids must have one entry per prompt ({n})")
     top1, glp, tlp, trk = [], [], [], []
     with torch.no_grad():
         for s in range(0, n, batch_size):
             idx = list(range(s, min(s + batch_size, n)))
             logits, logp = fam.readout(model, enc.select(idx))
             if logp is None:
-                raise ValueError("these prompts were encoded without answers")
+                raise KnLensError("these prompts were encoded without answers")
             logits = logits.float().cpu()
             top1.append(logits.argmax(-1))
             glp.append(logp.float().cpu())

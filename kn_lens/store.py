@@ -70,14 +70,14 @@ class Shard:
 
     def __post_init__(self) -> None:
         if self.n < 1 or not 1 <= self.k <= self.n:
-            raise ValueError(f"bad shard {self.k}/{self.n}: need 1 <= K <= N (shards are 1-based)")
+            raise StoreError(f"bad shard {self.k}/{self.n}: need 1 <= K <= N (shards are 1-based)")
 
     @classmethod
     def parse(cls, text: str) -> Shard:
-        """``"2/4"`` -> ``Shard(2, 4)``; ``ValueError`` with the expected form otherwise."""
+        """``"2/4"`` -> ``Shard(2, 4)``; ``StoreError`` with the expected form otherwise."""
         m = re.fullmatch(r"\s*(-?\d+)\s*/\s*(-?\d+)\s*", str(text))
         if not m:
-            raise ValueError(f"bad shard {text!r}: expected K/N, e.g. 1/4 (shards are 1-based)")
+            raise StoreError(f"bad shard {text!r}: expected K/N, e.g. 1/4 (shards are 1-based)")
         return cls(int(m.group(1)), int(m.group(2)))
 
     def owns(self, i: int) -> bool:
@@ -252,7 +252,7 @@ class JsonlStore:
 
     Opening repairs a torn last line, takes an exclusive advisory lock (a second process appending
     to the same file gets :class:`StoreError`) and reads the keys already present. ``append`` writes
-    the whole line, then ``fsync``; appending a key already present raises ``ValueError``. With
+    the whole line, then ``fsync``; appending a key already present raises ``StoreError``. With
     ``keep``, a stored record it refuses (a stale one) does not count as present, so its key may
     be appended again; readers pass ``keep`` too and see only the new record.
     """
@@ -318,9 +318,9 @@ class JsonlStore:
             raise RuntimeError(f"{self.path}: store is not open")
         k = record.get(self.key)
         if not isinstance(k, str):
-            raise ValueError(f"record needs a string {self.key!r} field, got {k!r}")
+            raise StoreError(f"record needs a string {self.key!r} field, got {k!r}")
         if k in self._keys:
-            raise ValueError(f"{self.path}: key {k!r} is already stored")
+            raise StoreError(f"{self.path}: key {k!r} is already stored")
         data = (json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n").encode()
         if b"\n" in data[:-1]:  # json.dumps never emits raw newlines; guard anyway
             raise ValueError("a record must serialise to one line")

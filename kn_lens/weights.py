@@ -8,9 +8,9 @@ directly; every such change in kn_lens goes through this module.
 Each change function
 
 - validates the neurons first (non-empty, no duplicates, layer and index in range), raising
-  ``ValueError`` naming the offending neuron;
+  ``KnLensError`` naming the offending neuron;
 - refuses non-finite edit values (NaN or inf in ``values``, ``vector`` or ``scale``, or a new row
-  that puts NaN/inf where the row was finite) with ``ValueError``, before anything is changed;
+  that puts NaN/inf where the row was finite) with ``KnLensError``, before anything is changed;
 - saves the original rows, then writes the new ones in place under ``torch.no_grad`` on the
   parameter's data (the ``Parameter`` object and its storage stay the same);
 - is all-or-nothing: if anything raises halfway through a multi-row change, the rows already
@@ -36,6 +36,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from kn_lens.errors import KnLensError
 from kn_lens.models.family import Model
 from kn_lens.neuron import Neuron, NeuronsLike, check_neurons
 
@@ -133,12 +134,12 @@ _INT_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
 def _check_finite(name: str, t: Tensor) -> None:
-    """``ValueError`` naming ``name`` and the first non-finite entry of ``t``."""
+    """``KnLensError`` naming ``name`` and the first non-finite entry of ``t``."""
     bad = ~torch.isfinite(t)
     if bool(bad.any()):
         first = tuple(int(i) for i in bad.nonzero()[0])
         where = f" at index {first}" if first else ""
-        raise ValueError(
+        raise KnLensError(
             f"{name} holds a non-finite value ({float(t[first])}{where}): a W_out edit needs "
             "finite numbers; nothing was changed"
         )
@@ -181,7 +182,7 @@ def edit_rows(
             new = fn(n, original[k].clone())
             if not isinstance(new, Tensor) or tuple(new.shape) != (d_model,):
                 got = tuple(new.shape) if isinstance(new, Tensor) else type(new).__name__
-                raise ValueError(f"new row for neuron {n} must be a [{d_model}] tensor, got {got}")
+                raise KnLensError(f"new row for neuron {n} must be a [{d_model}] tensor, got {got}")
             new = new.detach().to(dtype=original.dtype, device=original.device)
             # An edit may carry a row's existing NaN/inf along, never introduce one.
             _check_finite(f"new row for neuron {n}", new[torch.isfinite(original[k])])
@@ -202,7 +203,7 @@ def set_rows(
     """Overwrite the value vectors of ``neurons`` with ``values`` (row k -> neuron k)."""
     ns = check_neurons(model, neurons)
     if values.shape[0] != len(ns):
-        raise ValueError(f"values has {values.shape[0]} rows for {len(ns)} neurons")
+        raise KnLensError(f"values has {values.shape[0]} rows for {len(ns)} neurons")
     _check_finite("values", values.detach())
     index = {n: k for k, n in enumerate(ns)}
     return edit_rows(model, ns, lambda n, v: values[index[n]])
@@ -224,18 +225,18 @@ def add_to_rows(
     d_model = int(model.cfg.d_model)
     vec = vector.detach()
     if vec.shape[-1] != d_model:
-        raise ValueError(
+        raise KnLensError(
             f"vector has size {vec.shape[-1]} in its last dimension, d_model is {d_model}"
         )
     if vec.dim() == 2 and vec.shape[0] != len(ns):
-        raise ValueError(f"vector has {vec.shape[0]} rows for {len(ns)} neurons")
+        raise KnLensError(f"vector has {vec.shape[0]} rows for {len(ns)} neurons")
     _check_finite("vector", vec)
     s = torch.as_tensor(scale, dtype=vec.dtype).detach().reshape(-1)
     _check_finite("scale", s)
     if s.numel() == 1:
         s = s.expand(len(ns))
     if s.numel() != len(ns):
-        raise ValueError(f"scale has {s.numel()} entries for {len(ns)} neurons")
+        raise KnLensError(f"scale has {s.numel()} entries for {len(ns)} neurons")
     rows = vec.expand(len(ns), d_model) if vec.dim() == 1 else vec
     deltas = s[:, None].to(rows.device) * rows
     index = {n: k for k, n in enumerate(ns)}

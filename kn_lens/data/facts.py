@@ -34,6 +34,11 @@ class DataError(KnLensError):
     """Malformed input data; the message names the file and line (or the offending item)."""
 
 
+class MissingDataError(DataError, FileNotFoundError):
+    """A data file or folder does not exist; the message names it. Also a ``FileNotFoundError``,
+    as it was before :class:`DataError` covered it."""
+
+
 @dataclass(frozen=True)
 class Fact:
     """One relational fact: ``subject --relation--> object``."""
@@ -67,7 +72,7 @@ class FactBag:
             if not self.prefix:
                 check_prompt(prompt)
             elif MASK in prompt or not prompt.strip():
-                raise ValueError(
+                raise DataError(
                     f"a decoder prompt is the non-empty text before the answer, without {MASK}: "
                     f"{prompt!r}"
                 )
@@ -184,11 +189,11 @@ def relation_of_key(key: str) -> str:
 
 
 def check_prompt(prompt: str) -> str:
-    """Return ``prompt`` if it holds exactly one ``[MASK]``; raise ``ValueError`` naming it if
+    """Return ``prompt`` if it holds exactly one ``[MASK]``; raise ``DataError`` naming it if
     not."""
     n = prompt.count(MASK)
     if n != 1:
-        raise ValueError(f"prompt must contain exactly one {MASK}, found {n}: {prompt!r}")
+        raise DataError(f"prompt must contain exactly one {MASK}, found {n}: {prompt!r}")
     return prompt
 
 
@@ -212,19 +217,19 @@ def fill_template(template: str, subject: str) -> str:
     """``[X]`` -> subject, ``[Y]`` -> ``[MASK]``.
 
     Raises:
-        ValueError: the template lacks ``[X]``, holds ``[Y]`` other than exactly once, or holds
+        DataError: the template lacks ``[X]``, holds ``[Y]`` other than exactly once, or holds
             ``[MASK]`` itself; or the subject holds ``[MASK]`` or ``[Y]``. The message quotes it.
     """
     if "[X]" not in template:
-        raise ValueError(f"template must contain [X]: {template!r}")
+        raise DataError(f"template must contain [X]: {template!r}")
     n_y = template.count("[Y]")
     if n_y != 1:
-        raise ValueError(f"template must contain [Y] exactly once, found {n_y}: {template!r}")
+        raise DataError(f"template must contain [Y] exactly once, found {n_y}: {template!r}")
     if MASK in template:
-        raise ValueError(f"template must not contain {MASK} (use [Y]): {template!r}")
+        raise DataError(f"template must not contain {MASK} (use [Y]): {template!r}")
     for marker in (MASK, "[Y]"):
         if marker in subject:
-            raise ValueError(f"subject must not contain {marker}: {subject!r}")
+            raise DataError(f"subject must not contain {marker}: {subject!r}")
     return template.replace("[X]", subject).replace("[Y]", MASK)
 
 

@@ -11,6 +11,7 @@ from kn_lens.data.facts import (
     DataError,
     Fact,
     FactBag,
+    MissingDataError,
     fill_template,
     read_jsonl_records,
     require_strings,
@@ -21,7 +22,7 @@ def load_relations(lama_dir: str | Path) -> dict[str, dict[str, Any]]:
     """LAMA's ``relations.jsonl``: relation id -> its record (label, template, type, ...)."""
     path = Path(lama_dir) / "relations.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"LAMA relations file not found: {path}")
+        raise MissingDataError(f"LAMA relations file not found: {path}")
     out: dict[str, dict[str, Any]] = {}
     for n, rec in read_jsonl_records(path):
         require_strings(rec, ("relation", "type"), path, n)
@@ -64,13 +65,13 @@ def load_pararel(
         lama_dir: folder with ``relations.jsonl`` and ``TREx/P*.jsonl``.
         patterns_dir: folder with PARAREL ``P*.jsonl`` pattern files.
         relations: only these relation ids (default: all that qualify). An id that does not
-            qualify raises ``ValueError`` naming it.
+            qualify raises ``DataError`` naming it.
     """
     lama_dir, patterns_dir = Path(lama_dir), Path(patterns_dir)
     trex_dir = lama_dir / "TREx"
     for d in (trex_dir, patterns_dir):
         if not d.is_dir():
-            raise FileNotFoundError(f"data folder not found: {d}")
+            raise MissingDataError(f"data folder not found: {d}")
     rel_info = load_relations(lama_dir)
     available = sorted(
         p.stem for p in patterns_dir.glob("P*.jsonl") if (trex_dir / p.name).is_file()
@@ -80,7 +81,7 @@ def load_pararel(
     if relations is not None:
         unknown = [r for r in relations if r not in qualifying]
         if unknown:
-            raise ValueError(
+            raise DataError(
                 f"unknown relation(s) {', '.join(unknown)}; available: {', '.join(qualifying)}"
             )
         qualifying = [r for r in qualifying if r in set(relations)]

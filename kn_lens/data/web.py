@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from kn_lens.data.facts import MASK, DataError, FactBag, read_text
+from kn_lens.data.facts import MASK, DataError, FactBag, MissingDataError, read_text
 from kn_lens.data.world import default_query_pairs, default_web_bags
 from kn_lens.errors import KnLensError
 
@@ -106,7 +106,7 @@ def mask_tail(sentence: str, head: str, tail: str) -> str:
     """
     _check_sentence(sentence)
     if not tail:
-        raise ValueError("the tail must be a non-empty string")
+        raise DataError("the tail must be a non-empty string")
     heads = _occurrences(sentence, head)
     for s, e in _occurrences(sentence, tail):
         if s > 0 and sentence[s - 1].isalnum():
@@ -209,21 +209,19 @@ def web_facts_from_dict(
         relations: only these relations (default: all of ``web_bags``).
 
     Raises:
-        ValueError: naming the relation when it has no query pairs, when the two lists differ in
+        DataError: naming the relation when it has no query pairs, when the two lists differ in
             length, or naming the entry when one is malformed.
     """
     rels = list(web_bags) if relations is None else list(relations)
     out: dict[str, list[WebFact]] = {}
     for rel in rels:
         if rel not in web_bags:
-            raise ValueError(
-                f"relation {rel!r} has no web sentences; available: {sorted(web_bags)}"
-            )
+            raise DataError(f"relation {rel!r} has no web sentences; available: {sorted(web_bags)}")
         if rel not in query_pairs:
-            raise ValueError(f"relation {rel!r} has web sentences but no query pairs")
+            raise DataError(f"relation {rel!r} has web sentences but no query pairs")
         bags, pairs = web_bags[rel], query_pairs[rel]
         if len(bags) != len(pairs):
-            raise ValueError(
+            raise DataError(
                 f"relation {rel!r}: {len(bags)} web bags but {len(pairs)} query "
                 "pairs; they must be in the same order and of the same length"
             )
@@ -234,15 +232,13 @@ def web_facts_from_dict(
                 or not isinstance(bag.get("th_bags", []), list)
                 or not isinstance(bag.get("h_bags", []), list)
             ):
-                raise ValueError(f"{rel}/{i}: expected an object with list fields th_bags, h_bags")
+                raise DataError(f"{rel}/{i}: expected an object with list fields th_bags, h_bags")
             if (
                 not isinstance(pair, (list, tuple))
                 or len(pair) != 2
                 or not all(isinstance(x, str) and x for x in pair)
             ):
-                raise ValueError(
-                    f"{rel}/{i}: query pair must be [head, tail] strings, got {pair!r}"
-                )
+                raise DataError(f"{rel}/{i}: query pair must be [head, tail] strings, got {pair!r}")
             facts.append(
                 WebFact(
                     rel,
@@ -295,22 +291,22 @@ def load_web_facts(
         distant_dir: folder of the per-relation files.
         query_pairs_path: ``query_pairs.json`` (default: the one in ``distant_dir``).
         relations: only these relations (default: every relation with a file there). A relation
-            without a file raises ``ValueError`` naming it.
+            without a file raises ``DataError`` naming it.
 
     Raises:
         DataError: bad UTF-8 or JSON (file and line), or a malformed entry (file and fact key).
     """
     distant_dir = Path(distant_dir)
     if not distant_dir.is_dir():
-        raise FileNotFoundError(f"distant-supervision folder not found: {distant_dir}")
+        raise MissingDataError(f"distant-supervision folder not found: {distant_dir}")
     qp_path = Path(query_pairs_path) if query_pairs_path else distant_dir / "query_pairs.json"
     if not qp_path.is_file():
-        raise FileNotFoundError(f"query pairs file not found: {qp_path}")
+        raise MissingDataError(f"query pairs file not found: {qp_path}")
     files = web_files(distant_dir)
     rels = sorted(files) if relations is None else list(relations)
     missing = [r for r in rels if r not in files]
     if missing:
-        raise ValueError(
+        raise DataError(
             f"no web-sentence file for relation(s) {', '.join(missing)}; "
             f"available: {', '.join(sorted(files))}"
         )
@@ -340,7 +336,7 @@ def match_bags(
     """Pair each bag with the web fact of the same relation and index.
 
     Bags whose relation has no web sentences are left out. A bag whose index is out of range, or
-    whose subject/object disagree with the query pair at that index, raises ``ValueError`` naming
+    whose subject/object disagree with the query pair at that index, raises ``DataError`` naming
     the bag -- the two sources are not in the same order.
     """
     pairs = []
@@ -349,13 +345,13 @@ def match_bags(
         if facts is None:
             continue
         if not 0 <= bag.index < len(facts):
-            raise ValueError(
+            raise DataError(
                 f"bag {bag.key} ({bag.subject!r}): index out of range of the "
                 f"{len(facts)} web facts of {bag.relation}"
             )
         wf = facts[bag.index]
         if (wf.subject, wf.object) != (bag.subject, bag.object):
-            raise ValueError(
+            raise DataError(
                 f"bag {bag.key} is ({bag.subject!r}, {bag.object!r}) but the web fact "
                 f"at that index is ({wf.subject!r}, {wf.object!r})"
             )
@@ -387,7 +383,7 @@ class FactPrompts:
     def of_type(self, kind: str) -> tuple[str, ...]:
         """The prompts of type ``"T1"``, ``"T2"`` or ``"T3"``."""
         if kind not in PROMPT_TYPES:
-            raise ValueError(f"unknown prompt type {kind!r}; expected one of {PROMPT_TYPES}")
+            raise DataError(f"unknown prompt type {kind!r}; expected one of {PROMPT_TYPES}")
         return {"T1": self.t1, "T2": self.t2, "T3": self.t3}[kind]
 
 
@@ -540,7 +536,7 @@ def build_web_prompts(
     Args:
         web_facts: ``{relation: [WebFact, ...]}`` (from :func:`load_web_facts`,
             :func:`web_facts_from_dict` or :func:`default_web_facts`).
-        keys: build only these fact keys (default: all). An unknown key raises ``ValueError``.
+        keys: build only these fact keys (default: all). An unknown key raises ``DataError``.
         seed: seed of the per-fact random generators (``PaperConfig.seed``).
         first_words: ``PaperConfig.t2_first_words``.
         pool: the T3 sentence pool (default: :func:`sentence_pool` of ``web_facts``, i.e. the whole
@@ -553,7 +549,7 @@ def build_web_prompts(
         keys = list(keys)
         unknown = [k for k in keys if k not in all_facts]
         if unknown:
-            raise ValueError(f"no web sentences for fact key(s) {', '.join(unknown[:10])}")
+            raise DataError(f"no web sentences for fact key(s) {', '.join(unknown[:10])}")
         chosen = [all_facts[k] for k in keys]
     pool = sentence_pool(web_facts) if pool is None else pool
     facts, skipped = [], []
@@ -573,7 +569,7 @@ def select_facts(
     """The fact keys to analyse (those with neurons and web sentences) and the skipped ones.
 
     With ``bags``, each bag is first checked against the web data by relation and index
-    (:func:`match_bags`); a subject/object mismatch raises ``ValueError``.
+    (:func:`match_bags`); a subject/object mismatch raises ``DataError``.
     """
     if bags is not None:
         match_bags(web_facts, bags)

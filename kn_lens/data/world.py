@@ -30,7 +30,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from kn_lens.data.facts import Fact, FactBag, fill_template
+from kn_lens.data.facts import DataError, Fact, FactBag, fill_template
 from kn_lens.data.world_text import (
     _F_ADJ,
     _F_ADV,
@@ -141,7 +141,7 @@ class World:
         for r in self.relations:
             if r.id == rel_id:
                 return r
-        raise ValueError(f"unknown relation {rel_id!r}; known: {[r.id for r in self.relations]}")
+        raise DataError(f"unknown relation {rel_id!r}; known: {[r.id for r in self.relations]}")
 
     def bags_of(self, rel_id: str) -> list[FactBag]:
         self.relation(rel_id)
@@ -253,14 +253,14 @@ def build_world(
         relations: only these relation ids (default all 14).
     """
     if scale <= 0:
-        raise ValueError(f"scale must be positive, got {scale}")
+        raise DataError(f"scale must be positive, got {scale}")
     if not 0 <= n_train_web <= n_web:
-        raise ValueError(f"n_train_web must be in [0, n_web={n_web}], got {n_train_web}")
+        raise DataError(f"n_train_web must be in [0, n_web={n_web}], got {n_train_web}")
     specs = RELATIONS
     if relations is not None:
         unknown = [r for r in relations if r not in {s.id for s in RELATIONS}]
         if unknown:
-            raise ValueError(f"unknown relation(s) {unknown}; known: {[s.id for s in RELATIONS]}")
+            raise DataError(f"unknown relation(s) {unknown}; known: {[s.id for s in RELATIONS]}")
         specs = tuple(s for s in RELATIONS if s.id in set(relations))
     rng = random.Random(seed)
 
@@ -280,7 +280,7 @@ def build_world(
         n = max(3, round(spec.n_facts * scale))
         pool = pools[spec.subject_kind]
         if n > len(pool):
-            raise ValueError(f"relation {spec.id}: {n} facts but only {len(pool)} subjects")
+            raise DataError(f"relation {spec.id}: {n} facts but only {len(pool)} subjects")
         subjects = [p[0] + "".join(x[2:] for x in p[1:]) for p in rng.sample(pool, n)]
         if spec.objects is None:  # 1-1: a fresh invented object per subject
             objs = _object_names(rng, n, obj_taken)
