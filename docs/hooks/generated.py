@@ -30,17 +30,51 @@ STUDY_NAME = "SmolLM2-135M study"
 RESULTS_MD = ROOT / "RESULTS.md"
 MARKERS = {"analyses": "<!-- generated: analyses -->", "cli": "<!-- generated: cli -->"}
 
-_ROLE = re.compile(r":[a-z]+:`~?\.?([^`]+)`")
+_ROLE = re.compile(r":(?:py:)?[a-z]+:`~?\.?([^`]+)`")
+_BORDER = re.compile(r"^=+( +=+)+$")
 
 
-def _md(text: str) -> str:
-    """A reStructuredText docstring as Markdown: roles become code, ``::`` blocks are fenced."""
-    text = _ROLE.sub(r"`\1`", textwrap.dedent(text).strip())
+def _rst_table(lines: list[str]) -> list[str]:
+    """An RST simple table (``===  ===`` borders, one header row) as a Markdown table."""
+    spans = [m.span() for m in re.finditer(r"=+", lines[0])]
+
+    def cells(line: str) -> list[str]:
+        out = []
+        for i, (a, _) in enumerate(spans):
+            b = spans[i + 1][0] if i + 1 < len(spans) else len(line)
+            out.append(line[a:b].strip().replace("|", "\\|"))
+        return out
+
+    rows = [cells(x) for x in lines if x.strip() and not _BORDER.match(x.strip())]
+    if not rows:
+        return []
+    head, body = rows[0], rows[1:]
+    return [
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+        *("| " + " | ".join(r) + " |" for r in body),
+    ]
+
+
+def rst_to_markdown(text: str) -> str:
+    """reStructuredText as this code's docstrings use it, as Markdown: roles (``:mod:`x```)
+    become code, simple tables become Markdown tables, ``::`` blocks become fenced code."""
+    text = _ROLE.sub(r"`\1`", textwrap.dedent(text).strip("\n"))
     out: list[str] = []
     lines = text.splitlines()
     i = 0
     while i < len(lines):
         line = lines[i]
+        if _BORDER.match(line.strip()):
+            table = [line]
+            borders = 1
+            i += 1
+            while i < len(lines) and borders < 3:
+                table.append(lines[i])
+                borders += bool(_BORDER.match(lines[i].strip()))
+                i += 1
+            out += ["", *_rst_table(table), ""]
+            continue
         if line.rstrip().endswith("::"):
             out.append(line.rstrip()[:-1] if line.strip() != "::" else "")
             block: list[str] = []
@@ -48,7 +82,8 @@ def _md(text: str) -> str:
             while i < len(lines) and (not lines[i].strip() or lines[i].startswith(" ")):
                 block.append(lines[i])
                 i += 1
-            out += ["", "```", textwrap.dedent("\n".join(block)).strip("\n"), "```", ""]
+            code = textwrap.dedent("\n".join(block)).strip("\n")
+            out += ["", "```", code, "```", ""]
             continue
         out.append(line)
         i += 1
@@ -116,7 +151,8 @@ def _attributes(doc: str | None) -> dict[str, str]:
 
 
 def _results_md_sections() -> dict[str, str]:
-    """RESULTS.md's ``## `name` — ...`` sections by name, without their heading."""
+    """RESULTS.md's ``## `name` — ...`` sections by name, without their heading and up to their
+    first subsection (measurements of past runs, not the schema)."""
     if not RESULTS_MD.is_file():
         return {}
     sections: dict[str, str] = {}
@@ -127,6 +163,9 @@ def _results_md_sections() -> dict[str, str]:
             name = m.group(1) if m else None
             if name:
                 sections[name] = ""
+            continue
+        if line.startswith("### "):
+            name = None
             continue
         if name:
             sections[name] += line + "\n"
@@ -191,7 +230,7 @@ def analyses_markdown() -> str:
             needs.append("web sentences (`--web`, or the built-in world's own)")
         out += [f"## `{name}` {{#{name}}}", "", f"**{a.title}**", ""]
         if module and module.__doc__:
-            out += [_md(module.__doc__), ""]
+            out += [rst_to_markdown(module.__doc__), ""]
         needed = f"; it needs {' and '.join(needs)}." if needs else "."
         out.append(f"Command: `kn-lens {name} --out DIR`{needed}")
         out.append("")
