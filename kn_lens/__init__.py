@@ -1,4 +1,5 @@
-"""kn_lens: knowledge neurons in BERT masked language models, on TransformerLens.
+"""kn_lens: knowledge neurons in transformer language models, encoders (BERT masked language
+models) and decoders (GPT-style causal models such as SmolLM2), on TransformerLens.
 
 Reproduces Dai et al., "Knowledge Neurons in Pretrained Transformers" (ACL 2022)::
 
@@ -6,7 +7,11 @@ Reproduces Dai et al., "Knowledge Neurons in Pretrained Transformers" (ACL 2022)
     model = kn_lens.load_model("default")              # a HookedEncoder, tokenizer attached
     bag = kn_lens.data.default_facts()[0]               # one fact, its paraphrase prompts
     scores = kn_lens.attribute(model, bag.prompts, bag.object)   # [prompt, layer, d_mlp]
-    neurons = kn_lens.find_knowledge_neurons(model, bag)         # [Neuron(layer, index), ...]
+    neurons = kn_lens.find_knowledge_neurons(model, bag, scores=scores)  # [Neuron(layer, index)]
+
+``find_knowledge_neurons(model, bag)`` without ``scores=`` attributes the bag itself. A decoder
+(``load_model("smollm2-135m")``, a Hugging Face decoder folder or a ``.gguf`` file) is a
+``HookedTransformer``; the same calls work on it.
 
 Layers, top to bottom; every import points down (see ARCHITECTURE.md)::
 
@@ -62,6 +67,11 @@ def __getattr__(name: str) -> Any:
 
         return load_model
     raise AttributeError(f"module 'kn_lens' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # The lazy names are not globals until first use; list them anyway (tab completion, help()).
+    return sorted(set(globals()) | set(__all__))
 
 
 __all__ = [

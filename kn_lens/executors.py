@@ -29,6 +29,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from kn_lens.config import PaperConfig
 from kn_lens.data.facts import FactBag
+from kn_lens.errors import KnLensError
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +42,15 @@ EXECUTORS: tuple[str, ...] = ("local", "ray")
 
 def score_record(model: Any, bag: FactBag, config: PaperConfig) -> dict[str, Any]:
     """The stored attribution record of one fact: both methods' sparse scores
-    (:func:`kn_lens.knowledge_neurons.score_bag`) as a dict keyed by ``bag.key``."""
+    (:func:`kn_lens.knowledge_neurons.score_bag`) as a dict keyed by ``bag.key``.
+
+    ``config.batch_size`` is used as given: the command line resolves it (``--batch-size``, else
+    the device's default) before it builds the config."""
     from kn_lens.knowledge_neurons import score_bag
 
-    record = score_bag(model, bag, config, dtype=config.dtype).to_dict()
+    record = score_bag(
+        model, bag, config, dtype=config.dtype, batch_size=config.batch_size
+    ).to_dict()
     record.setdefault("key", bag.key)
     return record
 
@@ -156,7 +162,7 @@ class RayExecutor:
         try:
             import ray
         except ImportError:
-            raise RuntimeError(
+            raise KnLensError(
                 "--executor ray needs Ray: pip install 'kn-lens[ray]' (Ray 2.x)"
             ) from None
         if not ray.is_initialized():

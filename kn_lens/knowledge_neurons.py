@@ -41,10 +41,11 @@ from jaxtyping import Float
 from torch import Tensor
 
 import kn_lens.attribution as attribution
-from kn_lens.config import PaperConfig
+from kn_lens.config import PaperConfig, default_batch_size
 from kn_lens.data import FactBag
+from kn_lens.errors import KnLensError
 from kn_lens.models.family import Model
-from kn_lens.neuron import Neuron
+from kn_lens.neuron import Neuron, model_shape
 from kn_lens.results import Result
 
 METHODS: tuple[str, ...] = ("ig", "activation")
@@ -53,7 +54,7 @@ DEFAULT_FLOOR = 0.1  # BagScores keeps neurons >= 0.1 x the prompt's max: enough
 
 def _check_method(method: str) -> str:
     if method not in METHODS:
-        raise ValueError(f"unknown attribution method {method!r}; expected one of {METHODS}")
+        raise KnLensError(f"unknown attribution method {method!r}; expected one of {METHODS}")
     return method
 
 
@@ -97,13 +98,13 @@ def sparsify(
 ) -> list[PromptScores]:
     """Per prompt, the maximum score and the neurons scoring at least ``floor`` times it."""
     if not 0 <= floor <= 1:
-        raise ValueError(f"floor must lie in [0, 1], got {floor}")
+        raise KnLensError(f"floor must lie in [0, 1], got {floor}")
     out = []
     s_all = scores.detach().float().cpu()
     for s in s_all:
         mx = float(s.max())
         if not math.isfinite(mx):
-            raise ValueError(f"attribution scores contain non-finite values (max {mx})")
+            raise KnLensError(f"attribution scores contain non-finite values (max {mx})")
         if mx <= 0:
             out.append(PromptScores(mx, ()))
             continue
@@ -151,7 +152,7 @@ class BagScores:
     def prompt_scores(self, method: str) -> list[PromptScores]:
         _check_method(method)
         if method not in self.scores:
-            raise ValueError(f"bag {self.key} has no {method!r} scores (has {list(self.scores)})")
+            raise KnLensError(f"bag {self.key} has no {method!r} scores (has {list(self.scores)})")
         return self.scores[method]
 
     @classmethod
@@ -165,13 +166,13 @@ class BagScores:
     ) -> BagScores:
         """Build the record from dense ``[prompt, layer, d_mlp]`` scores per method."""
         if not tensors:
-            raise ValueError("no scores given")
+            raise KnLensError("no scores given")
         shapes = {tuple(t.shape) for t in tensors.values()}
         if len(shapes) != 1:
-            raise ValueError(f"bag {bag.key}: methods' score shapes differ: {shapes}")
+            raise KnLensError(f"bag {bag.key}: methods' score shapes differ: {shapes}")
         n, n_layers, d_mlp = shapes.pop()
         if n != len(bag.prompts):
-            raise ValueError(f"bag {bag.key}: {n} score rows for {len(bag.prompts)} prompts")
+            raise KnLensError(f"bag {bag.key}: {n} score rows for {len(bag.prompts)} prompts")
         return cls(
             bag.key,
             bag.relation,
@@ -189,7 +190,7 @@ class BagScores:
         """The same record for prompts ``idx`` only (in that order), e.g. a half of the bag."""
         bad = [i for i in idx if not 0 <= i < self.n_prompts]
         if bad or not idx:
-            raise ValueError(
+            raise KnLensError(
                 f"bag {self.key}: prompt indices {list(idx)} out of range 0..{self.n_prompts - 1}"
             )
         return replace(
@@ -232,14 +233,33 @@ class BagScores:
                 scores,
             )
         except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"malformed BagScores record {d.get('key', '?')!r}: {e}") from None
+            raise KnLensError(f"malformed BagScores record {d.get('key', '?')!r}: {e}") from None
         for m, ps in out.scores.items():
             _check_method(m)
             if len(ps) != out.n_prompts:
-                raise ValueError(
+                raise KnLensError(
                     f"BagScores {out.key}: {len(ps)} {m} prompts, expected {out.n_prompts}"
                 )
         return out
+
+
+def attribution_batch_size(
+    model: Model, config: PaperConfig | None = None, batch_size: int | None = None
+) -> int:
+    """Rows per attribution pass: ``batch_size`` when given, else ``config.batch_size`` when it
+    differs from :class:`PaperConfig`'s default, else
+    :func:`kn_lens.config.default_batch_size` of the model's device (64 on the CPU, 2048 on
+    CUDA: what :func:`kn_lens.attribution.attribute` itself picks).
+
+    ``PaperConfig.batch_size`` keeps its plain default of 64 for the analyses' read-out passes, so
+    a config that leaves it alone does not shrink attribution on a GPU; to run attribution at
+    exactly 64 rows on a GPU, pass ``batch_size=64``.
+    """
+    if batch_size is not None:
+        return batch_size
+    if config is not None and config.batch_size != PaperConfig.batch_size:
+        return config.batch_size
+    return default_batch_size(model.cfg.device or "cpu")
 
 
 def score_bag(
@@ -250,14 +270,18 @@ def score_bag(
     methods: Sequence[str] = METHODS,
     floor: float = DEFAULT_FLOOR,
     dtype: torch.dtype | str | None = None,
+    batch_size: int | None = None,
 ) -> BagScores:
     """Attribute every prompt of ``bag`` once per method and keep the sparse scores.
 
-    Calls :func:`kn_lens.attribution.attribute` with ``config.steps``, ``config.batch_size`` and
-    ``dtype`` (default ``None``: exact float32) for each of ``methods`` (default both ``"ig"``
-    and the ``"activation"`` baseline).
+    Calls :func:`kn_lens.attribution.attribute` for each of ``methods`` (default both ``"ig"``
+    and the ``"activation"`` baseline) with ``config.steps``; with ``dtype``, default
+    ``config.dtype`` (``"float32"``, exact, unless the config says otherwise); and with
+    :func:`attribution_batch_size` rows per pass (``batch_size``, else a ``config.batch_size``
+    set away from its default, else the device's default).
     """
     config = config or PaperConfig()
+    rows = attribution_batch_size(model, config, batch_size)
     tensors = {}
     for m in methods:
         tensors[_check_method(m)] = attribution.attribute(
@@ -266,8 +290,8 @@ def score_bag(
             bag.object,
             steps=config.steps,
             method=m,
-            batch_size=config.batch_size,
-            dtype=dtype,
+            batch_size=rows,
+            dtype=config.dtype if dtype is None else dtype,
         )
     return BagScores.from_tensors(bag, tensors, floor=floor, steps=config.steps)
 
@@ -281,6 +305,7 @@ def score_bags(
     floor: float = DEFAULT_FLOOR,
     progress: bool = False,
     dtype: torch.dtype | str | None = None,
+    batch_size: int | None = None,
 ) -> list[BagScores]:
     """:func:`score_bag` for each bag (with a progress bar when ``progress``)."""
     it: Iterable[FactBag] = bags
@@ -288,7 +313,12 @@ def score_bags(
         from tqdm.auto import tqdm
 
         it = tqdm(bags, desc="attributing bags", unit="bag")
-    return [score_bag(model, b, config, methods=methods, floor=floor, dtype=dtype) for b in it]
+    return [
+        score_bag(
+            model, b, config, methods=methods, floor=floor, dtype=dtype, batch_size=batch_size
+        )
+        for b in it
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -312,10 +342,10 @@ def coarse_neurons(
     A prompt whose maximum score is ``<= 0`` has no coarse neurons.
     """
     if not 0 <= t <= 1:
-        raise ValueError(f"coarse threshold t must lie in [0, 1], got {t}")
+        raise KnLensError(f"coarse threshold t must lie in [0, 1], got {t}")
     if isinstance(scores, BagScores):
         if t < scores.floor:
-            raise ValueError(
+            raise KnLensError(
                 f"t={t} is below the floor {scores.floor} kept in BagScores "
                 f"{scores.key}; re-score with a lower floor"
             )
@@ -339,9 +369,9 @@ def shared_count_threshold(n_prompts: int, p: float, min_shared: int = 3) -> int
     with fewer prompts than the floor requires the neuron in all of them.
     """
     if n_prompts < 1:
-        raise ValueError("a bag needs at least one prompt")
+        raise KnLensError("a bag needs at least one prompt")
     if not 0 <= p <= 1:
-        raise ValueError(f"sharing threshold p must lie in [0, 1], got {p}")
+        raise KnLensError(f"sharing threshold p must lie in [0, 1], got {p}")
     return max(math.ceil(p * n_prompts - 1e-9), min(int(min_shared), n_prompts), 1)
 
 
@@ -374,29 +404,93 @@ def find_knowledge_neurons(
     *,
     config: PaperConfig | None = None,
     method: str = "ig",
-    scores: BagScores | None = None,
+    # a plain Tensor: its shape is checked here, with a message naming the mismatch
+    scores: BagScores | Tensor | None = None,
+    batch_size: int | None = None,
 ) -> list[Neuron]:
     """The knowledge neurons of one fact, as ``Neuron(layer, index)`` pairs.
 
-    Attributes the bag (or uses precomputed ``scores``), takes coarse neurons at ``config.t``
-    (``config.baseline_t`` for ``method="activation"``) and refines them at the fixed
-    ``config.p`` with the floor ``config.min_shared_prompts``. The adaptive choice of ``p`` needs a
-    whole relation: use :func:`identify_relation` for that.
+    Attributes the bag, takes coarse neurons at ``config.t`` (``config.baseline_t`` for
+    ``method="activation"``) and refines them at the fixed ``config.p`` with the floor
+    ``config.min_shared_prompts``. The adaptive choice of ``p`` needs a whole relation: use
+    :func:`identify_relation` for that.
+
+    Args:
+        scores: scores computed before, used instead of attributing again: the tensor
+            :func:`kn_lens.attribute` returns for ``bag.prompts`` and ``bag.object`` (shape
+            ``[prompt, layer, d_mlp]``, every layer, scores of ``method``), or a
+            :class:`BagScores` record of this bag. A tensor of another shape, or a record of
+            another bag or model, raises :class:`~kn_lens.errors.KnLensError` naming the
+            mismatch.
+        batch_size: rows per attribution pass (see :func:`attribution_batch_size`; default: the
+            model device's, as :func:`kn_lens.attribute` uses).
 
     Example::
 
         model = kn_lens.load_model("default")
         bag = kn_lens.data.default_facts()[0]
         kn_lens.find_knowledge_neurons(model, bag)   # e.g. [Neuron(layer=4, index=812), ...]
+        scores = kn_lens.attribute(model, bag.prompts, bag.object)
+        kn_lens.find_knowledge_neurons(model, bag, scores=scores)   # the same, no new gradients
     """
     config = config or PaperConfig()
     _check_method(method)
+    t = coarse_threshold(config, method)
     if scores is None:
-        scores = score_bag(model, bag, config, methods=(method,))
-    elif scores.key != bag.key:
-        raise ValueError(f"scores are for bag {scores.key}, not {bag.key}")
-    coarse = coarse_neurons(scores, coarse_threshold(config, method), method=method)
+        scores = score_bag(model, bag, config, methods=(method,), batch_size=batch_size)
+    elif isinstance(scores, BagScores):
+        _check_bag_scores(scores, bag, model)
+    elif isinstance(scores, Tensor):
+        _check_dense_scores(scores, bag, model)
+    else:
+        raise KnLensError(
+            "scores= takes the tensor kn_lens.attribute returns or a BagScores record, "
+            f"not {type(scores).__name__}"
+        )
+    coarse = coarse_neurons(scores, t, method=method)
     return refine(coarse, config.p, min_shared=config.min_shared_prompts)
+
+
+def _check_bag_scores(scores: BagScores, bag: FactBag, model: Model) -> None:
+    """``KnLensError`` unless ``scores`` is a record of ``bag`` on a model of ``model``'s shape."""
+    if scores.key != bag.key:
+        raise KnLensError(f"scores are for bag {scores.key}, not {bag.key}")
+    if scores.n_prompts != len(bag.prompts):
+        raise KnLensError(
+            f"scores of bag {bag.key} hold {scores.n_prompts} prompts, the bag has "
+            f"{len(bag.prompts)}"
+        )
+    n_layers, d_mlp = model_shape(model)
+    if (scores.n_layers, scores.d_mlp) != (n_layers, d_mlp):
+        raise KnLensError(
+            f"scores of bag {bag.key} are of a model with {scores.n_layers} layers x "
+            f"{scores.d_mlp} neurons, this one has {n_layers} x {d_mlp}"
+        )
+
+
+def _check_dense_scores(scores: Tensor, bag: FactBag, model: Model) -> None:
+    """``KnLensError`` naming the mismatch unless ``scores`` is ``[prompt, layer, d_mlp]`` for
+    ``bag`` and ``model``, as :func:`kn_lens.attribute` returns it."""
+    n_layers, d_mlp = model_shape(model)
+    want = (len(bag.prompts), n_layers, d_mlp)
+    got = tuple(scores.shape)
+    what = (
+        f"scores of shape {list(got)} do not fit bag {bag.key} and this model: "
+        f"expected [prompt, layer, d_mlp] = {list(want)}"
+    )
+    if len(got) != 3:
+        raise KnLensError(f"{what} (kn_lens.attribute(model, bag.prompts, bag.object) gives it)")
+    if got[0] != want[0]:
+        raise KnLensError(f"{what}: {got[0]} prompt rows for the bag's {want[0]} prompts")
+    if got[1] != want[1]:
+        raise KnLensError(
+            f"{what}: {got[1]} layers for the model's {want[1]} (attribute every layer: "
+            "leave layers= out)"
+        )
+    if got[2] != want[2]:
+        raise KnLensError(f"{what}: {got[2]} neurons per layer for the model's d_mlp {want[2]}")
+    if not scores.is_floating_point():
+        raise KnLensError(f"scores must be floating point, got {scores.dtype}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -465,9 +559,9 @@ def adaptive_refine(
     Returns ``(p, rounds, converged, history, neurons)`` of the final round.
     """
     if not coarse_by_bag:
-        raise ValueError("no bags to refine")
+        raise KnLensError("no bags to refine")
     if p_rounds < 1:
-        raise ValueError(f"p_rounds must be >= 1, got {p_rounds}")
+        raise KnLensError(f"p_rounds must be >= 1, got {p_rounds}")
     lo, hi = target
     counts = {k: (len(c), coarse_counts(c)) for k, c in coarse_by_bag.items()}
     history: list[tuple[float, float]] = []
@@ -501,20 +595,21 @@ def identify_relation(
     starts at ``config.p`` and moves by ``config.p_step`` for at most ``config.p_rounds`` rounds
     until the mean neurons per fact lies in ``config.target_neurons``. No gradients are computed.
 
-    Raises ``ValueError`` if the bags are empty, mix relations, or lack ``method`` scores.
+    Raises ``KnLensError`` (a ``ValueError``) if the bags are empty, mix relations, or lack
+    ``method`` scores.
     """
     config = config or PaperConfig()
     _check_method(method)
     if not bag_scores:
-        raise ValueError("identify_relation needs at least one bag")
+        raise KnLensError("identify_relation needs at least one bag")
     relation = bag_scores[0].relation
     for bs in bag_scores:
         if bs.relation != relation:
-            raise ValueError(f"bag {bs.key} is of relation {bs.relation}, not {relation}")
+            raise KnLensError(f"bag {bs.key} is of relation {bs.relation}, not {relation}")
     keys = [bs.key for bs in bag_scores]
     if len(set(keys)) != len(keys):
         dup = next(k for k in keys if keys.count(k) > 1)
-        raise ValueError(f"bag {dup} appears twice")
+        raise KnLensError(f"bag {dup} appears twice")
     t = coarse_threshold(config, method)
     coarse = {bs.key: coarse_neurons(bs, t, method=method) for bs in bag_scores}
     p, rounds, converged, history, neurons = adaptive_refine(
