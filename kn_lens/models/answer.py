@@ -50,7 +50,9 @@ def answer_logprob_from_logits(
     forward's logits are widened before the log-normaliser). The segment may be longer than the
     answer (the extra positions are ignored)."""
     width = answer_ids.shape[1]
-    seg = logits[:, :width]
+    # slice only when needed: a full-width slice still records a backward that fills and copies
+    # a whole [row, seg, d_vocab] gradient
+    seg = logits if logits.shape[1] == width else logits[:, :width]
     if seg.dtype in (torch.float16, torch.bfloat16):
         seg = seg.float()
     out: Tensor = _AnswerLogprob.apply(seg, answer_ids, answer_mask.to(seg.dtype))
