@@ -20,6 +20,19 @@ DEFAULT_BATCH_SIZE = {"cpu": 64, "cuda": 2048}
 #: so that the command line can list them without importing torch.
 DTYPE_NAMES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 
+#: The analyses by name, in pipeline order: exactly the keys of the registry,
+#: ``kn_lens.experiments.ANALYSES`` (whose modules import torch); here so that the command line
+#: can name them without importing torch. A test checks the two agree.
+ANALYSIS_NAMES: tuple[str, ...] = (
+    "identify",
+    "modify",
+    "heldout",
+    "distant",
+    "trigger",
+    "update",
+    "erase",
+)
+
 
 def default_batch_size(device: object) -> int:
     """Rows per pass for ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``, a ``torch.device``)."""

@@ -45,7 +45,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kn_lens.cli.parser import ANALYSIS_NAMES, PROG, build_parser
+from kn_lens.cli.parser import PROG, build_parser
+from kn_lens.config import ANALYSIS_NAMES
 from kn_lens.errors import KnLensError
 
 if TYPE_CHECKING:

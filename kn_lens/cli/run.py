@@ -190,8 +190,13 @@ class Run:
         looks_like_path = m.startswith((".", "/", "~")) or m.count("/") > 1
         from pathlib import Path
 
-        if m != "default" and looks_like_path and not Path(m).expanduser().is_dir():
-            raise CliError(f"--model {m}: no such folder")
+        path = Path(m).expanduser()
+        is_gguf = path.suffix.lower() == ".gguf"
+        if m != "default" and (looks_like_path or is_gguf):
+            if is_gguf and not path.is_file():
+                raise CliError(f"--model {m}: no such .gguf file")
+            if not is_gguf and not path.is_dir():
+                raise CliError(f"--model {m}: no such folder")
 
     # ---- config ----------------------------------------------------------------------------
     @property

@@ -85,3 +85,21 @@ def test_reproduce_reports_a_bug_in_one_analysis_and_goes_on(
     assert err.count("Traceback") == 1  # the bad input (erase) has none
     last = err.strip().splitlines()[-1]
     assert "modify (a bug in kn_lens" in last and "erase (--erase: unknown relation" in last
+
+
+def test_model_may_be_a_gguf_file(tmp_path: Path) -> None:
+    from kn_lens.cli.parser import build_parser
+    from kn_lens.cli.run import CliError, Run
+
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"")
+
+    def run(model: Path) -> Run:
+        argv = ["identify", "--model", str(model), "--out", str(tmp_path / "o")]
+        return Run.from_args(build_parser().parse_args(argv))
+
+    assert run(gguf).opts["model"] == str(gguf)  # was refused as "no such folder"
+    with pytest.raises(CliError, match=r"no such \.gguf file"):
+        run(tmp_path / "missing.gguf")
+    with pytest.raises(CliError, match="no such folder"):
+        run(tmp_path / "missing")

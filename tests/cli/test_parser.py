@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from kn_lens.cli.parser import ANALYSIS_NAMES, build_parser
+from kn_lens.cli.parser import RECORDED_DEFAULTS, build_parser
+from kn_lens.config import ANALYSIS_NAMES, DTYPE_NAMES, PaperConfig
 
 HEAVY = ("torch", "transformer_lens", "transformers", "plotly", "numpy")
 
@@ -92,6 +93,37 @@ def test_each_subcommand_lists_only_its_options() -> None:
 
 
 def test_parser_names_are_the_registry_names() -> None:
+    from kn_lens.attribution import DTYPES
     from kn_lens.experiments import ANALYSES
 
     assert tuple(ANALYSES) == ANALYSIS_NAMES
+    assert tuple(DTYPES) == DTYPE_NAMES
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert tuple(sub.choices) == ("attribute", *ANALYSIS_NAMES, "plot", "reproduce")
+    dtype = next(a for a in sub.choices["attribute"]._actions if a.dest == "dtype")
+    assert tuple(dtype.choices or ()) == DTYPE_NAMES
+
+
+def test_parser_defaults_are_paper_config_defaults(capsys) -> None:
+    paper = PaperConfig()
+    for key in ("steps", "dtype", "seed"):
+        assert RECORDED_DEFAULTS[key] == getattr(paper, key)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["reproduce", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"default: {paper.steps}," in text  # --steps
+    assert f"PaperConfig.lambda2, {paper.lambda2:g})" in text
+    assert f"PaperConfig.erase_top, {paper.erase_top})" in text
+
+
+def test_help_names_encoders_and_decoders(capsys) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    top = " ".join(capsys.readouterr().out.split())
+    assert "encoders" in top and "decoders" in top and "in BERT" not in top
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["attribute", "--help"])
+    model_help = " ".join(capsys.readouterr().out.split())
+    for needle in ("decoder", ".gguf", "smollm2-135m", "Hugging Face checkpoint folder"):
+        assert needle in model_help
