@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from kn_lens.errors import KnLensError
+
 #: Rows per forward/backward pass when none is given, by device type. On the CPU larger passes
 #: gain nothing and cost memory; a GPU needs large passes to fill it: on one H100, bert-base bags
 #: cost 0.149 s/prompt at 64 rows, 0.019 at 1024 and 0.014 at 4096 (benchmarks/README.md).
@@ -19,6 +21,10 @@ DEFAULT_BATCH_SIZE = {"cpu": 64, "cuda": 2048}
 #: Attribution precisions by name (``kn_lens.attribution.DTYPES`` maps them to torch dtypes); here
 #: so that the command line can list them without importing torch.
 DTYPE_NAMES: tuple[str, ...] = ("float32", "bfloat16", "float16")
+#: Attribution methods, named baselines and objectives (``kn_lens.attribution``), torch-free.
+METHOD_NAMES: tuple[str, ...] = ("ig", "grad_x_act", "activation")
+BASELINE_NAMES: tuple[str, ...] = ("zero", "mean")
+OBJECTIVE_NAMES: tuple[str, ...] = ("prob", "logprob")
 
 #: The analyses by name, in pipeline order: exactly the keys of the registry,
 #: ``kn_lens.experiments.ANALYSES`` (whose modules import torch); here so that the command line
@@ -41,6 +47,53 @@ def default_batch_size(device: object) -> int:
 
 
 @dataclass(frozen=True)
+class Compute:
+    """Where and how the pipeline computes; none of it changes what the method finds, except
+    ``dtype`` (an approximation, part of the scores' fingerprint when not float32).
+
+    ``device``: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ... (None: cuda when available, else cpu).
+    ``batch_size``: rows per forward/backward pass (None: :func:`default_batch_size` of the
+    device the model is on, the one default used by every step). ``dtype``: precision of the
+    attribution passes, one of :data:`DTYPE_NAMES` (None: float32, or what the run folder
+    recorded). ``threads``: torch CPU threads, per Ray actor with the Ray executor (None: 1 for
+    the built-in model on the CPU, else torch's choice).
+
+    :class:`PaperConfig` keeps the method's settings; its ``batch_size`` and ``dtype`` fields are
+    deprecated mirrors that the pipeline fills from this (:meth:`apply`).
+    """
+
+    device: str | None = None
+    batch_size: int | None = None
+    dtype: str | None = None
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.dtype is not None and self.dtype not in DTYPE_NAMES:
+            raise KnLensError(f"Compute.dtype must be one of {DTYPE_NAMES}, got {self.dtype!r}")
+        for name in ("batch_size", "threads"):
+            value = getattr(self, name)
+            if value is not None and int(value) < 1:
+                raise KnLensError(f"Compute.{name} must be a positive integer, got {value!r}")
+
+    def rows(self, device: object = None) -> int:
+        """Rows per pass: ``batch_size``, else the default of ``device`` (else of ``self.device``,
+        else the CPU's)."""
+        if self.batch_size is not None:
+            return int(self.batch_size)
+        return default_batch_size(device or self.device or "cpu")
+
+    def apply(self, config: PaperConfig, device: object = None) -> PaperConfig:
+        """``config`` with its mirrors ``batch_size`` and ``dtype`` set from this (a mirror the
+        caller changed from PaperConfig's default is kept while this one leaves it unset)."""
+        paper = PaperConfig()
+        batch = self.batch_size
+        if batch is None and config.batch_size != paper.batch_size:
+            batch = config.batch_size
+        dtype = self.dtype or config.dtype
+        return config.with_(batch_size=replace(self, batch_size=batch).rows(device), dtype=dtype)
+
+
+@dataclass(frozen=True)
 class PaperConfig:
     """Hyperparameters of the knowledge-neuron pipeline, defaulting to the paper's values."""
 
@@ -53,6 +106,11 @@ class PaperConfig:
     # Precision of the integrated-gradients passes: float32 is exact; bfloat16 / float16 are opt-in
     # approximations (autocast; the clean pass, alpha grid and sums stay float32).
     dtype: str = "float32"
+    # Integrated gradients' baseline: "zero" (the paper's) or "mean" (the mean activation over the
+    # fact's prompts, AMIG; Chen et al. 2024).
+    baseline: str = "zero"
+    # What the attribution explains: "prob" = p(answer) (the paper's) or "logprob" = log p(answer).
+    objective: str = "prob"
 
     # --- identification ----------------------------------------------------------------------
     t: float = 0.2  # coarse threshold: keep neurons >= t * the prompt's maximum attribution.
@@ -88,6 +146,16 @@ class PaperConfig:
 
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, allowed in (
+            ("dtype", DTYPE_NAMES),
+            ("baseline", BASELINE_NAMES),
+            ("objective", OBJECTIVE_NAMES),
+        ):
+            value = getattr(self, name)
+            if value not in allowed:
+                raise KnLensError(f"PaperConfig.{name} must be one of {allowed}, got {value!r}")
 
     def with_(self, **changes: Any) -> PaperConfig:
         """A copy with some fields changed."""

@@ -48,7 +48,10 @@ from kn_lens.models.family import Model
 from kn_lens.neuron import Neuron, model_shape
 from kn_lens.results import Result
 
-METHODS: tuple[str, ...] = ("ig", "activation")
+#: Every attribution method a bag can be scored with (``kn_lens.attribution.METHODS``).
+METHODS: tuple[str, ...] = attribution.METHODS
+#: What :func:`score_bag` stores by default: the paper's method and its activation baseline.
+STORED_METHODS: tuple[str, ...] = ("ig", "activation")
 DEFAULT_FLOOR = 0.1  # BagScores keeps neurons >= 0.1 x the prompt's max: enough for any t >= 0.1.
 
 
@@ -59,9 +62,9 @@ def _check_method(method: str) -> str:
 
 
 def coarse_threshold(config: PaperConfig, method: str) -> float:
-    """The coarse threshold ``t`` of ``method``: ``config.t`` for IG, ``config.baseline_t`` for the
-    activation baseline."""
-    return config.t if _check_method(method) == "ig" else config.baseline_t
+    """The coarse threshold ``t`` of ``method``: ``config.t`` for the gradient methods (IG and
+    grad x act), ``config.baseline_t`` for the activation baseline."""
+    return config.baseline_t if _check_method(method) == "activation" else config.t
 
 
 # --------------------------------------------------------------------------------------------
@@ -267,15 +270,18 @@ def score_bag(
     bag: FactBag,
     config: PaperConfig | None = None,
     *,
-    methods: Sequence[str] = METHODS,
+    methods: Sequence[str] = STORED_METHODS,
     floor: float = DEFAULT_FLOOR,
     dtype: torch.dtype | str | None = None,
     batch_size: int | None = None,
+    contrast: Sequence[Any] | None = None,
 ) -> BagScores:
     """Attribute every prompt of ``bag`` once per method and keep the sparse scores.
 
     Calls :func:`kn_lens.attribution.attribute` for each of ``methods`` (default both ``"ig"``
-    and the ``"activation"`` baseline) with ``config.steps``; with ``dtype``, default
+    and the ``"activation"`` baseline) with ``config.steps``, ``config.baseline`` and
+    ``config.objective`` (the gradient methods; and ``contrast``, other answers, when given);
+    with ``dtype``, default
     ``config.dtype`` (``"float32"``, exact, unless the config says otherwise); and with
     :func:`attribution_batch_size` rows per pass (``batch_size``, else a ``config.batch_size``
     set away from its default, else the device's default).
@@ -284,12 +290,16 @@ def score_bag(
     rows = attribution_batch_size(model, config, batch_size)
     tensors = {}
     for m in methods:
-        tensors[_check_method(m)] = attribution.attribute(
+        gradient = _check_method(m) != "activation"
+        tensors[m] = attribution.attribute(
             model,
             list(bag.prompts),
             bag.object,
             steps=config.steps,
             method=m,
+            baseline=config.baseline if gradient else "zero",
+            objective=config.objective,
+            contrast=contrast if gradient else None,
             batch_size=rows,
             dtype=config.dtype if dtype is None else dtype,
         )
@@ -301,7 +311,7 @@ def score_bags(
     bags: Sequence[FactBag],
     config: PaperConfig | None = None,
     *,
-    methods: Sequence[str] = METHODS,
+    methods: Sequence[str] = STORED_METHODS,
     floor: float = DEFAULT_FLOOR,
     progress: bool = False,
     dtype: torch.dtype | str | None = None,
@@ -407,8 +417,14 @@ def find_knowledge_neurons(
     # a plain Tensor: its shape is checked here, with a message naming the mismatch
     scores: BagScores | Tensor | None = None,
     batch_size: int | None = None,
+    contrast: Sequence[Any] | None = None,
 ) -> list[Neuron]:
     """The knowledge neurons of one fact, as ``Neuron(layer, index)`` pairs.
+
+    ``method`` is any of :data:`kn_lens.attribution.METHODS` (``"ig"``, the paper's;
+    ``"grad_x_act"``; ``"activation"``, the paper's baseline); the gradient methods use
+    ``config.baseline`` and ``config.objective``, and ``contrast`` (other answers) when given; see
+    :func:`kn_lens.attribute` for the mathematics of each.
 
     Attributes the bag, takes coarse neurons at ``config.t`` (``config.baseline_t`` for
     ``method="activation"``) and refines them at the fixed ``config.p`` with the floor
@@ -437,7 +453,9 @@ def find_knowledge_neurons(
     _check_method(method)
     t = coarse_threshold(config, method)
     if scores is None:
-        scores = score_bag(model, bag, config, methods=(method,), batch_size=batch_size)
+        scores = score_bag(
+            model, bag, config, methods=(method,), batch_size=batch_size, contrast=contrast
+        )
     elif isinstance(scores, BagScores):
         _check_bag_scores(scores, bag, model)
     elif isinstance(scores, Tensor):

@@ -9,6 +9,7 @@ import torch
 
 from kn_lens.config import PaperConfig
 from kn_lens.data import Fact, FactBag
+from kn_lens.errors import KnLensError
 from kn_lens.knowledge_neurons import (
     BagScores,
     RelationNeurons,
@@ -239,3 +240,36 @@ def test_score_bag_with_real_attribution(tiny_model):
         coarse_neurons(dense, 0.2), 0.7
     )
     assert BagScores.from_dict(json.loads(json.dumps(bs.to_dict()))) == bs
+
+
+def test_attribution_options_reach_the_scores(tiny_model):
+    """find_knowledge_neurons takes every attribution method and contrast; PaperConfig's baseline
+    and objective reach kn_lens.attribute (scores equal to calling it directly)."""
+    from kn_lens.attribution import attribute
+    from kn_lens.knowledge_neurons import score_bag
+
+    fact = Fact("Alice", "P19", "place of birth", "N-1", "Paris")
+    bag = FactBag(fact, ("Alice was born in [MASK] .", "Alice is born in [MASK] ."))
+    for method in ("ig", "grad_x_act", "activation"):
+        neurons = find_knowledge_neurons(tiny_model, bag, method=method)
+        assert all(isinstance(n, Neuron) for n in neurons)
+    cfg = PaperConfig(steps=3, baseline="mean", objective="logprob")
+    got = score_bag(tiny_model, bag, cfg, methods=("ig",), contrast=["London"], floor=0.0)
+    dense = attribute(
+        tiny_model,
+        bag.prompts,
+        "Paris",
+        steps=3,
+        baseline="mean",
+        objective="logprob",
+        contrast=["London"],
+    )
+    kept = got.prompt_scores("ig")[0]
+    for layer, idx, s in kept.neurons[:20]:
+        assert s == pytest.approx(float(dense[0, layer, idx]), rel=1e-5, abs=1e-9)
+
+
+def test_paper_config_refuses_unknown_option_values():
+    for bad in (dict(baseline="uniform"), dict(objective="logit"), dict(dtype="int8")):
+        with pytest.raises(KnLensError, match=next(iter(bad))):
+            PaperConfig(**bad)

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import torch
 
-from kn_lens.config import DTYPE_NAMES
+from kn_lens.config import BASELINE_NAMES, DTYPE_NAMES, METHOD_NAMES, OBJECTIVE_NAMES
 from kn_lens.errors import AttributionError
 
 __all__ = [
@@ -27,11 +27,11 @@ Method = Literal["ig", "grad_x_act", "activation"]
 Objective = Literal["prob", "logprob"]
 #: ``ig``: integrated gradients (the paper's); ``grad_x_act``: attribution patching (one forward
 #: and one backward pass); ``activation``: the paper's baseline, the raw activation.
-METHODS: tuple[str, ...] = ("ig", "grad_x_act", "activation")
+METHODS: tuple[str, ...] = METHOD_NAMES
 #: Named baselines; a ``[layer, d_mlp]`` tensor is accepted too.
-BASELINES: tuple[str, ...] = ("zero", "mean")
+BASELINES: tuple[str, ...] = BASELINE_NAMES
 #: ``prob``: p(answer), the paper's; ``logprob``: log p(answer).
-OBJECTIVES: tuple[str, ...] = ("prob", "logprob")
+OBJECTIVES: tuple[str, ...] = OBJECTIVE_NAMES
 #: The ``dtype`` values attribution takes, by name (``None`` = ``"float32"``, exact).
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,

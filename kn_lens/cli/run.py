@@ -230,12 +230,12 @@ class Run:
     @property
     def score_settings(self) -> dict[str, Any]:
         """What attribution scores depend on besides the fact (part of every fingerprint)."""
-        settings: dict[str, Any] = {
-            "model": str(self.opts["model"]),
-            "steps": int(self.opts["steps"]),
-        }
-        if self.opts["dtype"] != "float32":  # float32 fingerprints stay as they were before dtype
-            settings["dtype"] = str(self.opts["dtype"])
+        cfg = self.config  # flags, --set and run.json alike
+        settings: dict[str, Any] = {"model": str(self.opts["model"]), "steps": int(cfg.steps)}
+        # Settings at the paper's value stay out, so fingerprints of earlier runs stay valid.
+        for name, paper in (("dtype", "float32"), ("baseline", "zero"), ("objective", "prob")):
+            if getattr(cfg, name) != paper:
+                settings[name] = str(getattr(cfg, name))
         return settings
 
     def fingerprints(self) -> dict[str, str]:

@@ -1,0 +1,33 @@
+"""Every setting that changes the scores is in the fingerprint, however it is given (a flag or
+``--set``), so a run with other settings scores its facts again instead of reusing them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from kn_lens import cli
+from tests.cli.test_stale_scores import current, write
+
+
+def run(tiny_ckpt: Path, facts: Path, out: Path, capsys, *extra: str) -> str:
+    from tests.cli.helpers import base_args
+
+    assert cli.main(["attribute", *base_args(tiny_ckpt, facts, out, "--steps", "2", *extra)]) == 0
+    return capsys.readouterr().err
+
+
+def test_set_options_change_the_fingerprint(tmp_path, tiny_ckpt, capsys):
+    facts, out = write(tmp_path / "f.jsonl", [("Alice", "Paris")]), tmp_path / "o"
+    run(tiny_ckpt, facts, out, capsys)
+    first = current(out)["P19/0"]
+    for setting in ("steps=3", "baseline=mean", "objective=logprob"):
+        run(tiny_ckpt, facts, out, capsys, "--set", setting)
+        again = current(out)["P19/0"]
+        assert again["fingerprint"] != first["fingerprint"], setting
+        assert json.dumps(again["scores"]) != json.dumps(first["scores"]), setting
+    # The same settings again: the stored scores are reused.
+    lines = sum(len(p.read_text().splitlines()) for p in (out / "attribution").glob("*.jsonl"))
+    run(tiny_ckpt, facts, out, capsys, "--set", "objective=logprob")
+    after = sum(len(p.read_text().splitlines()) for p in (out / "attribution").glob("*.jsonl"))
+    assert after == lines
