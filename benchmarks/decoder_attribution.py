@@ -190,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompt-len", type=int, default=12)
     ap.add_argument("--answer-len", type=int, default=2)
     ap.add_argument(
+        "--prompts", type=int, default=1, help="prompts in the bag (all of --prompt-len tokens)"
+    )
+    ap.add_argument(
         "--batch-size", type=int, default=256, help="rows per pass (256: one chunk of the 240 rows)"
     )
     ap.add_argument(
@@ -214,16 +217,18 @@ def main(argv: list[str] | None = None) -> int:
     g = torch.Generator().manual_seed(1)
     prompt = torch.randint(0, v, (args.prompt_len,), generator=g).tolist()
     answer = torch.randint(0, v, (args.answer_len,), generator=g).tolist()
+    bag = [prompt] + [
+        torch.randint(0, v, (args.prompt_len,), generator=g).tolist()
+        for _ in range(args.prompts - 1)
+    ]
     enc = encode_decoder(model, [prompt], answer)
     assert enc.tokens.shape[1] == args.prompt_len + args.answer_len - 1
 
     def ours_fn() -> torch.Tensor:
-        return decoder_attribute(
-            model, [prompt], answer, steps=args.steps, batch_size=args.batch_size
-        )[0]
+        return decoder_attribute(model, bag, answer, steps=args.steps, batch_size=args.batch_size)
 
     def kn_fn() -> torch.Tensor:
-        return kn_way(model, prompt, answer, args.steps).cpu()
+        return torch.stack([kn_way(model, p, answer, args.steps).cpu() for p in bag])
 
     # warm-up (allocator, kernels), then alternating rounds
     decoder_attribute(model, [prompt], answer, steps=2, batch_size=args.batch_size)
@@ -243,7 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     a, b = ours.flatten().double(), kn.flatten().double()
     pearson = float(torch.corrcoef(torch.stack([a, b]))[0, 1])
     max_rel = float((a - b).abs().max() / b.abs().max())
-    fl = flops(shape, args.prompt_len, args.answer_len, args.steps)
+    fl = {
+        k: v * args.prompts
+        for k, v in flops(shape, args.prompt_len, args.answer_len, args.steps).items()
+    }
     t = args.prompt_len + args.answer_len - 1
     mm = matmul_gflops(args.device, args.steps * t, shape[1], shape[3])
     floor_s = fl["floor"] / (mm * 1e9)
@@ -260,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "steps": args.steps,
+        "prompts": args.prompts,
         "prompt_len": args.prompt_len,
         "answer_len": args.answer_len,
         "batch_size": args.batch_size,
@@ -287,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(
         f"decoder IG, {name} {shape}, {args.device}, {figures['threads']} threads, "
-        f"prompt {args.prompt_len} + answer {args.answer_len} tokens, m={args.steps}, "
+        f"{args.prompts} prompt(s) of {args.prompt_len} + answer {args.answer_len} tokens, "
+        f"m={args.steps}, "
         f"best of {args.repeats}"
     )
     print(f"  kn_lens            {ours_s:8.3f} s  {fl['ours'] / 1e9:9.2f} GFLOP  "
