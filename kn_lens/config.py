@@ -99,9 +99,10 @@ class PaperConfig:
 
     # --- attribution -------------------------------------------------------------------------
     steps: int = 20  # m: Riemann steps of integrated gradients; the paper found 20 sufficient.
-    # rows (prompt x alpha x layer) per forward/backward pass; bounds memory only. The CLI picks
-    # default_batch_size(device) when --batch-size is not given; score_bag and
-    # find_knowledge_neurons do too while this is left at 64 (the analyses' read-outs use 64).
+    # Deprecated mirrors of Compute.batch_size / Compute.dtype (compute settings, not the
+    # method's): the pipeline fills them from its Compute (Compute.apply). batch_size: rows
+    # (prompt x alpha x layer) per pass, bounds memory only; score_bag and find_knowledge_neurons
+    # use default_batch_size(the model's device) while it is left at 64.
     batch_size: int = 64
     # Precision of the integrated-gradients passes: float32 is exact; bfloat16 / float16 are opt-in
     # approximations (autocast; the clean pass, alpha grid and sums stay float32).

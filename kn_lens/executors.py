@@ -5,7 +5,8 @@ are independent, so it is the step that scales out. An executor only *computes*:
 still to score and yields ``(bag, record)`` pairs as they finish, in any order. The caller, the
 ``attribute`` step, owns the resumable store (:mod:`kn_lens.store`) and appends each record once, so
 every fact is written exactly once whichever executor ran it, after a kill and a resume too, and
-mixed with ``--shard`` runs.
+mixed with ``--shard`` runs. :class:`kn_lens.pipeline.Pipeline` picks the executor (``executor=``,
+``kn-lens attribute --executor``) and is that caller.
 
 - :class:`LocalExecutor` scores the facts one after the other with a model already loaded here.
 - :class:`RayExecutor` scores them as Ray tasks over a pool of actors. Each actor loads the model
@@ -44,8 +45,8 @@ def score_record(model: Any, bag: FactBag, config: PaperConfig) -> dict[str, Any
     """The stored attribution record of one fact: both methods' sparse scores
     (:func:`kn_lens.knowledge_neurons.score_bag`) as a dict keyed by ``bag.key``.
 
-    ``config.batch_size`` is used as given: the command line resolves it (``--batch-size``, else
-    the device's default) before it builds the config."""
+    ``config.batch_size`` and ``config.dtype`` are used as given: the pipeline fills them from
+    its :class:`~kn_lens.config.Compute` (``--batch-size``, else the device's default)."""
     from kn_lens.knowledge_neurons import score_bag
 
     record = score_bag(

@@ -43,15 +43,19 @@ replaces the file atomically.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
+import os
+import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from kn_lens.config import ANALYSIS_NAMES, PaperConfig
+from kn_lens.data.facts import FactBag
 from kn_lens.errors import KnLensError
-from kn_lens.experiments import ANALYSES
 from kn_lens.neuron import Neuron
 from kn_lens.results import to_jsonable
 from kn_lens.store import write_json_atomic
@@ -63,6 +67,78 @@ NEURONS_SCHEMA = "kn_lens.neurons"
 
 class RunDirError(KnLensError):
     """A run folder's file is missing, unreadable, or from other inputs; the message names it."""
+
+
+class OutFolderError(KnLensError):
+    """``--out`` cannot be created or written (exit status 2)."""
+
+
+#: Settings that enter a fingerprint only when they differ from the paper's value, so the
+#: fingerprints of runs made before each setting existed stay valid.
+_FINGERPRINT_UNLESS = (("dtype", "float32"), ("baseline", "zero"), ("objective", "prob"))
+
+
+def score_settings(model: str, config: PaperConfig) -> dict[str, Any]:
+    """What attribution scores depend on besides the fact (part of every :func:`fingerprint`):
+    the model's name, ``config.steps``, and ``config.dtype`` / ``baseline`` / ``objective`` where
+    they are not the paper's (``float32``, ``zero``, ``prob``)."""
+    settings: dict[str, Any] = {"model": str(model), "steps": int(config.steps)}
+    for name, paper in _FINGERPRINT_UNLESS:
+        value = getattr(config, name, paper)
+        if value != paper:
+            settings[name] = str(value)
+    return settings
+
+
+def fingerprint(bag: FactBag, settings: Mapping[str, Any]) -> str:
+    """A short hash of a fact (subject, relation, object, prompts) and the ``settings`` its scores
+    depend on (:func:`score_settings`); equal fingerprints mean a stored result may be reused.
+
+    Every stored attribution record and neurons.json carry the fingerprint of the fact they were
+    computed from; a stored result whose fingerprint no longer matches is never read."""
+    doc = {
+        "subject": bag.subject,
+        "relation": bag.relation,
+        "object": bag.object,
+        "prompts": list(bag.prompts),
+        "settings": dict(sorted(settings.items())),
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def prepare_out(path: str | Path) -> bool:
+    """Create the ``--out`` folder if needed and check that it can be written, before anything
+    slow is loaded; returns whether this call created it. Errors name the folder, on one line."""
+    out = Path(path).expanduser()
+    if out.exists() and not out.is_dir():
+        raise OutFolderError(f"--out {out}: exists and is not a folder")
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".kn-lens-write-test.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        what = "create the folder" if created else "write into it"
+        raise OutFolderError(f"--out {out}: cannot {what} ({e.strerror or e})") from None
+    return created
+
+
+def remove_if_empty(out: str | Path, created: bool) -> None:
+    """A folder this run ``created`` and left without any result goes away again."""
+    out = Path(out).expanduser()
+    if not created or not out.is_dir():
+        return
+    leftovers = [
+        p
+        for p in out.rglob("*")
+        if p.is_file() and p.name not in ("run.json", ".results.lock", "meta.json")
+    ]
+    if not leftovers:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def now() -> str:
@@ -156,9 +232,10 @@ def validate_results(doc: Any) -> list[str]:
     results = doc.get("results") if isinstance(doc, dict) else None
     if isinstance(results, dict):
         for name, res in results.items():
-            if name not in ANALYSES:
+            if name not in ANALYSIS_NAMES:  # the registry's names (torch-free: no import here)
                 errors.append(
-                    f"results.json.results.{name}: unknown analysis; known: " + ", ".join(ANALYSES)
+                    f"results.json.results.{name}: unknown analysis; known: "
+                    + ", ".join(ANALYSIS_NAMES)
                 )
             elif isinstance(res, dict) and res.get("schema") not in (None, name):
                 errors.append(
@@ -400,7 +477,9 @@ class RunDir:
                 doc["results"][name] = (
                     result.to_dict() if hasattr(result, "to_dict") else to_jsonable(result)
                 )
-            if name in ANALYSES:
+            if name in ANALYSIS_NAMES:
+                from kn_lens.experiments import ANALYSES  # the registry (imports torch)
+
                 doc["paper"][name] = to_jsonable(ANALYSES[name].paper)
             write_json_atomic(path, doc)
         log.info("wrote %s to %s", name, path)

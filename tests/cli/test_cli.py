@@ -15,7 +15,7 @@ import torch
 
 from kn_lens import cli
 from kn_lens.cli.parser import REPRODUCE_DEFAULT_MAX_BAGS, build_parser
-from kn_lens.cli.run import Run
+from kn_lens.cli.run import from_args
 from tests.cli.helpers import (
     RELATIONS,
     _assert_clean_error,
@@ -376,13 +376,13 @@ def test_reproduce_defaults_on_the_builtin_world(tmp_path):
     before = torch.get_num_threads()
     try:
         parser = build_parser()
-        run = Run.from_args(parser.parse_args(["reproduce", "--out", str(tmp_path / "a")]))
+        run = from_args(parser.parse_args(["reproduce", "--out", str(tmp_path / "a")]))
         assert run.opts["max_bags"] == REPRODUCE_DEFAULT_MAX_BAGS
         assert run.opts["model"] == "default" and run.opts["data"] == "default"
         assert torch.get_num_threads() == 1  # small built-in model: one thread by default
-        run = Run.from_args(parser.parse_args(["attribute", "--out", str(tmp_path / "b")]))
+        run = from_args(parser.parse_args(["attribute", "--out", str(tmp_path / "b")]))
         assert run.opts["max_bags"] is None
-        run = Run.from_args(
+        run = from_args(
             parser.parse_args(["reproduce", "--max-bags", "3", "--out", str(tmp_path / "c")])
         )
         assert run.opts["max_bags"] == 3

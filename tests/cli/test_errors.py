@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from kn_lens import KnLensError, cli
-from kn_lens.cli import steps
+from kn_lens.pipeline.steps import Pipeline
 
 
 def _err_lines(capsys: pytest.CaptureFixture[str]) -> list[str]:
@@ -32,7 +32,7 @@ def test_bad_input_is_one_line_and_status_2(tmp_path: Path, capsys) -> None:
 
 
 def test_a_knlenserror_from_a_step_is_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
-    monkeypatch.setattr(steps, "run_step", _raise(KnLensError("neuron L9.N1 out of\nrange")))
+    monkeypatch.setattr(Pipeline, "run_step", _raise(KnLensError("neuron L9.N1 out of\nrange")))
     rc = cli.main(["identify", "--out", str(tmp_path / "o"), "-q"])
     lines = _err_lines(capsys)
     assert rc == 2
@@ -41,7 +41,7 @@ def test_a_knlenserror_from_a_step_is_one_line(tmp_path: Path, capsys, monkeypat
 
 @pytest.mark.parametrize("exc", [RuntimeError("boom"), ValueError("boom"), KeyError("boom")])
 def test_any_other_exception_is_a_bug(tmp_path: Path, capsys, monkeypatch, exc) -> None:
-    monkeypatch.setattr(steps, "run_step", _raise(exc))
+    monkeypatch.setattr(Pipeline, "run_step", _raise(exc))
     rc = cli.main(["identify", "--out", str(tmp_path / "o"), "-q"])
     err = capsys.readouterr().err
     assert rc == 1
@@ -75,8 +75,8 @@ def test_reproduce_reports_a_bug_in_one_analysis_and_goes_on(
         if step == "erase":
             raise KnLensError("--erase: unknown relation(s) P999")
 
-    monkeypatch.setattr(steps, "run_step", run_step)
-    monkeypatch.setattr(steps, "write_outputs", lambda out: {})
+    monkeypatch.setattr(Pipeline, "run_step", run_step)
+    monkeypatch.setattr(Pipeline, "write_report", lambda self: {})
     rc = cli.main(["reproduce", "--out", str(tmp_path / "o"), "-q", "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 1
@@ -89,14 +89,14 @@ def test_reproduce_reports_a_bug_in_one_analysis_and_goes_on(
 
 def test_model_may_be_a_gguf_file(tmp_path: Path) -> None:
     from kn_lens.cli.parser import build_parser
-    from kn_lens.cli.run import CliError, Run
+    from kn_lens.cli.run import CliError, from_args
 
     gguf = tmp_path / "model.gguf"
     gguf.write_bytes(b"")
 
-    def run(model: Path) -> Run:
+    def run(model: Path) -> Pipeline:
         argv = ["identify", "--model", str(model), "--out", str(tmp_path / "o")]
-        return Run.from_args(build_parser().parse_args(argv))
+        return from_args(build_parser().parse_args(argv))
 
     assert run(gguf).opts["model"] == str(gguf)  # was refused as "no such folder"
     with pytest.raises(CliError, match=r"no such \.gguf file"):

@@ -1,0 +1,325 @@
+"""What a run works on: its folder, its resolved options, config and compute settings, the model,
+the facts and the stored neurons (:class:`RunState`, the base of
+:class:`~kn_lens.pipeline.Pipeline`, which adds the steps)."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import fields, replace
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from kn_lens.config import Compute, PaperConfig
+from kn_lens.data.facts import FactBag, cap_prompts, read_keys, sample_bags, select_keys
+from kn_lens.data.sources import check_source, load_facts, load_web
+from kn_lens.data.web import WebFact
+from kn_lens.executors import Executor, ScoreFn, score_record
+from kn_lens.models import load_model
+from kn_lens.models.family import Model
+from kn_lens.neuron import Neuron
+from kn_lens.pipeline.options import (
+    PROG,
+    RECORDED_DEFAULTS,
+    PipelineError,
+    resolve_options,
+    split_list,
+)
+from kn_lens.readout import usable_bags
+from kn_lens.rundir import RunDir, fingerprint, score_settings
+from kn_lens.store import Shard
+
+log = logging.getLogger("kn_lens.pipeline")
+
+
+def versions() -> dict[str, str]:
+    """Versions of kn_lens, Python and the main libraries."""
+    out = {"python": platform.python_version()}
+    for dist, name in (
+        ("kn-lens", "kn_lens"),
+        ("torch", "torch"),
+        ("transformer-lens", "transformer_lens"),
+        ("transformers", "transformers"),
+        ("plotly", "plotly"),
+        ("numpy", "numpy"),
+    ):
+        try:
+            out[name] = version(dist)
+        except PackageNotFoundError:
+            if name == "kn_lens":  # run from a source checkout (PYTHONPATH), not installed
+                from kn_lens import __version__
+
+                out[name] = f"{__version__} (not installed)"
+    return out
+
+
+class RunState:
+    """A run folder and what the run works on. Options left at None are taken from
+    ``out/run.json`` when an earlier run recorded them, else from their defaults
+    (:data:`~kn_lens.pipeline.options.RECORDED_DEFAULTS`), so a second run on the same folder
+    works on the same facts.
+
+    Args:
+        out: the run folder (created on first write).
+        model: ``"default"``, a TransformerLens name, a Hugging Face folder, a ``.gguf`` file,
+            ``"smollm2-135m"``.
+        data: ``"default"`` (the built-in world), a PARAREL/LAMA root, or a JSON-lines facts file.
+        lama, patterns, web, relations, max_bags, facts, max_prompts: which facts
+            (:data:`~kn_lens.pipeline.options.DATA_OPTIONS` says what each does).
+        steps, seed: integrated-gradients steps; the seed of sampling and of the analyses.
+        config: the method's settings (default: the paper's); a field changed from
+            PaperConfig's default wins over ``steps`` / ``seed`` and over ``compute`` (its
+            ``steps``, ``seed``, ``dtype`` and ``batch_size`` count as given when those are not).
+        compute: device, batch size, dtype and threads (:class:`~kn_lens.config.Compute`).
+        executor: ``"local"``, ``"ray"``, or an :class:`~kn_lens.executors.Executor`.
+        ray_address: with ``executor="ray"``: None starts a local Ray, ``"auto"`` joins one.
+        score: the executors' per-fact scorer (a cheap stand-in in tests).
+        progress: show progress bars.
+        shard: attribute only this shard of the facts (``Shard(k, n)`` or ``"k/n"``).
+        erase, n_edits: the relations ``erase`` erases (default: its own choice); the facts
+            per relation ``update`` edits (default: 10).
+        command, argv: what run.json and results.json record as the command.
+        reproduce: resolve options as ``reproduce`` does (a sample of the built-in world).
+    """
+
+    def __init__(
+        self,
+        out: str | Path,
+        model: str | None = None,
+        data: str | None = None,
+        *,
+        lama: str | None = None,
+        patterns: str | None = None,
+        web: str | None = None,
+        relations: str | Sequence[str] | None = None,
+        max_bags: int | None = None,
+        facts: str | None = None,
+        max_prompts: int | None = None,
+        steps: int | None = None,
+        seed: int | None = None,
+        config: PaperConfig | None = None,
+        compute: Compute | None = None,
+        executor: str | Executor = "local",
+        ray_address: str | None = None,
+        score: ScoreFn = score_record,
+        progress: bool = True,
+        shard: Shard | str | None = None,
+        erase: str | Sequence[str] | None = None,
+        n_edits: int | None = None,
+        command: str = "pipeline",
+        argv: Sequence[str] | None = None,
+        reproduce: bool = False,
+    ) -> None:
+        self.dir = RunDir(out)
+        compute, paper = compute or Compute(), PaperConfig()
+        if config is not None:  # a setting changed in config counts as given where not given
+            steps = config.steps if steps is None and config.steps != paper.steps else steps
+            seed = config.seed if seed is None and config.seed != paper.seed else seed
+            if compute.dtype is None and config.dtype != paper.dtype:
+                compute = replace(compute, dtype=config.dtype)
+            if compute.batch_size is None and config.batch_size != paper.batch_size:
+                compute = replace(compute, batch_size=config.batch_size)
+        given = {
+            "model": model,
+            "data": data,
+            "lama": lama,
+            "patterns": patterns,
+            "web": web,
+            "relations": relations,
+            "max_bags": max_bags,
+            "facts": facts,
+            "max_prompts": max_prompts,
+            "steps": steps,
+            "seed": seed,
+            "dtype": compute.dtype,
+            "batch_size": compute.batch_size,
+        }
+        opts = resolve_options(given, self.dir.recorded_options(), reproduce=reproduce)
+        threads = compute.threads
+        if threads is None and opts["model"] == "default" and str(compute.device or "cpu") == "cpu":
+            threads = 1
+        opts["device"], opts["threads"] = compute.device, threads
+        self.opts = opts
+        self.compute = Compute(compute.device, opts["batch_size"], opts["dtype"], threads)
+        self.base_config = config or PaperConfig()
+        self.executor, self.ray_address, self.score = executor, ray_address, score
+        self.progress, self.command = progress, command
+        self.shard = Shard.parse(shard) if isinstance(shard, str) else shard or Shard()
+        self.erase, self.n_edits = split_list(erase), n_edits
+        self.argv = list(argv) if argv is not None else None
+        self._model: Model | None = None
+        self._dropped_prompts: dict[str, int] = {}
+        self._bags: list[FactBag] | None = None
+        self._neurons: dict[str, dict[str, list[Neuron]]] | None = None
+        self._web: Mapping[str, Sequence[WebFact]] | None = None
+        if threads and executor == "local":
+            import torch
+
+            if torch.get_num_threads() != threads:
+                log.info("using %d CPU thread(s) (--threads)", threads)
+                torch.set_num_threads(int(threads))
+        self.check_paths()
+
+    def check_paths(self) -> None:
+        """Refuse a data source or a model path that does not exist, before anything loads."""
+        o = self.opts
+        check_source(o["data"], o["lama"], o["patterns"], o["web"])
+        m = str(o["model"])
+        looks_like_path = m.startswith((".", "/", "~")) or m.count("/") > 1
+        path = Path(m).expanduser()
+        is_gguf = path.suffix.lower() == ".gguf"
+        if m != "default" and (looks_like_path or is_gguf):
+            if is_gguf and not path.is_file():
+                raise PipelineError(f"--model {m}: no such .gguf file")
+            if not is_gguf and not path.is_dir():
+                raise PipelineError(f"--model {m}: no such folder")
+
+    # ---- config ----------------------------------------------------------------------------
+    @property
+    def config(self) -> PaperConfig:
+        """The method's settings: ``config`` with the run's steps and seed, the compute settings'
+        batch size (the default of the model's device) and dtype, and then every field the
+        given ``config`` changed from PaperConfig's default."""
+        paper, base = PaperConfig(), self.base_config
+        changed = {
+            f.name: getattr(base, f.name)
+            for f in fields(PaperConfig)
+            if getattr(base, f.name) != getattr(paper, f.name)
+        }
+        run = base.with_(steps=int(self.opts["steps"]), seed=int(self.opts["seed"]))
+        device = self.compute.device or (self._model.cfg.device if self._model else None)
+        return self.compute.apply(run, device).with_(**changed)
+
+    @property
+    def score_settings(self) -> dict[str, Any]:
+        """What attribution scores depend on besides the fact
+        (:func:`kn_lens.rundir.score_settings`)."""
+        return score_settings(str(self.opts["model"]), self.config)
+
+    def fingerprints(self) -> dict[str, str]:
+        """The current fingerprint of each selected fact, by bag key."""
+        settings = self.score_settings
+        return {b.key: fingerprint(b, settings) for b in self.bags}
+
+    # ---- model and facts -------------------------------------------------------------------
+    @property
+    def model(self) -> Model:
+        """The model, loaded on first use."""
+        if self._model is None:
+            t0 = time.perf_counter()
+            log.info("loading model %s", self.opts["model"])
+            self._model = load_model(self.opts["model"], device=self.opts["device"])
+            cfg = self._model.cfg
+            log.info(
+                "model %s: %d layers, d_mlp %d, on %s (%.1fs)",
+                self.opts["model"],
+                cfg.n_layers,
+                cfg.d_mlp,
+                cfg.device,
+                time.perf_counter() - t0,
+            )
+        return self._model
+
+    @property
+    def bags(self) -> list[FactBag]:
+        """The selected facts in global order (relations in load order, bags by index); the
+        first call records the options in run.json."""
+        if self._bags is None:
+            o = self.opts
+            bags = load_facts(o["data"], o["lama"], o["patterns"], o["relations"])
+            check = usable_bags(self.model, bags)
+            check.log(len(bags), logger=log)
+            self._dropped_prompts = {r: n for r, n in check.dropped_prompts.items() if n}
+            bags = check.kept
+            if o.get("facts"):
+                bags = select_keys(bags, read_keys(o["facts"]), o["facts"])
+            bags = sample_bags(bags, o["max_bags"], int(o["seed"]))
+            if o.get("max_prompts"):
+                bags = [cap_prompts(b, int(o["max_prompts"]), int(o["seed"])) for b in bags]
+            if not bags:
+                raise PipelineError(
+                    "no facts left to analyse (check --data and --relations; an encoder needs "
+                    "answers that are single tokens of its vocabulary, a decoder prompts with the "
+                    "subject before the answer)"
+                )
+            self._bags = bags
+            self.dir.record_options({k: o[k] for k in RECORDED_DEFAULTS}, self.command, self.argv)
+            rels = self.relations
+            log.info(
+                "%d facts from %d relation(s): %s",
+                len(bags),
+                len(rels),
+                ", ".join(rels) if len(rels) <= 12 else ", ".join(rels[:12]) + ", ...",
+            )
+        return self._bags
+
+    @property
+    def relations(self) -> list[str]:
+        return list(dict.fromkeys(b.relation for b in self.bags))
+
+    def web_facts(self) -> Mapping[str, Sequence[WebFact]]:
+        if self._web is None:
+            o = self.opts
+            self._web = load_web(o["data"], o["lama"], o["patterns"], o["web"], self.relations)
+        return self._web
+
+    # ---- neurons ---------------------------------------------------------------------------
+    def neurons(self, which: str = "ours") -> dict[str, list[Neuron]]:
+        """Knowledge neurons of the selected facts from DIR/neurons.json (``"ours"`` or
+        ``"baseline"``), only those computed from these very facts and settings."""
+        if self._neurons is None:
+            stored, fps = self.dir.load_neurons()
+            mine = self.fingerprints()
+            stale = [k for k in mine if k in fps and fps[k] != mine[k]]
+            if stale:
+                raise PipelineError(
+                    f"{self.dir.neurons_json} was computed from other facts or settings for "
+                    f"{len(stale)} selected fact(s) (e.g. {stale[0]}): run `kn-lens identify "
+                    f"--out {self.dir.path}` again"
+                )
+            self._neurons = {
+                m: {k: v for k, v in by_key.items() if k in mine} for m, by_key in stored.items()
+            }
+        return self._neurons.get(which, {})
+
+    # ---- results.json ------------------------------------------------------------------------
+    def meta(self) -> dict[str, Any]:
+        """The run's metadata in results.json: model, data, config, versions, command, device."""
+        model_info: dict[str, Any] = {"name": self.opts["model"]}
+        if self._model is not None:
+            c = self._model.cfg
+            model_info.update(
+                n_layers=c.n_layers,
+                d_model=c.d_model,
+                d_mlp=c.d_mlp,
+                d_vocab=c.d_vocab,
+                n_params=int(sum(p.numel() for p in self._model.parameters())),
+            )
+        o = self.opts
+        keys = ("data", "lama", "patterns", "web", "relations", "max_bags", "facts", "max_prompts")
+        data_info: dict[str, Any] = {k: o[k] for k in keys}
+        if self._bags is not None:
+            data_info.update(
+                n_facts=len(self._bags),
+                n_relations=len(self.relations),
+                facts_per_relation={
+                    r: sum(b.relation == r for b in self._bags) for r in self.relations
+                },
+                relation_labels={b.relation: b.relation_label for b in self._bags},
+                dropped_prompts=self._dropped_prompts,
+            )
+        return {
+            "model": model_info,
+            "data": data_info,
+            "config": self.config.to_dict(),
+            "versions": versions(),
+            "command": " ".join([PROG, *(self.argv or [self.command])]),
+            "device": str(self._model.cfg.device) if self._model is not None else None,
+        }
+
+    def save(self, name: str, result: Any, seconds: float, cpu_seconds: float) -> None:
+        """Merge one step's result and its timings into DIR/results.json."""
+        self.dir.save_result(name, result, seconds, meta=self.meta, cpu_seconds=cpu_seconds)

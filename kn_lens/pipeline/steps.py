@@ -1,0 +1,362 @@
+"""The pipeline's steps: attribute, then each analysis of the registry, and ``reproduce``.
+
+``attribute`` scores facts through an executor (:mod:`kn_lens.executors`) and writes each record
+into the resumable store, fingerprinted; ``identify`` turns the stored scores into knowledge
+neurons (``DIR/neurons.json``); every other analysis runs its registry entry on the model.
+Nothing here is specific to one analysis: their differences live in the registry.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from kn_lens.data.facts import FactBag
+from kn_lens.executors import Executor, LocalExecutor, ModelSpec, RayExecutor
+from kn_lens.experiments import ANALYSES, AnalysisInputs
+from kn_lens.experiments.identify import IdentificationResult
+from kn_lens.knowledge_neurons import BagScores
+from kn_lens.pipeline.options import ATTRIBUTION_KEYS, PipelineError
+from kn_lens.pipeline.state import RunState
+from kn_lens.report import write_report
+from kn_lens.store import JsonlStore, read_union, relation_files, safe_name, stored_keys
+
+log = logging.getLogger("kn_lens.pipeline")
+
+
+def write_outputs(run_dir: str | Path) -> dict[str, Any]:
+    """Figures, report.md and report.html from ``run_dir``/results.json; the files written."""
+    written = write_report(run_dir)
+    for kind, path in written.items():
+        if kind in ("markdown", "html"):
+            log.info("wrote %s", path)
+    return written
+
+
+class Pipeline(RunState):
+    """Facts -> attribution (resumable) -> knowledge neurons -> analyses, on one run folder::
+
+        from kn_lens.config import Compute, PaperConfig
+        from kn_lens.pipeline import Pipeline
+
+        p = Pipeline("runs/x", model="default", data="default", max_bags=2,
+                     config=PaperConfig(t=0.3), compute=Compute(device="cpu"))
+        p.attribute()          # scores the facts not yet stored (resumable); {"n_scored": ...}
+        p.identify()           # knowledge neurons -> runs/x/neurons.json
+        p.run_analysis("modify")
+        p.reproduce()          # every step, results.json and the report
+
+    Each step stores its result and timing in ``out/results.json``, as ``kn-lens`` does; the
+    constructor's arguments are :class:`~kn_lens.pipeline.state.RunState`'s.
+    """
+
+    # ---- public steps ------------------------------------------------------------------------
+    def attribute(self) -> dict[str, Any]:
+        """Score every selected fact (of this shard) not yet stored with its current
+        fingerprint; returns ``{"n_scored", "n_facts", "n_invalidated", "shard"}``."""
+        return self.run_step("attribute")
+
+    def identify(self) -> IdentificationResult:
+        """Knowledge neurons from the stored scores (ours and the activation baseline) and their
+        statistics; writes ``out/neurons.json``."""
+        return self.run_step("identify")
+
+    def run_analysis(self, name: str) -> Any:
+        """Run analysis ``name`` of the registry (:data:`kn_lens.experiments.ANALYSES`) on the
+        identified neurons; returns its result."""
+        if name not in ANALYSES:
+            raise PipelineError(f"unknown analysis {name!r}; known: " + ", ".join(ANALYSES))
+        return self.run_step(name)
+
+    def reproduce(
+        self,
+        skip: Iterable[str] = (),
+        *,
+        report: bool = True,
+        on_failure: Callable[[str, Exception], None] | None = None,
+    ) -> dict[str, Exception]:
+        """Every step in order (``attribute``, then the registry's analyses but those in
+        ``skip``), then the report. An analysis that fails is reported (``on_failure``, else the
+        log) and the others still run; returns the failures by analysis name. ``attribute``
+        and ``identify`` failing stop the run (everything else depends on them)."""
+        t0, c0 = time.perf_counter(), time.process_time()
+        skip = set(skip)
+        failed: dict[str, Exception] = {}
+        for step in ("attribute", *ANALYSES):
+            if step in skip:
+                log.info("skipping %s (--skip)", step)
+                continue
+            if step in ("attribute", "identify"):
+                self.run_step(step)
+                continue
+            try:
+                self.run_step(step)
+            except Exception as e:  # noqa: BLE001 - one analysis failing must not lose the others
+                failed[step] = e
+                if on_failure is not None:
+                    on_failure(step, e)
+                else:
+                    log.error("%s failed: %s", step, e, exc_info=e)
+        self.save("reproduce", None, time.perf_counter() - t0, time.process_time() - c0)
+        if report:
+            self.write_report()
+        return failed
+
+    def run_step(self, step: str) -> Any:
+        """Run one step (``attribute`` or an analysis) and store its result (and its time) in
+        DIR/results.json."""
+        t0, c0 = time.perf_counter(), time.process_time()
+        log.info("== %s ==", step)
+        if step == "attribute":
+            summary = self._attribute()
+            if summary["n_scored"]:  # nothing scored (all done before): keep the recorded time
+                name = "attribute" if self.shard.n == 1 else f"attribute shard {self.shard}"
+                self.save(name, None, time.perf_counter() - t0, time.process_time() - c0)
+            log.info("attribute done in %.1fs", time.perf_counter() - t0)
+            return summary
+        result = self._identify() if step == "identify" else self._analysis(step)
+        seconds = time.perf_counter() - t0
+        self.save(step, result, seconds, time.process_time() - c0)
+        log.info("%s done in %.1fs", step, seconds)
+        return result
+
+    def write_report(self) -> dict[str, Any]:
+        """Figures, report.md and report.html from DIR/results.json."""
+        return write_outputs(self.dir.path)
+
+    # ---- attribution ---------------------------------------------------------------------------
+    def make_executor(self) -> Executor:
+        """The executor: in-process, Ray actors, or the one given."""
+        if not isinstance(self.executor, str):
+            return self.executor
+        if self.executor == "ray":
+            return RayExecutor(
+                ModelSpec(str(self.opts["model"]), self.opts["device"]),
+                address=self.ray_address,
+                threads_per_actor=int(self.opts["threads"] or 1),
+                score=self.score,
+            )
+        return LocalExecutor(lambda: self.model, score=self.score)
+
+    def _attribute(self) -> dict[str, Any]:
+        """Append one JSON line per fact still to score; each fact is written exactly once."""
+        shard = self.shard
+        opts = {k: self.opts[k] for k in ATTRIBUTION_KEYS}
+        self.dir.check_attribution_meta(opts, ATTRIBUTION_KEYS, write=False)
+        mine = shard.select(self.bags)
+        fps = self.fingerprints()
+        self.dir.check_attribution_meta(opts, ATTRIBUTION_KEYS, write=True)
+        adir = self.dir.attribution
+
+        def current(rec: dict[str, Any]) -> bool:
+            return fps.get(rec.get("key", "")) == rec.get("fingerprint")
+
+        by_rel: dict[str, list[FactBag]] = {}
+        for b in mine:
+            by_rel.setdefault(b.relation, []).append(b)
+        todo: list[FactBag] = []
+        paths: dict[str, Any] = {}
+        invalidated = 0
+        for rel, bags in by_rel.items():
+            files = relation_files(adir, rel)
+            valid = stored_keys(files, keep=current)
+            stale = stored_keys(files) - valid
+            pending = [b for b in bags if b.key not in valid]
+            invalidated += sum(b.key in stale for b in pending)
+            todo.extend(pending)
+            paths[rel] = adir / f"{safe_name(rel)}{shard.suffix}.jsonl"
+            log.info(
+                "%s: %d fact(s) to score, %d already stored",
+                rel,
+                len(pending),
+                len(bags) - len(pending),
+            )
+        if invalidated:
+            log.warning(
+                "%d stored record(s) belong to facts whose subject, object, prompts or "
+                "settings changed; scoring them again",
+                invalidated,
+            )
+        stores: dict[str, JsonlStore] = {}
+        executor = self.make_executor() if todo else None
+        config = self.config
+        try:
+            with tqdm(
+                total=len(todo),
+                unit="fact",
+                desc=f"attribute {shard}",
+                dynamic_ncols=True,
+                disable=not self.progress or not todo,
+                file=sys.stderr,
+            ) as bar:
+                for bag, rec in executor.run(todo, config) if executor else ():
+                    st = stores.get(bag.relation)
+                    if st is None:  # opened on first use: no empty files for finished relations
+                        others = [
+                            p
+                            for p in relation_files(adir, bag.relation)
+                            if p != paths[bag.relation]
+                        ]
+                        st = JsonlStore(
+                            paths[bag.relation],
+                            keep=current,
+                            done=stored_keys(others, keep=current),
+                        ).open()
+                        stores[bag.relation] = st
+                    st.append({**rec, "fingerprint": fps[bag.key]})
+                    bar.update(1)
+        finally:
+            for st in stores.values():
+                st.close()
+            if executor is not None:
+                executor.close()
+        retried = getattr(executor, "retried", [])
+        if retried:
+            log.warning(
+                "%d fact(s) were handed to another Ray actor after theirs died: %s",
+                len(retried),
+                ", ".join(retried[:10]),
+            )
+        log.info(
+            "attribution: %d fact(s) scored now; all %d fact(s) of shard %s stored in %s",
+            len(todo),
+            len(mine),
+            shard,
+            adir,
+        )
+        return {
+            "n_scored": len(todo),
+            "n_facts": len(mine),
+            "n_invalidated": invalidated,
+            "shard": str(shard),
+        }
+
+    def read_scores(self) -> list[BagScores]:
+        """Stored attribution scores of the selected facts (union of all shards), only those
+        whose fingerprint matches the fact as selected now."""
+        keys = [k for k in ATTRIBUTION_KEYS if k != "steps"]
+        opts = {k: self.opts[k] for k in ATTRIBUTION_KEYS}
+        self.dir.check_attribution_meta(opts, keys, write=False)
+        fps = self.fingerprints()
+        adir = self.dir.attribution
+        out: list[BagScores] = []
+        missing: dict[str, int] = {}
+        for rel in self.relations:
+            recs = read_union(
+                relation_files(adir, rel),
+                keep=lambda r: fps.get(r.get("key", "")) == r.get("fingerprint"),
+            )
+            keys_rel = [b.key for b in self.bags if b.relation == rel]
+            found = [BagScores.from_dict(recs[k]) for k in keys_rel if k in recs]
+            out.extend(found)
+            if len(found) < len(keys_rel):
+                missing[rel] = len(keys_rel) - len(found)
+        if not out:
+            raise PipelineError(
+                f"no attribution scores in {adir} for the selected facts as they are now: "
+                f"run `kn-lens attribute --out {self.dir.path}` first"
+            )
+        if missing:
+            log.warning(
+                "facts without current attribution scores (not yet run, changed since, or "
+                "another shard still running): %s",
+                ", ".join(f"{r}: {n}" for r, n in missing.items()),
+            )
+        return out
+
+    # ---- analyses ------------------------------------------------------------------------------
+    def _identify(self) -> IdentificationResult:
+        """Adaptive-p neurons per relation (ours = IG, baseline = activation) and their
+        statistics, from the stored scores (no gradients); writes DIR/neurons.json."""
+        scores = self.read_scores()
+        result = ANALYSES["identify"].run(
+            AnalysisInputs(
+                None, self.bags, config=self.config, scores=scores, progress=self.progress
+            )
+        )
+        if not isinstance(result, IdentificationResult):  # the registry's identify gives one
+            raise TypeError(f"identify returned {type(result).__name__}")
+        rel_info = {
+            rel: {
+                m: {
+                    k: getattr(ms, k, None)
+                    for k in ("p", "rounds", "converged", "neurons_per_fact")
+                }
+                for m, ms in (("ours", st.ours), ("baseline", st.baseline))
+                if ms
+            }
+            for rel, st in result.relations.items()
+        }
+        fps = self.fingerprints()
+        self.dir.save_neurons(result.neurons, rel_info, {s.key: fps[s.key] for s in scores})
+        self._neurons = None
+        for rel, info in rel_info.items():
+            o = info.get("ours", {})
+            log.info(
+                "%s: p=%.2f after %s round(s), %.2f neurons per fact (ours)",
+                rel,
+                o.get("p") or 0.0,
+                o.get("rounds"),
+                o.get("neurons_per_fact") or 0.0,
+            )
+        log.info("wrote knowledge neurons to %s", self.dir.neurons_json)
+        return result
+
+    def analysis_inputs(self, name: str) -> AnalysisInputs:
+        """What analysis ``name`` reads: the facts with neurons, the model, web sentences if
+        needed."""
+        analysis = ANALYSES[name]
+        ours = self.neurons("ours")
+        if not ours:
+            raise PipelineError(
+                f"none of the selected facts has identified neurons in "
+                f"{self.dir.neurons_json}: run `kn-lens identify` with the same options"
+            )
+        baseline = self.neurons("baseline") or None
+        bags = self.bags
+        web = None
+        if analysis.needs_web:
+            web = self.web_facts()
+            bags = [b for b in bags if b.key in ours and b.relation in web]
+            if not bags:
+                raise PipelineError(
+                    f"`{name}`: none of the selected facts with neurons has web sentences"
+                )
+            keys = {b.key for b in bags}
+            ours = {k: v for k, v in ours.items() if k in keys}
+        relations = self.erase
+        if relations:
+            unknown = [r for r in relations if r not in self.relations]
+            if unknown:
+                raise PipelineError(
+                    f"--erase: unknown relation(s) {', '.join(unknown)}; selected: "
+                    + ", ".join(self.relations)
+                )
+        return AnalysisInputs(
+            self.model,
+            bags,
+            ours,
+            baseline,
+            self.config,
+            scores=self.read_scores() if analysis.needs_scores else (),
+            web_facts=web,
+            relations=relations,
+            facts_per_relation=self.n_edits,
+            progress=self.progress,
+        )
+
+    def _analysis(self, name: str) -> Any:
+        """Run registered analysis ``name`` on the model; the run folder writes its per-fact
+        details if it has any (the analysis itself writes no file)."""
+        analysis = ANALYSES[name]
+        result = analysis.run(self.analysis_inputs(name))
+        if analysis.details is not None:
+            path = self.dir.save_details(name, analysis.details(result.to_dict()))
+            log.info("wrote the per-fact details of %s to %s", name, path)
+        return result
