@@ -1,4 +1,4 @@
-"""Benchmark: decoder integrated gradients (kn_lens.models.decoder.decoder_attribute) against the
+"""Benchmark: decoder integrated gradients (kn_lens.attribute on a HookedTransformer) against the
 ``knowledge-neurons`` way, side by side in one run, on a GPT-2-small-shaped random
 ``HookedTransformer`` (12 layers, d_model 768, 12 heads, d_mlp 3072, vocabulary 50,257, n_ctx 1024).
 
@@ -61,7 +61,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kn_lens.attribution import attribute as decoder_attribute  # noqa: E402
+from kn_lens.attribution import attribute  # noqa: E402
 from kn_lens.models.decoder import encode_decoder  # noqa: E402
 
 SHAPES = {
@@ -225,13 +225,13 @@ def main(argv: list[str] | None = None) -> int:
     assert enc.tokens.shape[1] == args.prompt_len + args.answer_len - 1
 
     def ours_fn() -> torch.Tensor:
-        return decoder_attribute(model, bag, answer, steps=args.steps, batch_size=args.batch_size)
+        return attribute(model, bag, answer, steps=args.steps, batch_size=args.batch_size)
 
     def kn_fn() -> torch.Tensor:
         return torch.stack([kn_way(model, p, answer, args.steps).cpu() for p in bag])
 
     # warm-up (allocator, kernels), then alternating rounds
-    decoder_attribute(model, [prompt], answer, steps=2, batch_size=args.batch_size)
+    attribute(model, [prompt], answer, steps=2, batch_size=args.batch_size)
     kn_way(model, prompt, answer, 1)
     ours_t: list[float] = []
     kn_t: list[float] = []
