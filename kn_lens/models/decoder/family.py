@@ -20,7 +20,7 @@ from kn_lens.errors import AttributionError
 from kn_lens.models.answer import answer_logprob_from_logits
 from kn_lens.models.decoder.batch import EncodedDecoderPrompts, encode_decoder, tokenize_answer
 from kn_lens.models.decoder.forward import DecoderClean, clean_pass, scaled_run
-from kn_lens.models.protocol import StartChunk
+from kn_lens.models.protocol import Family, StartChunk
 from kn_lens.neuron import Hook, HookList
 
 __all__ = ["DecoderFamily", "answer_logprob", "next_token"]
@@ -57,7 +57,7 @@ def next_token(
     return logits[:, -1].argmax(-1).cpu()
 
 
-class DecoderFamily:
+class DecoderFamily(Family[HookedTransformer, EncodedDecoderPrompts]):
     """Decoders: the text before the answer, answers of any length, read at the last prompt
     position. An update writes the unembedding direction of the answer's first token."""
 

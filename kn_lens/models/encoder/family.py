@@ -19,7 +19,7 @@ from transformer_lens import HookedEncoder
 from kn_lens.data.facts import BagCheck, FactBag, check_prompt
 from kn_lens.models.answer import answer_logprob_from_logits
 from kn_lens.models.encoder.forward import EncoderClean, clean_pass, scaled_run
-from kn_lens.models.protocol import StartChunk
+from kn_lens.models.protocol import Family, StartChunk
 from kn_lens.neuron import Hook
 from kn_lens.prompts import (
     EncodedPrompts,
@@ -33,7 +33,7 @@ from kn_lens.prompts import (
 __all__ = ["EncoderFamily"]
 
 
-class EncoderFamily:
+class EncoderFamily(Family[HookedEncoder, EncodedPrompts]):
     """Encoders: masked prompts, one-token answers, read at ``[MASK]``."""
 
     name = "encoder"
