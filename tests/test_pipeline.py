@@ -107,3 +107,12 @@ def test_fingerprints_are_unchanged() -> None:
     assert fingerprint(bag, score_settings("smollm2-135m", PaperConfig())) == "02ef3430fea7d5ca"
     settings = score_settings("default", PaperConfig(steps=4, dtype="bfloat16"))
     assert fingerprint(bag, settings) == "b44b340078d83f75"
+
+
+def test_the_command_line_only_parses_and_calls() -> None:
+    """kn_lens/cli/ stays small: the steps, options and fingerprints live in the pipeline and the
+    run folder."""
+    cli_dir = Path(cli.__file__).parent
+    lines = sum(len(f.read_text().splitlines()) for f in cli_dir.glob("*.py"))
+    assert lines <= 500, f"kn_lens/cli/ has {lines} lines"
+    assert not (cli_dir / "steps.py").exists()

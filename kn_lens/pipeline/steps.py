@@ -82,9 +82,13 @@ class Pipeline(RunState):
         on_failure: Callable[[str, Exception], None] | None = None,
     ) -> dict[str, Exception]:
         """Every step in order (``attribute``, then the registry's analyses but those in
-        ``skip``), then the report. An analysis that fails is reported (``on_failure``, else the
-        log) and the others still run; returns the failures by analysis name. ``attribute``
-        and ``identify`` failing stop the run (everything else depends on them)."""
+        ``skip``), then the report (with ``report``). ``kn-lens reproduce`` samples
+        :data:`~kn_lens.pipeline.options.REPRODUCE_DEFAULT_MAX_BAGS` facts per relation of the
+        built-in world; build the Pipeline with ``reproduce=True`` (or ``max_bags``) for that.
+
+        An analysis that fails is reported (``on_failure``, else the log) and the others still
+        run; returns the failures by analysis name. ``attribute`` and ``identify`` failing stop
+        the run (everything else depends on them)."""
         t0, c0 = time.perf_counter(), time.process_time()
         skip = set(skip)
         failed: dict[str, Exception] = {}
