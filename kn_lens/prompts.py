@@ -18,6 +18,7 @@ from transformer_lens import HookedEncoder
 from transformers import PreTrainedTokenizerBase
 
 from kn_lens.data.facts import MASK, BagCheck, FactBag, check_prompt
+from kn_lens.errors import AttributionError
 from kn_lens.neuron import Hook
 
 
@@ -52,7 +53,7 @@ class EncodedPrompts:
     def first_answer_ids(self) -> Int[Tensor, " prompt"]:
         """The answer token of each prompt (an encoder answer is one token)."""
         if self.answer_ids is None:
-            raise ValueError("these prompts were encoded without answers")
+            raise AttributionError("these prompts were encoded without answers")
         return self.answer_ids
 
     def to(self, device: torch.device | str) -> EncodedPrompts:
@@ -87,7 +88,9 @@ def _tokenizer(model_or_tokenizer: ModelOrTokenizer) -> PreTrainedTokenizerBase:
         return model_or_tokenizer
     tok = model_or_tokenizer.tokenizer
     if tok is None:
-        raise ValueError("the model has no tokenizer attached; load it with kn_lens.load_model")
+        raise AttributionError(
+            "the model has no tokenizer attached; load it with kn_lens.load_model"
+        )
     return tok
 
 
@@ -97,7 +100,7 @@ def answer_token_id(model_or_tokenizer: ModelOrTokenizer, answer: str) -> int:
     ids = tok(answer, add_special_tokens=False)["input_ids"]
     if len(ids) != 1 or ids[0] == tok.unk_token_id:
         pieces = tok.convert_ids_to_tokens(ids)
-        raise ValueError(
+        raise AttributionError(
             f"answer {answer!r} is not a single vocabulary token (tokenises to {pieces})"
         )
     return int(ids[0])
@@ -114,11 +117,11 @@ def token_id(model: HookedEncoder, answer: str | int | Tensor) -> int:
     if isinstance(answer, bool) or not (
         isinstance(answer, int) or (isinstance(answer, Tensor) and answer.numel() == 1)
     ):
-        raise ValueError(f"expected an answer string or a token id, not {answer!r}")
+        raise AttributionError(f"expected an answer string or a token id, not {answer!r}")
     tid = int(answer)
     d_vocab = int(model.cfg.d_vocab)
     if not 0 <= tid < d_vocab:
-        raise ValueError(f"token id {tid} is out of range of the vocabulary [0, {d_vocab})")
+        raise AttributionError(f"token id {tid} is out of range of the vocabulary [0, {d_vocab})")
     return tid
 
 
@@ -146,9 +149,9 @@ def encode(
     never truncated away.
     """
     if isinstance(prompts, str):
-        raise TypeError("prompts must be a sequence of strings, not one string")
+        raise AttributionError("prompts must be a sequence of strings, not one string")
     if len(prompts) == 0:
-        raise ValueError("no prompts given")
+        raise AttributionError("no prompts given")
     for p in prompts:
         check_prompt(p)
     tok = _tokenizer(model)
@@ -160,7 +163,7 @@ def encode(
     ):
         hits = [i for i, t in enumerate(ids) if t == tok.mask_token_id]
         if len(hits) != 1:
-            raise ValueError(
+            raise AttributionError(
                 f"prompt must tokenise to exactly one {MASK}, found {len(hits)}: {p!r}"
             )
         m = hits[0]
@@ -182,7 +185,7 @@ def encode(
     ids = None
     if answers is not None:
         if len(answers) != len(prompts):
-            raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
+            raise AttributionError(f"{len(prompts)} prompts but {len(answers)} answers")
         ids = answer_token_ids(model, answers)
     dev = device if device is not None else model.cfg.device
     enc = EncodedPrompts(tokens, torch.zeros_like(tokens), attn, torch.tensor(mask_pos), ids)
@@ -264,7 +267,7 @@ def filter_single_token(
             answer_token_id(tokenizer, bag.object)
         except ValueError as e:
             if on_error == "raise":
-                raise ValueError(f"fact {bag.key} ({bag.subject!r}): {e}") from None
+                raise AttributionError(f"fact {bag.key} ({bag.subject!r}): {e}") from None
             skipped.append((bag, str(e)))
         else:
             kept.append(bag)
