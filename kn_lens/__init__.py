@@ -15,20 +15,27 @@ Reproduces Dai et al., "Knowledge Neurons in Pretrained Transformers" (ACL 2022)
 
 Layers, top to bottom; every import points down (see ARCHITECTURE.md)::
 
-    cli/                        argument parsing (no torch) and the steps, over the registry
+    cli/                        argument parsing (no torch); calls the pipeline
+    pipeline/                   facts -> attribution (resumable) -> neurons -> analyses -> report
     report, plots               rendering only, from results.json
-    rundir, store, executors    the --out folder's files; resumable JSON lines; local / Ray
-    experiments/                one module per analysis, and ONE registry (experiments.ANALYSES)
-    attribution, knowledge_neurons, interventions, weights
-                                integrated gradients; neurons; hooks; W_out row edits
-    prompts, models/            prompts as model input, answers read out; loading models (one
-                                module per family: encoder_loading, decoder_loading, decoder)
-    data/, neuron, config, results
+    rundir, store, executors    the --out folder's files and fingerprints; resumable JSON lines;
+                                local / Ray
+    experiments/                one module per analysis, each exporting its registry entry
+                                (experiments.ANALYSES collects them)
+    attribution/, knowledge_neurons, bag_scores, interventions, weights
+                                ONE attribution engine (IG, grad x act, activation; baselines,
+                                objectives, contrasts); neurons; hooks; W_out row edits
+    prompts, models/            prompts as model input, answers read out; model families as
+                                plug-ins (models/encoder/, models/decoder/, models/protocol)
+                                and loading
+    data/, neuron, config, errors, results
                                 facts (no torch); the Neuron and its validator; the paper's
-                                hyperparameters; results as plain data
+                                hyperparameters and the compute settings; KnLensError; results
+                                as plain data
 
-Beside the stack: ``training`` (``python -m kn_lens.training``) and ``wordpiece`` (its vocabulary)
-train the default model on ``data/world``; they import only ``data/``, and only tests import them.
+Beside the stack: ``training`` (``python -m kn_lens.training``), ``training_data`` and
+``wordpiece`` (its vocabulary) train the default model on ``data/world``; they import only
+``data/``, and only tests import them.
 
 The public names below are imported on first use, so ``import kn_lens`` (and the ``kn-lens``
 command's argument parsing) does not import torch.
