@@ -279,3 +279,11 @@ def test_decoder_bfloat16_tracks_float32(gpt2):
 def test_bad_options_are_named(bert, kwargs, match):
     with pytest.raises(kn_lens.KnLensError, match=match):
         attribute(bert["model"], bert["prompts"], "French", **kwargs)
+
+
+def test_a_token_id_is_a_one_token_answer(gpt2):
+    model, prompts = gpt2["model"], gpt2["prompts"]
+    (zeta,) = gpt2["answers"]["zeta"]
+    by_id = attribute(model, prompts, zeta, steps=2)
+    torch.testing.assert_close(by_id, attribute(model, prompts, [zeta], steps=2))
+    torch.testing.assert_close(by_id, attribute(model, prompts, "zeta", steps=2))

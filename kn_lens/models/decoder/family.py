@@ -141,13 +141,15 @@ class DecoderFamily(Family[HookedTransformer, EncodedDecoderPrompts]):
         self,
         model: HookedTransformer,
         prompts: Sequence[str | Sequence[int]],
-        answers: Sequence[str | Sequence[int]],
+        answers: Sequence[str | int | Sequence[int]],
     ) -> EncodedDecoderPrompts:
         """Prompts (text before the answer, or token ids) with one answer each, for teacher
         forcing; :func:`encode_decoder`."""
         if model.cfg.positional_embedding_type == "shortformer":
             raise AttributionError("shortformer positional embeddings are not supported")
-        return encode_decoder(model, prompts, list(answers))
+        # one answer per prompt; a bare token id is a one-token answer
+        per_prompt = [[int(a)] if isinstance(a, int) else a for a in answers]
+        return encode_decoder(model, prompts, per_prompt)
 
     def select(self, batch: EncodedDecoderPrompts, idx: Sequence[int]) -> EncodedDecoderPrompts:
         return batch.select(idx)
