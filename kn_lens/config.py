@@ -107,6 +107,10 @@ class PaperConfig:
     # Precision of the integrated-gradients passes: float32 is exact; bfloat16 / float16 are opt-in
     # approximations (autocast; the clean pass, alpha grid and sums stay float32).
     dtype: str = "float32"
+    # How "our" neurons are scored: "ig" (integrated gradients, the paper's) or "grad_x_act"
+    # (attribution patching: one forward and one backward pass). The activation baseline is
+    # always scored beside it.
+    method: str = "ig"
     # Integrated gradients' baseline: "zero" (the paper's) or "mean" (the mean activation over the
     # fact's prompts, AMIG; Chen et al. 2024).
     baseline: str = "zero"
@@ -150,6 +154,7 @@ class PaperConfig:
 
     def __post_init__(self) -> None:
         for name, allowed in (
+            ("method", ("ig", "grad_x_act")),
             ("dtype", DTYPE_NAMES),
             ("baseline", BASELINE_NAMES),
             ("objective", OBJECTIVE_NAMES),

@@ -42,7 +42,8 @@ EXECUTORS: tuple[str, ...] = ("local", "ray")
 
 
 def score_record(model: Any, bag: FactBag, config: PaperConfig) -> dict[str, Any]:
-    """The stored attribution record of one fact: both methods' sparse scores
+    """The stored attribution record of one fact: the sparse scores of ``config.method`` (our
+    neurons') and of the activation baseline
     (:func:`kn_lens.knowledge_neurons.score_bag`) as a dict keyed by ``bag.key``.
 
     ``config.batch_size`` and ``config.dtype`` are used as given: the pipeline fills them from
@@ -50,7 +51,12 @@ def score_record(model: Any, bag: FactBag, config: PaperConfig) -> dict[str, Any
     from kn_lens.knowledge_neurons import score_bag
 
     record = score_bag(
-        model, bag, config, dtype=config.dtype, batch_size=config.batch_size
+        model,
+        bag,
+        config,
+        methods=(config.method, "activation"),
+        dtype=config.dtype,
+        batch_size=config.batch_size,
     ).to_dict()
     record.setdefault("key", bag.key)
     return record

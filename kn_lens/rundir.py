@@ -75,13 +75,18 @@ class OutFolderError(KnLensError):
 
 #: Settings that enter a fingerprint only when they differ from the paper's value, so the
 #: fingerprints of runs made before each setting existed stay valid.
-_FINGERPRINT_UNLESS = (("dtype", "float32"), ("baseline", "zero"), ("objective", "prob"))
+_FINGERPRINT_UNLESS = (
+    ("method", "ig"),
+    ("dtype", "float32"),
+    ("baseline", "zero"),
+    ("objective", "prob"),
+)
 
 
 def score_settings(model: str, config: PaperConfig) -> dict[str, Any]:
     """What attribution scores depend on besides the fact (part of every :func:`fingerprint`):
-    the model's name, ``config.steps``, and ``config.dtype`` / ``baseline`` / ``objective`` where
-    they are not the paper's (``float32``, ``zero``, ``prob``)."""
+    the model's name, ``config.steps``, and ``config.method`` / ``dtype`` / ``baseline`` /
+    ``objective`` where they are not the paper's (``ig``, ``float32``, ``zero``, ``prob``)."""
     settings: dict[str, Any] = {"model": str(model), "steps": int(config.steps)}
     for name, paper in _FINGERPRINT_UNLESS:
         value = getattr(config, name, paper)

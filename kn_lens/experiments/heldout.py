@@ -113,7 +113,7 @@ def heldout_paraphrases(
     if not finding_scores:
         raise KnLensError("no bag with scores and at least 2 prompts")
     d_mlp = finding_scores[0].d_mlp
-    found = identify_all(finding_scores, config, "ig")
+    found = identify_all(finding_scores, config, config.method)
     facts: list[HeldoutFact] = []
     it: Iterable[FactBag] = [b for b in bags if b.key in halves]
     if progress:

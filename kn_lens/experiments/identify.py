@@ -50,9 +50,6 @@ PAPER: dict[str, Any] = {
     "in the topmost layers, while baseline neurons spread more evenly.",
 }
 
-METHOD_NAMES = {"ours": "ig", "baseline": "activation"}
-
-
 # ----------------------------------------------------------------------------------------------
 # Pure statistics on neuron sets
 # ----------------------------------------------------------------------------------------------
@@ -341,7 +338,7 @@ def identification_from_scores(
     if len(shapes) != 1:
         raise KnLensError(f"bag scores come from models of different shapes: {sorted(shapes)}")
     n_layers, d_mlp = shapes.pop()
-    ours = identify_all(scores, config, "ig")
+    ours = identify_all(scores, config, config.method)
     has_base = all("activation" in s.scores for s in scores)
     base = identify_all(scores, config, "activation") if has_base else None
     return identification_from_neurons(ours, base, n_layers=n_layers, d_mlp=d_mlp, config=config)

@@ -31,3 +31,21 @@ def test_set_options_change_the_fingerprint(tmp_path, tiny_ckpt, capsys):
     run(tiny_ckpt, facts, out, capsys, "--set", "objective=logprob")
     after = sum(len(p.read_text().splitlines()) for p in (out / "attribution").glob("*.jsonl"))
     assert after == lines
+
+
+def test_grad_x_act_neurons_through_the_pipeline(tmp_path, tiny_ckpt, capsys):
+    """--set method=grad_x_act stores grad x act scores (and the activation baseline) under their
+    own fingerprint, and identify finds our neurons from them."""
+    from kn_lens.rundir import score_settings
+
+    facts, out = write(tmp_path / "f.jsonl", [("Alice", "Paris")]), tmp_path / "o"
+    run(tiny_ckpt, facts, out, capsys, "--set", "method=grad_x_act")
+    rec = current(out)["P19/0"]
+    assert set(rec["scores"]) == {"grad_x_act", "activation"}
+    assert cli.main(["identify", "--set", "method=grad_x_act", "--out", str(out)]) == 0
+    neurons = json.loads((out / "neurons.json").read_text())
+    assert "P19/0" in neurons["neurons"]["ours"]
+    from kn_lens.config import PaperConfig
+
+    assert score_settings("m", PaperConfig(method="grad_x_act"))["method"] == "grad_x_act"
+    assert "method" not in score_settings("m", PaperConfig())
