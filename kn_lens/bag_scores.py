@@ -20,6 +20,7 @@ from torch import Tensor
 from kn_lens.config import METHOD_NAMES
 from kn_lens.data import FactBag
 from kn_lens.errors import KnLensError
+from kn_lens.neuron import as_int
 
 __all__ = ["DEFAULT_FLOOR", "METHODS", "BagScores", "PromptScores", "check_method", "sparsify"]
 
@@ -52,10 +53,28 @@ class PromptScores:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PromptScores:
-        return cls(
-            float(d["max"]),
-            tuple((int(layer), int(idx), float(s)) for layer, idx, s in d["neurons"]),
-        )
+        """The JSON form back; ``KnLensError`` (a ``ValueError``) for a missing field, a
+        non-finite score, or a layer or index that is not an integer (``2.7``, ``true``,
+        ``"3"``)."""
+        mx = _finite(d["max"], "max")
+        neurons = []
+        for item in d["neurons"]:
+            layer, idx, score = item
+            try:
+                neurons.append((as_int(layer), as_int(idx), _finite(score, "score")))
+            except TypeError:
+                raise KnLensError(f"neuron {item!r}: layer and index must be integers") from None
+        return cls(mx, tuple(neurons))
+
+
+def _finite(x: Any, what: str) -> float:
+    """``x`` as a finite float; ``KnLensError`` naming ``what`` otherwise."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise KnLensError(f"{what} {x!r} is not a number")
+    out = float(x)
+    if not math.isfinite(out):
+        raise KnLensError(f"{what} {x!r} is not finite")
+    return out
 
 
 def sparsify(
@@ -181,6 +200,17 @@ class BagScores:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BagScores:
+        """The JSON form (``to_dict``) back. ``KnLensError`` for a malformed record: a missing
+        field (``scores`` among them), a non-finite score (``NaN``, ``Infinity``), a neuron whose
+        layer or index is not an integer, or a prompt count that does not match. A record read
+        from a store file (``kn_lens.store.Record``) is named by its file and line."""
+        where = getattr(d, "source", "") or "BagScores record"
+        what = f"{where}: attribution record {d.get('key', '?')!r}"
+        if "scores" not in d:
+            raise KnLensError(
+                f"{what} has no 'scores'; the record is incomplete or was changed by hand: delete "
+                "it and run the attribute step again"
+            )
         try:
             scores = {
                 str(m): [PromptScores.from_dict(p) for p in ps] for m, ps in d["scores"].items()
@@ -197,12 +227,15 @@ class BagScores:
                 int(d.get("steps", 20)),
                 scores,
             )
-        except (KeyError, TypeError, ValueError) as e:
-            raise KnLensError(f"malformed BagScores record {d.get('key', '?')!r}: {e}") from None
+        except KeyError as e:
+            raise KnLensError(f"{what} has no {e}; delete it and run the step again") from None
+        except (TypeError, ValueError, AttributeError) as e:
+            raise KnLensError(f"{what} is malformed: {e}") from None
         for m, ps in out.scores.items():
-            check_method(m)
+            try:
+                check_method(m)
+            except KnLensError as e:
+                raise KnLensError(f"{what}: {e}") from None
             if len(ps) != out.n_prompts:
-                raise KnLensError(
-                    f"BagScores {out.key}: {len(ps)} {m} prompts, expected {out.n_prompts}"
-                )
+                raise KnLensError(f"{what}: {len(ps)} {m} prompts, expected {out.n_prompts}")
         return out

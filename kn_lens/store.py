@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "Shard",
     "JsonlStore",
+    "Record",
     "StoreError",
     "safe_name",
     "relation_files",
@@ -124,19 +126,53 @@ def _split_complete(data: bytes) -> tuple[list[bytes], int]:
     return data[:end].splitlines(), end
 
 
-def _parse(line: bytes, path: Path, n: int) -> dict[str, Any] | None:
+class Record(dict[str, Any]):
+    """A record read from a store file: a plain ``dict`` that also knows where it was read,
+    ``source`` = ``"FILE:LINE"``, so that a later check of its content can name the line."""
+
+    source: str = ""
+
+
+class _NonFinite(Exception):
+    """Raised while parsing a line that holds ``NaN``, ``Infinity`` or an overflowing number."""
+
+
+def _finite_float(text: str) -> float:
+    x = float(text)
+    if not math.isfinite(x):  # e.g. 1e999, which Python's json reads as inf
+        raise _NonFinite(text)
+    return x
+
+
+def _no_constant(text: str) -> float:
+    raise _NonFinite(text)  # NaN, Infinity, -Infinity: Python's json accepts them, kn_lens not
+
+
+def _parse(line: bytes, path: Path, n: int) -> Record | None:
+    """The record of line ``n``; ``None`` when the line is not JSON (torn). A line with a
+    non-finite number is no torn write (kn_lens never writes one): :class:`StoreError`."""
     try:
-        rec = json.loads(line)
+        rec = json.loads(line, parse_constant=_no_constant, parse_float=_finite_float)
+    except _NonFinite as e:
+        raise StoreError(
+            f"{path}:{n}: holds the number {e}, which is not finite; kn_lens never stores one, so "
+            "the file was changed by hand or is corrupt: delete that line and run the step again "
+            "to recompute it"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
     if not isinstance(rec, dict):
         raise StoreError(f"{path}:{n}: expected a JSON object per line")
-    return rec
+    out = Record(rec)
+    out.source = f"{path}:{n}"
+    return out
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """The records of a store file, ignoring a torn last line (one without its newline, or one
-    that does not parse). A bad line *before* the last raises :class:`StoreError` naming it."""
+    that does not parse). A bad line *before* the last, or any line holding a non-finite number
+    (``NaN``, ``Infinity``), raises :class:`StoreError` naming the file and line. Each record is a
+    :class:`Record` (a ``dict``) whose ``source`` is ``"FILE:LINE"``."""
     path = Path(path)
     if not path.is_file():
         return []
@@ -148,7 +184,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
             path,
             len(data) - end,
         )
-    out = []
+    out: list[dict[str, Any]] = []
     for n, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -192,6 +228,11 @@ def repair_jsonl(path: str | Path) -> int:
     return removed
 
 
+def _where(rec: dict[str, Any], path: str | Path) -> str:
+    """``"FILE:LINE"`` of a record read by :func:`read_jsonl`, else the file."""
+    return getattr(rec, "source", "") or str(path)
+
+
 def read_union(
     paths: Iterable[str | Path],
     key: str = "key",
@@ -210,7 +251,7 @@ def read_union(
         for rec in read_jsonl(p):
             k = rec.get(key)
             if not isinstance(k, str):
-                raise StoreError(f"{p}: record without a string {key!r} field")
+                raise StoreError(f"{_where(rec, p)}: record without a string {key!r} field")
             if keep is not None and not keep(rec):
                 continue
             if k in out:
@@ -234,7 +275,7 @@ def stored_keys(
         for rec in read_jsonl(p):
             k = rec.get(key)
             if not isinstance(k, str):
-                raise StoreError(f"{p}: record without a string {key!r} field")
+                raise StoreError(f"{_where(rec, p)}: record without a string {key!r} field")
             if keep is None or keep(rec):
                 keys.add(k)
     return keys
