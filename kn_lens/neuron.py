@@ -10,6 +10,7 @@ row is still the neuron's value vector. Every module that takes neurons checks t
 from __future__ import annotations
 
 import operator
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple, Protocol, runtime_checkable
@@ -74,9 +75,11 @@ def hook_name(layer: int) -> str:
     return f"blocks.{layer}.mlp.hook_post"
 
 
-def _as_int(x: Any) -> int:
+def as_int(x: Any) -> int:
+    """``x`` as an ``int`` when it is an integer (``int``, a numpy or 0-d torch integer);
+    ``TypeError`` for anything else: a ``bool``, a float (even ``3.0``), a string."""
     if isinstance(x, bool):
-        raise TypeError
+        raise TypeError(f"{x!r} is a bool, not an integer")
     return operator.index(x)
 
 
@@ -109,7 +112,7 @@ def check_neurons(
     for item in items:
         try:
             layer, index = item
-            n = Neuron(_as_int(layer), _as_int(index))
+            n = Neuron(as_int(layer), as_int(index))
         except (TypeError, ValueError):
             raise KnLensError(f"neuron {item!r} is not a (layer, index) pair of ints") from None
         if not 0 <= n.layer < n_layers:
@@ -126,6 +129,52 @@ def check_neurons(
             raise KnLensError(f"neuron {n} ({tuple(n)}) appears more than once in the neuron set")
         seen.add(n)
         out.append(n)
+    return out
+
+
+def neurons_from_json(value: Any, source: str | os.PathLike[str]) -> list[Neuron]:
+    """Neurons as read from a JSON file (``[[layer, index], ...]``), each a pair of integers.
+
+    JSON has no integer type of its own, so ``[2.7, 16.9]``, ``[true, 3]`` and ``["2", "16"]``
+    parse; they are refused here, never rounded. ``source`` names where the value was read (a
+    file, or ``"FILE: neurons of P19/3"``) in the ``KnLensError``. Ranges are checked later, against
+    a model, by :func:`check_neurons`.
+    """
+    if not isinstance(value, list):
+        raise KnLensError(f"{source}: expected a list of [layer, index] pairs, got {value!r}")
+    out: list[Neuron] = []
+    for item in value:
+        try:
+            if not isinstance(item, (list, tuple)) or len(item) != 2:
+                raise TypeError
+            out.append(Neuron(as_int(item[0]), as_int(item[1])))
+        except TypeError:
+            raise KnLensError(
+                f"{source}: neuron {item!r} is not a [layer, index] pair of integers; the file "
+                "was changed by hand or is corrupt"
+            ) from None
+    return out
+
+
+def neuron_map_from_json(
+    value: Any, source: str | os.PathLike[str]
+) -> dict[str, dict[str, list[Neuron]]]:
+    """The ``"neurons"`` mapping of a neurons file, ``{method: {bag key: [[layer, index], ...]}}``,
+    as :class:`Neuron` lists; a ``KnLensError`` naming ``source`` (the file) when the mapping is
+    missing (``None``), is not nested that way, or holds a neuron that is not a pair of integers.
+    """
+    if value is None:
+        raise KnLensError(f'{source} has no "neurons" mapping; run `kn-lens identify` again')
+    if not isinstance(value, dict):
+        raise KnLensError(f'{source}: "neurons" must map a method to its neurons, got {value!r}')
+    out: dict[str, dict[str, list[Neuron]]] = {}
+    for method, by_key in value.items():
+        if not isinstance(by_key, dict):
+            raise KnLensError(f'{source}: "neurons"/{method!r} must map a fact to its neurons')
+        out[str(method)] = {
+            str(k): neurons_from_json(v, f"{source}: {method} neurons of {k}")
+            for k, v in by_key.items()
+        }
     return out
 
 

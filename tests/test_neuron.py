@@ -11,7 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from kn_lens.neuron import HasConfig, Neuron, check_neurons, hook_name, model_shape
+from kn_lens.errors import KnLensError
+from kn_lens.neuron import (
+    HasConfig,
+    Neuron,
+    check_neurons,
+    hook_name,
+    model_shape,
+    neuron_map_from_json,
+    neurons_from_json,
+)
 
 MODEL = SimpleNamespace(cfg=SimpleNamespace(n_layers=3, d_mlp=8))
 
@@ -65,3 +74,32 @@ def test_empty_set_refused_unless_allowed():
 def test_bad_neurons_are_named(bad, match):
     with pytest.raises(ValueError, match=match):
         check_neurons(MODEL, bad)
+
+
+@pytest.mark.parametrize("bad", [[(2.7, 16.9)], [(2.0, 1)], [("2", 1)], [(0, False)]])
+def test_non_integer_layer_or_index_refused_not_rounded(bad):
+    with pytest.raises(KnLensError, match="not a \\(layer, index\\) pair of ints"):
+        check_neurons(MODEL, bad)
+
+
+def test_neurons_from_json_refuses_non_integers_and_names_the_file():
+    assert neurons_from_json([[2, 16], [0, 3]], "n.json") == [Neuron(2, 16), Neuron(0, 3)]
+    for bad in ([[2.7, 16.9]], [[True, 1]], [["2", "16"]], [[1]], [5], {"a": 1}):
+        with pytest.raises(KnLensError, match=r"^n\.json: "):
+            neurons_from_json(bad, "n.json")
+
+
+def test_neuron_map_from_json_names_the_file_and_the_fact():
+    doc = {"ours": {"P19/0": [[1, 2]]}, "baseline": {"P19/0": []}}
+    assert neuron_map_from_json(doc, "DIR/neurons.json") == {
+        "ours": {"P19/0": [Neuron(1, 2)]},
+        "baseline": {"P19/0": []},
+    }
+    with pytest.raises(KnLensError, match=r'DIR/neurons\.json has no "neurons"'):
+        neuron_map_from_json(None, "DIR/neurons.json")
+    with pytest.raises(
+        KnLensError, match=r"DIR/neurons\.json: ours neurons of P19/0: neuron \[2\.7"
+    ):
+        neuron_map_from_json({"ours": {"P19/0": [[2.7, 16.9]]}}, "DIR/neurons.json")
+    with pytest.raises(KnLensError, match=r"DIR/neurons\.json"):
+        neuron_map_from_json({"ours": [[1, 2]]}, "DIR/neurons.json")
