@@ -126,6 +126,29 @@ def update_figure(result: Mapping[str, Any], paper: Mapping[str, Any]) -> go.Fig
     return fig
 
 
+def update_rules_figure(result: Mapping[str, Any], paper: Mapping[str, Any]) -> go.Figure | None:
+    """Fact updates by edit rule (``UpdateResult.to_dict()["rules"]``): efficacy, generalization
+    and locality in %, one bar group per metric, one bar per rule; None without rules."""
+    rules = result.get("rules") or {}
+    if not rules:
+        return None
+    metrics = [
+        ("efficacy", "efficacy"),
+        ("generalization", "generalization"),
+        ("locality_same_relation", "locality, same relation"),
+        ("locality_other_relations", "locality, other relations"),
+    ]
+    fig = go.Figure()
+    for name, r in rules.items():
+        fig.add_bar(name=name, x=[label for _, label in metrics], y=[r.get(m) for m, _ in metrics])
+    fig.update_layout(
+        barmode="group",
+        title="Edit rules: efficacy, generalization and locality",
+        yaxis=dict(title="% of prompts", range=[0, 100]),
+    )
+    return fig
+
+
 def heldout_figure(result: Mapping[str, Any], paper: Mapping[str, Any]) -> go.Figure:
     """Held-out paraphrases (``HeldoutResult.to_dict()``): % change of the correct answer's
     probability when the neurons found on one half of each bag are suppressed, on the held-out

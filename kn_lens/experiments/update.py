@@ -34,6 +34,10 @@ use it as a context manager); :func:`update_experiment` runs the paper's evaluat
 - **control**: the same rule on as many random neurons (uniform over all layers, excluding the
   fact's knowledge neurons: :func:`kn_lens.experiments.controls.any_layers`, drawn by the fact's
   generator after its new answer and perplexity bags), on the same prompts and perplexity bags.
+- **edit rules** (:mod:`kn_lens.experiments.edit_rules`): ``paper``, ``paper_scaled``,
+  ``eleuther`` and ``random`` (same layers), each with efficacy, generalization, locality, the
+  perplexity measures and symmetry, under ``rules`` (after the paper's metrics, which they leave
+  unchanged).
 
 Every edit is restored before the next fact. The result is a :class:`UpdateResult`, with
 :data:`PAPER` holding the paper's figures for side-by-side reports.
@@ -51,6 +55,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+import kn_lens.experiments.edit_rules as edit_rules
 from kn_lens import plots
 from kn_lens.config import PaperConfig
 from kn_lens.data import FactBag, relation_of_key
@@ -112,11 +117,9 @@ def update_deltas(
     lambda1: float = 1.0,
     lambda2: float = 8.0,
 ) -> Float[Tensor, "neuron d_model"]:
-    """The paper's change to each value vector: ``-l1 |v|/|e_old| e_old + l2 |v|/|e_new| e_new``."""
-    norms = values.norm(dim=-1, keepdim=True)
-    return (
-        -lambda1 * norms / e_old.norm() * e_old[None] + lambda2 * norms / e_new.norm() * e_new[None]
-    )
+    """The paper's change to each value vector: ``-l1 |v|/|e_old| e_old + l2 |v|/|e_new| e_new``
+    (:func:`kn_lens.experiments.edit_rules.paper_deltas`)."""
+    return edit_rules.paper_deltas(values, e_old, e_new, lambda1, lambda2)
 
 
 def update_fact(
@@ -225,6 +228,8 @@ class FactUpdate:
     knowledge: EditMetrics
     random_neurons: list[Neuron] | None = None
     random: EditMetrics | None = None
+    rules: dict[str, dict[str, float | None]] = field(default_factory=dict)  # edit_rules metrics
+    rule_info: dict[str, Any] = field(default_factory=dict)
 
 
 METRICS = (
@@ -253,6 +258,9 @@ class UpdateResult(Result):
         facts: one :class:`FactUpdate` per edited fact.
         skipped: ``{"key", "reason"}`` for candidate facts that were not edited.
         n_candidates: per relation, facts with neurons; n_known: of those, facts the model knows.
+        rules: per edit rule (:mod:`kn_lens.experiments.edit_rules`), ``n_facts`` and the mean
+            edit metrics; rules_per_relation: the same per relation; symmetry: measured on how
+            many facts, or why not.
     """
 
     schema: ClassVar[str] = "update"
@@ -271,6 +279,9 @@ class UpdateResult(Result):
     per_relation: dict[str, dict[str, dict[str, float]]]
     facts: list[FactUpdate]
     skipped: list[dict[str, str]] = field(default_factory=list)
+    rules: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    rules_per_relation: dict[str, dict[str, dict[str, float | None]]] = field(default_factory=dict)
+    symmetry: dict[str, Any] = field(default_factory=dict)
 
 
 def _summarise(facts: Sequence[FactUpdate]) -> dict[str, dict[str, float]]:
@@ -307,17 +318,10 @@ def _edit_metrics(
     rank_gain = float((before.target_rank[f] - after.target_rank[f]).float().mean())
     intra_a = perplexity(after.gold_logp[n_fact : n_fact + n_intra])
     inter_a = perplexity(after.gold_logp[n_fact + n_intra :])
+    d_intra, d_inter = intra_a - intra_before, inter_a - inter_before
+    r_intra, r_inter = intra_a / intra_before - 1, inter_a / inter_before - 1
     return EditMetrics(
-        success,
-        change,
-        prob_gain,
-        rank_gain,
-        intra_a,
-        inter_a,
-        intra_a - intra_before,
-        inter_a - inter_before,
-        intra_a / intra_before - 1,
-        inter_a / inter_before - 1,
+        success, change, prob_gain, rank_gain, intra_a, inter_a, d_intra, d_inter, r_intra, r_inter
     )
 
 
@@ -350,6 +354,7 @@ def update_experiment(
     facts_per_relation: int | None = DEFAULT_FACTS_PER_RELATION,
     known_threshold: float = 0.5,
     control: bool = True,
+    rules: Sequence[str] = edit_rules.RULE_NAMES,
     progress: bool = False,
 ) -> UpdateResult:
     """Update facts through their knowledge neurons and measure the effect (paper section 5.1).
@@ -365,6 +370,8 @@ def update_experiment(
         known_threshold: a fact is known when its gold answer is top-1 on at least this share of
             its prompts.
         control: also edit as many random neurons per fact.
+        rules: also edit each fact by these rules and measure the edit metrics
+            (:mod:`kn_lens.experiments.edit_rules`; ``()``: none).
 
     Returns:
         :class:`UpdateResult`. Every edit is restored before the function returns.
@@ -425,6 +432,7 @@ def update_experiment(
         chosen.extend(known)
 
     n_layers, d_mlp = model_shape(model)
+    inverses = edit_rules.inverse_index(b for bs in by_rel.values() for b in bs)
     facts: list[FactUpdate] = []
     iterator: Iterable[FactBag] = chosen
     if progress:
@@ -474,6 +482,8 @@ def update_experiment(
             ):
                 after_r = score_prompts(model, enc, target, batch_size=config.batch_size)
             rm = _edit_metrics(before, after_r, n_fact, n_intra, old_id, new_id, intra_b, inter_b)
+        args = (model, bag, new, kn, intra, inter, inverses, config, rules)
+        by_rule, info = edit_rules.evaluate_fact(*args)
 
         facts.append(
             FactUpdate(
@@ -493,10 +503,13 @@ def update_experiment(
                 knowledge=km,
                 random_neurons=rand_ns,
                 random=rm,
+                rules=by_rule,
+                rule_info=info,
             )
         )
 
     per_relation = {rel: _summarise([f for f in facts if f.relation == rel]) for rel in relations}
+    n_sym = sum(1 for f in facts if f.rule_info.get("inverse_key"))
     return UpdateResult(
         lambda1=config.lambda1,
         lambda2=config.lambda2,
@@ -512,6 +525,12 @@ def update_experiment(
         per_relation=per_relation,
         facts=facts,
         skipped=skipped,
+        rules=edit_rules.summarise_rules([f.rules for f in facts]),
+        rules_per_relation={
+            r: edit_rules.summarise_rules([f.rules for f in facts if f.relation == r])
+            for r in relations
+        },
+        symmetry=edit_rules.symmetry_status(n_sym, relations, by_rel) if rules else {},
     )
 
 
@@ -573,7 +592,8 @@ ANALYSIS = Analysis(
     "Updating facts (Sec. 6.1, Tab. 4)",
     run,
     PAPER,
-    (plots.update_figure,),
+    (plots.update_figure, plots.update_rules_figure),
     report_rows,
     examples=report_examples,
+    table=edit_rules.rules_table,
 )

@@ -1,0 +1,181 @@
+"""Edit rules and edit metrics of update (kn_lens.experiments.edit_rules)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from kn_lens.config import PaperConfig
+from kn_lens.data import Fact, FactBag
+from kn_lens.experiments.edit_rules import (
+    RULE_METRICS,
+    RULE_NAMES,
+    apply_rule,
+    edit_prompt_split,
+    eleuther_deltas,
+    paper_deltas,
+    rules_table,
+    scaled_deltas,
+)
+from kn_lens.experiments.update import update_experiment
+from kn_lens.neuron import Neuron
+from kn_lens.prompts import answer_token_id
+from kn_lens.weights import same_bits
+from tests.experiments.conftest import one_thread
+
+NS = [Neuron(0, 5), Neuron(1, 9), Neuron(1, 60)]
+
+
+def _w_outs(model) -> list[torch.Tensor]:
+    return [b.mlp.W_out.detach().clone() for b in model.blocks]
+
+
+def _assert_bit_identical(model, before) -> None:
+    assert all(same_bits(b.mlp.W_out.detach(), w) for b, w in zip(model.blocks, before, strict=True))
+
+
+def test_rule_deltas_follow_their_formulas():
+    v = torch.tensor([[3.0, 4.0], [0.0, 2.0]])  # row norms 5 and 2
+    e_old, e_new = torch.tensor([2.0, 0.0]), torch.tensor([0.0, 0.5])
+    scaled = scaled_deltas(v, e_old, e_new, lambda1=1.0, lambda2=8.0)
+    # |v| (-1 ê_old + 8 ê_new) with ê_old = (1, 0), ê_new = (0, 1)
+    torch.testing.assert_close(scaled, torch.tensor([[-5.0, 40.0], [-2.0, 16.0]]))
+    torch.testing.assert_close(scaled, paper_deltas(v, e_old, e_new, 1.0, 8.0))
+    # each term is lambda row norms long: with lambda1 = 0 the change is 8 |v| long
+    only_new = scaled_deltas(v, e_old, e_new, lambda1=0.0, lambda2=8.0)
+    torch.testing.assert_close(only_new.norm(dim=-1), 8.0 * v.norm(dim=-1))
+    torch.testing.assert_close(
+        eleuther_deltas(v, e_old, e_new), torch.tensor([[-4.0, 1.0], [-4.0, 1.0]])
+    )
+
+
+@pytest.mark.parametrize("rule", RULE_NAMES)
+def test_apply_rule_edits_only_the_rows_and_restores_bit_identically(tiny_model, rule):
+    before = _w_outs(tiny_model)
+    old, new = answer_token_id(tiny_model, "Paris"), answer_token_id(tiny_model, "London")
+    with apply_rule(tiny_model, rule, NS, old, new, PaperConfig()) as h:
+        assert h.neurons == tuple(NS)
+        changed = {
+            Neuron(layer, i)
+            for layer, b in enumerate(tiny_model.blocks)
+            for i in range(b.mlp.W_out.shape[0])
+            if not torch.equal(b.mlp.W_out[i], before[layer][i])
+        }
+        assert changed == set(NS)
+    _assert_bit_identical(tiny_model, before)
+
+
+def test_paper_scaled_row_update_has_the_documented_norm(tiny_model):
+    old, new = answer_token_id(tiny_model, "Paris"), answer_token_id(tiny_model, "London")
+    W_E = tiny_model.W_E.detach()
+    u_old, u_new = W_E[old] / W_E[old].norm(), W_E[new] / W_E[new].norm()
+    before = _w_outs(tiny_model)
+    cfg = PaperConfig(lambda1=1.0, lambda2=8.0)
+    with apply_rule(tiny_model, "paper_scaled", NS, old, new, cfg):
+        for n in NS:
+            v = before[n.layer][n.index]
+            delta = tiny_model.blocks[n.layer].mlp.W_out.detach()[n.index] - v
+            # delta = |v| (-1 ê_old + 8 ê_new): its parts along ê_new and ê_old are 8|v| and -|v|
+            expected = v.norm() * (-1.0 * u_old + 8.0 * u_new)
+            torch.testing.assert_close(delta, expected, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(delta.norm(), expected.norm(), rtol=1e-4, atol=1e-5)
+    with apply_rule(tiny_model, "paper_scaled", NS, old, new, cfg.with_(lambda1=0.0)):
+        for n in NS:
+            v = before[n.layer][n.index]
+            delta = tiny_model.blocks[n.layer].mlp.W_out.detach()[n.index] - v
+            torch.testing.assert_close(delta.norm(), 8.0 * v.norm(), rtol=1e-4, atol=1e-5)
+    _assert_bit_identical(tiny_model, before)
+
+
+def test_edit_prompt_split_held_out_or_seeded_half():
+    fact = Fact("Zor", "P1", "P1", "N-1", "Paris")
+    prompts = tuple(f"[X] p{i} [MASK] .".replace("[X]", "Zor") for i in range(5))
+    held = FactBag(fact, prompts, held_out=("Zor h [MASK] .",))
+    assert edit_prompt_split(held, 0) == (list(prompts), ["Zor h [MASK] ."], "held_out")
+    edited, other, kind = edit_prompt_split(FactBag(fact, prompts), 0)
+    assert kind == "split" and len(edited) == 3 and len(other) == 2
+    assert sorted(edited + other) == sorted(prompts)
+    assert edit_prompt_split(FactBag(fact, prompts), 0)[0] == edited  # seeded
+
+
+# --------------------------------------------------------------------------------------------
+# The default model (skipped when kn_lens/default_model is absent)
+# --------------------------------------------------------------------------------------------
+
+
+def test_default_model_every_rule_has_every_metric(default_kn):
+    model, bags, neurons_of = default_kn
+    neurons = neurons_of("W01")
+    before = _w_outs(model)
+    with one_thread():
+        res = update_experiment(
+            model, bags, neurons, PaperConfig(ppl_bags=2), relations=["W01"], facts_per_relation=2
+        )
+    _assert_bit_identical(model, before)
+    d = res.to_dict()
+    assert list(d["rules"]) == list(RULE_NAMES)
+    for rule in RULE_NAMES:
+        r = d["rules"][rule]
+        assert r["n_facts"] == 2
+        assert set(RULE_METRICS) <= set(r)
+        for m in ("efficacy", "generalization", "locality_same_relation"):
+            assert 0.0 <= r[m] <= 100.0
+        assert math.isfinite(r["delta_intra_ppl"]) and math.isfinite(r["inter_ppl_change"])
+        assert r["symmetry"] is None and r["n_symmetry_facts"] == 0
+    # the built-in world has no inverse pair: symmetry is absent, with the reason
+    assert d["symmetry"]["measured"] is False and "no edited relation" in d["symmetry"]["reason"]
+    # random neurons in the same layers do (next to) nothing
+    assert d["rules"]["random"]["efficacy"] <= 5.0
+    # efficacy is on the prompts the neurons were found on: the paper rule's success rate, in %
+    assert d["rules"]["paper"]["efficacy"] == pytest.approx(
+        100 * d["summary"]["knowledge"]["success_rate"], abs=1e-6
+    )
+    for f in d["facts"]:
+        assert f["rule_info"]["generalization_prompts"] == "held_out"
+        assert len(f["rule_info"]["random_neurons"]) == len(f["neurons"])
+        layers = sorted(n[0] for n in f["neurons"])
+        assert sorted(n[0] for n in f["rule_info"]["random_neurons"]) == layers
+    header, rows = rules_table(d, {})
+    assert [r[0] for r in rows[: len(RULE_NAMES)]] == list(RULE_NAMES)
+    assert rows[-1][0].startswith("symmetry") and len(rows[-1]) == len(header)
+
+
+def _capital_bags() -> list[FactBag]:
+    """P36 (capital) and its inverse P1376 (capital of), subject and object swapped."""
+    pairs = [("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome")]
+    t36 = ("The capital of [X] is [Y] .", "[X] has its capital in [Y] .")
+    t1376 = ("[X] is the capital of [Y] .", "[X] is the capital city of [Y] .")
+    bags = []
+    for rel, temps, rows in (("P36", t36, pairs), ("P1376", t1376, [(o, s) for s, o in pairs])):
+        for i, (s, o) in enumerate(rows):
+            prompts = tuple(t.replace("[X]", s).replace("[Y]", "[MASK]") for t in temps)
+            bags.append(FactBag(Fact(s, rel, rel, "1-1", o), prompts, index=i))
+    return bags
+
+
+def test_default_model_symmetry_is_measured_on_an_inverse_pair(default_kn):
+    model, _, _ = default_kn
+    bags = _capital_bags()
+    neurons = {b.key: [Neuron(2, 10 + b.index), Neuron(3, 20 + b.index)] for b in bags}
+    before = _w_outs(model)
+    with one_thread():
+        res = update_experiment(
+            model,
+            bags,
+            neurons,
+            PaperConfig(ppl_bags=1, max_relation_share=1.0),
+            relations=["P36"],
+            known_threshold=0.0,
+        )
+    _assert_bit_identical(model, before)
+    d = res.to_dict()
+    assert d["symmetry"]["measured"] is True and d["symmetry"]["n_facts"] == 3
+    assert d["symmetry"]["pairs"] == ["P36->P1376"]
+    for f in d["facts"]:
+        assert f["rule_info"]["inverse_key"].startswith("P1376/")
+        assert f["rule_info"]["generalization_prompts"] == "split"
+        for rule in RULE_NAMES:
+            assert 0.0 <= f["rules"][rule]["symmetry"] <= 100.0
+    assert all(d["rules"][r]["n_symmetry_facts"] == 3 for r in RULE_NAMES)
