@@ -100,3 +100,82 @@ def test_a_record_without_its_key_names_the_line(tmp_path):
     path = _store(tmp_path, json.dumps(_record("P19/0")), json.dumps({"scores": {}}))
     with pytest.raises(StoreError, match=rf"{path}:2: record without a string 'key' field"):
         read_union([path])
+
+
+# ---- torch.inference_mode() ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    import kn_lens
+
+    return kn_lens.load_model("default")
+
+
+@pytest.mark.parametrize("method", ["ig", "grad_x_act", "activation"])
+def test_attribute_inside_inference_mode_gives_the_same_scores(default_model, method):
+    import torch
+
+    import kn_lens
+
+    bag = kn_lens.data.default_facts()[0]
+    prompts = bag.prompts[:2]
+    base = "zero" if method == "activation" else "mean"
+    outside = kn_lens.attribute(
+        default_model, prompts, bag.object, steps=3, method=method, baseline=base
+    )
+    with torch.inference_mode():
+        inside = kn_lens.attribute(
+            default_model, prompts, bag.object, steps=3, method=method, baseline=base
+        )
+        # A baseline tensor made under inference mode works too.
+        acts = kn_lens.attribute(default_model, prompts, bag.object, method="activation")
+        with_tensor = kn_lens.attribute(
+            default_model, prompts, bag.object, steps=3, baseline=acts.mean(0)
+        )
+    assert torch.equal(inside, outside)
+    acts_out = kn_lens.attribute(default_model, prompts, bag.object, method="activation")
+    assert torch.equal(acts, acts_out)
+    ref = kn_lens.attribute(default_model, prompts, bag.object, steps=3, baseline=acts_out.mean(0))
+    assert torch.equal(with_tensor, ref)
+
+
+def test_find_knowledge_neurons_inside_inference_mode(default_model):
+    import torch
+
+    import kn_lens
+
+    bag = kn_lens.data.default_facts()[0]
+    outside = kn_lens.find_knowledge_neurons(default_model, bag)
+    with torch.inference_mode():
+        inside = kn_lens.find_knowledge_neurons(default_model, bag)
+    assert inside == outside
+
+
+def test_a_decoder_inside_inference_mode(tmp_path):
+    import torch
+
+    import kn_lens
+    from tests.models.conftest import make_decoder_checkpoint
+
+    model = kn_lens.load_model(str(make_decoder_checkpoint(tmp_path / "gpt2", "gpt2")))
+    prompts = ["the capital of France is", "Paris is the capital of"]
+    outside = kn_lens.attribute(model, prompts, " Paris", steps=3)
+    with torch.inference_mode():
+        inside = kn_lens.attribute(model, prompts, " Paris", steps=3)
+    assert torch.equal(inside, outside)
+
+
+def test_a_model_loaded_inside_inference_mode_is_refused_with_what_to_do(tmp_path):
+    import torch
+
+    import kn_lens
+    from tests.models.conftest import make_decoder_checkpoint
+
+    folder = make_decoder_checkpoint(tmp_path / "gpt2", "gpt2")
+    with torch.inference_mode():
+        model = kn_lens.load_model(str(folder))
+    if not any(p.is_inference() for p in model.parameters()):
+        pytest.skip("this loader makes normal tensors even under inference mode")
+    with pytest.raises(KnLensError, match="load the model outside inference mode"):
+        kn_lens.attribute(model, ["the capital of France is"], " Paris", steps=2)

@@ -229,6 +229,9 @@ def _baseline_rows(
     return rows.detach().cpu().to(acts.dtype).expand(len(fact_of), -1, -1)
 
 
+# Gradients need autograd: a caller's torch.inference_mode() is lifted here (the batches are made
+# inside, so none is an inference tensor); weights made under it are refused below.
+@torch.inference_mode(False)
 def attribute_facts(
     model: Any,
     facts: Sequence[tuple[Sequence[Any], Any]],
@@ -255,6 +258,12 @@ def attribute_facts(
         model's dtype.
     """
     family = family_of(model)
+    if method != "activation" and any(p.is_inference() for p in model.parameters()):
+        raise AttributionError(
+            "the model's weights were made under torch.inference_mode(), so no gradient can flow "
+            "through them: load the model outside inference mode (calling kn_lens inside it is "
+            "fine)"
+        )
     check_choice("method", method, METHODS)
     check_choice("objective", objective, OBJECTIVES)
     check_positive_int("steps", steps)
