@@ -33,7 +33,8 @@ def _w_outs(model) -> list[torch.Tensor]:
 
 
 def _assert_bit_identical(model, before) -> None:
-    assert all(same_bits(b.mlp.W_out.detach(), w) for b, w in zip(model.blocks, before, strict=True))
+    rows = zip(model.blocks, before, strict=True)
+    assert all(same_bits(b.mlp.W_out.detach(), w) for b, w in rows)
 
 
 def test_rule_deltas_follow_their_formulas():
@@ -179,3 +180,32 @@ def test_default_model_symmetry_is_measured_on_an_inverse_pair(default_kn):
         for rule in RULE_NAMES:
             assert 0.0 <= f["rules"][rule]["symmetry"] <= 100.0
     assert all(d["rules"][r]["n_symmetry_facts"] == 3 for r in RULE_NAMES)
+
+
+def test_decoder_rules_and_symmetry(tmp_path):
+    """A tiny random Llama-style decoder: every rule runs through the unembedding direction, the
+    inverse prompts are prefixes, and W_out comes back bit for bit (the numbers mean nothing)."""
+    from kn_lens import load_model
+    from tests.models.conftest import make_decoder_checkpoint
+
+    model = load_model(make_decoder_checkpoint(tmp_path / "llama", "llama"), device="cpu")
+    pairs = [("France", "Paris"), ("Japan", "Tokyo")]
+    t36 = ("the capital of [X] is [MASK] .", "[X] capital city is [MASK] .")
+    t1376 = ("[X] is the capital of [MASK] .", "[X] is the capital city of [MASK] .")
+    bags = []
+    for rel, temps, rows in (("P36", t36, pairs), ("P1376", t1376, [(o, s) for s, o in pairs])):
+        for i, (s, o) in enumerate(rows):
+            prompts = tuple(t.replace("[X]", s) for t in temps)
+            held = (f"the city of {s} is [MASK] .",)
+            bags.append(FactBag(Fact(s, rel, rel, "1-1", o), prompts, index=i, held_out=held))
+    neurons = {b.key: [Neuron(0, 1 + b.index), Neuron(1, 3)] for b in bags}
+    before = _w_outs(model)
+    cfg = PaperConfig(ppl_bags=1, max_relation_share=1.0)
+    res = update_experiment(model, bags, neurons, cfg, relations=["P36"], known_threshold=0.0)
+    _assert_bit_identical(model, before)
+    d = res.to_dict()
+    assert d["symmetry"]["measured"] is True and d["symmetry"]["n_facts"] == 2
+    assert list(d["rules"]) == list(RULE_NAMES)
+    for f in d["facts"]:
+        assert f["rule_info"]["generalization_prompts"] == "held_out"
+        assert set(f["rules"]) == set(RULE_NAMES)
