@@ -33,6 +33,7 @@ ANALYSIS_NAMES: tuple[str, ...] = (
     "identify",
     "modify",
     "heldout",
+    "localize",
     "distant",
     "trigger",
     "update",
@@ -148,6 +149,10 @@ class PaperConfig:
     max_tokens: int = 512  # BERT's context; web sentences are truncated around [MASK].
     t2_first_words: int = 50  # T2 masks one random word among the first 50.
     top_k_prompts: int = 3  # activating prompts: keep the top and bottom k.
+
+    # --- comparing localisation methods (localize; beyond the paper) -------------------------
+    localize_facts: int = 5  # facts of the same / of other relations measured per fact (cheap).
+    localize_foils: int = 3  # foils of the contrastive IG: other objects of the same relation.
 
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)

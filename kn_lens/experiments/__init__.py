@@ -14,6 +14,7 @@ name       analysis (paper)                                   module
 identify   knowledge neurons and their statistics (Sec. 4)    :mod:`.identify`
 modify     suppressing and amplifying them (Sec. 4.4)         :mod:`.modify`
 heldout    suppression on held-out paraphrases (beyond)       :mod:`.heldout`
+localize   six localisation methods compared (beyond)         :mod:`.localize`
 distant    activation on web prompts T1/T2/T3 (Sec. 5.2)      :mod:`.distant`
 trigger    prompts that activate them most and least          :mod:`.trigger`
 update     updating facts through their value vectors (6.1)   :mod:`.update`
@@ -26,7 +27,16 @@ the others run on the model.
 
 from __future__ import annotations
 
-from kn_lens.experiments import distant, erase, heldout, identify, modify, trigger, update
+from kn_lens.experiments import (
+    distant,
+    erase,
+    heldout,
+    identify,
+    localize,
+    modify,
+    trigger,
+    update,
+)
 from kn_lens.experiments.registry import (
     Analysis,
     AnalysisInputs,
@@ -40,7 +50,7 @@ from kn_lens.experiments.registry import (
 #: The registry, in the paper's (and the pipeline's) order.
 ANALYSES: dict[str, Analysis] = {
     m.ANALYSIS.name: m.ANALYSIS
-    for m in (identify, modify, heldout, distant, trigger, update, erase)
+    for m in (identify, modify, heldout, localize, distant, trigger, update, erase)
 }
 
 __all__ = [

@@ -225,6 +225,10 @@ STEP_HELP: dict[str, str] = {
     "probability (ours vs baseline).",
     "heldout": "Find knowledge neurons on half of each fact's prompts and suppress them on the "
     "other half, against random neurons from the same layers (beyond the paper).",
+    "localize": "Compare six ways to localise each fact (ig, activation, grad_x_act, "
+    "ig_mean_baseline, ig_contrastive, random) at ig's neuron count: suppression of the fact, "
+    "its relation and other relations, held-out prompts, overlap with ig, time (beyond the "
+    "paper).",
     "distant": "Activation of knowledge neurons on web prompts T1 (head and tail), T2 (head only) "
     "and T3 (random).",
     "trigger": "Top and bottom activating web prompts of knowledge neurons (all prompts also go "

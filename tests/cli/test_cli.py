@@ -252,7 +252,15 @@ def test_reproduce_runs_everything(tmp_path, tiny_ckpt):
     )
     assert rc == 0
     doc = json.loads((out / "results.json").read_text())
-    assert set(doc["results"]) == {"identify", "modify", "heldout", "distant", "trigger", "update"}
+    assert set(doc["results"]) == {
+        "identify",
+        "modify",
+        "heldout",
+        "localize",
+        "distant",
+        "trigger",
+        "update",
+    }
     assert "reproduce" in doc["meta"]["timings"]
     html = (out / "report.html").read_text()
     assert html.count("window.PlotlyConfig") == 1  # plotly.js embedded once

@@ -17,6 +17,7 @@ from kn_lens.experiments import (
     erase,
     heldout,
     identify,
+    localize,
     modify,
     trigger,
     update,
@@ -26,7 +27,7 @@ from kn_lens.experiments.registry import AnalysisInputs
 from kn_lens.neuron import Neuron
 from kn_lens.rundir import RunDir
 
-MODULES = (identify, modify, heldout, distant, trigger, update, erase)
+MODULES = (identify, modify, heldout, localize, distant, trigger, update, erase)
 
 
 def test_registry_collects_each_module_entry_in_order():
@@ -34,6 +35,7 @@ def test_registry_collects_each_module_entry_in_order():
         "identify",
         "modify",
         "heldout",
+        "localize",
         "distant",
         "trigger",
         "update",
