@@ -23,12 +23,15 @@ Each change function
       # rows restored here, exactly
 
 Overlapping edits must be restored in reverse order (last applied, first restored), as nested
-``with`` blocks do; :meth:`RowEdit.restore` refuses, with ``RuntimeError``, when the rows no longer
-hold what its edit wrote (compared bit for bit, so rows holding NaN restore exactly too).
+``with`` blocks do; :meth:`RowEdit.restore` refuses, with :class:`RestoreError` (a ``RuntimeError``
+and a ``KnLensError``), when the rows no longer hold what its edit wrote (compared bit for bit, so
+rows holding NaN restore exactly too). Leaving a ``with`` block restores every row that can be
+restored, keeps an exception raised inside the block, and names the rows it had to leave.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import cast
 
@@ -39,6 +42,8 @@ from torch import Tensor
 from kn_lens.errors import KnLensError
 from kn_lens.models.family import Model
 from kn_lens.neuron import Neuron, NeuronsLike, check_neurons
+
+log = logging.getLogger(__name__)
 
 
 def w_out(model: Model, layer: int) -> torch.nn.Parameter:
@@ -63,6 +68,11 @@ def read_value_vectors(model: Model, neurons: NeuronsLike) -> Float[Tensor, "neu
     return torch.stack([_read_row(model, n) for n in ns])
 
 
+class RestoreError(KnLensError, RuntimeError):
+    """A row no longer holds what its edit wrote, so restoring it would silently discard that
+    later change. Also a ``RuntimeError``, as it was before it had a class of its own."""
+
+
 class RowEdit:
     """Handle of one applied ``W_out`` row change; :meth:`restore` undoes it bit for bit.
 
@@ -70,6 +80,13 @@ class RowEdit:
         neurons: the edited neurons, in the order given.
         original: ``[neuron, d_model]`` the rows before the edit.
         written: ``[neuron, d_model]`` the rows the edit wrote.
+
+    As a context manager it restores on exit. A row that was changed inside the ``with`` block
+    after the edit (by the caller, or by a later edit not yet restored) is left as it is, every
+    other row is restored, and the handle stays active for that row (:meth:`restore` with
+    ``force=True`` puts it back). Leaving the block normally then raises :class:`RestoreError`
+    naming the row; leaving it by an exception keeps that exception, with a note (and a logged
+    warning) naming the rows left as they are.
     """
 
     def __init__(
@@ -79,44 +96,110 @@ class RowEdit:
         self.neurons: tuple[Neuron, ...] = tuple(neurons)
         self.original = original
         self.written = written
-        self._active = True
+        self._pending: list[int] = list(range(len(self.neurons)))  # rows not yet restored
 
     @property
     def active(self) -> bool:
-        """True until :meth:`restore` has run."""
-        return self._active
+        """True until every row has been restored."""
+        return bool(self._pending)
+
+    def changed(self) -> list[Neuron]:
+        """The neurons (not yet restored) whose rows no longer hold what this edit wrote."""
+        return [self.neurons[k] for k in self._changed()]
+
+    def _changed(self) -> list[int]:
+        return [
+            k
+            for k in self._pending
+            if not same_bits(
+                w_out(self.model, self.neurons[k].layer).data[self.neurons[k].index],
+                self.written[k],
+            )
+        ]
+
+    def _put_back(self, ks: Sequence[int]) -> None:
+        _write_rows_atomic(
+            self.model, [self.neurons[k] for k in ks], [self.original[k] for k in ks]
+        )
+        done = set(ks)
+        self._pending = [k for k in self._pending if k not in done]
 
     def restore(self, *, force: bool = False) -> None:
         """Put the original rows back exactly. Calling it again is a no-op.
 
         Raises:
-            RuntimeError: a row no longer holds what this edit wrote (another edit of the same
-                rows was applied later and not restored first); pass ``force=True`` to restore
-                anyway.
+            RestoreError: (a ``RuntimeError`` and a ``KnLensError``) a row no longer holds what
+                this edit wrote (another edit of the same rows was applied later and not
+                restored first, or the row was changed by hand); nothing is restored then. Pass
+                ``force=True`` to restore anyway.
         """
-        if not self._active:
+        if not self._pending:
             return
         if not force:
-            for k, n in enumerate(self.neurons):
-                if not same_bits(w_out(self.model, n.layer).data[n.index], self.written[k]):
-                    raise RuntimeError(
-                        f"row of neuron {n} changed since this edit; restore later edits of the "
-                        "same rows first (or pass force=True)"
-                    )
-        _write_rows_atomic(self.model, self.neurons, list(self.original))
-        self._active = False
+            changed = self.changed()
+            if changed:
+                raise RestoreError(
+                    f"row of neuron {changed[0]} changed since this edit; restore later edits of "
+                    "the same rows first (or pass force=True)"
+                )
+        self._put_back(self._pending)
+
+    def restore_unchanged(self) -> list[Neuron]:
+        """Restore every row that still holds what this edit wrote; return the neurons whose rows
+        changed since (left as they are, and still pending)."""
+        changed = self._changed()
+        self._put_back([k for k in self._pending if k not in changed])
+        return [self.neurons[k] for k in changed]
 
     def __enter__(self) -> RowEdit:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.restore()
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if exc is None:
+            left = self.restore_unchanged()
+            if left:
+                raise RestoreError(
+                    f"{_names(left)} changed inside the `with` block after kn_lens edited "
+                    "them; left as they are (every other row was restored): call "
+                    ".restore(force=True) on the edit to put the original rows back"
+                )
+            return
+        # Leaving by an exception: keep it (the caller's error is the one to see), restore what
+        # can be restored, and say what could not.
+        try:
+            left = self.restore_unchanged()
+        except Exception as e:  # restoring itself failed: the rows stay as they are
+            _note(exc, f"kn_lens could not restore the W_out rows of {self!r}: {e!r}")
+            return
+        if left:
+            _note(
+                exc,
+                f"kn_lens left the W_out rows of {_names(left)} as they are: they changed "
+                "inside the `with` block after kn_lens edited them, so restoring them would "
+                "discard that change (every other row was restored; call .restore(force=True) "
+                "on the edit to put the original rows back)",
+            )
 
     def __repr__(self) -> str:
-        state = "active" if self._active else "restored"
+        state = "active" if self.active else "restored"
         shown = ", ".join(str(n) for n in self.neurons[:5])
         more = f", ... ({len(self.neurons)} total)" if len(self.neurons) > 5 else ""
         return f"RowEdit([{shown}{more}], {state})"
+
+
+def _names(neurons: Sequence[Neuron]) -> str:
+    shown = ", ".join(str(n) for n in neurons[:5])
+    more = f" and {len(neurons) - 5} more" if len(neurons) > 5 else ""
+    s = "s" if len(neurons) > 1 else ""
+    return f"the row{s} of neuron{s} {shown}{more}"
+
+
+def _note(exc: BaseException, text: str) -> None:
+    """Attach ``text`` to ``exc`` (``add_note``, Python 3.11+) and log it as a warning."""
+    log.warning("%s", text)
+    add_note = getattr(exc, "add_note", None)
+    if add_note is not None:
+        add_note(text)
 
 
 def same_bits(a: Tensor, b: Tensor) -> bool:

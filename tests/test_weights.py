@@ -253,3 +253,60 @@ def test_same_bits_tells_signed_zeros_and_nans_apart():
     assert not weights.same_bits(torch.tensor([0.0]), torch.tensor([-0.0]))
     assert not weights.same_bits(torch.tensor([1.0]), torch.tensor([1.0], dtype=torch.float64))
     assert weights.same_bits(torch.tensor([1, 2]), torch.tensor([1, 2]))
+
+
+def test_a_row_changed_inside_the_block_keeps_the_callers_exception(tiny_model):
+    """Issue 21: the caller changes a row kn_lens edited, then raises inside the block. The
+    caller's exception comes out (with a note naming the row), every other row is restored, and
+    the changed row is left as the caller made it until restore(force=True)."""
+    before = _state(tiny_model)
+    row = tiny_model.blocks[0].mlp.W_out
+    with pytest.raises(KeyError, match="the caller's") as info:
+        with zero_rows(tiny_model, NEURONS) as edit:
+            with torch.no_grad():
+                row[3] += 1.0  # NEURONS[0] = L0.N3
+            raise KeyError("the caller's")
+    notes = "\n".join(getattr(info.value, "__notes__", []))
+    if hasattr(info.value, "add_note"):
+        assert "L0.N3" in notes and "restore(force=True)" in notes
+        assert "L1.N10" not in notes
+    assert edit.active and edit.changed() == [Neuron(0, 3)]
+    for n in NEURONS[1:]:  # restored
+        assert torch.equal(tiny_model.blocks[n.layer].mlp.W_out[n.index], before[_key(n)][n.index])
+    assert torch.all(row[3] == 1.0)  # the caller's change, kept
+    edit.restore(force=True)
+    assert not edit.active
+    _assert_same_state(tiny_model, before)
+
+
+def test_a_row_changed_inside_the_block_is_named_on_a_normal_exit(tiny_model):
+    before = _state(tiny_model)
+    with pytest.raises(weights.RestoreError, match=r"L1\.N10 changed inside the `with` block"):
+        with add_to_rows(tiny_model, NEURONS[:2], torch.ones(tiny_model.cfg.d_model)) as edit:
+            with torch.no_grad():
+                tiny_model.blocks[1].mlp.W_out[10] *= 2
+    assert isinstance(edit, RowEdit) and edit.changed() == [Neuron(1, 10)]
+    assert torch.equal(tiny_model.blocks[0].mlp.W_out[3], before["blocks.0.mlp.W_out"][3])
+    edit.restore(force=True)
+    _assert_same_state(tiny_model, before)
+
+
+def test_a_failing_restore_keeps_the_callers_exception(tiny_model, monkeypatch):
+    before = _state(tiny_model)
+    edit = zero_rows(tiny_model, NEURONS[:2])
+
+    def broken(*args, **kwargs):
+        raise OSError("cannot write")
+
+    monkeypatch.setattr(weights, "_write_rows_atomic", broken)
+    with pytest.raises(ZeroDivisionError):
+        with edit:
+            1 / 0  # noqa: B018
+    monkeypatch.undo()
+    assert edit.active
+    edit.restore()
+    _assert_same_state(tiny_model, before)
+
+
+def _key(n: Neuron) -> str:
+    return f"blocks.{n.layer}.mlp.W_out"
