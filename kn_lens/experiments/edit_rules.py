@@ -63,6 +63,7 @@ from torch import Tensor
 
 from kn_lens.config import PaperConfig
 from kn_lens.data import FactBag
+from kn_lens.errors import KnLensError
 from kn_lens.experiments.controls import same_layers, seeded_rng
 from kn_lens.models.family import Model, family_of
 from kn_lens.neuron import Neuron, check_neurons, model_shape
@@ -157,7 +158,7 @@ def apply_rule(
     elif rule == "eleuther":
         deltas = eleuther_deltas(values, e_old, e_new)
     else:
-        raise ValueError(f"unknown edit rule {rule!r}; known: {', '.join(RULE_NAMES)}")
+        raise KnLensError(f"unknown edit rule {rule!r}; known: {', '.join(RULE_NAMES)}")
     return add_to_rows(model, ns, deltas)
 
 

@@ -209,3 +209,10 @@ def test_decoder_rules_and_symmetry(tmp_path):
     for f in d["facts"]:
         assert f["rule_info"]["generalization_prompts"] == "held_out"
         assert set(f["rules"]) == set(RULE_NAMES)
+
+
+def test_unknown_rule_fails_clearly_and_changes_nothing(tiny_model):
+    before = _w_outs(tiny_model)
+    with pytest.raises(ValueError, match="unknown edit rule 'rome'"):
+        apply_rule(tiny_model, "rome", NS, 1, 2)
+    _assert_bit_identical(tiny_model, before)
