@@ -2,19 +2,24 @@
 
 Each figure function takes the plain-dict form of a result (``Result.to_dict()``) and the paper's
 numbers for that analysis, so figures can be redrawn from ``results.json`` alone. This module
-imports nothing of kn_lens: the registry of analyses (:mod:`kn_lens.experiments`) names each
-analysis' figure functions. :func:`save_figure` writes an HTML file that loads the
+imports nothing of kn_lens but its errors: the registry of analyses (:mod:`kn_lens.experiments`)
+names each analysis' figure functions. :func:`save_figure` writes an HTML file that loads the
 ``plotly.min.js`` saved once beside it and, when a static exporter (kaleido) is installed, a PNG.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Mapping
+import os
+import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import plotly.graph_objects as go
+
+from kn_lens.errors import KnLensError
 
 log = logging.getLogger(__name__)
 
@@ -29,22 +34,75 @@ def save_figure(fig: go.Figure, stem: str | Path, *, png: bool = True) -> dict[s
     The HTML file loads ``plotly.min.js`` from its own folder, where plotly writes it once
     (``include_plotlyjs="directory"``), so a folder of figures carries one copy of plotly.js.
     Returns the written paths by format; when the PNG could not be written, ``"png_skipped"`` holds
-    the exporter's reason (the caller says it once per run), never an exception.
+    the exporter's reason (the caller says it once per run), never an exception. Each file is
+    written whole or not at all (a temporary file, then a rename); an HTML file that cannot be
+    written (a full disk) is a ``KnLensError`` naming it.
     """
     stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    out = {"html": str(stem.with_suffix(".html"))}
-    fig.write_html(out["html"], include_plotlyjs="directory", full_html=True)
+    html = stem.with_suffix(".html")
+    out = {"html": str(html)}
+    try:
+        stem.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise KnLensError(f"{stem.parent}: cannot create the folder: {e.strerror or e}") from e
+    _write_plotly_js(stem.parent)
+    page = fig.to_html(include_plotlyjs="directory", full_html=True)
+    _write_atomic(html, lambda tmp: _write_bytes(tmp, page.encode("utf-8")))
     if png:
+        png_path = stem.with_suffix(".png")
         try:
-            fig.write_image(str(stem.with_suffix(".png")))
-            out["png"] = str(stem.with_suffix(".png"))
+            _write_atomic(png_path, lambda tmp: fig.write_image(str(tmp), format="png"))
+            out["png"] = str(png_path)
         except Exception as e:  # noqa: BLE001 - kaleido (or Chrome for kaleido>=1) missing
             out["png_skipped"] = (
                 " ".join(line.strip() for line in str(e).splitlines() if line.strip())
                 or type(e).__name__
             )
     return out
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` into a temporary file beside ``path``, then rename it to ``path``: a write
+    that fails halfway (a full disk) leaves the previous file, or none, never a truncated one,
+    and an ``OSError`` becomes a ``KnLensError`` naming ``path``."""
+    tmp: Path | None = None
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
+        write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; figures are ordinary files
+        os.replace(tmp, path)
+    except BaseException as e:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        if isinstance(e, OSError):
+            old = "the previous file is kept" if path.exists() else "it was not created"
+            raise KnLensError(
+                f"{path}: could not write the figure: {e.strerror or e}; {old}: free some space "
+                "and write the report again"
+            ) from e
+        raise
+
+
+def _write_plotly_js(folder: Path) -> None:
+    """``plotly.min.js`` beside the figures, written once, atomically; a copy of another size
+    (cut short by a full disk, or another plotly version's) is replaced."""
+    from plotly.offline import get_plotlyjs
+
+    data = get_plotlyjs().encode("utf-8")
+    js = folder / "plotly.min.js"
+    if js.is_file() and js.stat().st_size == len(data):
+        return
+    _write_atomic(js, lambda tmp: _write_bytes(tmp, data))
 
 
 def distant_figure(result: Mapping[str, Any], paper: Mapping[str, Any]) -> go.Figure:

@@ -354,7 +354,8 @@ class JsonlStore:
         return set(self._keys)
 
     def append(self, record: dict[str, Any]) -> None:
-        """Append one record as one line, then flush it to disk."""
+        """Append one record as one line, then flush it to disk. A write that fails (a full
+        disk) leaves the file as it was before, and raises :class:`StoreError` naming it."""
         if self._fd is None:
             raise RuntimeError(f"{self.path}: store is not open")
         k = record.get(self.key)
@@ -365,12 +366,26 @@ class JsonlStore:
         data = (json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n").encode()
         if b"\n" in data[:-1]:  # json.dumps never emits raw newlines; guard anyway
             raise ValueError("a record must serialise to one line")
-        view = memoryview(data)
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
-        if self.fsync:
-            os.fsync(self._fd)
+        start = os.fstat(self._fd).st_size  # we hold the lock: nobody else appends
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+            if self.fsync:
+                os.fsync(self._fd)
+        except OSError as e:
+            # A full disk (or a quota) can stop a write halfway: cut the partial line away now,
+            # so that no later append joins it into a corrupt middle line.
+            cut = ""
+            try:
+                os.ftruncate(self._fd, start)
+            except OSError:
+                cut = " (its torn last line is cut away when the file is next opened)"
+            raise StoreError(
+                f"{self.path}: could not store the record of {k!r}: {e.strerror or e}; the "
+                f"records before it are kept{cut}: free some space and run the step again"
+            ) from e
         self._keys.add(k)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -381,23 +396,35 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
     """Write JSON to ``path`` through a uniquely named temporary file and an atomic rename.
 
     Safe when several processes (shards) write the same file at once: each writes its own
-    temporary file, and the last rename wins with a whole file.
+    temporary file, and the last rename wins with a whole file. A failed write (a full disk)
+    leaves the previous file, or none, never a truncated one, and raises :class:`StoreError`
+    naming ``path``.
     """
     import tempfile
 
     from kn_lens.results import to_jsonable
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    text = json.dumps(to_jsonable(data), indent=2)  # a bad value fails here, before any file
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise StoreError(f"{path}: could not write it: {e.strerror or e}") from e
     try:
         os.chmod(tmp, 0o644)  # mkstemp makes it private; these are ordinary result files
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(to_jsonable(data), f, indent=2)
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError):  # e.g. a full disk: the old file (or none) is left, whole
+            old = "its previous version is kept" if path.exists() else "it was not created"
+            raise StoreError(
+                f"{path}: could not write it: {e.strerror or e}; {old}: free some space and "
+                "run the step again"
+            ) from e
         raise

@@ -179,3 +179,141 @@ def test_a_model_loaded_inside_inference_mode_is_refused_with_what_to_do(tmp_pat
         pytest.skip("this loader makes normal tensors even under inference mode")
     with pytest.raises(KnLensError, match="load the model outside inference mode"):
         kn_lens.attribute(model, ["the capital of France is"], " Paris", steps=2)
+
+
+# ---- a full disk --------------------------------------------------------------------------------
+
+
+def _enospc() -> OSError:
+    import errno
+    import os
+
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_an_append_cut_short_by_a_full_disk_leaves_the_file_as_it_was(tmp_path, monkeypatch):
+    import os
+
+    from kn_lens import store
+
+    path = tmp_path / "P19.jsonl"
+    real_write = os.write
+    with JsonlStore(path, fsync=False) as st:
+        st.append({"key": "P19/0", "v": 1})
+        before = path.read_bytes()
+
+        def half_then_full(fd, data):  # the disk fills halfway through the record
+            real_write(fd, bytes(data[: len(data) // 2]))
+            raise _enospc()
+
+        monkeypatch.setattr(store.os, "write", half_then_full)
+        with pytest.raises(StoreError, match=rf"^{path}: could not store the record of 'P19/1'"):
+            st.append({"key": "P19/1", "v": list(range(50))})
+        monkeypatch.undo()
+        assert path.read_bytes() == before  # the partial line was cut away at once
+        assert "P19/1" not in st
+        st.append({"key": "P19/1", "v": 2})  # space again: the run goes on
+    assert [r["key"] for r in read_jsonl(path)] == ["P19/0", "P19/1"]
+
+
+def test_a_torn_line_the_writer_could_not_cut_is_never_read(tmp_path, monkeypatch):
+    import os
+
+    from kn_lens import store
+
+    path = tmp_path / "P19.jsonl"
+    real_write = os.write
+    with JsonlStore(path, fsync=False) as st:
+        st.append({"key": "P19/0", "v": 1})
+
+        def half_then_full(fd, data):
+            real_write(fd, bytes(data[: len(data) // 2]))
+            raise _enospc()
+
+        def no_truncate(fd, size):
+            raise _enospc()
+
+        monkeypatch.setattr(store.os, "write", half_then_full)
+        monkeypatch.setattr(store.os, "ftruncate", no_truncate)
+        with pytest.raises(StoreError, match="torn last line is cut away"):
+            st.append({"key": "P19/1", "v": list(range(50))})
+        monkeypatch.undo()
+    assert [r["key"] for r in read_jsonl(path)] == ["P19/0"]  # the torn tail is ignored
+    with JsonlStore(path) as st:  # and cut away by the next writer
+        assert st.keys == {"P19/0"}
+        st.append({"key": "P19/1", "v": 2})
+    assert [r["key"] for r in read_jsonl(path)] == ["P19/0", "P19/1"]
+
+
+class _FullDisk:
+    """A text file whose writes stop halfway with ENOSPC."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def write(self, text):
+        self.f.write(text[: len(text) // 2])
+        self.f.flush()
+        raise _enospc()
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def test_an_atomic_json_write_on_a_full_disk_keeps_the_old_file(tmp_path, monkeypatch):
+    import os
+
+    from kn_lens import store
+    from kn_lens.store import write_json_atomic
+
+    path = tmp_path / "results.json"
+    write_json_atomic(path, {"old": 1})
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(store.os, "fdopen", lambda *a, **k: _FullDisk(real_fdopen(*a, **k)))
+    with pytest.raises(StoreError, match=rf"^{path}: could not write it: .*previous version"):
+        write_json_atomic(path, {"new": list(range(1000))})
+    new = tmp_path / "neurons.json"
+    with pytest.raises(StoreError, match=rf"^{new}: could not write it: .*not created"):
+        write_json_atomic(new, {"new": 1})
+    monkeypatch.undo()
+    assert json.loads(path.read_text()) == {"old": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]  # no temporary left
+
+
+def test_a_figure_on_a_full_disk_leaves_no_truncated_file(tmp_path, monkeypatch):
+    import plotly.graph_objects as go
+
+    from kn_lens import plots
+
+    fig = go.Figure(go.Bar(x=["a"], y=[1]))
+    out = tmp_path / "figures"
+    first = plots.save_figure(fig, out / "modify", png=False)
+    html = (out / "modify.html").read_text()
+    js = (out / "plotly.min.js").read_bytes()
+    assert 'src="plotly.min.js"' in html
+
+    def full(path, data):
+        with open(path, "wb") as f:
+            f.write(data[: len(data) // 2])
+        raise _enospc()
+
+    monkeypatch.setattr(plots, "_write_bytes", full)
+    fig.update_layout(title="changed")
+    with pytest.raises(KnLensError, match=rf"^{out / 'modify.html'}: could not write the figure"):
+        plots.save_figure(fig, out / "modify", png=False)
+    (out / "plotly.min.js").write_bytes(js[:1000])  # a copy cut short earlier
+    with pytest.raises(KnLensError, match=rf"^{out / 'plotly.min.js'}: could not write"):
+        plots.save_figure(fig, out / "identify", png=False)
+    monkeypatch.undo()
+    assert (out / "modify.html").read_text() == html  # the old figure, whole
+    assert not (out / "identify.html").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["modify.html", "plotly.min.js"]
+    plots.save_figure(fig, out / "identify", png=False)  # the short copy is replaced
+    assert (out / "plotly.min.js").read_bytes() == js
+    assert first["html"] == str(out / "modify.html")
