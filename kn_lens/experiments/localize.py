@@ -40,7 +40,9 @@ probability, ``100 * mean Δp / mean p``:
   correlation of the prompt-summed scores with ig's, over the neurons either keeps (the others
   count 0; not for ``random``);
 - ``seconds_per_fact``: the method's attribution time per fact (the mean baseline's share
-  included); the stored records keep no time, so ``ig`` and ``activation`` are not timed here.
+  included); the stored records keep no time, so methods read from them (``ig`` and
+  ``activation``, as a run stores them) are not timed here (``settings.not_timed``). A record
+  without a method's scores gets them computed, and timed.
 """
 
 from __future__ import annotations
@@ -286,8 +288,9 @@ def localize(
     Args:
         model: the model.
         bags: the run's facts (the comparison groups, foils and mean baselines come from them).
-        scores: their stored attribution records (``ig`` needed; ``activation`` and
-            ``grad_x_act`` are computed when absent).
+        scores: their stored attribution records (``ig``, ``activation`` and ``grad_x_act``
+            are computed, and timed, where a record lacks them: ``ig`` for every fact of the
+            relations compared, as its adaptive ``p`` needs them all).
         keys: the facts to compare (default: every fact with ig neurons).
     """
     if not bags:
@@ -295,15 +298,18 @@ def localize(
     by_key = {s.key: s for s in scores}
     if not by_key:
         raise KnLensError("localize needs the stored attribution scores")
-    lacking = [s.key for s in scores if "ig" not in s.scores]
-    if lacking:
-        has = list(by_key[lacking[0]].scores)
-        raise KnLensError(f"localize reuses the stored ig scores; {lacking[0]} has only {has}")
     n_cap, n_foils = int(config.localize_facts), int(config.localize_foils)
     d_mlp = model_shape(model)[1]
     floor = max(s.floor for s in scores)
-    found = identify_all([by_key[b.key] for b in bags if b.key in by_key], config, "ig")
+    scorer = _Scorer(model, config, floor)
     wanted = None if keys is None else set(keys)
+    compared = {b.relation for b in bags if wanted is None or b.key in wanted}
+    ig_records: dict[str, tuple[BagScores, float | None]] = {}
+    for b in bags:
+        s = by_key.get(b.key)
+        if s is not None and b.relation in compared:
+            ig_records[b.key] = (s, None) if "ig" in s.scores else scorer.compute(b, "ig")
+    found = identify_all([r for r, _ in ig_records.values()], config, "ig")
     skipped: dict[str, str] = {}
     todo: list[FactBag] = []
     for b in bags:
@@ -311,13 +317,12 @@ def localize(
             continue
         if b.key not in by_key:
             skipped[b.key] = "no_scores"
-        elif not found[b.relation].neurons.get(b.key):
+        elif b.relation not in found or not found[b.relation].neurons.get(b.key):
             skipped[b.key] = "no_ig_neurons"
         else:
             todo.append(b)
     if not todo:
         raise KnLensError("no fact with stored scores and ig neurons to compare")
-    scorer = _Scorer(model, config, floor)
     means: dict[str, tuple[Tensor, float]] = {}
     n_in_rel = {
         r: sum(b.relation == r for b in todo) for r in dict.fromkeys(b.relation for b in todo)
@@ -339,16 +344,16 @@ def localize(
                 [b for b in bags if b.relation == bag.relation]
             )
         foils = pick_foils(model, bags, bag, n_foils, config.seed)
-        records: dict[str, BagScores] = {"ig": stored}
-        seconds: dict[str, float | None] = {"ig": None}
+        records: dict[str, BagScores] = {"ig": ig_records[bag.key][0]}
+        seconds: dict[str, float | None] = {"ig": ig_records[bag.key][1]}
         for m in ("activation", "grad_x_act"):
             if ENGINE[m] in stored.scores:
                 records[m], seconds[m] = stored, None
             else:
                 records[m], seconds[m] = scorer.compute(bag, m)
         mean, mean_s = means[bag.relation]
-        records["ig_mean_baseline"], s = scorer.compute(bag, "ig_mean_baseline", baseline=mean)
-        seconds["ig_mean_baseline"] = s + mean_s / n_in_rel[bag.relation]
+        records["ig_mean_baseline"], secs = scorer.compute(bag, "ig_mean_baseline", baseline=mean)
+        seconds["ig_mean_baseline"] = secs + mean_s / n_in_rel[bag.relation]
         if foils:
             records["ig_contrastive"], seconds["ig_contrastive"] = scorer.compute(
                 bag, "ig_contrastive", foils=foils
@@ -386,7 +391,7 @@ def localize(
         )
         base, base_top = _reads(model, enc, [], rows)
         own = slice(0, n)
-        ig_sums = summed_scores(stored, "ig")
+        ig_sums = summed_scores(records["ig"], "ig")
         measures: dict[str, dict[str, float | None]] = {}
         for m, ns in sets.items():
             probs, top = _reads(model, enc, ns, rows)

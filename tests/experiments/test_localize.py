@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -142,6 +143,17 @@ def test_localize_keys_and_errors(setup):
     assert res.n_facts == 1 and res.keys == [bags[0].key]
     with pytest.raises(ValueError, match="stored attribution scores"):
         localize(model, bags, [], CFG)
+
+
+def test_scores_missing_from_the_store_are_computed_and_timed(setup):
+    model, bags, scores, _, _, result = setup
+    bare = [replace(s, scores={"activation": s.scores["activation"]}) for s in scores]
+    with one_thread():
+        res = localize(model, bags, bare, CFG, keys=[result.keys[0]])
+    (f,) = res.facts
+    assert f.neurons["ig"] == result.facts[0].neurons["ig"]
+    assert f.measures["ig"]["seconds_per_fact"] > 0
+    assert res.settings["not_timed"] == ["activation"]
 
 
 def test_selection_fills_up_to_the_count():
