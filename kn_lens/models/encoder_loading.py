@@ -57,6 +57,44 @@ def _resolve_device(device: str | torch.device | None) -> str:
     return str(device)
 
 
+def hub_cache_dir() -> str:
+    """The Hugging Face hub cache folder (``HF_HUB_CACHE``, ``HF_HOME``/hub, or the default)."""
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def is_cached(repo_id: str, filename: str = "config.json") -> bool:
+    """Whether ``filename`` of hub repository ``repo_id`` is in the local Hugging Face cache.
+    Reads the cache folder only: never the network, so it answers at once offline."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(repo_id, filename, cache_dir=hub_cache_dir())
+    except Exception:  # noqa: BLE001 - a malformed repo id, an unreadable cache: not cached
+        return False
+    return isinstance(hit, str)
+
+
+#: How to name a local checkpoint folder, in the Python API and on the command line at once.
+LOCAL_FOLDER_HINT = (
+    "pass a local folder: load_model('/path/to/folder') in Python, --model DIR on the command line"
+)
+
+
+def not_cached_error(
+    name: str, official: str, error: type[ModelLoadError] = ModelLoadError
+) -> ModelLoadError:
+    """The error for a hub model name whose checkpoint is not in the local cache: kn_lens never
+    downloads, so it fails at once instead of waiting on hub retries."""
+    return error(
+        f"model {name!r} ({official} on the Hugging Face hub) is not in the local Hugging Face "
+        f"cache ({hub_cache_dir()}), and kn_lens downloads nothing. Download it where there is "
+        f"network (`hf download {official}`, then it is found in the cache) or save the "
+        f"checkpoint to a folder and {LOCAL_FOLDER_HINT}"
+    )
+
+
 def read_hf_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
     """All tensors of a Hugging Face checkpoint folder (safetensors preferred, else ``.bin``)."""
     folder = Path(folder)
@@ -244,15 +282,22 @@ def _load_named(name: str, tokenizer: Any, device: str, dtype: torch.dtype) -> A
         ) from None
     if "bert" not in official.lower():
         raise ModelLoadError(f"{name!r} ({official}) is not a BERT model")
+    if not is_cached(official):  # fail at once, not after a minute of hub retries
+        raise not_cached_error(name, official)
     try:
         with quiet_transformer_lens():
-            kwargs = {"tokenizer": tokenizer} if tokenizer is not None else {}
-            model = HookedEncoder.from_pretrained(name, device=device, dtype=dtype, **kwargs)
-    except Exception as e:  # offline, no cache, gated, ...
+            if tokenizer is None:
+                from transformers import AutoTokenizer
+
+                tokenizer = AutoTokenizer.from_pretrained(official, local_files_only=True)
+            model = HookedEncoder.from_pretrained(
+                name, device=device, dtype=dtype, tokenizer=tokenizer, local_files_only=True
+            )
+    except Exception as e:  # an incomplete cache entry, a gated model, ...
         raise ModelLoadError(
-            f"could not load {name!r} through TransformerLens ({type(e).__name__}: {e}). Offline, "
-            f"download the checkpoint elsewhere (e.g. `huggingface-cli download {official}`) and "
-            "pass its local folder instead: load_model('/path/to/folder')"
+            f"could not load {name!r} ({official}) from the local Hugging Face cache "
+            f"({type(e).__name__}: {' '.join(str(e).split())[:300]}). Download it again "
+            f"(`hf download {official}`) or {LOCAL_FOLDER_HINT}"
         ) from None
     return model
 
@@ -268,15 +313,17 @@ def load_encoder(
 
     Args:
         name_or_path: ``"default"`` (the built-in fact model), a TransformerLens model name such as
-            ``"bert-base-cased"``, or a local Hugging Face checkpoint folder.
+            ``"bert-base-cased"`` whose checkpoint is in the local Hugging Face cache, or a local
+            Hugging Face checkpoint folder.
         device: ``"cpu"``, ``"cuda"``, ...; default CUDA when available.
         dtype: parameter dtype.
         tokenizer: a tokenizer object, or a folder holding ``vocab.txt``, for checkpoints that keep
             their vocabulary elsewhere; default: the checkpoint folder's own.
 
     Raises:
-        ModelLoadError: unknown name, missing files, or a named model that cannot be fetched
-            (offline); the message says how to pass a local folder instead.
+        ModelLoadError: unknown name, missing files, a named model that is not in the local
+            Hugging Face cache (nothing is downloaded: it fails at once); the message says what
+            to pass instead.
     """
     dev = _resolve_device(device)
     if str(name_or_path) == "default":

@@ -211,8 +211,32 @@ def test_unknown_and_uncached_names(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     import huggingface_hub.constants as hub_constants
 
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path))  # an empty cache
-    with pytest.raises(DecoderLoadError, match=r"local Hugging Face cache.*load_decoder\('/path"):
+    with pytest.raises(
+        DecoderLoadError, match=r"local Hugging Face cache.*load_model\('/path.*--model DIR"
+    ):
         load_decoder("pythia-14m", device="cpu")
+
+
+def test_an_uncached_name_fails_at_once_without_the_hub(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Issue 21: no hub retries (the network is never asked), whether or not HF_HUB_OFFLINE is
+    set; the message fits the Python API and the command line."""
+    import huggingface_hub.constants as hub_constants
+    from transformer_lens import HookedTransformer
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path))  # an empty cache
+
+    def no_network(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the hub was asked")
+
+    monkeypatch.setattr(HookedTransformer, "from_pretrained_no_processing", no_network)
+    with pytest.raises(
+        DecoderLoadError, match=r"model 'gpt2' \(gpt2 on the Hugging Face hub\)"
+    ) as e:
+        load_decoder("gpt2", device="cpu")
+    assert "--model DIR" in str(e.value) and str(tmp_path) in str(e.value)
 
 
 def test_is_decoder_checkpoint(gpt2_ckpt: Path, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -92,6 +93,46 @@ def test_known_name_offline_says_how_to_pass_a_folder(tmp_path: Path):
     )
     assert "ERR" in out.stdout, out.stdout + out.stderr
     assert "local folder" in out.stdout and "bert-base-cased" in out.stdout
+    assert "--model DIR" in out.stdout
+
+
+def test_an_uncached_name_fails_at_once_without_the_hub(monkeypatch, tmp_path: Path):
+    """Issue 21: `--model bert-base-cased` spent 43 s on hub retries. Now the local cache is
+    read first and nothing else is asked, with or without HF_HUB_OFFLINE."""
+    import huggingface_hub.constants as hub_constants
+    from transformer_lens import HookedEncoder
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the hub was asked")
+
+    monkeypatch.setattr(HookedEncoder, "from_pretrained", no_network)
+    start = time.perf_counter()
+    with pytest.raises(
+        ModelLoadError, match=r"'bert-base-cased' \(google-bert/bert-base-cased"
+    ) as e:
+        load_model("bert-base-cased", device="cpu")
+    assert time.perf_counter() - start < 5
+    msg = str(e.value)
+    assert "not in the local Hugging Face cache" in msg and str(tmp_path / "hub") in msg
+    assert "load_model('/path/to/folder')" in msg and "--model DIR" in msg
+
+
+def test_a_cached_name_is_read_from_the_cache_only(monkeypatch, tmp_path: Path):
+    """A cache entry that lacks files is reported, not completed from the network."""
+    import huggingface_hub.constants as hub_constants
+
+    hub = tmp_path / "hub"
+    repo = hub / "models--google-bert--bert-base-cased"
+    (repo / "snapshots" / "abc").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc")
+    (repo / "snapshots" / "abc" / "config.json").write_text('{"model_type": "bert"}')
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(hub))
+    with pytest.raises(ModelLoadError, match=r"from the local Hugging Face cache .*--model DIR"):
+        load_model("bert-base-cased", device="cpu")
 
 
 # --- a real pretrained checkpoint: AntiBERTy (antibody protein BERT, 8 layers, d_model 512) ------
