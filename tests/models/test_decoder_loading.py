@@ -239,6 +239,16 @@ def test_an_uncached_name_fails_at_once_without_the_hub(
     assert "--model DIR" in str(e.value) and str(tmp_path) in str(e.value)
 
 
+@pytest.mark.parametrize(
+    ("device", "match"),
+    [("gpu", r"unknown device 'gpu'.*available on this machine: cpu"), ("cuda:99", "cuda:99")],
+)
+def test_a_device_this_machine_lacks_is_named(gpt2_ckpt: Path, device: str, match: str) -> None:
+    with pytest.raises(DecoderLoadError, match=match) as e:
+        load_decoder(gpt2_ckpt, device=device)
+    assert "--device cpu" in str(e.value)
+
+
 def test_is_decoder_checkpoint(gpt2_ckpt: Path, tmp_path: Path) -> None:
     from tests.conftest import make_tiny_checkpoint
 

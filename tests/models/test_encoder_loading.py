@@ -135,6 +135,25 @@ def test_a_cached_name_is_read_from_the_cache_only(monkeypatch, tmp_path: Path):
         load_model("bert-base-cased", device="cpu")
 
 
+@pytest.mark.parametrize(
+    ("device", "match"),
+    [
+        ("gpu", r"unknown device 'gpu': expected cpu, cuda, cuda:N or mps"),
+        ("cuda:x", r"unknown device 'cuda:x'"),
+        ("cuda:99", r"device 'cuda:99'"),
+        ("cuda" if not torch.cuda.is_available() else "cuda:99", r"device 'cuda"),
+    ],
+)
+def test_a_device_this_machine_lacks_is_named(tiny_ckpt: Path, device: str, match: str):
+    """Issue 21: `--device cuda` without CUDA, and an unknown device, gave a traceback."""
+    with pytest.raises(ModelLoadError, match=match) as e:
+        load_model(tiny_ckpt, device=device)
+    msg = str(e.value)
+    assert "cpu" in msg and "device='cpu'" in msg and "--device cpu" in msg
+    if device == "cuda":
+        assert "no CUDA device" in msg
+
+
 # --- a real pretrained checkpoint: AntiBERTy (antibody protein BERT, 8 layers, d_model 512) ------
 
 ANTIBODY_SEQUENCES = [  # heavy and light chain variable domains (trastuzumab, public sequences)
