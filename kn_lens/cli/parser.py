@@ -238,8 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         choices=[s for s in ANALYSIS_NAMES if s != "identify"],
-        help="leave out an analysis: modify, heldout, distant, trigger, update or erase "
-        "(repeatable; default: run all)",
+        help="leave out an analysis: "
+        + ", ".join(s for s in ANALYSIS_NAMES if s != "identify")
+        + " (repeatable; default: run all)",
     )
     for name in ANALYSIS_OPTIONS:
         _analysis_options(g, name)
