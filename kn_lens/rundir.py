@@ -56,7 +56,7 @@ from typing import Any
 from kn_lens.config import ANALYSIS_NAMES, PaperConfig
 from kn_lens.data.facts import FactBag
 from kn_lens.errors import KnLensError
-from kn_lens.neuron import Neuron
+from kn_lens.neuron import Neuron, neuron_map_from_json
 from kn_lens.results import to_jsonable
 from kn_lens.store import write_json_atomic
 
@@ -443,10 +443,7 @@ class RunDir:
             raise RunDirError(f"{path} is not valid JSON ({e})") from None
         if not isinstance(doc, dict) or doc.get("schema") != NEURONS_SCHEMA:
             raise RunDirError(f"{path} is not a kn-lens neurons file")
-        neurons = {
-            m: {k: [Neuron(int(n[0]), int(n[1])) for n in v] for k, v in by_key.items()}
-            for m, by_key in doc["neurons"].items()
-        }
+        neurons = neuron_map_from_json(doc.get("neurons"), path)
         return neurons, dict(doc.get("fingerprints", {}))
 
     # ---- results.json ---------------------------------------------------------------------------

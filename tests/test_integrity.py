@@ -317,3 +317,23 @@ def test_a_figure_on_a_full_disk_leaves_no_truncated_file(tmp_path, monkeypatch)
     plots.save_figure(fig, out / "identify", png=False)  # the short copy is replaced
     assert (out / "plotly.min.js").read_bytes() == js
     assert first["html"] == str(out / "modify.html")
+
+
+def test_neurons_json_with_non_integers_or_without_neurons_is_refused(tmp_path):
+    """DIR/neurons.json: [2.7, 16.9] is not neuron (2, 16), and a file without its "neurons"
+    mapping is a one-line error naming the file, not a KeyError."""
+    import json
+
+    import pytest
+
+    from kn_lens.errors import KnLensError
+    from kn_lens.rundir import NEURONS_SCHEMA, RunDir
+
+    run = RunDir(tmp_path)
+    for doc in (
+        {"schema": NEURONS_SCHEMA, "neurons": {"ours": {"W01/0": [[2.7, 16.9]]}}},
+        {"schema": NEURONS_SCHEMA},
+    ):
+        run.neurons_json.write_text(json.dumps(doc))
+        with pytest.raises(KnLensError, match="neurons.json"):
+            run.load_neurons()
