@@ -19,7 +19,7 @@ from kn_lens.data.facts import BagCheck, FactBag, prefix_prompt
 from kn_lens.errors import AttributionError
 from kn_lens.models.answer import answer_logprob_from_logits
 from kn_lens.models.decoder.batch import EncodedDecoderPrompts, encode_decoder, tokenize_answer
-from kn_lens.models.decoder.forward import DecoderClean, clean_pass, scaled_run
+from kn_lens.models.decoder.forward import DecoderClean, clean_pass, logits_from_resid, scaled_run
 from kn_lens.models.protocol import Family, StartChunk
 from kn_lens.neuron import Hook, HookList
 
@@ -177,10 +177,12 @@ class DecoderFamily(Family[HookedTransformer, EncodedDecoderPrompts]):
     def segment_logits(
         self, model: HookedTransformer, batch: EncodedDecoderPrompts
     ) -> Float[Tensor, "prompt seg d_vocab"]:
-        """Logits at the read position and the fed answer positions, from one full forward."""
+        """Logits at the read position and the fed answer positions, from one full forward (the
+        blocks at every position, the final norm and unembedding at the segment only)."""
         b = batch.to(model.cfg.device)
-        logits = model(b.tokens, attention_mask=b.attention_mask)
-        return logits[:, b.prompt_width - 1 :]
+        n_layers = model.cfg.n_layers
+        resid = model(b.tokens, attention_mask=b.attention_mask, stop_at_layer=n_layers)
+        return logits_from_resid(model, resid[:, b.prompt_width - 1 :])
 
     def answer_logprob(
         self,
