@@ -64,6 +64,9 @@ log = logging.getLogger(__name__)
 
 NEURONS_SCHEMA = "kn_lens.neurons"
 
+#: attribution/meta.json of a folder made since fingerprints hold the model files' hash.
+_HASHED_MARK = "fingerprints_hash_weights"
+
 
 class RunDirError(KnLensError):
     """A run folder's file is missing, unreadable, or from other inputs; the message names it."""
@@ -83,11 +86,18 @@ _FINGERPRINT_UNLESS = (
 )
 
 
-def score_settings(model: str, config: PaperConfig) -> dict[str, Any]:
+def score_settings(model: str, config: PaperConfig, weights: str | None = None) -> dict[str, Any]:
     """What attribution scores depend on besides the fact (part of every :func:`fingerprint`):
-    the model's name, ``config.steps``, and ``config.method`` / ``dtype`` / ``baseline`` /
-    ``objective`` where they are not the paper's (``ig``, ``float32``, ``zero``, ``prob``)."""
+    the model's name, the content hash of its files (``weights``:
+    :func:`kn_lens.models.files.model_digest`, its weights, config and tokenizer),
+    ``config.steps``, and ``config.method`` / ``dtype`` / ``baseline`` / ``objective`` where
+    they are not the paper's (``ig``, ``float32``, ``zero``, ``prob``).
+
+    Fingerprints made before kn_lens hashed the weights lack ``weights``; a run folder holding
+    them adopts the current weights' hash for them once (:meth:`RunDir.legacy_weights`)."""
     settings: dict[str, Any] = {"model": str(model), "steps": int(config.steps)}
+    if weights is not None:
+        settings["weights"] = str(weights)
     for name, paper in _FINGERPRINT_UNLESS:
         value = getattr(config, name, paper)
         if value != paper:
@@ -404,7 +414,48 @@ class RunDir:
                     + "; use the same options or another --out"
                 )
         elif write:
-            write_json_atomic(path, {"options": dict(options), "created": now()})
+            write_json_atomic(
+                path, {"options": dict(options), "created": now(), _HASHED_MARK: True}
+            )
+
+    def legacy_weights(self, digest: str, model: str) -> str | None:
+        """The weights hash that this folder's fingerprints from before weight hashing stand for
+        (None when it has none: a folder kn_lens made since, or no attribution/meta.json).
+
+        A folder whose attribution/meta.json predates weight hashing adopts ``digest`` (the
+        current model files' hash) for its old fingerprints, once, with a warning, and records
+        it in meta.json; from then on those fingerprints are valid for these weights only, so a
+        later change of the weights scores their facts again."""
+        path = self.attribution_meta
+        if not path.is_file():
+            return None
+        try:
+            meta = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise RunDirError(f"{path} is unreadable; remove it if the scores are right") from None
+        if not isinstance(meta, dict):
+            raise RunDirError(f"{path} is not a JSON object; remove it if the scores are right")
+        legacy = meta.get("legacy_weights")
+        if isinstance(legacy, dict) and isinstance(legacy.get("sha256"), str):
+            return str(legacy["sha256"])
+        if meta.get(_HASHED_MARK):
+            return None
+        meta["legacy_weights"] = {"sha256": digest, "model": str(model), "adopted": now()}
+        write_json_atomic(path, meta)
+        log.warning(
+            "%s: its stored scores and neurons were fingerprinted before kn_lens hashed the "
+            "model's files; they are taken to come from the current files of --model %s "
+            "(sha256 %s), once, as %s now records. If the weights changed since they were "
+            "computed, remove %s and %s to compute them afresh. From now on a change of the "
+            "weights scores the facts again.",
+            self.path,
+            model,
+            digest[:12],
+            path,
+            self.attribution,
+            self.neurons_json,
+        )
+        return digest
 
     # ---- neurons.json ---------------------------------------------------------------------------
     def save_neurons(
@@ -444,7 +495,13 @@ class RunDir:
         if not isinstance(doc, dict) or doc.get("schema") != NEURONS_SCHEMA:
             raise RunDirError(f"{path} is not a kn-lens neurons file")
         neurons = neuron_map_from_json(doc.get("neurons"), path)
-        return neurons, dict(doc.get("fingerprints", {}))
+        fps = doc.get("fingerprints", {})
+        if not isinstance(fps, dict) or not all(isinstance(v, str) for v in fps.values()):
+            raise RunDirError(
+                f"{path}: 'fingerprints' must map fact keys to fingerprint strings; run "
+                f"`kn-lens identify --out {self.path}` again"
+            )
+        return neurons, dict(fps)
 
     # ---- results.json ---------------------------------------------------------------------------
     def save_result(

@@ -117,3 +117,12 @@ def shared_data() -> Path:
 
 
 warnings.filterwarnings("ignore", category=DeprecationWarning, module="transformer_lens")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _hash_cache(tmp_path_factory: pytest.TempPathFactory):
+    """The model files' hash cache of the tests (kn_lens.file_hash) in a temporary folder."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("KN_LENS_CACHE", str(tmp_path_factory.mktemp("kn_lens_cache")))
+    yield
+    mp.undo()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import platform
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -20,6 +20,7 @@ from kn_lens.data.web import WebFact
 from kn_lens.executors import Executor, ScoreFn, score_record
 from kn_lens.models import load_model
 from kn_lens.models.family import Model
+from kn_lens.models.files import model_digest
 from kn_lens.neuron import Neuron
 from kn_lens.pipeline.options import (
     PROG,
@@ -155,6 +156,7 @@ class RunState:
         self._bags: list[FactBag] | None = None
         self._neurons: dict[str, dict[str, list[Neuron]]] | None = None
         self._web: Mapping[str, Sequence[WebFact]] | None = None
+        self._weights: str | None = None
         if threads and executor == "local":
             import torch
 
@@ -194,15 +196,39 @@ class RunState:
         return self.compute.apply(run, device).with_(**changed)
 
     @property
+    def weights_digest(self) -> str:
+        """SHA-256 of the model's weight, config and tokenizer files
+        (:func:`kn_lens.models.files.model_digest`), computed once per run."""
+        if self._weights is None:
+            self._weights = model_digest(self.opts["model"])
+        return self._weights
+
+    @property
     def score_settings(self) -> dict[str, Any]:
         """What attribution scores depend on besides the fact
-        (:func:`kn_lens.rundir.score_settings`)."""
-        return score_settings(str(self.opts["model"]), self.config)
+        (:func:`kn_lens.rundir.score_settings`), the model files' hash included."""
+        return score_settings(str(self.opts["model"]), self.config, self.weights_digest)
 
     def fingerprints(self) -> dict[str, str]:
         """The current fingerprint of each selected fact, by bag key."""
         settings = self.score_settings
         return {b.key: fingerprint(b, settings) for b in self.bags}
+
+    def fingerprint_check(self) -> Callable[[str, Any], bool]:
+        """``ok(key, stored fingerprint)``: whether a stored result of fact ``key`` may be used,
+        i.e. its fingerprint is the fact's current one, or one from before weight hashing when
+        the folder's adopted weights (:meth:`kn_lens.rundir.RunDir.legacy_weights`) are the
+        current ones."""
+        mine, digest = self.fingerprints(), self.weights_digest
+        old: dict[str, str] = {}
+        if self.dir.legacy_weights(digest, str(self.opts["model"])) == digest:
+            settings = score_settings(str(self.opts["model"]), self.config)
+            old = {b.key: fingerprint(b, settings) for b in self.bags}
+
+        def ok(key: str, fp: Any) -> bool:
+            return isinstance(fp, str) and fp in (mine.get(key), old.get(key))
+
+        return ok
 
     # ---- model and facts -------------------------------------------------------------------
     @property
@@ -272,12 +298,19 @@ class RunState:
         ``"baseline"``), only those computed from these very facts and settings."""
         if self._neurons is None:
             stored, fps = self.dir.load_neurons()
-            mine = self.fingerprints()
-            stale = [k for k in mine if k in fps and fps[k] != mine[k]]
+            mine, ok = self.fingerprints(), self.fingerprint_check()
+            have = {k for by_key in stored.values() for k in by_key}
+            stale = [k for k in mine if k in have and not ok(k, fps.get(k))]
             if stale:
+                unknown = [k for k in stale if k not in fps]
+                why = (
+                    f"holds no fingerprint for {len(unknown)} selected fact(s) (e.g. {unknown[0]})"
+                    if unknown
+                    else f"was computed from other facts or settings, or other model files, for "
+                    f"{len(stale)} selected fact(s) (e.g. {stale[0]})"
+                )
                 raise PipelineError(
-                    f"{self.dir.neurons_json} was computed from other facts or settings for "
-                    f"{len(stale)} selected fact(s) (e.g. {stale[0]}): run `kn-lens identify "
+                    f"{self.dir.neurons_json} {why}: run `kn-lens identify "
                     f"--out {self.dir.path}` again"
                 )
             self._neurons = {
@@ -289,6 +322,8 @@ class RunState:
     def meta(self) -> dict[str, Any]:
         """The run's metadata in results.json: model, data, config, versions, command, device."""
         model_info: dict[str, Any] = {"name": self.opts["model"]}
+        if self._weights is not None:
+            model_info["files_sha256"] = self._weights
         if self._model is not None:
             c = self._model.cfg
             model_info.update(

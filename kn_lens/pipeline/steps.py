@@ -155,11 +155,12 @@ class Pipeline(RunState):
         self.dir.check_attribution_meta(opts, ATTRIBUTION_KEYS, write=False)
         mine = shard.select(self.bags)
         fps = self.fingerprints()
+        ok = self.fingerprint_check()  # before a new meta.json: an old folder adopts its weights
         self.dir.check_attribution_meta(opts, ATTRIBUTION_KEYS, write=True)
         adir = self.dir.attribution
 
         def current(rec: dict[str, Any]) -> bool:
-            return fps.get(rec.get("key", "")) == rec.get("fingerprint")
+            return ok(str(rec.get("key", "")), rec.get("fingerprint"))
 
         by_rel: dict[str, list[FactBag]] = {}
         for b in mine:
@@ -183,8 +184,8 @@ class Pipeline(RunState):
             )
         if invalidated:
             log.warning(
-                "%d stored record(s) belong to facts whose subject, object, prompts or "
-                "settings changed; scoring them again",
+                "%d stored record(s) belong to facts whose subject, object, prompts, "
+                "settings or model files changed; scoring them again",
                 invalidated,
             )
         stores: dict[str, JsonlStore] = {}
@@ -247,14 +248,14 @@ class Pipeline(RunState):
         keys = [k for k in ATTRIBUTION_KEYS if k != "steps"]
         opts = {k: self.opts[k] for k in ATTRIBUTION_KEYS}
         self.dir.check_attribution_meta(opts, keys, write=False)
-        fps = self.fingerprints()
+        ok = self.fingerprint_check()
         adir = self.dir.attribution
         out: list[BagScores] = []
         missing: dict[str, int] = {}
         for rel in self.relations:
             recs = read_union(
                 relation_files(adir, rel),
-                keep=lambda r: fps.get(r.get("key", "")) == r.get("fingerprint"),
+                keep=lambda r: ok(str(r.get("key", "")), r.get("fingerprint")),
             )
             keys_rel = [b.key for b in self.bags if b.relation == rel]
             found = [BagScores.from_dict(recs[k]) for k in keys_rel if k in recs]
