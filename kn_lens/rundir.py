@@ -150,7 +150,7 @@ def remove_if_empty(out: str | Path, created: bool) -> None:
     leftovers = [
         p
         for p in out.rglob("*")
-        if p.is_file() and p.name not in ("run.json", ".results.lock", "meta.json")
+        if p.is_file() and p.name not in ("run.json", ".results.lock", ".kn-lens.lock", "meta.json")
     ]
     if not leftovers:
         shutil.rmtree(out, ignore_errors=True)

@@ -65,7 +65,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
             f"{rundir.results_json} not found: run a kn-lens analysis with "
             f"--out {rundir.path} first"
         )
-    write_outputs(rundir.path)
+    write_outputs(rundir.path, lock=True)
     return 0
 
 

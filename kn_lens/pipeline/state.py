@@ -4,10 +4,11 @@ the facts and the stored neurons (:class:`RunState`, the base of
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import fields, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -18,6 +19,7 @@ from kn_lens.data.facts import FactBag, cap_prompts, read_keys, sample_bags, sel
 from kn_lens.data.sources import check_source, load_facts, load_web
 from kn_lens.data.web import WebFact
 from kn_lens.executors import Executor, ScoreFn, score_record
+from kn_lens.folder_lock import folder_lock
 from kn_lens.models import load_model
 from kn_lens.models.family import Model
 from kn_lens.models.files import model_digest
@@ -157,6 +159,7 @@ class RunState:
         self._neurons: dict[str, dict[str, list[Neuron]]] | None = None
         self._web: Mapping[str, Sequence[WebFact]] | None = None
         self._weights: str | None = None
+        self._lock_depth = 0
         if threads and executor == "local":
             import torch
 
@@ -164,6 +167,32 @@ class RunState:
                 log.info("using %d CPU thread(s) (--threads)", threads)
                 torch.set_num_threads(int(threads))
         self.check_paths()
+
+    @contextlib.contextmanager
+    def locked(self, step: str) -> Iterator[None]:
+        """Hold the run folder's lock (:mod:`kn_lens.folder_lock`) while ``step`` runs:
+        exclusively, but shared by the shards of ``attribute``; re-entrant within this run."""
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
+        shared = step == "attribute" and self.shard.n > 1
+        what = " ".join([PROG, *(self.argv or [self.command])])
+        with folder_lock(self.dir.path, what, shared=shared):
+            self._lock_depth = 1
+            try:
+                yield
+            finally:
+                self._lock_depth = 0
+
+    def record_options(self) -> None:
+        """Record the run's options in DIR/run.json (later commands' defaults); called once a
+        step succeeded or stored work, so a refused or failed step leaves run.json as it was."""
+        o = self.opts
+        self.dir.record_options({k: o[k] for k in RECORDED_DEFAULTS}, self.command, self.argv)
 
     def check_paths(self) -> None:
         """Refuse a data source or a model path that does not exist, before anything loads."""
@@ -251,8 +280,7 @@ class RunState:
 
     @property
     def bags(self) -> list[FactBag]:
-        """The selected facts in global order (relations in load order, bags by index); the
-        first call records the options in run.json."""
+        """The selected facts in global order (relations in load order, bags by index)."""
         if self._bags is None:
             o = self.opts
             bags = load_facts(o["data"], o["lama"], o["patterns"], o["relations"])
@@ -272,7 +300,6 @@ class RunState:
                     "subject before the answer)"
                 )
             self._bags = bags
-            self.dir.record_options({k: o[k] for k in RECORDED_DEFAULTS}, self.command, self.argv)
             rels = self.relations
             log.info(
                 "%d facts from %d relation(s): %s",

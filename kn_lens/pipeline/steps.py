@@ -21,6 +21,7 @@ from kn_lens.data.facts import FactBag
 from kn_lens.executors import Executor, LocalExecutor, ModelSpec, RayExecutor
 from kn_lens.experiments import ANALYSES, AnalysisInputs
 from kn_lens.experiments.identify import IdentificationResult
+from kn_lens.folder_lock import folder_lock
 from kn_lens.knowledge_neurons import BagScores
 from kn_lens.pipeline.options import ATTRIBUTION_KEYS, PipelineError
 from kn_lens.pipeline.state import RunState
@@ -30,8 +31,12 @@ from kn_lens.store import JsonlStore, read_union, relation_files, safe_name, sto
 log = logging.getLogger("kn_lens.pipeline")
 
 
-def write_outputs(run_dir: str | Path) -> dict[str, Any]:
-    """Figures, report.md and report.html from ``run_dir``/results.json; the files written."""
+def write_outputs(run_dir: str | Path, *, lock: bool = False) -> dict[str, Any]:
+    """Figures, report.md and report.html from ``run_dir``/results.json; the files written.
+    With ``lock``, under the folder's lock (:mod:`kn_lens.folder_lock`), as ``kn-lens plot``."""
+    if lock:
+        with folder_lock(run_dir, "kn-lens plot"):
+            return write_outputs(run_dir)
     written = write_report(run_dir)
     for kind, path in written.items():
         if kind in ("markdown", "html"):
@@ -89,8 +94,17 @@ class Pipeline(RunState):
         An analysis that fails is reported (``on_failure``, else the log) and the others still
         run; returns the failures by analysis name. ``attribute`` and ``identify`` failing stop
         the run (everything else depends on them)."""
+        with self.locked("reproduce"):
+            return self._reproduce(set(skip), report=report, on_failure=on_failure)
+
+    def _reproduce(
+        self,
+        skip: set[str],
+        *,
+        report: bool,
+        on_failure: Callable[[str, Exception], None] | None,
+    ) -> dict[str, Exception]:
         t0, c0 = time.perf_counter(), time.process_time()
-        skip = set(skip)
         failed: dict[str, Exception] = {}
         for step in ("attribute", *ANALYSES):
             if step in skip:
@@ -114,7 +128,14 @@ class Pipeline(RunState):
 
     def run_step(self, step: str) -> Any:
         """Run one step (``attribute`` or an analysis) and store its result (and its time) in
-        DIR/results.json."""
+        DIR/results.json; it holds the folder's lock (:meth:`locked`) and, once it succeeded,
+        records the options in DIR/run.json."""
+        with self.locked(step):
+            result = self._run_step(step)
+            self.record_options()
+        return result
+
+    def _run_step(self, step: str) -> Any:
         t0, c0 = time.perf_counter(), time.process_time()
         log.info("== %s ==", step)
         if step == "attribute":
@@ -131,8 +152,9 @@ class Pipeline(RunState):
         return result
 
     def write_report(self) -> dict[str, Any]:
-        """Figures, report.md and report.html from DIR/results.json."""
-        return write_outputs(self.dir.path)
+        """Figures, report.md and report.html from DIR/results.json (under the folder's lock)."""
+        with self.locked("report"):
+            return write_outputs(self.dir.path)
 
     # ---- attribution ---------------------------------------------------------------------------
     def make_executor(self) -> Executor:
@@ -189,6 +211,7 @@ class Pipeline(RunState):
                 invalidated,
             )
         stores: dict[str, JsonlStore] = {}
+        stores_written = False
         executor = self.make_executor() if todo else None
         config = self.config
         try:
@@ -215,6 +238,9 @@ class Pipeline(RunState):
                         ).open()
                         stores[bag.relation] = st
                     st.append({**rec, "fingerprint": fps[bag.key]})
+                    if not stores_written:  # work stored under these options: the defaults
+                        self.record_options()
+                        stores_written = True
                     bar.update(1)
         finally:
             for st in stores.values():

@@ -311,8 +311,11 @@ def test_reproduce_on_cuda(tmp_path, tiny_ckpt):
 
 
 def test_distant_without_web_on_user_data(tmp_path, tiny_ckpt, facts, capsys, monkeypatch):
+    from kn_lens.pipeline import Pipeline
+
     out = tmp_path / "o"
     (out).mkdir()
+    fp = Pipeline(out, model=str(tiny_ckpt), data=str(facts), progress=False).fingerprints()
     (out / "neurons.json").write_text(
         json.dumps(
             {
@@ -320,6 +323,7 @@ def test_distant_without_web_on_user_data(tmp_path, tiny_ckpt, facts, capsys, mo
                 "schema_version": 1,
                 "neurons": {"ours": {"P19/0": [[1, 2]]}, "baseline": {}},
                 "relations": {},
+                "fingerprints": {"P19/0": fp["P19/0"]},
             }
         )
     )
