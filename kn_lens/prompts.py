@@ -9,16 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedEncoder
 from transformers import PreTrainedTokenizerBase
 
 from kn_lens.data.facts import MASK, BagCheck, FactBag, check_prompt
 from kn_lens.errors import AttributionError
+from kn_lens.models.backend import EncoderModel, is_bridge
 from kn_lens.neuron import Hook
 
 
@@ -80,7 +80,7 @@ class EncodedPrompts:
 
 
 #: Where an answer's token id is read from: the model (its attached tokenizer) or a tokenizer.
-ModelOrTokenizer = HookedEncoder | PreTrainedTokenizerBase
+ModelOrTokenizer = EncoderModel | PreTrainedTokenizerBase
 
 
 def _tokenizer(model_or_tokenizer: ModelOrTokenizer) -> PreTrainedTokenizerBase:
@@ -106,7 +106,7 @@ def answer_token_id(model_or_tokenizer: ModelOrTokenizer, answer: str) -> int:
     return int(ids[0])
 
 
-def token_id(model: HookedEncoder, answer: str | int | Tensor) -> int:
+def token_id(model: EncoderModel, answer: str | int | Tensor) -> int:
     """A vocabulary id from an answer string (exactly one token) or a token id (range-checked).
 
     Raises ``ValueError`` naming the answer when it is several tokens, unknown, out of the
@@ -133,7 +133,7 @@ def answer_token_ids(
 
 
 def encode(
-    model: HookedEncoder,
+    model: EncoderModel,
     prompts: Sequence[str],
     *,
     max_tokens: int | None = None,
@@ -193,7 +193,7 @@ def encode(
 
 
 def logits_at_mask(
-    model: HookedEncoder,
+    model: EncoderModel,
     resid: Float[Tensor, "batch pos d_model"],
     mask_pos: Int[Tensor, " batch"],
 ) -> Float[Tensor, "batch d_vocab"]:
@@ -204,15 +204,35 @@ def logits_at_mask(
     except that it multiplies by ``W_U`` as stored: ``Unembed.forward`` first copies ``W_U.T`` into
     a contiguous ``[d_vocab, d_model]`` matrix on every call (89 MB, about 0.14 s on a CPU for
     bert-base), which here cost more than the matrix product it feeds.
+
+    On a ``TransformerBridge`` the head is the Hugging Face model's ``cls`` (the bridge's
+    ``mlm_head`` and ``unembed`` are parts of it).
     """
     at_mask = resid[torch.arange(resid.shape[0], device=resid.device), mask_pos.to(resid.device)]
+    if is_bridge(model):  # on the bridge, mlm_head and unembed mean something else
+        hf: Any = model.original_model
+        return hf.cls(at_mask[:, None])[:, 0]
     unembed = model.unembed
     head = unembed.hook_in(model.mlm_head(at_mask[:, None]))
     return unembed.hook_out(head @ unembed.W_U + unembed.b_U)[:, 0]
 
 
+def encoder_output(model: EncoderModel, enc: EncodedPrompts) -> Float[Tensor, "prompt pos d_model"]:
+    """The encoder's last hidden states (the residual stream after the last block) for ``enc``
+    (on the model's device): ``HookedEncoder.encoder_output``, or on a ``TransformerBridge`` the
+    Hugging Face encoder body, whose layers are the bridge's blocks (TransformerLens hooks
+    fire)."""
+    if is_bridge(model):
+        hf: Any = model.original_model
+        mask = enc.attention_mask
+        return hf.base_model(
+            input_ids=enc.tokens, attention_mask=mask, token_type_ids=enc.token_type_ids
+        ).last_hidden_state
+    return model.encoder_output(enc.tokens, enc.token_type_ids, enc.attention_mask)
+
+
 def mask_logits(
-    model: HookedEncoder,
+    model: EncoderModel,
     prompts: Sequence[str] | EncodedPrompts,
     *,
     fwd_hooks: Sequence[Hook] = (),
@@ -229,13 +249,13 @@ def mask_logits(
     with torch.no_grad(), model.hooks(fwd_hooks=list(fwd_hooks)):
         for s in range(0, len(enc), batch_size):
             b = enc.select(range(s, min(s + batch_size, len(enc))))
-            resid = model.encoder_output(b.tokens, b.token_type_ids, b.attention_mask)
+            resid = encoder_output(model, b)
             out.append(logits_at_mask(model, resid, b.mask_pos))
     return torch.cat(out)
 
 
 def mask_probs(
-    model: HookedEncoder,
+    model: EncoderModel,
     prompts: Sequence[str] | EncodedPrompts,
     targets: Int[Tensor, " prompt"] | Sequence[int],
     *,

@@ -40,16 +40,18 @@ from jaxtyping import Float
 from torch import Tensor
 
 from kn_lens.errors import KnLensError
-from kn_lens.models.family import Model
+from kn_lens.models.family import Model, check_editable
 from kn_lens.neuron import Neuron, NeuronsLike, check_neurons
 
 log = logging.getLogger(__name__)
 
 
-def w_out(model: Model, layer: int) -> torch.nn.Parameter:
-    """The ``W_out`` parameter of block ``layer`` (shape ``[d_mlp, d_model]``)."""
-    # nn.Module attribute access is typed Tensor | Module; W_out is a Parameter in every block.
-    return cast(torch.nn.Parameter, model.blocks[layer].mlp.W_out)
+def w_out(model: Model, layer: int) -> Tensor:
+    """The ``W_out`` weight of block ``layer`` (shape ``[d_mlp, d_model]``): a parameter of a
+    ``HookedEncoder`` / ``HookedTransformer``, a view of the Hugging Face weight on a
+    ``TransformerBridge`` (row edits write through it)."""
+    # nn.Module attribute access is typed Tensor | Module; W_out is a tensor in every block.
+    return cast(Tensor, model.blocks[layer].mlp.W_out)
 
 
 def _read_row(model: Model, n: Neuron) -> Float[Tensor, " d_model"]:
@@ -253,8 +255,10 @@ def edit_rows(
 
     ``fn`` receives a copy of the original row (``[d_model]``) and returns the new row, of the
     same shape. If ``fn`` or a write raises for any neuron, every row written so far is restored
-    before the exception propagates.
+    before the exception propagates. A ``TransformerBridge`` with processed weights is refused
+    (:func:`kn_lens.models.family.check_editable`).
     """
+    check_editable(model)
     ns = check_neurons(model, neurons)
     original = torch.stack([_read_row(model, n) for n in ns])
     d_model = original.shape[-1]

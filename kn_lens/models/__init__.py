@@ -6,9 +6,12 @@
   folders, cached TransformerLens names, ``.gguf`` files, the installed SmolLM2) as
   ``HookedTransformer`` models;
 - :mod:`.decoder` -- decoder prompts and answers, and integrated gradients at the last prompt
-  position.
+  position;
+- :mod:`.bridge` -- both families on TransformerLens' ``TransformerBridge`` (the backend on
+  TransformerLens 4; :mod:`.backend` says which TransformerLens is installed).
 
-:func:`load_model` chooses the family from the name or folder.
+:func:`load_model` chooses the family from the name or folder, and the backend from ``backend=``
+and the installed TransformerLens.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from typing import Any
 
 import torch
 
+from kn_lens.errors import KnLensError
+from kn_lens.models.backend import BACKENDS, TL_VERSION, default_backend, resolve_backend
+from kn_lens.models.bridge.loading import load_bridge
 from kn_lens.models.decoder_loading import DecoderLoadError, is_decoder_checkpoint, load_decoder
 from kn_lens.models.encoder_loading import (
     DEFAULT_MODEL_DIR,
@@ -35,9 +41,10 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     *,
     tokenizer: Any = None,
+    backend: str | None = None,
 ) -> Any:
-    """Load a model as a TransformerLens ``HookedEncoder`` or ``HookedTransformer``, tokenizer
-    attached.
+    """Load a model as a TransformerLens ``HookedEncoder`` or ``HookedTransformer`` (backend
+    ``"hooked"``), or a ``TransformerBridge`` (backend ``"bridge"``), tokenizer attached.
 
     Args:
         name_or_path: ``"default"`` (the built-in fact model), a TransformerLens model name
@@ -50,6 +57,10 @@ def load_model(
             naming it and the devices available.
         dtype: parameter dtype.
         tokenizer: encoders only: a tokenizer object, or a folder holding ``vocab.txt``.
+        backend: ``None`` (the default: ``"hooked"`` on TransformerLens 3.x, ``"bridge"`` on
+            4.x), ``"hooked"`` (TransformerLens 3 only) or ``"bridge"``: a ``TransformerBridge``
+            around the Hugging Face model with raw weights (no weight processing, since edits
+            write ``W_out`` rows).
 
     Raises:
         ModelLoadError: the model cannot be loaded; the message says why and what to do
@@ -57,6 +68,12 @@ def load_model(
     """
     if device is not None:  # a device this machine lacks fails before anything is read
         resolve_device(device)
+    try:
+        use = resolve_backend(backend)
+    except KnLensError as e:
+        raise ModelLoadError(str(e)) from None
+    if use == "bridge":
+        return load_bridge(name_or_path, device, dtype, tokenizer=tokenizer)
     if is_decoder_checkpoint(name_or_path):
         if tokenizer is not None:
             raise ModelLoadError("tokenizer= is for encoder checkpoints; decoders bring their own")
@@ -65,6 +82,10 @@ def load_model(
 
 
 __all__ = [
+    "BACKENDS",
+    "TL_VERSION",
+    "default_backend",
+    "load_bridge",
     "DEFAULT_MODEL_DIR",
     "DecoderLoadError",
     "Model",

@@ -35,9 +35,9 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from kn_lens.errors import AttributionError
+from kn_lens.models.backend import DecoderModel
 
 __all__ = ["EncodedDecoderPrompts", "encode_decoder", "tokenize_answer"]
 
@@ -133,7 +133,7 @@ def _check_prompt(i: int, prompt: str | Sequence[int]) -> None:
         raise AttributionError(f"prompt {i} has no tokens")
 
 
-def _prompt_ids(model: HookedTransformer, prompt: str | Sequence[int]) -> list[int]:
+def _prompt_ids(model: DecoderModel, prompt: str | Sequence[int]) -> list[int]:
     if not isinstance(prompt, str):
         return [int(t) for t in prompt]
     if model.tokenizer is None:
@@ -144,7 +144,7 @@ def _prompt_ids(model: HookedTransformer, prompt: str | Sequence[int]) -> list[i
 
 
 def tokenize_answer(
-    model: HookedTransformer, i: int, prompt: str | Sequence[int], answer: str | Sequence[int]
+    model: DecoderModel, i: int, prompt: str | Sequence[int], answer: str | Sequence[int]
 ) -> list[int]:
     if not isinstance(answer, str):
         ids = [int(t) for t in answer]
@@ -163,7 +163,7 @@ def tokenize_answer(
 
 
 def encode_decoder(
-    model: HookedTransformer,
+    model: DecoderModel,
     prompts: Sequence[str | Sequence[int]],
     answers: str | Sequence[int] | Sequence[str | Sequence[int]] | None,
     *,

@@ -13,11 +13,11 @@ from contextlib import AbstractContextManager
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from kn_lens.data.facts import BagCheck, FactBag, prefix_prompt
 from kn_lens.errors import AttributionError
 from kn_lens.models.answer import answer_logprob_from_logits
+from kn_lens.models.backend import DecoderModel
 from kn_lens.models.decoder.batch import EncodedDecoderPrompts, encode_decoder, tokenize_answer
 from kn_lens.models.decoder.forward import DecoderClean, clean_pass, logits_from_resid, scaled_run
 from kn_lens.models.protocol import Family, StartChunk
@@ -27,7 +27,7 @@ __all__ = ["DecoderFamily", "answer_logprob", "next_token"]
 
 
 def answer_logprob(
-    model: HookedTransformer, enc: EncodedDecoderPrompts, *, fwd_hooks: HookList | Sequence = ()
+    model: DecoderModel, enc: EncodedDecoderPrompts, *, fwd_hooks: HookList | Sequence = ()
 ) -> Float[Tensor, " prompt"]:
     """``log p(answer | prompt)`` per prompt: the sum of the teacher-forced answer tokens'
     log-probabilities, optionally under ``fwd_hooks`` (TransformerLens ``(name, fn)`` pairs). On the
@@ -43,7 +43,7 @@ def answer_logprob(
 
 
 def next_token(
-    model: HookedTransformer, enc: EncodedDecoderPrompts, *, fwd_hooks: HookList | Sequence = ()
+    model: DecoderModel, enc: EncodedDecoderPrompts, *, fwd_hooks: HookList | Sequence = ()
 ) -> Int[Tensor, " prompt"]:
     """The top-1 next token at each prompt's read position (the model's own answer start)."""
     dev = model.cfg.device
@@ -57,13 +57,13 @@ def next_token(
     return logits[:, -1].argmax(-1).cpu()
 
 
-class DecoderFamily(Family[HookedTransformer, EncodedDecoderPrompts]):
+class DecoderFamily(Family[DecoderModel, EncodedDecoderPrompts]):
     """Decoders: the text before the answer, answers of any length, read at the last prompt
     position. An update writes the unembedding direction of the answer's first token."""
 
     name = "decoder"
 
-    def usable_bags(self, model: HookedTransformer, bags: Sequence[FactBag]) -> BagCheck:
+    def usable_bags(self, model: DecoderModel, bags: Sequence[FactBag]) -> BagCheck:
         """Each bag as a decoder bag (:meth:`kn_lens.data.facts.FactBag.to_prefix_bag`): its
         prompts cut before the answer, dropping templates whose answer comes before the subject;
         a bag with no prompt left is skipped. Answers of any token length are kept."""
@@ -85,7 +85,7 @@ class DecoderFamily(Family[HookedTransformer, EncodedDecoderPrompts]):
 
     def encode(
         self,
-        model: HookedTransformer,
+        model: DecoderModel,
         prompts: Sequence[str],
         answers: Sequence[str] | None = None,
         *,
@@ -97,7 +97,7 @@ class DecoderFamily(Family[HookedTransformer, EncodedDecoderPrompts]):
             model, list(prompts), None if answers is None else list(answers), max_tokens=limit
         )
 
-    def forward(self, model: HookedTransformer, batch: EncodedDecoderPrompts) -> None:
+    def forward(self, model: DecoderModel, batch: EncodedDecoderPrompts) -> None:
         """One plain forward pass over the prompts (hooks attached by the caller fire)."""
         b = batch.to(model.cfg.device)
         p_w = b.prompt_width
@@ -105,7 +105,7 @@ class DecoderFamily(Family[HookedTransformer, EncodedDecoderPrompts]):
 
     def readout(
         self,
-        model: HookedTransformer,
+        model: DecoderModel,
         batch: EncodedDecoderPrompts,
         *,
         fwd_hooks: Sequence[Hook] = (),
@@ -119,7 +119,7 @@ class DecoderFamily(Family[HookedTransformer, EncodedDecoderPrompts]):
         logp = answer_logprob_from_logits(seg, b.answer_ids, b.answer_mask)
         return seg[:, 0], logp
 
-    def first_token(self, model: HookedTransformer, answer: str | int) -> int:
+    def first_token(self, model: DecoderModel, answer: str | int) -> int:
         """The first token of the answer as it follows a prompt (leading-space rule)."""
         if isinstance(answer, str):
             return tokenize_answer(model, 0, "x", answer)[0]
@@ -128,7 +128,7 @@ class DecoderFamily(Family[HookedTransformer, EncodedDecoderPrompts]):
             raise AttributionError(f"token id {tid} is out of range of the vocabulary")
         return tid
 
-    def answer_direction(self, model: HookedTransformer, token: int) -> Float[Tensor, " d_model"]:
+    def answer_direction(self, model: DecoderModel, token: int) -> Float[Tensor, " d_model"]:
         """The unembedding direction of ``token``, ``W_U[:, token]``: the residual direction that
         raises that token's logit. (The paper's word embedding ``W_E[token]`` is an input-side
         direction; in a decoder the MLP output is read by the unembedding, so an update writes
@@ -139,7 +139,7 @@ class DecoderFamily(Family[HookedTransformer, EncodedDecoderPrompts]):
 
     def attribution_batch(
         self,
-        model: HookedTransformer,
+        model: DecoderModel,
         prompts: Sequence[str | Sequence[int]],
         answers: Sequence[str | int | Sequence[int]],
     ) -> EncodedDecoderPrompts:
@@ -156,33 +156,33 @@ class DecoderFamily(Family[HookedTransformer, EncodedDecoderPrompts]):
 
     def clean_pass(
         self,
-        model: HookedTransformer,
+        model: DecoderModel,
         batch: EncodedDecoderPrompts,
         layers: list[int],
         keep_resid: bool,
     ) -> DecoderClean:
         """:func:`kn_lens.models.decoder.forward.clean_pass` (on the model's device)."""
-        return clean_pass(model, batch.to(model.cfg.device), layers, keep_resid)
+        return clean_pass(model, batch.to(model.cfg.device), layers, keep_resid)  # type: ignore[arg-type]
 
     def scaled_run(
         self,
-        model: HookedTransformer,
+        model: DecoderModel,
         batch: EncodedDecoderPrompts,
         clean: DecoderClean,
         layers: list[int],
     ) -> AbstractContextManager[StartChunk]:
         """:func:`kn_lens.models.decoder.forward.scaled_run`."""
-        return scaled_run(model, batch.to(model.cfg.device), clean, layers)
+        return scaled_run(model, batch.to(model.cfg.device), clean, layers)  # type: ignore[arg-type]
 
     def segment_logits(
-        self, model: HookedTransformer, batch: EncodedDecoderPrompts
+        self, model: DecoderModel, batch: EncodedDecoderPrompts
     ) -> Float[Tensor, "prompt seg d_vocab"]:
         """Logits at the read position and the fed answer positions, from one full forward (the
         blocks at every position, the final norm and unembedding at the segment only)."""
         b = batch.to(model.cfg.device)
         n_layers = model.cfg.n_layers
         resid = model(b.tokens, attention_mask=b.attention_mask, stop_at_layer=n_layers)
-        return logits_from_resid(model, resid[:, b.prompt_width - 1 :])
+        return logits_from_resid(model, resid[:, b.prompt_width - 1 :])  # type: ignore[arg-type]
 
     def answer_logprob(
         self,
@@ -195,5 +195,5 @@ class DecoderFamily(Family[HookedTransformer, EncodedDecoderPrompts]):
         mask = batch.answer_mask.to(logits.device)[rows]
         return answer_logprob_from_logits(logits, ids, mask)
 
-    def device(self, model: HookedTransformer) -> torch.device:
+    def device(self, model: DecoderModel) -> torch.device:
         return torch.device(model.cfg.device or "cpu")

@@ -13,23 +13,26 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
-from transformer_lens.components.mlps.gated_mlp import GatedMLP
-from transformer_lens.components.mlps.mlp import MLP
-from transformer_lens.components.transformer_block import POST_NORM_ARCHITECTURES
 from transformer_lens.utilities.activation_functions import apply_softcap
-from transformer_lens.utilities.addmm import batch_addmm
 
 from kn_lens.models.answer import answer_logprob_from_logits
+from kn_lens.models.backend import HAS_HOOKED_CLASSES
 from kn_lens.models.decoder.batch import EncodedDecoderPrompts
 from kn_lens.neuron import HookList, hook_name
+
+if TYPE_CHECKING or HAS_HOOKED_CLASSES:  # TransformerLens 3 (4 runs decoders on the bridge)
+    from transformer_lens import HookedTransformer
+    from transformer_lens.components.mlps.gated_mlp import GatedMLP
+    from transformer_lens.components.mlps.mlp import MLP
+    from transformer_lens.components.transformer_block import POST_NORM_ARCHITECTURES
+    from transformer_lens.utilities.addmm import batch_addmm
 
 __all__ = ["DecoderClean", "clean_pass", "joins_after_block", "logits_from_resid", "scaled_run"]
 

@@ -14,16 +14,17 @@ from contextlib import AbstractContextManager
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedEncoder
 
 from kn_lens.data.facts import BagCheck, FactBag, check_prompt
 from kn_lens.models.answer import answer_logprob_from_logits
+from kn_lens.models.backend import EncoderModel
 from kn_lens.models.encoder.forward import EncoderClean, clean_pass, scaled_run
 from kn_lens.models.protocol import Family, StartChunk
 from kn_lens.neuron import Hook
 from kn_lens.prompts import (
     EncodedPrompts,
     encode,
+    encoder_output,
     filter_single_token,
     logits_at_mask,
     mask_logits,
@@ -33,12 +34,12 @@ from kn_lens.prompts import (
 __all__ = ["EncoderFamily"]
 
 
-class EncoderFamily(Family[HookedEncoder, EncodedPrompts]):
+class EncoderFamily(Family[EncoderModel, EncodedPrompts]):
     """Encoders: masked prompts, one-token answers, read at ``[MASK]``."""
 
     name = "encoder"
 
-    def usable_bags(self, model: HookedEncoder, bags: Sequence[FactBag]) -> BagCheck:
+    def usable_bags(self, model: EncoderModel, bags: Sequence[FactBag]) -> BagCheck:
         """Masked bags whose answer is one vocabulary token."""
         check = filter_single_token(list(bags), model)
         skipped = list(check.skipped)
@@ -56,7 +57,7 @@ class EncoderFamily(Family[HookedEncoder, EncodedPrompts]):
 
     def encode(
         self,
-        model: HookedEncoder,
+        model: EncoderModel,
         prompts: Sequence[str],
         answers: Sequence[str] | None = None,
         *,
@@ -66,13 +67,13 @@ class EncoderFamily(Family[HookedEncoder, EncodedPrompts]):
         limit = None if max_tokens is None else min(int(max_tokens), int(model.cfg.n_ctx))
         return encode(model, prompts, max_tokens=limit, answers=answers)
 
-    def forward(self, model: HookedEncoder, batch: EncodedPrompts) -> None:
+    def forward(self, model: EncoderModel, batch: EncodedPrompts) -> None:
         """One plain forward pass through the blocks (hooks attached by the caller fire)."""
         b = batch.to(str(model.cfg.device))
-        model.encoder_output(b.tokens, b.token_type_ids, b.attention_mask)
+        encoder_output(model, b)
 
     def readout(
-        self, model: HookedEncoder, batch: EncodedPrompts, *, fwd_hooks: Sequence[Hook] = ()
+        self, model: EncoderModel, batch: EncodedPrompts, *, fwd_hooks: Sequence[Hook] = ()
     ) -> tuple[Float[Tensor, "prompt d_vocab"], Float[Tensor, " prompt"] | None]:
         """Logits at ``[MASK]`` and, with answers, the answer token's log-probability there."""
         logits = mask_logits(model, batch, fwd_hooks=fwd_hooks, batch_size=max(1, len(batch)))
@@ -81,18 +82,18 @@ class EncoderFamily(Family[HookedEncoder, EncodedPrompts]):
         ids = batch.answer_ids.to(logits.device)
         return logits, logits.log_softmax(-1).gather(-1, ids[:, None])[:, 0]
 
-    def first_token(self, model: HookedEncoder, answer: str | int) -> int:
+    def first_token(self, model: EncoderModel, answer: str | int) -> int:
         """The answer's token (it must be exactly one)."""
         return token_id(model, answer)
 
-    def answer_direction(self, model: HookedEncoder, token: int) -> Float[Tensor, " d_model"]:
+    def answer_direction(self, model: EncoderModel, token: int) -> Float[Tensor, " d_model"]:
         """The answer's word embedding, ``W_E[token]``: the paper's update direction."""
         return model.W_E.detach()[token].clone()
 
     # --- attribution (kn_lens.attribution) -------------------------------------------------
 
     def attribution_batch(
-        self, model: HookedEncoder, prompts: Sequence[str], answers: Sequence[str | int]
+        self, model: EncoderModel, prompts: Sequence[str], answers: Sequence[str | int]
     ) -> EncodedPrompts:
         """Masked prompts with one answer token each (the answers must be one token: a string
         that is one vocabulary token, or a token id)."""
@@ -104,23 +105,23 @@ class EncoderFamily(Family[HookedEncoder, EncodedPrompts]):
         return batch.select(idx)
 
     def clean_pass(
-        self, model: HookedEncoder, batch: EncodedPrompts, layers: list[int], keep_resid: bool
+        self, model: EncoderModel, batch: EncodedPrompts, layers: list[int], keep_resid: bool
     ) -> EncoderClean:
         """:func:`kn_lens.models.encoder.forward.clean_pass` (on the model's device)."""
-        return clean_pass(model, batch.to(str(model.cfg.device)), layers, keep_resid)
+        return clean_pass(model, batch.to(str(model.cfg.device)), layers, keep_resid)  # type: ignore[arg-type]
 
     def scaled_run(
-        self, model: HookedEncoder, batch: EncodedPrompts, clean: EncoderClean, layers: list[int]
+        self, model: EncoderModel, batch: EncodedPrompts, clean: EncoderClean, layers: list[int]
     ) -> AbstractContextManager[StartChunk]:
         """:func:`kn_lens.models.encoder.forward.scaled_run`."""
-        return scaled_run(model, batch.to(str(model.cfg.device)), clean, layers)
+        return scaled_run(model, batch.to(str(model.cfg.device)), clean, layers)  # type: ignore[arg-type]
 
     def segment_logits(
-        self, model: HookedEncoder, batch: EncodedPrompts
+        self, model: EncoderModel, batch: EncodedPrompts
     ) -> Float[Tensor, "prompt seg d_vocab"]:
         """Logits at ``[MASK]`` (a one-position segment), from one full forward."""
         b = batch.to(str(model.cfg.device))
-        resid = model.encoder_output(b.tokens, b.token_type_ids, b.attention_mask)
+        resid = encoder_output(model, b)
         return logits_at_mask(model, resid, b.mask_pos)[:, None]
 
     def answer_logprob(
@@ -133,5 +134,5 @@ class EncoderFamily(Family[HookedEncoder, EncodedPrompts]):
         ids = batch.first_answer_ids.to(logits.device)[rows][:, None]
         return answer_logprob_from_logits(logits, ids, torch.ones_like(ids))
 
-    def device(self, model: HookedEncoder) -> torch.device:
+    def device(self, model: EncoderModel) -> torch.device:
         return torch.device(model.cfg.device or "cpu")

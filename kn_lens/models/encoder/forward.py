@@ -21,17 +21,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedEncoder
-from transformer_lens.components import BertBlock
 from transformer_lens.hook_points import HookPoint
 
+from kn_lens.models.backend import HAS_HOOKED_CLASSES
 from kn_lens.neuron import HookList, hook_name
 from kn_lens.prompts import EncodedPrompts, logits_at_mask
+
+if TYPE_CHECKING or HAS_HOOKED_CLASSES:  # TransformerLens 3 (4 runs encoders on the bridge)
+    from transformer_lens import HookedEncoder
+    from transformer_lens.components import BertBlock
 
 __all__ = ["EncoderClean", "clean_pass", "scaled_run"]
 
