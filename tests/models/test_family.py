@@ -6,7 +6,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from kn_lens.models.backend import HAS_HOOKED_CLASSES, TL_VERSION
+
+if not HAS_HOOKED_CLASSES:  # these tests build HookedTransformers from configs
+    pytest.skip(
+        f"TransformerLens {TL_VERSION} has no HookedTransformer (the bridge's decoder tests: "
+        "tests/models/test_bridge.py)",
+        allow_module_level=True,
+    )
+from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: E402
 
 from kn_lens.data import FactBag
 from kn_lens.data.facts import Fact, fill_template, prefix_prompt
