@@ -153,6 +153,10 @@ class PaperConfig:
     # --- comparing localisation methods (localize; beyond the paper) -------------------------
     localize_facts: int = 5  # facts of the same / of other relations measured per fact (cheap).
     localize_foils: int = 3  # foils of the contrastive IG: other objects of the same relation.
+    # At most this many facts measured anew per localize call (-1: all; 0: none, only the facts
+    # kept by earlier calls are summarised); the others wait for the next call, which resumes (a
+    # long study runs in slices, each leaving a partial results.json).
+    localize_max_new: int = -1
 
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)

@@ -8,6 +8,7 @@
     DIR/attribution/P19.shard2of4.jsonl   ... the same, written by ``--shard 2/4``
     DIR/neurons.json               knowledge neurons per fact (ours and the baseline)
     DIR/trigger_prompts.jsonl      every fact's most and least activating web prompts
+    DIR/localize_facts.jsonl       a resumable analysis' per-fact records, appended fact by fact
     DIR/results.json               every analysis' result + run metadata (below)
     DIR/report.md, DIR/report.html the paper's numbers beside this run's, figures, examples
     DIR/figures/*.html             one file per figure, sharing figures/plotly.min.js (+ .png)
@@ -354,6 +355,11 @@ class RunDir:
     def details(self, analysis: str) -> Path:
         """The per-fact details of an analysis beside results.json (``trigger_prompts.jsonl``)."""
         return self.path / f"{analysis}_prompts.jsonl"
+
+    def fact_log(self, analysis: str) -> Path:
+        """The per-fact records of a resumable analysis (``localize_facts.jsonl``), appended as
+        each fact is done (:class:`kn_lens.store.FactLogFile`)."""
+        return self.path / f"{analysis}_facts.jsonl"
 
     def save_details(self, analysis: str, records: Iterable[Any]) -> Path:
         """Write ``records`` (an analysis' registry ``details`` of its result), one JSON object per

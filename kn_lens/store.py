@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "Shard",
     "JsonlStore",
+    "FactLogFile",
     "Record",
     "StoreError",
     "safe_name",
@@ -390,6 +391,58 @@ class JsonlStore:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return iter(read_jsonl(self.path))
+
+
+class FactLogFile:
+    """A resumable analysis' per-fact records in one JSON-lines file (a
+    :class:`kn_lens.experiments.registry.FactLog`), safe to kill at any moment.
+
+    Each line is a record with ``key`` and ``fingerprint``; it is stored under the id
+    ``"KEY@FINGERPRINT"``, so a fact recomputed after its inputs changed gets a new line and the
+    old one is never read again, and no id is ever written twice (a second process appending to
+    the same file gets :class:`StoreError`). Use as a context manager.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self._store = JsonlStore(path, key="id")
+        self._records: dict[str, dict[str, Any]] = {}
+
+    @staticmethod
+    def _id(key: str, fingerprint: str) -> str:
+        return f"{key}@{fingerprint}"
+
+    def open(self) -> FactLogFile:
+        self._store.open()
+        self._records = read_union([self._store.path], key="id")
+        return self
+
+    def close(self) -> None:
+        self._store.close()
+
+    def __enter__(self) -> FactLogFile:
+        return self.open()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def get(self, key: str, fingerprint: str) -> dict[str, Any] | None:
+        """The record of ``key`` computed with ``fingerprint``, if stored."""
+        return self._records.get(self._id(key, fingerprint))
+
+    def append(self, record: Any) -> None:
+        """Store ``record`` (a mapping with string ``key`` and ``fingerprint``) as one line,
+        flushed to disk before this returns."""
+        key, fp = record.get("key"), record.get("fingerprint")
+        if not isinstance(key, str) or not isinstance(fp, str):
+            raise StoreError(
+                f"{self._store.path}: a record needs string 'key' and 'fingerprint' fields"
+            )
+        rec = {"id": self._id(key, fp), **record}
+        self._store.append(rec)
+        self._records[rec["id"]] = rec
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from kn_lens.store import (
+    FactLogFile,
     JsonlStore,
     Shard,
     StoreError,
@@ -101,3 +102,26 @@ def test_second_writer_is_refused(tmp_path):
     with JsonlStore(path):
         with pytest.raises(StoreError, match="another process"):
             JsonlStore(path).open()
+
+
+def test_fact_log_keeps_records_by_key_and_fingerprint(tmp_path):
+    path = tmp_path / "localize_facts.jsonl"
+    with FactLogFile(path) as log:
+        assert len(log) == 0 and log.get("P19/0", "aa") is None
+        log.append({"key": "P19/0", "fingerprint": "aa", "fact": {"x": 1.5}})
+        log.append({"key": "P19/1", "fingerprint": "aa", "fact": {"x": 2}})
+        with pytest.raises(StoreError, match="already stored"):
+            log.append({"key": "P19/0", "fingerprint": "aa", "fact": {"x": 3}})
+        with pytest.raises(StoreError, match="fingerprint"):
+            log.append({"key": "P19/2", "fact": {}})
+        with pytest.raises(StoreError, match="another process"):
+            FactLogFile(path).open()
+    with open(path, "ab") as f:  # a kill mid-write
+        f.write(b'{"id": "P19/2@aa", "key": "P19/2", "fact": {"x":')
+    with FactLogFile(path) as log:  # repaired; the inputs of P19/0 changed: a new record
+        assert len(log) == 2 and log.get("P19/0", "aa")["fact"] == {"x": 1.5}
+        assert log.get("P19/0", "bb") is None and log.get("P19/2", "aa") is None
+        log.append({"key": "P19/0", "fingerprint": "bb", "fact": {"x": 4}})
+    with FactLogFile(path) as log:
+        assert log.get("P19/0", "bb")["fact"] == {"x": 4} and len(log) == 3
+    assert path.read_bytes().endswith(b"\n") and len(path.read_bytes().splitlines()) == 3

@@ -49,8 +49,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import zip_longest
 from typing import Any
 
 import torch
@@ -64,18 +65,20 @@ from kn_lens.experiments.controls import random_control, seeded_rng
 from kn_lens.experiments.heldout import split_prompts
 from kn_lens.experiments.localize_tools import (
     PAPER,
+    fact_fingerprint,
     jaccard,
     localize_figure,
     pick_foils,
     report_rows,
     report_table,
+    run_context,
     sample_bags,
     select_neurons,
     spearman,
     summed_scores,
 )
 from kn_lens.experiments.modify import change_pct
-from kn_lens.experiments.registry import Analysis, AnalysisInputs
+from kn_lens.experiments.registry import Analysis, AnalysisInputs, FactLog
 from kn_lens.interventions import scaled_answer_reads
 from kn_lens.knowledge_neurons import (
     BagScores,
@@ -86,7 +89,7 @@ from kn_lens.knowledge_neurons import (
 from kn_lens.models.family import Model
 from kn_lens.neuron import Neuron, model_shape
 from kn_lens.readout import encode_facts
-from kn_lens.results import Result, mean_or_nan
+from kn_lens.results import Result, mean_or_nan, to_jsonable
 
 #: The methods, in the report's order.
 METHODS: tuple[str, ...] = (
@@ -274,6 +277,98 @@ def _group_pct(delta: Tensor, base: Tensor, spans: Sequence[tuple[int, int]]) ->
     return change_pct(d, p)
 
 
+def _measure(
+    model: Model,
+    bags: Sequence[FactBag],
+    bag: FactBag,
+    records: dict[str, BagScores],
+    seconds: dict[str, float | None],
+    ig_ns: list[Neuron],
+    p: float,
+    foils: list[str],
+    config: PaperConfig,
+) -> LocalizeFact:
+    """One fact's neuron sets and measures, from each method's scores (``records``)."""
+    k, n, rows = len(ig_ns), len(bag.prompts), config.batch_size
+    finding, held = split_prompts(n, config.seed, bag.key) if n >= 2 else ([], [])
+
+    def pick(rec: BagScores, m: str) -> list[Neuron]:
+        t = coarse_threshold(config, ENGINE[m])
+        return select_neurons(rec, ENGINE[m], t, p, config.min_shared_prompts, k)
+
+    sets: dict[str, list[Neuron]] = {}
+    halves: dict[str, list[Neuron]] = {}
+    for m, rec in records.items():
+        sets[m] = ig_ns if m == "ig" else pick(rec, m)
+        if held:  # the stored per-prompt scores of the finding half: no new attribution
+            halves[m] = pick(rec.select_prompts(finding), m)
+    sets["random"] = random_control(ig_ns, model_shape(model)[1], config.seed, bag.key)
+    if held:
+        halves["random"] = sets["random"]
+
+    n_cap = int(config.localize_facts)
+    same_pool = [b for b in bags if b.relation == bag.relation and b.key != bag.key]
+    other_pool = [b for b in bags if b.relation != bag.relation]
+    same = sample_bags(same_pool, n_cap, seeded_rng(config.seed, "localize-same", bag.key))
+    other = sample_bags(other_pool, n_cap, seeded_rng(config.seed, "localize-other", bag.key))
+    parts = [bag, *same, *other]
+    spans, at = [], 0
+    for b in parts:
+        spans.append((at, at + len(b.prompts)))
+        at += len(b.prompts)
+    enc = encode_facts(
+        model,
+        [q for b in parts for q in b.prompts],
+        [b.object for b in parts for _ in b.prompts],
+    )
+    base, base_top = _reads(model, enc, [], rows)
+    own = slice(0, n)
+    ig_sums = summed_scores(records["ig"], "ig")
+    measures: dict[str, dict[str, float | None]] = {}
+    for m, ns in sets.items():
+        probs, top = _reads(model, enc, ns, rows)
+        d = probs - base
+        vals: dict[str, float] = {
+            "suppress_own": change_pct(float(d[own].mean()), float(base[own].mean())),
+            "suppress_same_relation": _group_pct(d, base, spans[1 : 1 + len(same)]),
+            "suppress_other_relations": _group_pct(d, base, spans[1 + len(same) :]),
+            "flips_own": float((top[own] != base_top[own]).float().mean()),
+            "heldout_suppress": math.nan,
+            "overlap_with_ig": jaccard(ns, ig_ns),
+            "spearman_with_ig": math.nan,
+        }
+        if held:
+            h_probs, _ = _reads(model, enc.select(held), halves[m], rows)
+            vals["heldout_suppress"] = change_pct(
+                float((h_probs - base[held]).mean()), float(base[held].mean())
+            )
+        if m in records:
+            vals["spearman_with_ig"] = spearman(summed_scores(records[m], ENGINE[m]), ig_sums)
+        vals["specificity"] = vals["suppress_same_relation"] - vals["suppress_own"]
+        measures[m] = {name: _finite(v) for name, v in vals.items()}
+        measures[m]["seconds_per_fact"] = seconds.get(m)
+    return LocalizeFact(
+        bag.key,
+        bag.relation,
+        bag.object,
+        p,
+        k,
+        foils,
+        [b.key for b in same],
+        [b.key for b in other],
+        finding,
+        held,
+        {m: [(x.layer, x.index) for x in ns] for m, ns in sets.items()},
+        measures,
+    )
+
+
+def _fact_from_record(record: Mapping[str, Any]) -> LocalizeFact:
+    d = dict(record["fact"])
+    d["neurons"] = {m: [(int(a), int(b)) for a, b in v] for m, v in d["neurons"].items()}
+    return LocalizeFact(**d)
+
+
 def localize(
     model: Model,
     bags: Sequence[FactBag],
@@ -282,6 +377,7 @@ def localize(
     *,
     keys: Iterable[str] | None = None,
     progress: bool = False,
+    fact_log: FactLog | None = None,
 ) -> LocalizeResult:
     """Compare the localisation methods (see the module docstring).
 
@@ -292,14 +388,22 @@ def localize(
             are computed, and timed, where a record lacks them: ``ig`` for every fact of the
             relations compared, as its adaptive ``p`` needs them all).
         keys: the facts to compare (default: every fact with ig neurons).
+        fact_log: where each fact's record goes as soon as it is measured, and where a record
+            of the same fact computed from the same inputs (:func:`fact_fingerprint`) is
+            reused instead of measuring again; ``None``: every fact is measured.
+
+    Facts are measured relation by relation in turn (the first fact of each relation, then
+    the second, ...), so that a run stopped midway covers every relation; with
+    ``config.localize_max_new`` >= 0 at most that many facts are measured anew (0: none, the
+    kept records are only summarised), and the others are left out as ``not_yet_measured`` (a
+    later call resumes them).
     """
     if not bags:
         raise KnLensError("no bags given")
     by_key = {s.key: s for s in scores}
     if not by_key:
         raise KnLensError("localize needs the stored attribution scores")
-    n_cap, n_foils = int(config.localize_facts), int(config.localize_foils)
-    d_mlp = model_shape(model)[1]
+    n_foils = int(config.localize_foils)
     floor = max(s.floor for s in scores)
     scorer = _Scorer(model, config, floor)
     wanted = None if keys is None else set(keys)
@@ -327,18 +431,30 @@ def localize(
     n_in_rel = {
         r: sum(b.relation == r for b in todo) for r in dict.fromkeys(b.relation for b in todo)
     }
-    rows = config.batch_size
-    facts: list[LocalizeFact] = []
-    it: Iterable[FactBag] = todo
+    context = run_context(model, bags, _settings(config, floor))
+    by_rel: dict[str, list[FactBag]] = {}
+    for b in todo:
+        by_rel.setdefault(b.relation, []).append(b)
+    order = [b for group in zip_longest(*by_rel.values()) for b in group if b is not None]
+    done: dict[str, LocalizeFact] = {}
+    max_new, n_new = int(config.localize_max_new), 0
+    it: Iterable[FactBag] = order
     if progress:
         from tqdm.auto import tqdm
 
-        it = tqdm(todo, desc="localize", unit="fact")
+        it = tqdm(order, desc="localize", unit="fact")
     for bag in it:
         rel = found[bag.relation]
         stored = by_key[bag.key]
         ig_ns = list(rel.neurons[bag.key])
-        k = len(ig_ns)
+        fp = fact_fingerprint(context, bag, stored, rel.p, ig_ns)
+        kept = fact_log.get(bag.key, fp) if fact_log is not None else None
+        if kept is not None:
+            done[bag.key] = _fact_from_record(kept)
+            continue
+        if 0 <= max_new <= n_new:
+            skipped[bag.key] = "not_yet_measured"
+            continue
         if bag.relation not in means:
             means[bag.relation] = scorer.relation_mean(
                 [b for b in bags if b.relation == bag.relation]
@@ -358,79 +474,17 @@ def localize(
             records["ig_contrastive"], seconds["ig_contrastive"] = scorer.compute(
                 bag, "ig_contrastive", foils=foils
             )
-        n = len(bag.prompts)
-        finding, held = split_prompts(n, config.seed, bag.key) if n >= 2 else ([], [])
-
-        def pick(rec: BagScores, m: str, p: float = rel.p, k: int = k) -> list[Neuron]:
-            t = coarse_threshold(config, ENGINE[m])
-            return select_neurons(rec, ENGINE[m], t, p, config.min_shared_prompts, k)
-
-        sets: dict[str, list[Neuron]] = {}
-        halves: dict[str, list[Neuron]] = {}
-        for m, rec in records.items():
-            sets[m] = ig_ns if m == "ig" else pick(rec, m)
-            if held:
-                halves[m] = pick(rec.select_prompts(finding), m)
-        sets["random"] = random_control(ig_ns, d_mlp, config.seed, bag.key)
-        if held:
-            halves["random"] = sets["random"]
-
-        same_pool = [b for b in bags if b.relation == bag.relation and b.key != bag.key]
-        other_pool = [b for b in bags if b.relation != bag.relation]
-        same = sample_bags(same_pool, n_cap, seeded_rng(config.seed, "localize-same", bag.key))
-        other = sample_bags(other_pool, n_cap, seeded_rng(config.seed, "localize-other", bag.key))
-        parts = [bag, *same, *other]
-        spans, at = [], 0
-        for b in parts:
-            spans.append((at, at + len(b.prompts)))
-            at += len(b.prompts)
-        enc = encode_facts(
-            model,
-            [p for b in parts for p in b.prompts],
-            [b.object for b in parts for _ in b.prompts],
-        )
-        base, base_top = _reads(model, enc, [], rows)
-        own = slice(0, n)
-        ig_sums = summed_scores(records["ig"], "ig")
-        measures: dict[str, dict[str, float | None]] = {}
-        for m, ns in sets.items():
-            probs, top = _reads(model, enc, ns, rows)
-            d = probs - base
-            vals: dict[str, float] = {
-                "suppress_own": change_pct(float(d[own].mean()), float(base[own].mean())),
-                "suppress_same_relation": _group_pct(d, base, spans[1 : 1 + len(same)]),
-                "suppress_other_relations": _group_pct(d, base, spans[1 + len(same) :]),
-                "flips_own": float((top[own] != base_top[own]).float().mean()),
-                "heldout_suppress": math.nan,
-                "overlap_with_ig": jaccard(ns, ig_ns),
-                "spearman_with_ig": math.nan,
-            }
-            if held:
-                h_probs, _ = _reads(model, enc.select(held), halves[m], rows)
-                vals["heldout_suppress"] = change_pct(
-                    float((h_probs - base[held]).mean()), float(base[held].mean())
-                )
-            if m in records:
-                vals["spearman_with_ig"] = spearman(summed_scores(records[m], ENGINE[m]), ig_sums)
-            vals["specificity"] = vals["suppress_same_relation"] - vals["suppress_own"]
-            measures[m] = {name: _finite(v) for name, v in vals.items()}
-            measures[m]["seconds_per_fact"] = seconds.get(m)
-        facts.append(
-            LocalizeFact(
-                bag.key,
-                bag.relation,
-                bag.object,
-                rel.p,
-                k,
-                foils,
-                [b.key for b in same],
-                [b.key for b in other],
-                finding,
-                held,
-                {m: [(x.layer, x.index) for x in ns] for m, ns in sets.items()},
-                measures,
-            )
-        )
+        fact = _measure(model, bags, bag, records, seconds, ig_ns, rel.p, foils, config)
+        if fact_log is not None:
+            fact_log.append({"key": bag.key, "fingerprint": fp, "fact": to_jsonable(fact)})
+        done[bag.key] = fact
+        n_new += 1
+    facts = [done[b.key] for b in todo if b.key in done]
+    settings = _settings(config, floor)
+    settings["not_timed"] = sorted(
+        {m for f in facts for m, ms in f.measures.items() if ms.get("seconds_per_fact") is None}
+        - {"random"}
+    )
     return LocalizeResult(
         len(facts),
         {m: _summary(facts, m) for m in METHODS},
@@ -438,30 +492,28 @@ def localize(
         {r: {"p": found[r].p, "n_facts": sum(f.relation == r for f in facts)} for r in n_in_rel},
         facts,
         skipped,
-        {
-            "t": config.t,
-            "baseline_t": config.baseline_t,
-            "min_shared_prompts": config.min_shared_prompts,
-            "steps": config.steps,
-            "seed": config.seed,
-            "floor": floor,
-            "localize_facts": n_cap,
-            "localize_foils": n_foils,
-            "objective": {
-                m: ("logprob" if m == "ig_contrastive" else config.objective) for m in ENGINE
-            },
-            "operation": "suppress",
-            "not_timed": sorted(
-                {
-                    m
-                    for f in facts
-                    for m, ms in f.measures.items()
-                    if ms.get("seconds_per_fact") is None
-                }
-                - {"random"}
-            ),
-        },
+        settings,
     )
+
+
+def _settings(config: PaperConfig, floor: float) -> dict[str, Any]:
+    """The settings every fact's measures depend on (results.json ``settings``)."""
+    return {
+        "t": config.t,
+        "baseline_t": config.baseline_t,
+        "min_shared_prompts": config.min_shared_prompts,
+        "steps": config.steps,
+        "seed": config.seed,
+        "floor": floor,
+        "localize_facts": int(config.localize_facts),
+        "localize_foils": int(config.localize_foils),
+        "objective": {
+            m: ("logprob" if m == "ig_contrastive" else config.objective) for m in ENGINE
+        },
+        "baseline": config.baseline,
+        "dtype": config.dtype,
+        "operation": "suppress",
+    }
 
 
 def _summary(facts: Sequence[LocalizeFact], method: str) -> MethodSummary:
@@ -496,6 +548,7 @@ def run(inputs: AnalysisInputs) -> LocalizeResult:
         inputs.config,
         keys=keys,
         progress=inputs.progress,
+        fact_log=inputs.fact_log,
     )
 
 
@@ -508,4 +561,5 @@ ANALYSIS = Analysis(
     report_rows,
     needs_scores=True,
     table=report_table,
+    resumable=True,
 )

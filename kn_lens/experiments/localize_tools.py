@@ -5,6 +5,8 @@ result's plain-dict form, ``LocalizeResult.to_dict()``)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import random
 from collections.abc import Iterable, Mapping, Sequence
@@ -79,6 +81,35 @@ def pick_foils(
         pool.append(obj)
     rng = seeded_rng(seed, "localize-foils", bag.key)
     return rng.sample(pool, min(n, len(pool)))
+
+
+def run_context(model: Model, bags: Sequence[FactBag], settings: Mapping[str, Any]) -> str:
+    """A hash of what every fact's measures depend on besides the fact itself: the model's name
+    and shape, the settings, and the run's facts (the comparison samples, foils and relation
+    means come from them)."""
+    cfg = model.cfg
+    doc = {
+        "model": [str(getattr(cfg, "model_name", "")), cfg.n_layers, cfg.d_mlp, cfg.d_vocab],
+        "settings": dict(settings),
+        "bags": [[b.key, b.relation, b.subject, b.object, list(b.prompts)] for b in bags],
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def fact_fingerprint(
+    context: str, bag: FactBag, stored: BagScores, p: float, ig_neurons: Sequence[Neuron]
+) -> str:
+    """A short hash of one fact's inputs to ``localize``: the :func:`run_context`, the fact, its
+    stored scores, its relation's ``p`` and its ig neurons. A kept record is reused only when
+    it was computed with the same fingerprint."""
+    doc = {
+        "context": context,
+        "key": bag.key,
+        "scores": stored.to_dict(),
+        "p": p,
+        "ig": [[n.layer, n.index] for n in ig_neurons],
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def sample_bags(pool: Sequence[FactBag], n: int, rng: random.Random) -> list[FactBag]:
@@ -208,11 +239,13 @@ def localize_figure(result: Mapping[str, Any], paper: Mapping[str, Any]) -> go.F
 __all__ = [
     "LABELS",
     "PAPER",
+    "fact_fingerprint",
     "jaccard",
     "localize_figure",
     "pick_foils",
     "report_rows",
     "report_table",
+    "run_context",
     "sample_bags",
     "select_neurons",
     "spearman",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from kn_lens.config import PaperConfig
 from kn_lens.data.facts import FactBag
@@ -35,6 +35,22 @@ RowsFn = Callable[[Mapping[str, Any], Mapping[str, Any], Mapping[str, Any]], lis
 DetailsFn = Callable[[Mapping[str, Any]], Iterable[Any]]
 
 
+@runtime_checkable
+class FactLog(Protocol):
+    """Per-fact records an analysis keeps between runs (the run folder gives one to a resumable
+    analysis: :meth:`kn_lens.rundir.RunDir.fact_log`). A record is a JSON object with ``key``
+    (the fact) and ``fingerprint`` (a hash of everything its numbers depend on, which the
+    analysis computes); the analysis reuses a record only when both match."""
+
+    def get(self, key: str, fingerprint: str) -> Mapping[str, Any] | None:
+        """The record of fact ``key`` computed with ``fingerprint``, if one was kept."""
+        ...
+
+    def append(self, record: Mapping[str, Any]) -> None:
+        """Keep ``record`` (written through at once, so a kill loses no finished fact)."""
+        ...
+
+
 @dataclass
 class AnalysisInputs:
     """Everything an analysis may read. The command line fills in what the analysis needs.
@@ -51,6 +67,8 @@ class AnalysisInputs:
         relations: relations to erase (``erase``; default: its ``default_relations``).
         facts_per_relation: facts edited per relation (``update``; default 10).
         progress: show progress bars.
+        fact_log: where a resumable analysis keeps each fact's record as soon as it is done
+            (``None``: nothing is kept; the analysis computes every fact).
     """
 
     model: Model | None
@@ -63,6 +81,7 @@ class AnalysisInputs:
     relations: Sequence[str] | None = None
     facts_per_relation: int | None = None
     progress: bool = False
+    fact_log: FactLog | None = None
 
     def require_model(self) -> Model:
         """The model; :class:`~kn_lens.errors.KnLensError` when there is none."""
@@ -94,6 +113,8 @@ class Analysis:
         details: the per-fact records the run folder writes beside results.json, if any.
         examples: a few facts of the result as display lines for the report, if any.
         table: the analysis' own table in the report (identify: per relation), if any.
+        resumable: keeps per-fact records in ``AnalysisInputs.fact_log``: a run stopped midway
+            resumes where it stopped.
     """
 
     name: str
@@ -107,6 +128,7 @@ class Analysis:
     details: DetailsFn | None = None
     examples: ExamplesFn | None = None
     table: TableFn | None = None
+    resumable: bool = False
 
 
 __all__ = [
@@ -114,6 +136,7 @@ __all__ = [
     "AnalysisInputs",
     "DetailsFn",
     "ExamplesFn",
+    "FactLog",
     "FigureFn",
     "RowsFn",
     "TableFn",

@@ -12,6 +12,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,14 @@ from kn_lens.knowledge_neurons import BagScores
 from kn_lens.pipeline.options import ATTRIBUTION_KEYS, PipelineError
 from kn_lens.pipeline.state import RunState
 from kn_lens.report import write_report
-from kn_lens.store import JsonlStore, read_union, relation_files, safe_name, stored_keys
+from kn_lens.store import (
+    FactLogFile,
+    JsonlStore,
+    read_union,
+    relation_files,
+    safe_name,
+    stored_keys,
+)
 
 log = logging.getLogger("kn_lens.pipeline")
 
@@ -386,7 +394,14 @@ class Pipeline(RunState):
         """Run registered analysis ``name`` on the model; the run folder writes its per-fact
         details if it has any (the analysis itself writes no file)."""
         analysis = ANALYSES[name]
-        result = analysis.run(self.analysis_inputs(name))
+        inputs = self.analysis_inputs(name)
+        if analysis.resumable:  # each fact's record is kept as soon as it is done
+            with FactLogFile(self.dir.fact_log(name)) as fact_log:
+                if len(fact_log):
+                    log.info("%s: %d fact record(s) kept from earlier runs", name, len(fact_log))
+                result = analysis.run(replace(inputs, fact_log=fact_log))
+        else:
+            result = analysis.run(inputs)
         if analysis.details is not None:
             path = self.dir.save_details(name, analysis.details(result.to_dict()))
             log.info("wrote the per-fact details of %s to %s", name, path)
