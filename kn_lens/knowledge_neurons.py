@@ -53,7 +53,7 @@ from kn_lens.config import PaperConfig, default_batch_size
 from kn_lens.data import FactBag
 from kn_lens.errors import KnLensError
 from kn_lens.models.family import Model
-from kn_lens.neuron import Neuron, model_shape
+from kn_lens.neuron import Neuron, model_shape, neurons_from_json
 from kn_lens.results import Result
 
 #: What :func:`score_bag` stores by default: the paper's method and its activation baseline.
@@ -393,7 +393,10 @@ class RelationNeurons(Result):
             bool(d["converged"]),
             float(d["mean_neurons"]),
             [(float(a), float(b)) for a, b in d["history"]],
-            {k: [Neuron(int(a), int(b)) for a, b in v] for k, v in d["neurons"].items()},
+            {
+                k: neurons_from_json(v, f"RelationNeurons {d['relation']}: neurons of {k}")
+                for k, v in d["neurons"].items()
+            },
         )
 
 

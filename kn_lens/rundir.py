@@ -375,15 +375,22 @@ class RunDir:
 
     # ---- run.json -----------------------------------------------------------------------------
     def recorded_options(self) -> dict[str, Any]:
-        """The options DIR/run.json recorded ({} when there is none or it is unreadable)."""
+        """The options DIR/run.json recorded ({} when there is none). A run.json that is not
+        valid JSON (truncated, edited) is an error naming it: its options are the folder's
+        defaults, and guessing them would run on other facts."""
         if not self.run_json.is_file():
             return {}
         try:
             opts = json.loads(self.run_json.read_text()).get("options", {})
-        except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
-            log.warning("%s is unreadable; ignoring it", self.run_json)
-            return {}
-        return opts if isinstance(opts, dict) else {}
+        except (json.JSONDecodeError, AttributeError, UnicodeDecodeError) as e:
+            why = e.msg if isinstance(e, json.JSONDecodeError) else "not a JSON object"
+            raise RunDirError(
+                f"{self.run_json} is unreadable ({why}); remove it and give the options "
+                "again (it records the folder's default options)"
+            ) from None
+        if not isinstance(opts, dict):
+            raise RunDirError(f"{self.run_json}: 'options' must be a JSON object; remove it")
+        return opts
 
     def record_options(
         self, options: Mapping[str, Any], command: str, argv: Sequence[str] | None

@@ -51,6 +51,7 @@ __all__ = [
     "StoreError",
     "safe_name",
     "relation_files",
+    "check_store_names",
     "repair_jsonl",
     "read_jsonl",
     "read_union",
@@ -110,6 +111,25 @@ def safe_name(relation: str) -> str:
     if safe != relation or not safe:
         safe = f"{safe}-{hashlib.sha1(relation.encode()).hexdigest()[:8]}"
     return safe
+
+
+def check_store_names(relations: Iterable[str], directory: str | Path) -> None:
+    """Refuse two relation ids whose store files in ``directory`` would be one file (equal safe
+    names, or names equal but for case, one file on a case-insensitive file system).
+
+    Raises:
+        StoreError: naming both relation ids and the file.
+    """
+    seen: dict[str, str] = {}
+    for rel in dict.fromkeys(relations):
+        name = safe_name(rel).casefold()
+        if name in seen:
+            raise StoreError(
+                f"relations {seen[name]!r} and {rel!r} would share the store file "
+                f"{Path(directory) / (safe_name(rel) + '.jsonl')}; rename one of them in the "
+                "facts file"
+            )
+        seen[name] = rel
 
 
 def relation_files(directory: str | Path, relation: str) -> list[Path]:

@@ -333,6 +333,11 @@ def load_jsonl_facts(path: str | Path) -> list[FactBag]:
     """
     path = Path(path)
     records = list(read_jsonl_records(path))
+    if not records:
+        raise DataError(
+            f"{path}: holds no facts (expected one JSON object a line with subject, relation, "
+            "object and templates)"
+        )
     for n, rec in records:
         require_strings(rec, ("subject", "relation", "object"), path, n)
         blank = [k for k in ("subject", "relation", "object") if not rec[k].strip()]

@@ -36,7 +36,7 @@ from kn_lens.errors import KnLensError
 from kn_lens.experiments.registry import Analysis, AnalysisInputs
 from kn_lens.knowledge_neurons import BagScores, RelationNeurons, identify_all, score_bags
 from kn_lens.models.family import Model
-from kn_lens.neuron import Neuron
+from kn_lens.neuron import Neuron, neurons_from_json
 from kn_lens.results import ReportRow, Result, dig, mean_or_nan, report_row
 
 #: The paper's numbers for bert-base-cased on PARAREL (Section 4.3, Table 1, Figure 4).
@@ -208,7 +208,10 @@ def neurons_from_result(
     neurons = result.neurons if isinstance(result, IdentificationResult) else result["neurons"]
     if which not in neurons:
         raise KnLensError(f"no {which!r} neurons in the result (has {list(neurons)})")
-    return {k: [Neuron(int(a), int(b)) for a, b in v] for k, v in neurons[which].items()}
+    return {
+        k: neurons_from_json(v, f"identify result: {which} neurons of {k}")
+        for k, v in neurons[which].items()
+    }
 
 
 # ----------------------------------------------------------------------------------------------

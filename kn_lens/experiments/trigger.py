@@ -21,7 +21,7 @@ from kn_lens.errors import KnLensError
 from kn_lens.experiments.registry import Analysis, AnalysisInputs
 from kn_lens.interventions import grouped_activations
 from kn_lens.models.family import Model, family_of
-from kn_lens.neuron import Neuron
+from kn_lens.neuron import Neuron, neurons_from_json
 from kn_lens.results import (
     ReportRow,
     Result,
@@ -179,7 +179,10 @@ def activating_prompts(
                 relation=fp.relation,
                 subject=fp.subject,
                 object=fp.object,
-                neurons=[(int(n[0]), int(n[1])) for n in neurons[fp.key]],
+                neurons=[
+                    (n.layer, n.index)
+                    for n in neurons_from_json(list(neurons[fp.key]), f"neurons of {fp.key}")
+                ],
                 n_ranked=len(scored),
                 top=[scored[i] for i in order[:k]],
                 bottom=[scored[i] for i in reversed(order[-k:])],

@@ -250,6 +250,52 @@ def split_list(values: str | Sequence[str] | None) -> list[str] | None:
     return out or None
 
 
+#: The JSON types each recorded option may have in DIR/run.json (None: absent or null).
+_RECORDED_TYPES: dict[str, tuple[str, ...]] = {
+    "model": ("str",),
+    "dtype": ("str",),
+    "data": ("str",),
+    "lama": ("str", "null"),
+    "patterns": ("str", "null"),
+    "web": ("str", "null"),
+    "relations": ("list of strings", "null"),
+    "max_bags": ("int", "null"),
+    "facts": ("str", "null"),
+    "max_prompts": ("int", "null"),
+    "steps": ("int",),
+    "batch_size": ("int", "null"),
+    "seed": ("int",),
+}
+
+
+def _is(value: Any, kind: str) -> bool:
+    if kind == "null":
+        return value is None
+    if kind == "str":
+        return isinstance(value, str) and bool(value)
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, list) and all(isinstance(v, str) and v for v in value)
+
+
+def check_recorded(recorded: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """``recorded`` (DIR/run.json's options) when every option has its type; else an error
+    naming ``where`` (the file), the key and the value. Unknown keys are ignored."""
+    for key, kinds in _RECORDED_TYPES.items():
+        if key in recorded and not any(_is(recorded[key], k) for k in kinds):
+            raise PipelineError(
+                f"{where}: options.{key} must be {' or '.join(kinds)}, not "
+                f"{json.dumps(recorded[key])}; fix it, or remove {where} and give the options "
+                "again"
+            )
+        if key in ("steps", "max_bags", "max_prompts", "batch_size") and key in recorded:
+            if recorded[key] is not None and recorded[key] < 1:
+                raise PipelineError(
+                    f"{where}: options.{key} must be a positive integer, not {recorded[key]}"
+                )
+    return dict(recorded)
+
+
 def resolve_options(
     given: Mapping[str, Any], recorded: Mapping[str, Any], *, reproduce: bool = False
 ) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from kn_lens.pipeline.options import (
     PROG,
     RECORDED_DEFAULTS,
     PipelineError,
+    check_recorded,
     resolve_options,
     split_list,
 )
@@ -140,7 +141,8 @@ class RunState:
             "dtype": compute.dtype,
             "batch_size": compute.batch_size,
         }
-        opts = resolve_options(given, self.dir.recorded_options(), reproduce=reproduce)
+        recorded = check_recorded(self.dir.recorded_options(), str(self.dir.run_json))
+        opts = resolve_options(given, recorded, reproduce=reproduce)
         threads = compute.threads
         if threads is None and opts["model"] == "default" and str(compute.device or "cpu") == "cpu":
             threads = 1
@@ -294,8 +296,12 @@ class RunState:
             if o.get("max_prompts"):
                 bags = [cap_prompts(b, int(o["max_prompts"]), int(o["seed"])) for b in bags]
             if not bags:
+                source = f"--data {o['data']}" + (
+                    f" --facts {o['facts']}" if o.get("facts") else ""
+                )
                 raise PipelineError(
-                    "no facts left to analyse (check --data and --relations; an encoder needs "
+                    f"no facts left to analyse from {source} (check --data and --relations; an "
+                    "encoder needs "
                     "answers that are single tokens of its vocabulary, a decoder prompts with the "
                     "subject before the answer)"
                 )

@@ -30,6 +30,7 @@ from kn_lens.report import write_report
 from kn_lens.store import (
     FactLogFile,
     JsonlStore,
+    check_store_names,
     read_union,
     relation_files,
     safe_name,
@@ -184,6 +185,7 @@ class Pipeline(RunState):
         opts = {k: self.opts[k] for k in ATTRIBUTION_KEYS}
         self.dir.check_attribution_meta(opts, ATTRIBUTION_KEYS, write=False)
         mine = shard.select(self.bags)
+        check_store_names(self.relations, self.dir.attribution)
         fps = self.fingerprints()
         ok = self.fingerprint_check()  # before a new meta.json: an old folder adopts its weights
         self.dir.check_attribution_meta(opts, ATTRIBUTION_KEYS, write=True)
@@ -284,6 +286,7 @@ class Pipeline(RunState):
         self.dir.check_attribution_meta(opts, keys, write=False)
         ok = self.fingerprint_check()
         adir = self.dir.attribution
+        check_store_names(self.relations, adir)
         out: list[BagScores] = []
         missing: dict[str, int] = {}
         for rel in self.relations:

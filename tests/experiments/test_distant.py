@@ -198,3 +198,10 @@ def test_default_model_t1_exceeds_t3():
 
 
 MARGIN_T1_T3 = 0.35  # measured differences: 0.77 (T1 - T3), 0.77 (T1 - T2)
+
+
+def test_activating_prompts_refuse_non_integer_neurons(tiny_model):
+    """A neuron given as floats is refused, not rounded to another neuron."""
+    bad = {**NEURONS, "P19/0": [Neuron(1, 2.7)]}  # type: ignore[arg-type]
+    with pytest.raises(KnLensError, match="2.7"):
+        activating_prompts(tiny_model, _toy_web(), bad, k=2)

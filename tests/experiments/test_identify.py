@@ -123,3 +123,34 @@ def test_fast_pair_overlap_sum_matches_all_pairs():
     ]
     total, pairs = same_relation_overlap_sum(lists)
     assert pairs == 66 and total == sum(same_relation_overlaps(lists))
+
+
+def test_neurons_from_a_result_dict_refuse_non_integers():
+    """The dict form of a result (results.json) is read as integers or refused, never rounded."""
+    import pytest
+
+    from kn_lens.errors import KnLensError
+    from kn_lens.experiments.identify import neurons_from_result
+    from kn_lens.knowledge_neurons import RelationNeurons
+    from kn_lens.neuron import Neuron
+
+    assert neurons_from_result({"neurons": {"ours": {"P19/0": [[2, 16]]}}}) == {
+        "P19/0": [Neuron(2, 16)]
+    }
+    with pytest.raises(KnLensError, match="P19/0"):
+        neurons_from_result({"neurons": {"ours": {"P19/0": [[2.7, 16.9]]}}})
+    d = {
+        "relation": "P19",
+        "method": "ig",
+        "t": 0.2,
+        "p": 0.7,
+        "rounds": 1,
+        "converged": True,
+        "mean_neurons": 1.0,
+        "history": [],
+        "neurons": {"P19/0": [[2, "16"]]},
+    }
+    with pytest.raises(KnLensError, match="RelationNeurons P19: neurons of P19/0"):
+        RelationNeurons.from_dict(d)
+    d["neurons"] = {"P19/0": [[2, 16]]}
+    assert RelationNeurons.from_dict(d).neurons == {"P19/0": [Neuron(2, 16)]}
