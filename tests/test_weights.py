@@ -13,11 +13,16 @@ NEURONS = [Neuron(0, 3), Neuron(1, 10), Neuron(0, 40), Neuron(1, 63)]
 
 
 def _state(model) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    """The state dict, and each block's W_out under its TransformerLens name (a TransformerBridge's
+    state dict uses the Hugging Face names)."""
+    out = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    for layer in range(model.cfg.n_layers):
+        out[f"blocks.{layer}.mlp.W_out"] = model.blocks[layer].mlp.W_out.detach().clone()
+    return out
 
 
 def _assert_same_state(model, before: dict[str, torch.Tensor]) -> None:
-    after = model.state_dict()
+    after = _state(model)
     assert before.keys() == after.keys()
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert not changed, f"parameters changed: {changed}"
@@ -46,7 +51,7 @@ def test_zero_rows_changes_only_those_rows_and_restores_bit_for_bit(tiny_model):
                 assert torch.count_nonzero(w[i]) == 0
             else:
                 assert torch.equal(w[i], row_before)
-    assert tiny_model.blocks[0].mlp.W_out is param and param.data_ptr() == ptr  # in place
+    assert tiny_model.blocks[0].mlp.W_out.data_ptr() == ptr == param.data_ptr()  # in place
     handle.restore()
     assert not handle.active
     _assert_same_state(tiny_model, before)
@@ -183,7 +188,7 @@ def test_bad_new_row_shape_rolls_back(tiny_model):
 
 
 def _assert_same_bits(model, before: dict[str, torch.Tensor]) -> None:
-    changed = [k for k, v in model.state_dict().items() if not weights.same_bits(before[k], v)]
+    changed = [k for k, v in _state(model).items() if not weights.same_bits(before[k], v)]
     assert not changed, f"parameters changed: {changed}"
 
 

@@ -38,7 +38,9 @@ __all__ = ["boot_bridge", "load_bridge"]
 def boot_bridge(
     name: str, hf_model: Any, tokenizer: Any, device: str, dtype: torch.dtype
 ) -> TransformerBridge:
-    """``TransformerBridge.boot_transformers`` around ``hf_model`` (raw weights, eval mode)."""
+    """``TransformerBridge.boot_transformers`` around ``hf_model`` (raw weights, eval mode), in
+    ``dtype`` (the bridge does not cast a model it is given)."""
+    hf_model = hf_model.to(dtype)
     try:
         with (
             warnings.catch_warnings(),
