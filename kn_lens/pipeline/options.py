@@ -307,6 +307,11 @@ def resolve_options(
     for key, default in RECORDED_DEFAULTS.items():
         value = given.get(key)
         if key == "relations":
+            if value is not None and not isinstance(value, str) and not list(value):
+                value = None  # an empty list: not given
+            elif value is not None and split_list(value) is None:
+                text = value if isinstance(value, str) else ",".join(value)
+                raise PipelineError(f"--relations {text!r}: no relation id in it")
             value = split_list(value)
         opts[key] = value if value is not None else recorded.get(key, default)
     if (

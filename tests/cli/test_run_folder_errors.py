@@ -73,3 +73,11 @@ def test_relations_equal_but_for_case_are_refused(tmp_path):
     check_store_names(["P19", "P37"], tmp_path)
     with pytest.raises(StoreError, match="'P19' and 'p19'"):
         check_store_names(["P19", "p19"], tmp_path)
+
+
+@pytest.mark.parametrize("value", [",", " ", ", ,"])
+def test_relations_without_any_id_are_refused_not_read_as_all(tmp_path, value, capsys):
+    rc = main_fake(["attribute", "--relations", value, "--out", str(tmp_path / "o"), "-q"])
+    assert rc == 2
+    _assert_clean_error(capsys, rc, "--relations", "no relation id")
+    assert not (tmp_path / "o").exists()
