@@ -127,6 +127,12 @@ class PaperConfig:
     target_neurons: tuple[float, float] = (2.0, 5.0)  # aim: mean neurons per fact in this range.
     baseline_t: float = 0.5  # the activation baseline uses a higher coarse threshold.
 
+    # --- which facts the analyses measure -----------------------------------------------------
+    # The study's rule: the model knows a fact when the gold answer's first token is top-1 on at
+    # least this share of its prompts. Every analysis but identify measures the known facts only
+    # (the others are listed with why); 0 measures every fact.
+    known_share: float = 0.5
+
     # --- statistics --------------------------------------------------------------------------
     random_other_facts: int = 100  # overlap of a fact with this many facts of other relations.
 
@@ -171,6 +177,10 @@ class PaperConfig:
             value = getattr(self, name)
             if value not in allowed:
                 raise KnLensError(f"PaperConfig.{name} must be one of {allowed}, got {value!r}")
+        if not 0.0 <= float(self.known_share) <= 1.0:
+            raise KnLensError(
+                f"PaperConfig.known_share must be in [0, 1], got {self.known_share!r}"
+            )
 
     def with_(self, **changes: Any) -> PaperConfig:
         """A copy with some fields changed."""

@@ -25,6 +25,7 @@ import logging
 import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -85,13 +86,17 @@ class LocalExecutor:
 
     load: Callable[[], Any]
     score: ScoreFn = score_record
+    #: a context each fact is scored in (the pipeline's progress within a fact), or None.
+    around: Callable[[FactBag], AbstractContextManager[Any]] | None = None
 
     def run(self, bags: Sequence[FactBag], config: PaperConfig) -> Iterator[tuple[FactBag, dict]]:
         if not bags:
             return
         model = self.load()
         for bag in bags:
-            yield _checked(bag, self.score(model, bag, config))
+            with self.around(bag) if self.around is not None else nullcontext():
+                record = self.score(model, bag, config)
+            yield _checked(bag, record)
 
     def close(self) -> None:
         pass

@@ -16,6 +16,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from kn_lens.config import PaperConfig
 from kn_lens.data.facts import FactBag
 from kn_lens.errors import KnLensError
 from kn_lens.models.family import BagCheck, family_of
@@ -118,3 +119,76 @@ def perplexity(gold_logp: Float[Tensor, " prompt"]) -> float:
     if gold_logp.numel() == 0:
         return float("nan")
     return float(torch.exp(-gold_logp.double().mean()))
+
+
+#: The study's rule for a fact the model knows: the gold answer's first token is top-1 on at least
+#: this share of the fact's prompts (:attr:`kn_lens.config.PaperConfig.known_share`).
+KNOWN_SHARE = PaperConfig().known_share
+
+
+def known_rule(threshold: float = KNOWN_SHARE) -> str:
+    """The rule in words (results.json ``meta.known.rule`` and the report)."""
+    if threshold <= 0:
+        return "every fact counts as known (known_share=0)"
+    return f"the gold answer's first token is top-1 on at least {threshold:.0%} of its prompts"
+
+
+@dataclass
+class FactKnowledge:
+    """Whether the model knows one fact, by :data:`KNOWN_SHARE`.
+
+    Attributes:
+        key: the fact.
+        n_prompts: its prompts.
+        n_top1: prompts whose top-1 prediction is the gold answer's first token.
+        p_answer: mean over its prompts of p(gold answer) (a decoder: all the answer's tokens).
+        known: ``n_top1 >= threshold * n_prompts``.
+    """
+
+    key: str
+    n_prompts: int
+    n_top1: int
+    p_answer: float
+    known: bool
+
+    @property
+    def top1_share(self) -> float:
+        return self.n_top1 / self.n_prompts if self.n_prompts else 0.0
+
+    def why(self) -> str:
+        """Why the fact is left out when the model does not know it (empty when it does)."""
+        if self.known:
+            return ""
+        return (
+            f"not known to the model (answer top-1 on {self.n_top1} of {self.n_prompts} "
+            f"prompts; mean p(answer) {self.p_answer:.2g})"
+        )
+
+
+def known_facts(
+    model: Any,
+    bags: Sequence[FactBag],
+    *,
+    batch_size: int = 64,
+    threshold: float = KNOWN_SHARE,
+) -> dict[str, FactKnowledge]:
+    """Per bag key, whether the model knows the fact (:class:`FactKnowledge`): the ONE place
+    that decides it. Every analysis of the pipeline measures only the known facts; ``update``
+    picks the facts it edits by the same rule. One forward pass per ``batch_size`` prompts."""
+    bags = list(bags)
+    if not bags:
+        return {}
+    prompts = [p for b in bags for p in b.prompts]
+    answers = [b.object for b in bags for _ in b.prompts]
+    scores = score_prompts(model, encode_facts(model, prompts, answers), batch_size=batch_size)
+    correct, p = scores.correct, scores.gold_logp.double().exp()
+    out: dict[str, FactKnowledge] = {}
+    s = 0
+    for b in bags:
+        n = len(b.prompts)
+        k = int(correct[s : s + n].sum())
+        out[b.key] = FactKnowledge(
+            b.key, n, k, float(p[s : s + n].mean()) if n else 0.0, n > 0 and k >= threshold * n
+        )
+        s += n
+    return out

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from kn_lens.config import PaperConfig
+from kn_lens.coverage import coverage_text, section_state
 from kn_lens.experiments import ANALYSES
 from kn_lens.plots import save_figure
 from kn_lens.results import dig, fmt, is_number
@@ -28,11 +29,28 @@ log = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------------------------
 
 
+def current_results(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The sections of ``doc["results"]`` computed on the latest command's facts (and those
+    without a fact record, from an older kn_lens); stale sections
+    (:func:`kn_lens.coverage.section_state`) are left out."""
+    results = doc.get("results", {})
+    return {
+        name: res
+        for name, res in results.items()
+        if isinstance(res, dict) and section_state(doc, name) != "stale"
+    }
+
+
+def stale_sections(doc: Mapping[str, Any]) -> list[str]:
+    """The analyses whose results.json section was computed on another selection of facts."""
+    return [n for n in doc.get("results", {}) if section_state(doc, n) == "stale"]
+
+
 def paper_rows(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The paper's headline numbers beside this run's: ``{"analysis", "metric", "paper", "ours",
     "note"}`` rows for every analysis in ``doc["results"]``, by its registry entry's ``rows``."""
     rows: list[dict[str, Any]] = []
-    results, meta, papers = doc.get("results", {}), doc.get("meta", {}), doc.get("paper", {})
+    results, meta, papers = current_results(doc), doc.get("meta", {}), doc.get("paper", {})
     for name, analysis in ANALYSES.items():
         res = results.get(name)
         if not isinstance(res, dict):
@@ -56,7 +74,7 @@ def figures(doc: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
     """``(analysis, file stem, plotly figure)`` for each figure of each analysis in ``doc``; the
     stem is the analysis name (``_2``, ``_3`` ... for further figures of one analysis)."""
     out = []
-    results, papers = doc.get("results", {}), doc.get("paper", {})
+    results, papers = current_results(doc), doc.get("paper", {})
     for name, analysis in ANALYSES.items():
         res = results.get(name)
         if not isinstance(res, dict):
@@ -77,7 +95,7 @@ def examples(doc: Mapping[str, Any], n: int = 3) -> dict[str, list[str]]:
     """Each analysis' example lines (its registry entry's ``examples``: a few activating prompts
     of trigger, a few edits of update), one fact per relation first."""
     out: dict[str, list[str]] = {}
-    res = doc.get("results", {})
+    res = current_results(doc)
     for name, analysis in ANALYSES.items():
         fn = analysis.examples
         if fn is not None and isinstance(res.get(name), dict):
@@ -135,10 +153,53 @@ def _meta_lines(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
     v = meta.get("versions", {})
     if v:
         rows.append(("Versions", ", ".join(f"{k} {x}" for k, x in v.items())))
-    for k in ("command", "device", "created", "updated"):
+    labels = {
+        "created": "Created (the first run into this folder started)",
+        "started": "Started (the latest command)",
+        "updated": "Updated",
+    }
+    for k in ("command", "device", "created", "started", "updated"):
         if meta.get(k):
-            rows.append((k.capitalize(), str(meta[k])))
+            rows.append((labels.get(k, k.capitalize()), str(meta[k])))
     return rows
+
+
+def facts_lines(doc: Mapping[str, Any]) -> list[str]:
+    """The report's lines on the facts: how many the latest command selected, how many of them
+    the model knows (the rule, once for every analysis) and which it does not, with why, and a
+    few prompts exactly as the model is fed them (a decoder's cut before the answer)."""
+    meta = doc.get("meta", {})
+    data, known = meta.get("data", {}), meta.get("known")
+    lines = [f"Selected: {fmt(data.get('n_facts', '?'))} fact(s)."]
+    if not isinstance(known, dict) or known.get("selection") != data.get("selection"):
+        lines.append(
+            "Known to the model: not measured for this selection (no analysis that needs the "
+            "model has run on it)."
+        )
+    else:
+        unknown = known.get("unknown") or {}
+        lines.append(
+            f"Known to the model: {known.get('n_known')} of {known.get('n_facts')} "
+            f"({known.get('rule')}). Every analysis but identify measures the known facts only."
+        )
+        if unknown:
+            lines.append(f"Not known, left out of the analyses ({len(unknown)}):")
+            lines += [f"- {k}: {why}" for k, why in list(unknown.items())[:20]]
+            if len(unknown) > 20:
+                lines.append(f"- ... and {len(unknown) - 20} more (results.json meta.known)")
+    fed = data.get("prompts_as_fed")
+    if isinstance(fed, dict) and fed:
+        lines.append("Prompts as the model is fed them (the answer is what it should predict):")
+        for key, ex in fed.items():
+            if not isinstance(ex, dict):
+                continue
+            prompts = " | ".join(f'"{p}"' for p in ex.get("prompts", []))
+            more = ex.get("n_prompts", 0) - len(ex.get("prompts", []))
+            lines.append(
+                f"- {key} ({ex.get('subject')} -> {ex.get('object')}): {prompts}"
+                + (f" (and {more} more)" if more > 0 else "")
+            )
+    return lines
 
 
 def timings_text(timings: Mapping[str, Any]) -> str:
@@ -184,6 +245,8 @@ def render_markdown(
     ]
     lines += ["| | |", "|---|---|"]
     lines += [f"| {k} | {_md(v)} |" for k, v in _meta_lines(doc)]
+    lines += ["", "## Facts", ""]
+    lines += [_bullet(x) for x in facts_lines(doc)]
     lines += ["", "## Paper vs this run", ""]
     rows = paper_rows(doc)
     if rows:
@@ -200,9 +263,12 @@ def render_markdown(
         if name not in results and name not in figure_files:
             continue
         lines += ["", f"## {title}", ""]
-        notes = dig(doc, "paper", name, "note")
+        notes = dig(doc, "paper", name, "note") or dig(ANALYSES[name].paper, "note")
         if notes:
             lines += [f"Paper: {notes}", ""]
+        lines += [*(_bullet(x) for x in coverage_text(doc, name)), ""]
+        if section_state(doc, name) == "stale":
+            continue
         for f in figure_files.get(name, []):
             lines.append(f"- figure: [{Path(f).name}]({f})")
         lines += _table(name, results.get(name), doc.get("meta", {}))
@@ -215,6 +281,13 @@ def render_markdown(
     missing = [n for n in ANALYSES if n not in results]
     if missing:
         lines += ["", f"Not run: {', '.join(missing)}."]
+    stale = stale_sections(doc)
+    if stale:
+        lines += [
+            "",
+            f"Stale (computed on other facts or settings than the latest command's; their "
+            f"numbers are not shown): {', '.join(stale)}.",
+        ]
     lines += ["", "Figures with plotly.js embedded: report.html.", ""]
     return "\n".join(lines)
 
@@ -237,6 +310,11 @@ def _table(name: str, res: Any, meta: Any) -> list[str]:
     return out
 
 
+def _bullet(line: str) -> str:
+    """A markdown line that ends its line (two trailing spaces), or a list item as it is."""
+    return line if line.startswith("- ") else line + "  "
+
+
 def _md(s: Any) -> str:
     return str(s).replace("|", "\\|").replace("\n", " ")
 
@@ -256,7 +334,9 @@ def render_html(doc: Mapping[str, Any], figs: list[tuple[str, str, Any]]) -> str
         "<table>",
     ]
     parts += [f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in _meta_lines(doc)]
-    parts.append("</table><h2>Paper vs this run</h2>")
+    parts.append("</table><h2>Facts</h2>")
+    parts += [f"<p>{e(x)}</p>" for x in facts_lines(doc)]
+    parts.append("<h2>Paper vs this run</h2>")
     rows = paper_rows(doc)
     if rows:
         parts.append(
@@ -275,9 +355,13 @@ def render_html(doc: Mapping[str, Any], figs: list[tuple[str, str, Any]]) -> str
     for name, analysis in ANALYSES.items():
         title = analysis.title
         mine = [f for f in figs if f[0] == name]
-        if not mine:
+        if name not in doc.get("results", {}):
             continue
         parts.append(f"<h2>{e(title)}</h2>")
+        notes = dig(doc, "paper", name, "note") or dig(analysis.paper, "note")
+        if notes:
+            parts.append(f"<p>Paper: {e(str(notes))}</p>")
+        parts += [f"<p>{e(x)}</p>" for x in coverage_text(doc, name)]
         for _, _, fig in mine:
             parts.append(fig.to_html(full_html=False, include_plotlyjs=True if first else False))
             first = False

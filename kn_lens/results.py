@@ -63,6 +63,29 @@ def report_row(metric: str, paper: Any, ours: Any, note: str = "") -> ReportRow:
     return {"metric": metric, "paper": paper, "ours": ours, "note": note}
 
 
+#: A relative change (Δp / p, in %) is not headlined when the mean probability p it divides by is
+#: below this: a large ratio of a tiny probability says nothing about what the model knows.
+P_FLOOR = 0.01
+
+
+def percent(share: Any) -> Any:
+    """A share (0-1) in percent: the one unit of every share (rates, flips, accuracy) in the
+    report; ``None`` stays ``None``."""
+    return 100.0 * share if is_number(share) and math.isfinite(share) else None
+
+
+def relative_change(pct: Any, p: Any) -> Any:
+    """A % change for the report: ``pct``, or a dash saying why when the mean probability ``p``
+    it is relative to is below :data:`P_FLOOR` (or unknown)."""
+    if not is_number(pct) or not math.isfinite(pct):
+        return None
+    if not is_number(p):
+        return pct
+    if p < P_FLOOR:
+        return f"- (mean p {p:.2g} is below the {P_FLOOR:g} floor)"
+    return pct
+
+
 def dig(d: Any, *path: Any) -> Any:
     """``d[p0][p1]...`` through dicts and lists, or ``None`` when any step is missing."""
     for k in path:

@@ -531,8 +531,11 @@ class RunDir:
         a registered analysis' paper numbers go to ``doc["paper"]``, once."""
         path = self.results_json
         with _locked(self.path / ".results.lock"):
-            doc = load_results(path) if path.is_file() else new_results_doc()
+            fresh = not path.is_file()
+            doc = new_results_doc() if fresh else load_results(path)
             old, new_meta = doc["meta"], meta()
+            if fresh and new_meta.get("started"):  # created: when the run that made it started
+                old["created"] = new_meta["started"]
             old.update(
                 {
                     k: v

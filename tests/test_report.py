@@ -178,7 +178,8 @@ def test_paper_rows_put_paper_and_run_side_by_side():
     assert (r["paper"], r["ours"]) == (4.13, 3.5)
     assert rows[("identify", "knowledge neurons per fact (baseline)")]["paper"] is None
     assert rows[("distant", "mean activation on T1 (ours)")]["ours"] == 0.4
-    assert rows[("update", "success rate (knowledge neurons)")]["paper"] == 0.344
+    success = rows[("update", "success rate, % (knowledge neurons)")]
+    assert success["paper"] == pytest.approx(34.4)  # one unit for every share: %
     # The erased world relation W01 is matched to the paper's P19 by its label.
     er = rows[("erase", "W01 (~P19, place of birth): perplexity after")]
     assert (er["paper"], er["ours"]) == (2996.0, 9.0)

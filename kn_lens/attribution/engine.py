@@ -24,8 +24,10 @@ pass per prompt, layer and step):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -47,7 +49,40 @@ from kn_lens.models.family import family_of
 from kn_lens.models.protocol import Family
 from kn_lens.neuron import HookList, hook_name, model_shape, no_param_grads, resolve_layers
 
-__all__ = ["attribute", "attribute_facts"]
+__all__ = ["Progress", "attribute", "attribute_facts", "reporting_progress"]
+
+#: ``progress(rows_done, rows_total)``: called after every chunk of gradient rows (IG: a row is
+#: one prompt at one alpha for one layer; grad_x_act: one prompt), so a long fact shows where it
+#: is. Once per chunk: it costs nothing next to the chunk's forward and backward pass.
+Progress = Callable[[int, int], None]
+
+_AMBIENT: ContextVar[Progress | None] = ContextVar("kn_lens_attribution_progress", default=None)
+
+
+@contextlib.contextmanager
+def reporting_progress(progress: Progress | None) -> Iterator[None]:
+    """Within the block, every :func:`attribute` / :func:`attribute_facts` call given no
+    ``progress`` of its own reports to this one (the pipeline watches each fact this way, through
+    scorers that do not pass it along)."""
+    token = _AMBIENT.set(progress)
+    try:
+        yield
+    finally:
+        _AMBIENT.reset(token)
+
+
+class _Rows:
+    """Counts gradient rows for a :data:`Progress` callback."""
+
+    def __init__(self, progress: Progress | None, total: int) -> None:
+        self.progress, self.total, self.done = progress, total, 0
+        if progress is not None:
+            progress(0, total)
+
+    def add(self, n: int) -> None:
+        self.done += n
+        if self.progress is not None:
+            self.progress(self.done, self.total)
 
 
 class _Terms:
@@ -87,9 +122,10 @@ def _ig(
     batch_size: int,
     base: Tensor | None,
     lower: AbstractContextManager[Any],
+    rows: _Rows,
 ) -> Tensor:
     """Integrated gradients ``[prompt, len(layers), d_mlp]`` for one group of prompts, from
-    ``base`` (``[prompt, layer, d_mlp]``; ``None`` = zero)."""
+    ``base`` (``[prompt, layer, d_mlp]``; ``None`` = zero); each chunk is counted in ``rows``."""
     clean = family.clean_pass(model, batch, layers, keep_resid=True)
     acts = clean.acts
     dev = acts.device
@@ -132,6 +168,7 @@ def _ig(
             value = terms.value(run.logits(resid), c_prompt)
             (grad,) = torch.autograd.grad(value.sum(), leaf)
             grad_sum.index_add_(0, c_prompt * n_sel + c_sel, grad.to(acc))
+            rows.add(c1 - c0)
     return diff * grad_sum.view(n_prompts, n_sel, -1) / steps
 
 
@@ -244,6 +281,7 @@ def attribute_facts(
     batch_size: int | None = None,
     layers: Sequence[int] | None = None,
     dtype: torch.dtype | str | None = None,
+    progress: Progress | None = None,
 ) -> list[Float[Tensor, "prompt layer d_mlp"]]:
     """:func:`kn_lens.attribute` for several facts at once, their rows sharing passes.
 
@@ -252,6 +290,8 @@ def attribute_facts(
         contrast: ``None``, or one list of contrast answers per fact (all of the same length).
         (the other arguments as in :func:`kn_lens.attribute`; ``baseline="mean"`` averages over
         each fact's own prompts).
+        progress: ``progress(rows_done, rows_total)`` after every chunk (:data:`Progress`);
+            default: the one :func:`reporting_progress` set, if any.
 
     Returns:
         One ``[prompts of the fact, len(layers), d_mlp]`` tensor per fact, on the CPU, in the
@@ -321,6 +361,8 @@ def attribute_facts(
         out = acts
     else:
         base = _baseline_rows(baseline, acts, fact_of, sel_layers, model.cfg.n_layers)
+        per_prompt = len(sel_layers) * steps if method == "ig" else 1
+        rows = _Rows(progress or _AMBIENT.get(), len(prompts) * per_prompt * len(passes))
         model_dtype = model.cfg.dtype
         out = torch.zeros(len(prompts), len(sel_layers), model_shape(model)[1], dtype=model_dtype)
         for idx in order:
@@ -332,9 +374,19 @@ def attribute_facts(
                 lower = _autocast(dev, model_dtype, run_dtype)
                 if method == "grad_x_act":
                     scores = _grad_x_act(family, model, subs[0], terms, sel_layers, b_rows, lower)
+                    rows.add(len(idx))
                 else:
                     scores = _ig(
-                        family, model, subs[0], terms, sel_layers, steps, batch_size, b_rows, lower
+                        family,
+                        model,
+                        subs[0],
+                        terms,
+                        sel_layers,
+                        steps,
+                        batch_size,
+                        b_rows,
+                        lower,
+                        rows,
                     )
                 out[i_t] += scores.detach().to("cpu", model_dtype)
     counts = [fact_of.count(f) for f in range(len(facts))]
@@ -354,6 +406,7 @@ def attribute(
     batch_size: int | None = None,
     layers: Sequence[int] | None = None,
     dtype: torch.dtype | str | None = None,
+    progress: Progress | None = None,
 ) -> Float[Tensor, "prompt layer d_mlp"]:
     """Attribution scores of every MLP neuron where the fact is read, for answer ``target``.
 
@@ -398,6 +451,9 @@ def attribute(
             their names): the gradient passes run under ``torch.autocast`` in that dtype; the
             clean pass, the alpha grid and the gradient sums stay in float32. An approximation:
             check it against float32 on your facts.
+        progress: ``progress(rows_done, rows_total)``, called after every chunk of gradient rows
+            (ig: a row is one prompt at one alpha for one layer; grad_x_act: one prompt), e.g.
+            to drive a progress bar on a long fact.
 
     Returns:
         ``[P, len(layers), d_mlp]`` scores on the CPU, in the model's dtype; ``[p, i, n]`` is
@@ -419,5 +475,6 @@ def attribute(
         batch_size=batch_size,
         layers=layers,
         dtype=dtype,
+        progress=progress,
     )
     return out

@@ -32,7 +32,16 @@ from kn_lens.interventions import scaled_answer_reads
 from kn_lens.knowledge_neurons import BagScores, identify_all
 from kn_lens.models.family import Model
 from kn_lens.readout import encode_facts
-from kn_lens.results import ReportRow, Result, dig, mean_or_nan, report_row
+from kn_lens.results import (
+    ReportRow,
+    Result,
+    dig,
+    is_number,
+    mean_or_nan,
+    percent,
+    relative_change,
+    report_row,
+)
 
 PAPER: dict[str, Any] = {
     "note": "Not in the paper: it finds and tests neurons on the same prompts.",
@@ -189,20 +198,23 @@ def report_rows(
 ) -> list[ReportRow]:
     """Suppression on held-out and finding prompts, knowledge neurons vs random neurons."""
     rows = []
+    facts = [f for f in result.get("facts", []) if isinstance(f, dict)]
     for half, label in (("heldout", "held-out prompts"), ("finding", "prompts they were found on")):
+        ps = [p for f in facts if is_number(p := dig(f, "p", half))]
+        p_mean = mean_or_nan(ps) if ps else None
         for arm, who in (("ours", "knowledge neurons"), ("random", "random neurons")):
             rows.append(
                 report_row(
                     f"suppress, {label}: % change of correct-answer probability ({who})",
                     "-",
-                    dig(result, "overall", arm, half, "pct"),
+                    relative_change(dig(result, "overall", arm, half, "pct"), p_mean),
                 )
             )
             rows.append(
                 report_row(
-                    f"suppress, {label}: share of top-1 flips ({who})",
+                    f"suppress, {label}: % of prompts whose top-1 flips ({who})",
                     "-",
-                    dig(result, "overall", arm, half, "flip"),
+                    percent(dig(result, "overall", arm, half, "flip")),
                 )
             )
     return rows

@@ -392,7 +392,7 @@ def report_rows(
             rows.append(
                 report_row(
                     f"% of neurons in the top {top} of {len(pct)} layers ({who})",
-                    "most (ours)" if who == "ours" else None,
+                    "most" if who == "ours" else None,
                     sum(pct[-top:]),
                 )
             )

@@ -45,7 +45,15 @@ from kn_lens.interventions import scaled_answer_reads
 from kn_lens.models.family import Model
 from kn_lens.neuron import Neuron, check_neurons, model_shape
 from kn_lens.readout import encode_facts, first_token
-from kn_lens.results import ReportRow, Result, dig, mean_or_nan, report_row
+from kn_lens.results import (
+    ReportRow,
+    Result,
+    dig,
+    mean_or_nan,
+    percent,
+    relative_change,
+    report_row,
+)
 
 #: The paper's Figure 3 averages for bert-base-cased (% change of the correct answer's probability).
 PAPER: dict[str, Any] = {
@@ -343,22 +351,31 @@ def modify(
 def report_rows(
     result: Mapping[str, Any], paper: Mapping[str, Any], meta: Mapping[str, Any]
 ) -> list[ReportRow]:
-    """The paper's suppress/amplify figures beside this run's (the report's table)."""
+    """The paper's suppress/amplify figures beside this run's (the report's table). Changes are
+    in % of the probability (a mean p below :data:`~kn_lens.results.P_FLOOR` is not headlined),
+    flips in % of the prompts."""
     rows = []
+
+    def rel(who: str, op: str, part: str) -> Any:
+        return relative_change(
+            dig(result, "overall", who, op, f"{part}_pct"),
+            dig(result, "pooled", who, op, f"{part}_p"),
+        )
+
     for op in ("suppress", "amplify"):
         for who in ("ours", "baseline"):
             rows.append(
                 report_row(
                     f"{op}: % change of correct-answer probability ({who})",
                     dig(paper, op, who),
-                    dig(result, "overall", who, op, "own_pct"),
+                    rel(who, op, "own"),
                 )
             )
         rows.append(
             report_row(
                 f"{op}: % change on unrelated facts (ours)",
                 "small",
-                dig(result, "overall", "ours", op, "other_pct"),
+                rel("ours", op, "other"),
             )
         )
         if "random" in result.get("methods", ()):
@@ -366,23 +383,23 @@ def report_rows(
                 report_row(
                     f"{op}: % change of correct-answer probability (random control)",
                     "-",
-                    dig(result, "overall", "random", op, "own_pct"),
+                    rel("random", op, "own"),
                 )
             )
         rows.append(
             report_row(
                 f"{op}: % change on other facts of the same relation (ours)",
                 "-",
-                dig(result, "overall", "ours", op, "same_pct"),
+                rel("ours", op, "same"),
             )
         )
         for who in ("ours", "random"):
             if who in result.get("methods", ()):
                 rows.append(
                     report_row(
-                        f"{op}: share of own prompts whose top-1 flips ({who})",
+                        f"{op}: % of own prompts whose top-1 flips ({who})",
                         "-",
-                        dig(result, "overall", who, op, "flip"),
+                        percent(dig(result, "overall", who, op, "flip")),
                     )
                 )
     return rows

@@ -28,6 +28,7 @@ from kn_lens.results import (
     dig,
     fmt,
     mean_or_nan,
+    percent,
     report_row,
     spread_by_relation,
 )
@@ -215,12 +216,14 @@ def report_rows(
     """What the paper finds of activating prompts, beside this run's shares."""
     return [
         report_row(
-            "share of top prompts that state the fact (T1)", "most", dig(result, "top_t1_share")
+            "% of top prompts that state the fact (T1)",
+            "most",
+            percent(dig(result, "top_t1_share")),
         ),
         report_row(
-            "share of bottom prompts that state the fact (T1)",
+            "% of bottom prompts that state the fact (T1)",
             "few",
-            dig(result, "bottom_t1_share"),
+            percent(dig(result, "bottom_t1_share")),
         ),
     ]
 

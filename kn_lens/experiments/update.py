@@ -62,35 +62,36 @@ from kn_lens.data import FactBag, relation_of_key
 from kn_lens.errors import KnLensError
 from kn_lens.experiments.controls import any_layers, seeded_rng
 from kn_lens.experiments.registry import Analysis, AnalysisInputs
+from kn_lens.experiments.update_report import report_examples, report_rows
 from kn_lens.models.family import Model, family_of
 from kn_lens.neuron import Neuron, check_neurons, model_shape
 from kn_lens.readout import (
+    KNOWN_SHARE,
     AnswerScores,
     bags_by_relation,
     encode_facts,
     first_token,
+    known_facts,
     perplexity,
     score_prompts,
 )
 from kn_lens.results import (
-    ReportRow,
     Result,
-    dig,
-    fmt,
     mean_or_nan,
-    report_row,
-    spread_by_relation,
 )
 from kn_lens.weights import RowEdit, add_to_rows, read_value_vectors
 
 #: The paper's figures (BERT-base-cased on PARAREL; Table 4 of Dai et al. 2022).
-PAPER: dict[str, float] = {
+PAPER: dict[str, Any] = {
     "success_rate": 0.344,
     "change_rate": 0.485,
     "delta_intra_ppl": 8.4,
     "delta_inter_ppl": 7.2,
     "random_success_rate": 0.0,
     "random_change_rate": 0.047,
+    "note": "The paper edits facts BERT knows; editing their knowledge neurons makes the new "
+    "answer top-1 on 34.4% of the prompts and changes the old answer on 48.5%, against 0.0% and "
+    "4.7% for random neurons, while other facts' perplexity rises a little (Table 4).",
 }
 
 
@@ -329,19 +330,10 @@ def known_shares(
     model: Model, bags: Sequence[FactBag], config: PaperConfig = PaperConfig()
 ) -> dict[str, float]:
     """Per bag key, the share of its prompts whose top-1 prediction is the bag's object
-    (``config.batch_size`` prompts per forward pass)."""
-    prompts = [p for b in bags for p in b.prompts]
-    answers = [b.object for b in bags for _ in b.prompts]
-    scores = score_prompts(
-        model, encode_facts(model, prompts, answers), batch_size=config.batch_size
-    )
-    correct = scores.correct
-    out, s = {}, 0
-    for b in bags:
-        n = len(b.prompts)
-        out[b.key] = float(correct[s : s + n].float().mean())
-        s += n
-    return out
+    (``config.batch_size`` prompts per forward pass; :func:`kn_lens.readout.known_facts`)."""
+    return {
+        k: f.top1_share for k, f in known_facts(model, bags, batch_size=config.batch_size).items()
+    }
 
 
 def update_experiment(
@@ -352,7 +344,7 @@ def update_experiment(
     *,
     relations: Sequence[str] | None = None,
     facts_per_relation: int | None = DEFAULT_FACTS_PER_RELATION,
-    known_threshold: float = 0.5,
+    known_threshold: float = KNOWN_SHARE,
     control: bool = True,
     rules: Sequence[str] = edit_rules.RULE_NAMES,
     progress: bool = False,
@@ -534,46 +526,6 @@ def update_experiment(
     )
 
 
-def report_rows(
-    result: Mapping[str, Any], paper: Mapping[str, Any], meta: Mapping[str, Any]
-) -> list[ReportRow]:
-    """The paper's update figures beside this run's (the report's table)."""
-    rows = []
-    for arm, prefix in (("knowledge", ""), ("random", "random_")):
-        who = "knowledge neurons" if arm == "knowledge" else "random neurons"
-        for m, label in (
-            ("success_rate", "success rate"),
-            ("change_rate", "change rate"),
-            ("delta_intra_ppl", "Δ intra-relation perplexity"),
-            ("delta_inter_ppl", "Δ inter-relation perplexity"),
-        ):
-            pv, ov = dig(paper, prefix + m), dig(result, "summary", arm, m)
-            if pv is None and ov is None:
-                continue
-            rows.append(report_row(f"{label} ({who})", pv, ov))
-    rows.append(report_row("facts edited", None, dig(result, "summary", "knowledge", "n_facts")))
-    return rows
-
-
-def report_examples(res: Mapping[str, Any], n: int) -> list[str]:
-    """A few facts of the result as display lines for the report, one per relation first."""
-    out = []
-    facts = [f for f in res.get("facts", []) if isinstance(f, dict)]
-    for f in spread_by_relation(facts, n):
-        k = f.get("knowledge") or {}
-        line = (
-            f"{f.get('subject')} ({f.get('relation')}): {f.get('old_answer')} -> "
-            f"{f.get('new_answer')} by editing {len(f.get('neurons', []))} neuron(s): "
-            f"success {fmt(k.get('success_rate'))}, change {fmt(k.get('change_rate'))}, "
-            f"Δ intra-ppl {fmt(k.get('delta_intra_ppl'))}"
-        )
-        r = f.get("random")
-        if isinstance(r, dict):
-            line += f"; random neurons: success {fmt(r.get('success_rate'))}"
-        out.append(line)
-    return out
-
-
 def run(inputs: AnalysisInputs) -> UpdateResult:
     """The registry's ``update``: :func:`update_experiment`, ``inputs.facts_per_relation`` facts
     per relation (default :data:`DEFAULT_FACTS_PER_RELATION`)."""
@@ -583,6 +535,7 @@ def run(inputs: AnalysisInputs) -> UpdateResult:
         inputs.neurons,
         inputs.config,
         facts_per_relation=inputs.facts_per_relation or DEFAULT_FACTS_PER_RELATION,
+        known_threshold=inputs.config.known_share,
         progress=inputs.progress,
     )
 

@@ -16,6 +16,7 @@ and the installed TransformerLens.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import torch
 from kn_lens.errors import KnLensError
 from kn_lens.models.backend import BACKENDS, TL_VERSION, default_backend, resolve_backend
 from kn_lens.models.bridge.loading import load_bridge
+from kn_lens.data.facts import FactBag
 from kn_lens.models.decoder_loading import DecoderLoadError, is_decoder_checkpoint, load_decoder
 from kn_lens.models.encoder_loading import (
     DEFAULT_MODEL_DIR,
@@ -32,7 +34,7 @@ from kn_lens.models.encoder_loading import (
     load_tokenizer,
     resolve_device,
 )
-from kn_lens.models.family import Model
+from kn_lens.models.family import BagCheck, Model, decoder_family, family_of
 
 
 def load_model(
@@ -81,6 +83,18 @@ def load_model(
     return load_encoder(name_or_path, device, dtype, tokenizer=tokenizer)
 
 
+def usable_bags_of(
+    name_or_path: str | Path, bags: list[FactBag], load: Callable[[], Any]
+) -> BagCheck:
+    """The bags the model ``name_or_path`` can use, as it reads them: a decoder's are decided by
+    the text alone, without loading it (a big decoder takes many seconds to load, and ``identify``
+    needs none); an encoder's need its tokenizer, so ``load()`` gives the model."""
+    if is_decoder_checkpoint(name_or_path):
+        return decoder_family().usable_bags(None, bags)
+    model = load()
+    return family_of(model).usable_bags(model, bags)
+
+
 __all__ = [
     "BACKENDS",
     "TL_VERSION",
@@ -94,4 +108,5 @@ __all__ = [
     "load_encoder",
     "load_model",
     "load_tokenizer",
+    "usable_bags_of",
 ]

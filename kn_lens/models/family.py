@@ -30,6 +30,7 @@ __all__ = [
     "Family",
     "Model",
     "check_editable",
+    "decoder_family",
     "family_of",
     "is_bridge",
 ]
@@ -57,6 +58,11 @@ def _bridge_family(model: TransformerBridge) -> Family[Any, Any]:
         f"a TransformerBridge around {arch} is not supported: kn_lens runs "
         f"{', '.join(BRIDGE_ENCODERS + BRIDGE_DECODERS)} on the bridge"
     )
+
+
+def decoder_family() -> Family[Any, Any]:
+    """The decoder family, for what it decides from text alone (``usable_bags``)."""
+    return _DECODER
 
 
 def family_of(model: Any) -> Family[Any, Any]:

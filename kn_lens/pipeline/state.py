@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from kn_lens.config import Compute, PaperConfig
-from kn_lens.data.facts import FactBag, cap_prompts, read_keys, sample_bags, select_keys
+from kn_lens.coverage import selection_id
+from kn_lens.data.facts import BagCheck, FactBag, cap_prompts, read_keys, sample_bags, select_keys
 from kn_lens.data.sources import check_source, load_facts, load_web
 from kn_lens.data.web import WebFact
 from kn_lens.executors import Executor, ScoreFn, score_record
 from kn_lens.folder_lock import folder_lock
-from kn_lens.models import load_model
+from kn_lens.models import load_model, usable_bags_of
 from kn_lens.models.family import Model
 from kn_lens.models.files import model_digest
 from kn_lens.neuron import Neuron
@@ -32,8 +33,8 @@ from kn_lens.pipeline.options import (
     resolve_options,
     split_list,
 )
-from kn_lens.readout import usable_bags
-from kn_lens.rundir import RunDir, fingerprint, score_settings
+from kn_lens.readout import FactKnowledge, known_facts, known_rule
+from kn_lens.rundir import RunDir, fingerprint, now, score_settings
 from kn_lens.store import Shard
 
 log = logging.getLogger("kn_lens.pipeline")
@@ -118,6 +119,7 @@ class RunState:
         reproduce: bool = False,
     ) -> None:
         self.dir = RunDir(out)
+        self.started = now()  # results.json's "created" when this run creates it
         compute, paper = compute or Compute(), PaperConfig()
         if config is not None:  # a setting changed in config counts as given where not given
             steps = config.steps if steps is None and config.steps != paper.steps else steps
@@ -158,6 +160,7 @@ class RunState:
         self._model: Model | None = None
         self._dropped_prompts: dict[str, int] = {}
         self._bags: list[FactBag] | None = None
+        self._known: dict[str, FactKnowledge] | None = None
         self._neurons: dict[str, dict[str, list[Neuron]]] | None = None
         self._web: Mapping[str, Sequence[WebFact]] | None = None
         self._weights: str | None = None
@@ -286,13 +289,14 @@ class RunState:
         if self._bags is None:
             o = self.opts
             bags = load_facts(o["data"], o["lama"], o["patterns"], o["relations"])
-            check = usable_bags(self.model, bags)
-            check.log(len(bags), logger=log)
-            self._dropped_prompts = {r: n for r, n in check.dropped_prompts.items() if n}
+            n_loaded = {b.key: len(b.prompts) for b in bags}
+            check = usable_bags_of(o["model"], bags, lambda: self.model)
+            BagCheck(check.kept, check.skipped).log(len(bags), logger=log)
             bags = check.kept
             if o.get("facts"):
                 bags = select_keys(bags, read_keys(o["facts"]), o["facts"])
             bags = sample_bags(bags, o["max_bags"], int(o["seed"]))
+            self._dropped_prompts = self._log_dropped(bags, n_loaded)
             if o.get("max_prompts"):
                 bags = [cap_prompts(b, int(o["max_prompts"]), int(o["seed"])) for b in bags]
             if not bags:
@@ -314,6 +318,73 @@ class RunState:
                 ", ".join(rels) if len(rels) <= 12 else ", ".join(rels[:12]) + ", ...",
             )
         return self._bags
+
+    @staticmethod
+    def _log_dropped(bags: Sequence[FactBag], n_loaded: Mapping[str, int]) -> dict[str, int]:
+        """Prompts the model cannot use (a decoder: the answer before the subject), counted over
+        the selected facts only, per relation; logged at INFO."""
+        dropped: dict[str, int] = {}
+        total: dict[str, int] = {}
+        for b in bags:
+            n = n_loaded.get(b.key, len(b.prompts))
+            total[b.relation] = total.get(b.relation, 0) + n
+            if n > len(b.prompts):
+                dropped[b.relation] = dropped.get(b.relation, 0) + n - len(b.prompts)
+        for rel, n in dropped.items():
+            log.info(
+                "%s: %d of the selected facts' %d prompt(s) dropped (the answer comes before "
+                "the subject)",
+                rel,
+                n,
+                total[rel],
+            )
+        return dropped
+
+    def knowledge(self) -> dict[str, FactKnowledge]:
+        """Whether the model knows each selected fact (:func:`kn_lens.readout.known_facts`,
+        computed once per run); every analysis measures the known facts only."""
+        if self._known is None:
+            cfg = self.config
+            self._known = known_facts(
+                self.model, self.bags, batch_size=cfg.batch_size, threshold=cfg.known_share
+            )
+            unknown = [k for k, f in self._known.items() if not f.known]
+            log.info(
+                "%d of %d selected fact(s) known to the model (%s)",
+                len(self._known) - len(unknown),
+                len(self._known),
+                known_rule(self.config.known_share),
+            )
+            if unknown:
+                log.warning(
+                    "%d fact(s) the model does not know are left out of every analysis but "
+                    "identify: %s",
+                    len(unknown),
+                    ", ".join(self._known[k].key for k in unknown[:10])
+                    + (f", ... ({len(unknown) - 10} more)" if len(unknown) > 10 else ""),
+                )
+        return self._known
+
+    def prompt_examples(self, n_facts: int = 6, n_prompts: int = 3) -> dict[str, Any]:
+        """The first fact of up to ``n_facts`` relations with its first ``n_prompts`` prompts
+        exactly as the model is fed them (a decoder's cut before the answer), for the report."""
+        out: dict[str, Any] = {}
+        for b in self.bags:
+            if len(out) >= n_facts:
+                break
+            if not any(k.startswith(f"{b.relation}/") for k in out):
+                out[b.key] = {
+                    "subject": b.subject,
+                    "object": b.object,
+                    "prompts": list(b.prompts[:n_prompts]),
+                    "n_prompts": len(b.prompts),
+                }
+        return out
+
+    def selection(self) -> str:
+        """The digest of the selected facts and their fingerprints
+        (:func:`kn_lens.coverage.selection_id`)."""
+        return selection_id(self.fingerprints())
 
     @property
     def relations(self) -> list[str]:
@@ -378,8 +449,27 @@ class RunState:
                 },
                 relation_labels={b.relation: b.relation_label for b in self._bags},
                 dropped_prompts=self._dropped_prompts,
+                selection=self.selection(),
+                prompts_as_fed=self.prompt_examples(),
             )
+        out: dict[str, Any] = {}
+        if self._known is not None and self._bags is not None:
+            facts = self._known.values()
+            out["known"] = {
+                "rule": known_rule(self.config.known_share),
+                "threshold": self.config.known_share,
+                "selection": data_info["selection"],
+                "n_facts": len(self._known),
+                "n_known": sum(f.known for f in facts),
+                "unknown": {f.key: f.why() for f in facts if not f.known},
+                "facts": {
+                    f.key: {"n_prompts": f.n_prompts, "n_top1": f.n_top1, "p_answer": f.p_answer}
+                    for f in facts
+                },
+            }
         return {
+            **out,
+            "started": self.started,
             "model": model_info,
             "data": data_info,
             "config": self.config.to_dict(),

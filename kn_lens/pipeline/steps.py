@@ -18,6 +18,14 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from kn_lens.coverage import (
+    NO_NEURONS,
+    NOT_IDENTIFIED,
+    key_list,
+    measured_keys,
+    result_skipped,
+    section_facts,
+)
 from kn_lens.data.facts import FactBag
 from kn_lens.executors import Executor, LocalExecutor, ModelSpec, RayExecutor
 from kn_lens.experiments import ANALYSES, AnalysisInputs
@@ -25,7 +33,9 @@ from kn_lens.experiments.identify import IdentificationResult
 from kn_lens.folder_lock import folder_lock
 from kn_lens.knowledge_neurons import BagScores
 from kn_lens.pipeline.options import ATTRIBUTION_KEYS, PipelineError
+from kn_lens.pipeline.progress import FactProgress
 from kn_lens.pipeline.state import RunState
+from kn_lens.readout import known_rule
 from kn_lens.report import write_report
 from kn_lens.store import (
     FactLogFile,
@@ -154,11 +164,42 @@ class Pipeline(RunState):
                 self.save(name, None, time.perf_counter() - t0, time.process_time() - c0)
             log.info("attribute done in %.1fs", time.perf_counter() - t0)
             return summary
-        result = self._identify() if step == "identify" else self._analysis(step)
+        left_out: dict[str, str] = {}
+        if step == "identify":
+            result = self._identify()
+            offered = [b.key for b in self.bags]
+        else:
+            inputs, left_out = self._inputs(step)
+            offered = [b.key for b in inputs.bags]
+            result = self._analysis(step, inputs)
+        doc = result.to_dict()
+        self._note_left_out(result, doc, left_out)
+        doc["coverage"] = section_facts(
+            self.selection(),
+            [b.key for b in self.bags],
+            measured_keys(doc, offered),
+            {**_skipped_of(doc), **left_out},
+        )
         seconds = time.perf_counter() - t0
-        self.save(step, result, seconds, time.process_time() - c0)
+        self.save(step, doc, seconds, time.process_time() - c0)
         log.info("%s done in %.1fs", step, seconds)
         return result
+
+    @staticmethod
+    def _note_left_out(result: Any, doc: dict[str, Any], left_out: dict[str, str]) -> None:
+        """Facts the pipeline left out go into the result's own ``skipped_facts`` (or
+        ``skipped`` list) too, in the object and its dict."""
+        if not left_out:
+            return
+        own = getattr(result, "skipped_facts", None)
+        if isinstance(own, dict):
+            for k, why in left_out.items():
+                own.setdefault(k, why)
+            doc["skipped_facts"] = {**left_out, **doc.get("skipped_facts", {})}
+        elif isinstance(getattr(result, "skipped", None), list):
+            extra = [{"key": k, "reason": why} for k, why in left_out.items()]
+            result.skipped.extend(extra)
+            doc["skipped"] = [*doc.get("skipped", []), *extra]
 
     def write_report(self) -> dict[str, Any]:
         """Figures, report.md and report.html from DIR/results.json (under the folder's lock)."""
@@ -177,7 +218,8 @@ class Pipeline(RunState):
                 threads_per_actor=int(self.opts["threads"] or 1),
                 score=self.score,
             )
-        return LocalExecutor(lambda: self.model, score=self.score)
+        watch = FactProgress(self.progress).watch
+        return LocalExecutor(lambda: self.model, score=self.score, around=watch)
 
     def _attribute(self) -> dict[str, Any]:
         """Append one JSON line per fact still to score; each fact is written exactly once."""
@@ -351,27 +393,21 @@ class Pipeline(RunState):
         return result
 
     def analysis_inputs(self, name: str) -> AnalysisInputs:
-        """What analysis ``name`` reads: the facts with neurons, the model, web sentences if
-        needed."""
+        """What analysis ``name`` reads: the facts the model knows that have identified
+        neurons, the model, web sentences if needed."""
+        return self._inputs(name)[0]
+
+    def _inputs(self, name: str) -> tuple[AnalysisInputs, dict[str, str]]:
+        """:meth:`analysis_inputs`, and the selected facts left out of them with why: the
+        facts the model does not know (:meth:`knowledge`) and those neurons.json has no entry
+        for (a loud warning: the run asked for them)."""
         analysis = ANALYSES[name]
-        ours = self.neurons("ours")
-        if not ours:
+        ours_all = self.neurons("ours")
+        if not ours_all:
             raise PipelineError(
                 f"none of the selected facts has identified neurons in "
                 f"{self.dir.neurons_json}: run `kn-lens identify` with the same options"
             )
-        baseline = self.neurons("baseline") or None
-        bags = self.bags
-        web = None
-        if analysis.needs_web:
-            web = self.web_facts()
-            bags = [b for b in bags if b.key in ours and b.relation in web]
-            if not bags:
-                raise PipelineError(
-                    f"`{name}`: none of the selected facts with neurons has web sentences"
-                )
-            keys = {b.key for b in bags}
-            ours = {k: v for k, v in ours.items() if k in keys}
         relations = self.erase
         if relations:
             unknown = [r for r in relations if r not in self.relations]
@@ -380,7 +416,58 @@ class Pipeline(RunState):
                     f"--erase: unknown relation(s) {', '.join(unknown)}; selected: "
                     + ", ".join(self.relations)
                 )
-        return AnalysisInputs(
+        if analysis.needs_web:
+            self.web_facts()  # a missing --web is the error to see first
+        known = self.knowledge()
+        left_out: dict[str, str] = {}
+        for b in self.bags:
+            if not known[b.key].known:
+                left_out[b.key] = known[b.key].why()
+            elif b.key not in ours_all:
+                left_out[b.key] = NOT_IDENTIFIED
+        missing = [k for k, why in left_out.items() if why == NOT_IDENTIFIED]
+        if missing:
+            log.warning(
+                "%s: %d of the %d selected fact(s) have no entry in %s and are NOT measured: "
+                "%s; run `kn-lens attribute` and `kn-lens identify --out %s` with these options to "
+                "measure them",
+                name,
+                len(missing),
+                len(self.bags),
+                self.dir.neurons_json,
+                key_list(missing),
+                self.dir.path,
+            )
+        bags = [b for b in self.bags if b.key not in left_out]
+        if not bags:
+            first, why = next(iter(left_out.items()))
+            raise PipelineError(
+                f"`{name}`: none of the {len(self.bags)} selected fact(s) is both known to the "
+                f"model ({known_rule(self.config.known_share)}) and identified, e.g. {first}: "
+                f"{why}; `--set known_share=0` measures every fact"
+            )
+        keep = {b.key for b in bags}
+        ours = {k: v for k, v in ours_all.items() if k in keep}
+        baseline = {k: v for k, v in self.neurons("baseline").items() if k in keep} or None
+        if not any(ours.values()):
+            raise PipelineError(
+                f"`{name}`: none of the {len(bags)} known, identified fact(s) has knowledge "
+                f"neurons ({NO_NEURONS})"
+            )
+        web = None
+        if analysis.needs_web:
+            web = self.web_facts()
+            for b in bags:
+                if b.relation not in web:
+                    left_out[b.key] = "no web sentences for its relation"
+            bags = [b for b in bags if b.key in ours and b.relation in web]
+            if not bags:
+                raise PipelineError(
+                    f"`{name}`: none of the selected facts with neurons has web sentences"
+                )
+            keys = {b.key for b in bags}
+            ours = {k: v for k, v in ours.items() if k in keys}
+        inputs = AnalysisInputs(
             self.model,
             bags,
             ours,
@@ -392,12 +479,12 @@ class Pipeline(RunState):
             facts_per_relation=self.n_edits,
             progress=self.progress,
         )
+        return inputs, left_out
 
-    def _analysis(self, name: str) -> Any:
-        """Run registered analysis ``name`` on the model; the run folder writes its per-fact
+    def _analysis(self, name: str, inputs: AnalysisInputs) -> Any:
+        """Run registered analysis ``name`` on ``inputs``; the run folder writes its per-fact
         details if it has any (the analysis itself writes no file)."""
         analysis = ANALYSES[name]
-        inputs = self.analysis_inputs(name)
         if analysis.resumable:  # each fact's record is kept as soon as it is done
             with FactLogFile(self.dir.fact_log(name)) as fact_log:
                 if len(fact_log):
@@ -409,3 +496,9 @@ class Pipeline(RunState):
             path = self.dir.save_details(name, analysis.details(result.to_dict()))
             log.info("wrote the per-fact details of %s to %s", name, path)
         return result
+
+
+def _skipped_of(doc: dict[str, Any]) -> dict[str, str]:
+    """A result dict's own left-out facts, with the empty-neurons reason in words."""
+    from_result = result_skipped(doc)
+    return {k: NO_NEURONS if why == "no_neurons" else why for k, why in from_result.items()}

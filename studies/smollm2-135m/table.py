@@ -66,8 +66,8 @@ def pct(x: Any, digits: int = 1, sign: bool = True) -> str:
 
 
 def share(x: Any) -> str:
-    """A share given as a fraction (0.121 -> "12.1%")."""
-    return num(x) if x is None or isinstance(x, str) else f"{100 * x:.1f}%"
+    """A share the report gives in percent (12.1 -> "12.1%")."""
+    return num(x) if x is None or isinstance(x, str) else f"{x:.1f}%"
 
 
 def pair(a: str, b: str) -> str:
@@ -201,8 +201,8 @@ ROWS: list[tuple[str, Cell, Cell]] = [
         joined(
             "ours",
             [
-                ("modify", "suppress: share of own prompts", "(ours)"),
-                ("modify", "suppress: share of own prompts", "(random)"),
+                ("modify", "suppress: % of own prompts", "(ours)"),
+                ("modify", "suppress: % of own prompts", "(random)"),
             ],
             share,
         ),
@@ -214,8 +214,8 @@ ROWS: list[tuple[str, Cell, Cell]] = [
         lambda r: "{} / {} ({} / {})".format(
             pct(r.ours("heldout", "suppress, held-out prompts: % change", "(knowledge neurons)")),
             pct(r.ours("heldout", "suppress, held-out prompts: % change", "(random neurons)"), 2),
-            share(r.ours("heldout", "suppress, held-out prompts: share", "(knowledge neurons)")),
-            share(r.ours("heldout", "suppress, held-out prompts: share", "(random neurons)")),
+            share(r.ours("heldout", "suppress, held-out prompts: % of", "(knowledge neurons)")),
+            share(r.ours("heldout", "suppress, held-out prompts: % of", "(random neurons)")),
         ),
     ),
     (
@@ -232,17 +232,20 @@ ROWS: list[tuple[str, Cell, Cell]] = [
         text("most / few"),
         joined(
             "ours",
-            [("trigger", "share of top prompts"), ("trigger", "share of bottom prompts")],
+            [("trigger", "% of top prompts"), ("trigger", "% of bottom prompts")],
             share,
         ),
     ),
     (
         "update: success / change rate, knowledge neurons",
-        *both([("update", "success rate (knowledge"), ("update", "change rate (knowledge")], share),
+        *both(
+            [("update", "success rate, % (knowledge"), ("update", "change rate, % (knowledge")],
+            share,
+        ),
     ),
     (
         "update: success / change rate, random neurons",
-        *both([("update", "success rate (random"), ("update", "change rate (random")], share),
+        *both([("update", "success rate, % (random"), ("update", "change rate, % (random")], share),
     ),
     (
         "update: Δ perplexity intra / inter relation, mean (knowledge neurons)",

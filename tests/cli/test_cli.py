@@ -186,7 +186,8 @@ def pipeline(tmp_path_factory, tiny_ckpt):
         if cmd == "plot":
             rcs[cmd] = cli.main(["plot", "--out", str(out), "-q"])
         else:
-            device = [] if cmd == "identify" else ["--device", "cpu"]
+            # the tiny model knows none of these facts: measure them all
+            device = [] if cmd == "identify" else ["--device", "cpu", "--set", "known_share=0"]
             rcs[cmd] = cli.main([cmd, "--out", str(out), *device, "--no-progress", "-q", *extra])
     return out, rcs
 
@@ -248,6 +249,7 @@ def test_reproduce_runs_everything(tmp_path, tiny_ckpt):
         [
             "reproduce",
             *base_args(tiny_ckpt, facts, out, "--steps", "2", "--web", str(web), "--skip", "erase"),
+            *("--set", "known_share=0"),  # the tiny model knows none of the facts
         ]
     )
     assert rc == 0
@@ -284,6 +286,8 @@ def test_reproduce_runs_everything(tmp_path, tiny_ckpt):
                 "update",
                 "--skip",
                 "modify",
+                "--set",
+                "known_share=0",
             ]
         )
         == 0
@@ -300,6 +304,7 @@ def test_reproduce_on_cuda(tmp_path, tiny_ckpt):
     for device in ("cpu", "cuda"):
         out = tmp_path / device
         args = base_args(tiny_ckpt, facts, out, "--steps", "2", "--web", str(web))
+        args += ["--set", "known_share=0"]  # the tiny model knows none of the facts
         args[args.index("--device") + 1] = device
         assert cli.main(["reproduce", *args]) == 0
         docs[device] = json.loads((out / "results.json").read_text())
@@ -355,6 +360,8 @@ def test_reproduce_goes_on_when_one_analysis_fails(pipeline, capsys):
             "modify",
             "--erase",
             "P999",
+            "--set",
+            "known_share=0",
         ]
     )
     assert rc == 1

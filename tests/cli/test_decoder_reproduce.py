@@ -58,7 +58,9 @@ def decoder_run(tmp_path_factory):
     words = sorted(set(re.findall(r"\w+|[^\w\s]", text)))
     ckpt = save_gpt2(root / "gpt2", words)
     out = root / "out"
-    rc = cli.main(["reproduce", *base_args(ckpt, facts, out, "--steps", "2", "--web", str(web))])
+    # a random decoder knows none of the facts: measure them all (--set known_share=0)
+    args = base_args(ckpt, facts, out, "--steps", "2", "--web", str(web))
+    rc = cli.main(["reproduce", *args, "--set", "known_share=0"])
     return rc, out, lines
 
 
@@ -90,3 +92,28 @@ def test_decoder_prompts_are_the_text_before_the_answer(decoder_run):
     prompts = [p["prompt"] for f in trig["facts"] for p in f["top"] + f["bottom"]]
     assert prompts
     assert not any("[MASK]" in p for p in prompts)
+
+
+def test_identify_reads_stored_scores_without_loading_the_decoder(decoder_run, monkeypatch):
+    """identify needs the decoder's prompts, not its weights (SmolLM2 takes 18 s to load)."""
+    from kn_lens.pipeline import Pipeline
+
+    _, out, _ = decoder_run
+    p = Pipeline(out, progress=False)
+    p.identify()
+    assert p._model is None  # the model was never loaded
+    assert json.loads((out / "neurons.json").read_text())["neurons"]["ours"]
+
+
+def test_report_shows_the_decoder_prompts_as_fed_and_the_known_facts(decoder_run):
+    _, out, _ = decoder_run
+    doc = json.loads((out / "results.json").read_text())
+    fed = doc["meta"]["data"]["prompts_as_fed"]
+    assert fed and all(
+        "[MASK]" not in p and "[Y]" not in p for ex in fed.values() for p in ex["prompts"]
+    )
+    assert doc["meta"]["known"]["threshold"] == 0.0  # --set known_share=0
+    md = (out / "report.md").read_text()
+    assert "Prompts as the model is fed them" in md
+    first = next(iter(fed.values()))["prompts"][0]
+    assert f'"{first}"' in md

@@ -23,7 +23,10 @@ def test_localize_command_on_a_tiny_run(tmp_path, tiny_ckpt):
     out = tmp_path / "out"
     assert cli.main(["attribute", *base_args(tiny_ckpt, facts, out, "--steps", "2")]) == 0
     assert cli.main(["identify", "--out", str(out), "--no-progress", "-q"]) == 0
-    rc = cli.main(["localize", "--out", str(out), "--device", "cpu", "--no-progress", "-q"])
+    rc = cli.main(
+        ["localize", "--out", str(out), "--device", "cpu", "--no-progress", "-q"]
+        + ["--set", "known_share=0"]  # the tiny model knows none of the facts
+    )
     assert rc == 0
     doc = json.loads((out / "results.json").read_text())
     loc = doc["results"]["localize"]
@@ -54,7 +57,7 @@ def test_reproduce_lists_and_runs_localize(tmp_path, tiny_ckpt, capsys):
         for s in ("modify", "heldout", "distant", "trigger", "update", "erase")
         for x in ("--skip", s)
     ]
-    args = base_args(tiny_ckpt, facts, out, "--steps", "2", *skip)
+    args = base_args(tiny_ckpt, facts, out, "--steps", "2", "--set", "known_share=0", *skip)
     assert cli.main(["reproduce", *args]) == 0
     doc = json.loads((out / "results.json").read_text())
     assert set(doc["results"]) == {"identify", "localize"}

@@ -63,7 +63,7 @@ class DecoderFamily(Family[DecoderModel, EncodedDecoderPrompts]):
 
     name = "decoder"
 
-    def usable_bags(self, model: DecoderModel, bags: Sequence[FactBag]) -> BagCheck:
+    def usable_bags(self, model: DecoderModel | None, bags: Sequence[FactBag]) -> BagCheck:
         """Each bag as a decoder bag (:meth:`kn_lens.data.facts.FactBag.to_prefix_bag`): its
         prompts cut before the answer, dropping templates whose answer comes before the subject;
         a bag with no prompt left is skipped. Answers of any token length are kept."""
