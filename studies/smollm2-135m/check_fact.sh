@@ -17,13 +17,18 @@ key="${1:?usage: check_fact.sh RELATION/INDEX (a key of facts.txt)}"
 grep -qx "$key" "$here/facts.txt" || { echo "check_fact.sh: $key is not a key of $here/facts.txt" >&2; exit 2; }
 out="${OUT:-$(mktemp -d)/check}"
 rel="${key%%/*}"
-p="$(python -c "import json; print(json.load(open('$here/run/neurons.json'))['relations']['$rel']['ours']['p'])")"
+# The Python that runs kn-lens (its script's #! line), not whatever `python` is first on PATH;
+# PYTHON=... overrides it.
+kn="$(command -v kn-lens)" || { echo "check_fact.sh: kn-lens is not on PATH" >&2; exit 2; }
+py="${PYTHON:-$(sed -n '1s/^#![[:space:]]*//p' "$kn")}"
+[ -x "${py%% *}" ] || py="$(command -v python3)"
+p="$($py -c "import json; print(json.load(open('$here/run/neurons.json'))['relations']['$rel']['ours']['p'])")"
 echo "$key" > "$out.facts.txt"
 kn-lens attribute --model smollm2-135m --data "$data" --facts "$out.facts.txt" --max-prompts 8 \
   --out "$out" --no-progress
 kn-lens identify --model smollm2-135m --data "$data" --facts "$out.facts.txt" --max-prompts 8 \
   --set "p=$p" --set p_rounds=1 --out "$out"
-python - "$key" "$here/run" "$out" <<'EOF'
+$py - "$key" "$here/run" "$out" <<'EOF'
 import json, sys
 from pathlib import Path
 
