@@ -402,6 +402,8 @@ class Pipeline(RunState):
         facts the model does not know (:meth:`knowledge`) and those neurons.json has no entry
         for (a loud warning: the run asked for them)."""
         analysis = ANALYSES[name]
+        if analysis.needs_web:
+            self.web_facts()  # a missing --web is the error to see first
         ours_all = self.neurons("ours")
         if not ours_all:
             raise PipelineError(
@@ -416,8 +418,6 @@ class Pipeline(RunState):
                     f"--erase: unknown relation(s) {', '.join(unknown)}; selected: "
                     + ", ".join(self.relations)
                 )
-        if analysis.needs_web:
-            self.web_facts()  # a missing --web is the error to see first
         known = self.knowledge()
         left_out: dict[str, str] = {}
         for b in self.bags:
