@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
+from kn_lens.data.facts import FactBag
 from kn_lens.errors import KnLensError
 from kn_lens.models.backend import BACKENDS, TL_VERSION, default_backend, resolve_backend
 from kn_lens.models.bridge.loading import load_bridge
-from kn_lens.data.facts import FactBag
 from kn_lens.models.decoder_loading import DecoderLoadError, is_decoder_checkpoint, load_decoder
 from kn_lens.models.encoder_loading import (
     DEFAULT_MODEL_DIR,
