@@ -84,7 +84,7 @@ def test_localize_killed_midway_resumes_to_the_uninterrupted_result(tmp_path, ti
     killed, sliced = tmp_path / "killed", tmp_path / "sliced"
     shutil.copytree(ref, killed)
     shutil.copytree(ref, sliced)
-    args = ["--device", "cpu", "--threads", "1", "--no-progress", "-q"]
+    args = ["--device", "cpu", "--threads", "1", "--no-progress", "-q", "--set", "known_share=0"]
     assert cli.main(["localize", "--out", str(ref), *args]) == 0
     want = json.loads((ref / "results.json").read_text())["results"]["localize"]
     n_facts = want["n_facts"]
