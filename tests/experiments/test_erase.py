@@ -52,11 +52,12 @@ def test_relation_top_neurons_counts_facts_and_breaks_ties():
 
 def test_erase_relation_zeroes_top_rows_and_restores_exactly(tiny_model):
     before = _state(tiny_model)
+    row9 = tiny_model.blocks[0].mlp.W_out[9].detach().clone()
     with erase_relation(tiny_model, NEURONS, "P1", top=2) as h:
         assert h.neurons == (Neuron(1, 4), Neuron(0, 2))
         assert torch.count_nonzero(tiny_model.blocks[1].mlp.W_out[4]) == 0
         assert torch.count_nonzero(tiny_model.blocks[0].mlp.W_out[2]) == 0
-        assert torch.equal(tiny_model.blocks[0].mlp.W_out[9], before["blocks.0.mlp.W_out"][9])
+        assert torch.equal(tiny_model.blocks[0].mlp.W_out[9], row9)
     _assert_same_state(tiny_model, before)
 
 

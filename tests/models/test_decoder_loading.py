@@ -12,7 +12,14 @@ import pytest
 import torch
 
 from kn_lens.models import decoder_loading as dl
+from kn_lens.models.backend import HAS_HOOKED_CLASSES, TL_VERSION
 from kn_lens.models.decoder_loading import DecoderLoadError, is_decoder_checkpoint, load_decoder
+
+pytestmark = pytest.mark.skipif(
+    not HAS_HOOKED_CLASSES,
+    reason=f"the HookedTransformer loader; TransformerLens {TL_VERSION} loads on the bridge "
+    "(tests/models/test_bridge.py)",
+)
 
 PROMPT = "the capital of France is Paris"
 

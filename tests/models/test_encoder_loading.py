@@ -14,7 +14,14 @@ import torch
 
 from kn_lens import load_model
 from kn_lens.models import ModelLoadError
+from kn_lens.models.backend import HAS_HOOKED_CLASSES, TL_VERSION
 from tests.conftest import make_tiny_checkpoint
+
+pytestmark = pytest.mark.skipif(
+    not HAS_HOOKED_CLASSES,
+    reason=f"the HookedEncoder loader; TransformerLens {TL_VERSION} loads on the bridge "
+    "(tests/models/test_bridge.py)",
+)
 
 SENTENCES = [
     "the city of [MASK] is Paris .",
