@@ -12,6 +12,10 @@ same.
     python benchmarks/bridge.py                                  # default model + a GPT-2 shape
     python benchmarks/bridge.py --decoder smollm2-135m --decoder-prompts 2
     python benchmarks/bridge.py --json benchmarks/results/bridge.json --threads 2
+    python benchmarks/bridge.py --bags 0 --repeats 1 --decoder none   # all 1,620 default facts
+
+``--bags 0`` takes every default-model fact (1,620): with ``--repeats 1`` that is the agreement
+check (same knowledge neurons on both backends, fact by fact), with times.
 
 The decoder defaults to a random GPT-2-shaped checkpoint folder (``--decoder gpt2-shape``; 12
 layers, d_model 768, d_mlp 3072, a 50,257-token vocabulary) written to a temporary folder, since
@@ -33,7 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import kn_lens  # noqa: E402
-from kn_lens.data import default_facts  # noqa: E402
+from kn_lens.data import Fact, FactBag, default_facts  # noqa: E402
 from kn_lens.models.backend import HAS_HOOKED_CLASSES, TL_VERSION  # noqa: E402
 
 DECODER_FACTS = [
@@ -77,6 +81,7 @@ def compare(name: str, source: str, facts, steps: int, repeats: int, bags=None) 
     hooked = kn_lens.load_model(source, device="cpu", backend="hooked")
     bridge = kn_lens.load_model(source, device="cpu", backend="bridge")
     t_h, t_b, worst, same = [], [], 0.0, 0
+    differ: list[dict] = []
     for i, (prompts, answer) in enumerate(facts):
         best_h = best_b = float("inf")
         for r in range(repeats):
@@ -93,9 +98,15 @@ def compare(name: str, source: str, facts, steps: int, repeats: int, bags=None) 
         t_b.append(best_b)
         worst = max(worst, float((s_b - s_h).abs().max() / s_h.abs().max()))
         if bags is not None:
-            same += kn_lens.find_knowledge_neurons(
-                hooked, bags[i], scores=s_h
-            ) == kn_lens.find_knowledge_neurons(bridge, bags[i], scores=s_b)
+            n_h = kn_lens.find_knowledge_neurons(hooked, bags[i], scores=s_h)
+            n_b = kn_lens.find_knowledge_neurons(bridge, bags[i], scores=s_b)
+            same += n_h == n_b
+            if n_h != n_b:
+                differ.append(
+                    {"fact": i, "hooked": [str(n) for n in n_h], "bridge": [str(n) for n in n_b]}
+                )
+        if (i + 1) % 100 == 0 or i + 1 == len(facts):
+            print(f"  {name}: {i + 1}/{len(facts)} facts, same neurons so far {same}", flush=True)
     out = {
         "model": name,
         "facts": len(facts),
@@ -107,6 +118,7 @@ def compare(name: str, source: str, facts, steps: int, repeats: int, bags=None) 
     }
     if bags is not None:
         out["same_knowledge_neurons"] = f"{same}/{len(facts)}"
+        out["facts_with_other_neurons"] = differ
     print(
         f"{name}: hooked {out['hooked_s_per_fact']:.3f} s/fact, bridge "
         f"{out['bridge_s_per_fact']:.3f} s/fact, ratio {out['ratio_bridge_over_hooked']:.2f}x, "
@@ -118,8 +130,10 @@ def compare(name: str, source: str, facts, steps: int, repeats: int, bags=None) 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--bags", type=int, default=3, help="default-model facts (default 3)")
-    ap.add_argument("--decoder", default="gpt2-shape", help="gpt2-shape, a folder or smollm2-135m")
+    ap.add_argument("--bags", type=int, default=3, help="default-model facts (default 3; 0: all)")
+    ap.add_argument(
+        "--decoder", default="gpt2-shape", help="gpt2-shape, a folder, smollm2-135m or none"
+    )
     ap.add_argument("--decoder-prompts", type=int, default=3, help="prompts per decoder fact")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=2)
@@ -132,15 +146,20 @@ def main() -> None:
         )
     if args.threads:
         torch.set_num_threads(args.threads)
-    bags = default_facts()[: args.bags]
+    bags = default_facts()
+    bags = bags[: args.bags] if args.bags else bags
     enc_facts = [(list(b.prompts), b.fact.object) for b in bags]
     results = [compare("default", "default", enc_facts, args.steps, args.repeats, bags)]
     dec_facts = [(p[: args.decoder_prompts], a) for p, a in DECODER_FACTS]
+    dec_bags = [FactBag(Fact("-", "-", "-", "N-1", a), tuple(p), prefix=True) for p, a in dec_facts]
     with tempfile.TemporaryDirectory() as tmp:
         source = args.decoder
         if source == "gpt2-shape":
             source = str(gpt2_shape(Path(tmp) / "gpt2"))
-        results.append(compare(args.decoder, source, dec_facts, args.steps, args.repeats))
+        if source != "none":
+            results.append(
+                compare(args.decoder, source, dec_facts, args.steps, args.repeats, dec_bags)
+            )
     record = {
         "transformer_lens": TL_VERSION,
         "torch": torch.__version__,

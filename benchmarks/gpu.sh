@@ -4,6 +4,8 @@
 # benchmark (GPT-2-small shape), with the opt-in lower precisions (--dtype) on the bert-base shape.
 # Builds every model from a config: no model files are needed.
 # Writes OUT/gpu.json (the figures), OUT/encoder.json, OUT/decoder.json, OUT/cuda_tests.log.
+# The decoder benchmark needs TransformerLens 3.x (HookedTransformer); on 4.x it is skipped and
+# decoder.json says so.
 # Sized to finish in under 8 minutes on one H100.
 #
 #   bash benchmarks/gpu.sh                     # --device cuda, the real sizes
@@ -56,7 +58,12 @@ echo "== encoder attribution benchmark ==" >&2
 "$py" "$here/attribution.py" --device "$device" "${enc_args[@]}" $skip_kn --json "$out/encoder.json"
 
 echo "== decoder attribution benchmark ==" >&2
-"$py" "$here/decoder_attribution.py" --device "$device" "${dec_args[@]}" --json "$out/decoder.json"
+if "$py" -c "import importlib.metadata as m, sys; sys.exit(int(m.version('transformer-lens').split('.')[0]) >= 4)"; then
+  "$py" "$here/decoder_attribution.py" --device "$device" "${dec_args[@]}" --json "$out/decoder.json"
+else  # it builds a HookedTransformer, which TransformerLens 4 removed
+  echo '{"skipped": "needs TransformerLens 3.x (HookedTransformer); TransformerLens 4 is installed"}' > "$out/decoder.json"
+  echo "gpu.sh: decoder benchmark skipped: it needs TransformerLens 3.x (HookedTransformer)" >&2
+fi
 
 "$py" "$here/gpu_summary.py" --out "$out" --device "$device" --tests-rc "$tests_rc" \
   --wall-s "$(( $(date +%s) - t0 ))"

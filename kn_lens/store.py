@@ -9,6 +9,9 @@ Attribution over tens of thousands of facts takes hours, so its results are writ
   a *torn last line* -- bytes after the last newline. :class:`JsonlStore` cuts such a tail away when
   it opens the file for appending, and :func:`read_jsonl` ignores it, so no reader ever sees a half
   record;
+- each line carries ``_sha256``, a checksum of its record: a line changed by hand after kn_lens
+  wrote it (a score edited, a key renamed) is refused with an error naming the file and line,
+  never read as a result (lines from before checksums have none and are read as they are);
 - running again skips the keys already stored (in *any* shard's file of the relation), so a
   resumed run ends with every fact exactly once;
 - ``--shard K/N`` splits the facts between independent processes: fact number ``i`` (0-based, in
@@ -169,9 +172,22 @@ def _no_constant(text: str) -> float:
     raise _NonFinite(text)  # NaN, Infinity, -Infinity: Python's json accepts them, kn_lens not
 
 
+#: The field under which each stored line keeps the checksum of the rest of its record.
+CHECKSUM_FIELD = "_sha256"
+
+
+def record_checksum(record: dict[str, Any]) -> str:
+    """The first 16 hex digits of the SHA-256 of ``record`` as canonical JSON (sorted keys, no
+    spaces): what :meth:`JsonlStore.append` stores beside it and every read checks."""
+    body = json.dumps(record, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
 def _parse(line: bytes, path: Path, n: int) -> Record | None:
     """The record of line ``n``; ``None`` when the line is not JSON (torn). A line with a
-    non-finite number is no torn write (kn_lens never writes one): :class:`StoreError`."""
+    non-finite number is no torn write (kn_lens never writes one): :class:`StoreError`; so is
+    a line whose content no longer matches its checksum (changed by hand). Lines written before
+    kn_lens kept checksums have none and are read as they are."""
     try:
         rec = json.loads(line, parse_constant=_no_constant, parse_float=_finite_float)
     except _NonFinite as e:
@@ -184,6 +200,13 @@ def _parse(line: bytes, path: Path, n: int) -> Record | None:
         return None
     if not isinstance(rec, dict):
         raise StoreError(f"{path}:{n}: expected a JSON object per line")
+    if CHECKSUM_FIELD in rec:
+        stored = rec.pop(CHECKSUM_FIELD)
+        if stored != record_checksum(rec):
+            raise StoreError(
+                f"{path}:{n}: the record was changed after kn_lens wrote it (its checksum does "
+                "not match its content): delete that line and run the step again to recompute it"
+            )
     out = Record(rec)
     out.source = f"{path}:{n}"
     return out
@@ -384,7 +407,10 @@ class JsonlStore:
             raise StoreError(f"record needs a string {self.key!r} field, got {k!r}")
         if k in self._keys:
             raise StoreError(f"{self.path}: key {k!r} is already stored")
-        data = (json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n").encode()
+        if CHECKSUM_FIELD in record:
+            raise StoreError(f"record of {k!r}: {CHECKSUM_FIELD!r} is the store's own field")
+        line = {**record, CHECKSUM_FIELD: record_checksum(record)}
+        data = (json.dumps(line, separators=(",", ":"), allow_nan=False) + "\n").encode()
         if b"\n" in data[:-1]:  # json.dumps never emits raw newlines; guard anyway
             raise ValueError("a record must serialise to one line")
         start = os.fstat(self._fd).st_size  # we hold the lock: nobody else appends

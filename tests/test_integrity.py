@@ -9,7 +9,7 @@ import pytest
 
 from kn_lens.bag_scores import BagScores, PromptScores
 from kn_lens.errors import KnLensError
-from kn_lens.store import JsonlStore, StoreError, read_jsonl, read_union
+from kn_lens.store import CHECKSUM_FIELD, JsonlStore, StoreError, read_jsonl, read_union
 
 
 def _record(key: str = "P19/0", **changes) -> dict:
@@ -58,6 +58,33 @@ def test_a_non_finite_stored_score_names_the_file_and_line(tmp_path, bad):
     with pytest.raises(StoreError, match=msg), JsonlStore(path):
         pass
     assert path.read_text().count("\n") == 2
+
+
+def test_a_finite_score_changed_by_hand_is_refused_naming_the_line(tmp_path):
+    path = tmp_path / "P19.jsonl"
+    with JsonlStore(path) as store:
+        store.append(_record("P19/0"))
+        store.append(_record("P19/1"))
+    lines = path.read_text().splitlines()
+    assert all(f'"{CHECKSUM_FIELD}":' in line for line in lines)
+    # read back without the checksum field, equal to what was stored
+    assert read_union([path])["P19/1"] == _record("P19/1")
+    tampered = lines[1].replace('"max":2.0', '"max":2.5', 1)
+    assert tampered != lines[1]
+    path.write_text(lines[0] + "\n" + tampered + "\n")
+    msg = rf"{path}:2: the record was changed after kn_lens wrote it"
+    with pytest.raises(StoreError, match=msg):
+        read_union([path])
+    with pytest.raises(StoreError, match=msg), JsonlStore(path):
+        pass
+    # a line from before checksums (none stored) is read as it is
+    path.write_text(lines[0] + "\n" + json.dumps(_record("P19/1")) + "\n")
+    assert set(read_union([path])) == {"P19/0", "P19/1"}
+
+
+def test_a_record_may_not_bring_its_own_checksum(tmp_path):
+    with JsonlStore(tmp_path / "P19.jsonl") as store, pytest.raises(StoreError, match="own field"):
+        store.append({**_record(), CHECKSUM_FIELD: "0" * 16})
 
 
 def test_a_non_finite_score_in_a_record_given_directly_is_refused():

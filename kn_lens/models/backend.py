@@ -34,6 +34,7 @@ __all__ = [
     "TransformerBridge",
     "default_backend",
     "is_bridge",
+    "official_model_name",
     "resolve_backend",
 ]
 
@@ -83,3 +84,23 @@ def resolve_backend(backend: Any) -> str:
             f"TransformerLens {TL_VERSION} is installed, whose backend is 'bridge' (the default)"
         )
     return str(backend)
+
+
+def official_model_name(name: str) -> str:
+    """The Hugging Face repository of TransformerLens model name ``name`` (``"bert-base-cased"`` ->
+    ``"google-bert/bert-base-cased"``), on either TransformerLens line (4.x moved the table to
+    ``transformer_lens.supported_models``).
+
+    Raises:
+        KnLensError: TransformerLens does not know the name (the message names it).
+    """
+    try:
+        from transformer_lens.supported_models import (  # type: ignore[attr-defined,unused-ignore]
+            get_official_model_name,
+        )
+    except ImportError:  # TransformerLens 3.x
+        from transformer_lens.loading_from_pretrained import get_official_model_name
+    try:
+        return str(get_official_model_name(name))
+    except Exception:  # noqa: BLE001 - TransformerLens raises ValueError or KeyError
+        raise KnLensError(f"TransformerLens knows no model named {name!r}") from None

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from kn_lens.errors import KnLensError
+from kn_lens.models.backend import official_model_name
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "default_model"
 _ACT_FNS = {
@@ -321,11 +322,10 @@ def _load_folder(folder: Path, tokenizer: Any, device: str, dtype: torch.dtype) 
 
 def _load_named(name: str, tokenizer: Any, device: str, dtype: torch.dtype) -> Any:
     from transformer_lens import HookedEncoder
-    from transformer_lens import loading_from_pretrained as loading
 
     try:
-        official = loading.get_official_model_name(name)
-    except Exception:
+        official = official_model_name(name)
+    except KnLensError:
         raise ModelLoadError(
             f"unknown model {name!r}: it is neither 'default', a local checkpoint folder, nor a "
             "model name TransformerLens knows (e.g. 'bert-base-cased')"

@@ -22,6 +22,7 @@ import fnmatch
 from pathlib import Path
 
 from kn_lens.file_hash import files_digest
+from kn_lens.models.backend import official_model_name
 from kn_lens.models.decoder_loading import SMOLLM2_NAME, find_smollm2_gguf
 from kn_lens.models.encoder_loading import DEFAULT_MODEL_DIR, ModelLoadError, hub_cache_dir
 
@@ -56,9 +57,8 @@ def _hub_snapshot(name: str) -> Path | None:
     """The cached snapshot folder of TransformerLens name ``name``, or None when not cached."""
     try:
         from huggingface_hub import try_to_load_from_cache
-        from transformer_lens import loading_from_pretrained as loading
 
-        official = loading.get_official_model_name(name)
+        official = official_model_name(name)
         hit = try_to_load_from_cache(official, "config.json", cache_dir=hub_cache_dir())
     except Exception:  # noqa: BLE001 - an unknown name, an unreadable cache: not found
         return None

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from kn_lens.models.backend import HAS_HOOKED_CLASSES
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -33,6 +35,9 @@ def test_gpu_check_dry_run_writes_its_figures(tmp_path):
     if enc["knowledge_neurons_s_per_prompt"] is not None:  # knowledge-neurons installed
         assert enc["pearson"] > 0.99 and enc["speedup_bag"] > 0
     dec = summary["decoder"]
-    assert dec["pearson"] > 0.999 and dec["speedup"] > 0
+    if HAS_HOOKED_CLASSES:
+        assert dec["pearson"] > 0.999 and dec["speedup"] > 0
+    else:  # the decoder benchmark builds a HookedTransformer: skipped, and said so
+        assert "TransformerLens 3" in dec["skipped"]
     for name in ("encoder.json", "decoder.json", "cuda_tests.log"):
         assert (out / name).is_file()

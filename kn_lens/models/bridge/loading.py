@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from kn_lens.models.backend import TransformerBridge
+from kn_lens.errors import KnLensError
+from kn_lens.models.backend import TransformerBridge, official_model_name
 from kn_lens.models.decoder_loading import DecoderLoadError, is_decoder_checkpoint, load_hf_decoder
 from kn_lens.models.encoder_loading import (
     DEFAULT_MODEL_DIR,
@@ -91,12 +92,16 @@ def _bert_folder(folder: Path, tokenizer: Any) -> tuple[Any, Any]:
 def _bert_named(name: str, tokenizer: Any) -> tuple[Any, Any]:
     from transformers import AutoTokenizer, BertForMaskedLM
 
-    if not is_cached(name):
-        raise not_cached_error(name, name)
+    try:  # TransformerLens' short names ("bert-base-cased") live under the official repository
+        official = official_model_name(name)
+    except KnLensError:
+        official = name
+    if not is_cached(official):
+        raise not_cached_error(name, official)
     try:
-        hf = BertForMaskedLM.from_pretrained(name, local_files_only=True)
+        hf = BertForMaskedLM.from_pretrained(official, local_files_only=True)
         if tokenizer is None:
-            tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(official, local_files_only=True)
     except Exception as e:
         raise ModelLoadError(
             f"could not load {name!r} from the local Hugging Face cache ({type(e).__name__}); "

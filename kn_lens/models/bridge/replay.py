@@ -31,15 +31,25 @@ from kn_lens.neuron import HookList, hook_name
 __all__ = ["BlockCalls", "BridgeClean", "JoinAt", "clean_pass", "scaled_run"]
 
 
-def _pick(value: Any, n: int, rows: Tensor) -> Any:
+#: Under autocast, additive attention masks are clamped to this (float16's lowest value): the
+#: clean pass's float32 minimum becomes ``-inf`` in bfloat16 / float16, a fully masked row (a
+#: left-padding query) then softmaxes to NaN, and ``0 * NaN`` carries it into every row.
+_LOW_PRECISION_MASK_MIN = torch.finfo(torch.float16).min
+
+
+def _pick(value: Any, n: int, rows: Tensor, low_precision: bool = False) -> Any:
     """``value`` with the prompt rows ``rows`` picked out of every batched tensor (``[n, ...]``,
-    two or more dimensions; a ``[1, ...]`` tensor broadcasts), in tuples and lists too."""
+    two or more dimensions; a ``[1, ...]`` tensor broadcasts), in tuples and lists too. With
+    ``low_precision`` (autocast on), float tensors are clamped to ``_LOW_PRECISION_MASK_MIN``
+    (only masks hold values that low)."""
     if isinstance(value, Tensor):
         if value.dim() >= 2 and value.shape[0] == n:
-            return value[rows.to(value.device)]
+            value = value[rows.to(value.device)]
+        if low_precision and value.is_floating_point():
+            value = value.clamp(min=_LOW_PRECISION_MASK_MIN)
         return value
     if isinstance(value, (tuple, list)):
-        return type(value)(_pick(v, n, rows) for v in value)
+        return type(value)(_pick(v, n, rows, low_precision) for v in value)
     return value
 
 
@@ -83,8 +93,9 @@ class BlockCalls:
     def run(self, model: TransformerBridge, j: int, resid: Tensor, rows: Tensor) -> Tensor:
         """Block ``j`` on ``resid`` (``[row, pos, d_model]``), called as in the clean pass for
         the prompts ``rows``."""
-        args = (resid, *(_pick(a, self.n, rows) for a in self.args[j][1:]))
-        kwargs = {k: _pick(v, self.n, rows) for k, v in self.kwargs[j].items()}
+        low = torch.is_autocast_enabled(resid.device.type)
+        args = (resid, *(_pick(a, self.n, rows, low) for a in self.args[j][1:]))
+        kwargs = {k: _pick(v, self.n, rows, low) for k, v in self.kwargs[j].items()}
         out = model.blocks[j](*args, **kwargs)
         return out[0] if isinstance(out, tuple) else out
 
