@@ -6,7 +6,10 @@ rows as each run's ``report.md``), none is typed in:
     kn-lens reproduce --out runs/default                    # the default model, 20 facts/relation
     python studies/smollm2-135m/table.py --default runs/default/results.json
 
-prints the markdown table (``--study`` defaults to this folder's ``run/results.json``).
+prints the markdown table (``--study`` defaults to this folder's ``run/results.json``), the
+per-relation table and, once the study has them, the methods x measures table of ``localize``
+and the rules x metrics table of ``update`` (issue 22; the headline table then gains one row per
+localisation method).
 """
 
 from __future__ import annotations
@@ -274,15 +277,97 @@ ROWS: list[tuple[str, Cell, Cell]] = [
 ]
 
 
+#: ``localize``'s methods, in its report's order (beyond the paper; issue 22).
+METHODS = ("ig", "activation", "grad_x_act", "ig_mean_baseline", "ig_contrastive", "random")
+
+
+def localize_cell(method: str) -> Cell:
+    """Suppressing the method's neurons: own / same relation / other relations (Δp / p)."""
+
+    def cell(r: Run) -> str:
+        m = r.doc["results"].get("localize", {}).get("methods", {}).get(method)
+        if m is None:
+            return "–"
+        keys = ("suppress_own", "suppress_same_relation", "suppress_other_relations")
+        return " / ".join(pct(m[k]) for k in keys)
+
+    return cell
+
+
+#: Rows shown once the study has run ``localize``: one per method.
+LOCALIZE_ROWS: list[tuple[str, Cell, Cell]] = [
+    (
+        f"*beyond the paper:* localize, `{m}` neurons suppressed: own / same relation / other "
+        "relations",
+        text("–"),
+        localize_cell(m),
+    )
+    for m in METHODS
+]
+
+
 def table(study: Run, default: Run | None) -> str:
     head = "| measure | paper (bert-base-cased) | SmolLM2-135M study |"
     rule = "|---|---:|---:|"
     if default:
         head, rule = head + " default model |", rule + "---:|"
     lines = [head, rule]
-    for name, paper, cell in ROWS:
+    rows = ROWS + (LOCALIZE_ROWS if "localize" in study.doc["results"] else [])
+    for name, paper, cell in rows:
         row = f"| {name} | {paper(study)} | {cell(study)} |"
         lines.append(row + (f" {cell(default)} |" if default else ""))
+    return "\n".join(lines)
+
+
+#: (column, field of a method's summary, format) of the methods x measures table.
+LOCALIZE_COLUMNS: list[tuple[str, str, Callable[[Any], str]]] = [
+    ("own", "suppress_own", pct),
+    ("same relation", "suppress_same_relation", pct),
+    ("other relations", "suppress_other_relations", pct),
+    ("own top-1 flipped", "flips_own", lambda x: share(None if x is None else 100 * x)),
+    ("held-out half", "heldout_suppress", pct),
+    ("specificity (points)", "specificity", num1),
+    ("Jaccard with ig", "overlap_with_ig", num),
+    ("Spearman with ig", "spearman_with_ig", num),
+    ("s / fact", "seconds_per_fact", num),
+]
+
+
+def localize_table(run: Run) -> str:
+    """Methods x measures of ``localize`` (means over facts; Δp / p in %)."""
+    loc = run.doc["results"]["localize"]
+    lines = [
+        "| method | facts | " + " | ".join(c for c, _, _ in LOCALIZE_COLUMNS) + " |",
+        "|---|---:|" + "---:|" * len(LOCALIZE_COLUMNS),
+    ]
+    for name, m in loc["methods"].items():
+        cells = " | ".join(fmt(m.get(field)) for _, field, fmt in LOCALIZE_COLUMNS)
+        lines.append(f"| `{name}` | {m['n_facts']} | {cells} |")
+    return "\n".join(lines)
+
+
+#: (column, metric, format) of the rules x metrics table of ``update``.
+RULE_COLUMNS: list[tuple[str, str, Callable[[Any], str]]] = [
+    ("efficacy", "efficacy", share),
+    ("generalization", "generalization", share),
+    ("locality, same relation", "locality_same_relation", share),
+    ("locality, other relations", "locality_other_relations", share),
+    ("Δ ppl intra", "delta_intra_ppl", num),
+    ("Δ ppl inter", "delta_inter_ppl", num),
+    ("symmetry", "symmetry", share),
+]
+
+
+def rules_table(run: Run) -> str:
+    """Edit rules x metrics of ``update`` (means over the edited facts)."""
+    rules = run.doc["results"]["update"]["rules"]
+    lines = [
+        "| rule | edited facts | " + " | ".join(c for c, _, _ in RULE_COLUMNS) + " |",
+        "|---|---:|" + "---:|" * len(RULE_COLUMNS),
+    ]
+    for name, r in rules.items():
+        cells = " | ".join(fmt(r.get(field)) for _, field, fmt in RULE_COLUMNS)
+        lines.append(f"| `{name}` | {int(r['n_facts'])} | {cells} |")
     return "\n".join(lines)
 
 
@@ -318,6 +403,13 @@ def main(argv: list[str] | None = None) -> int:
     print(table(study, default))
     print()
     print(per_relation(study))
+    results = study.doc["results"]
+    if "localize" in results:  # beyond the paper (issue 22), once the study has run them
+        print()
+        print(localize_table(study))
+    if "rules" in results.get("update", {}):
+        print()
+        print(rules_table(study))
     return 0
 
 

@@ -67,3 +67,34 @@ def test_lambda2_rerun_is_an_update_result_at_lambda2_1():
     assert doc["meta"]["config"]["lambda2"] == 1.0
     update = doc["results"]["update"]
     assert update["lambda2"] == 1.0 and update["summary"]["knowledge"]["n_facts"] > 0
+
+
+def test_table_adds_localize_and_rule_tables_once_the_study_has_them(tmp_path):
+    """The study's table.py: with a ``localize`` section (and ``update.rules``) in results.json,
+    the headline gains one row per method and the methods x measures / rules x metrics tables
+    are printed. The values below are placeholders that exercise the layout, not results."""
+    doc = json.loads((STUDY / "run" / "results.json").read_text())
+    measures = {
+        "n_facts": 3,
+        "suppress_own": -50.0,
+        "suppress_same_relation": -10.0,
+        "suppress_other_relations": -1.0,
+        "flips_own": 0.5,
+        "heldout_suppress": -40.0,
+        "overlap_with_ig": 0.25,
+        "spearman_with_ig": None,
+        "specificity": 40.0,
+        "seconds_per_fact": None,
+    }
+    methods = ("ig", "activation", "grad_x_act", "ig_mean_baseline", "ig_contrastive", "random")
+    doc["results"]["localize"] = {"n_facts": 3, "methods": {m: dict(measures) for m in methods}}
+    rule = {"n_facts": 2.0, "efficacy": 50.0, "generalization": 25.0, "symmetry": None}
+    doc["results"]["update"]["rules"] = {r: dict(rule) for r in ("paper", "eleuther", "random")}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(doc))
+    out = table_output("--study", str(path))
+    for m in methods:
+        assert f"| *beyond the paper:* localize, `{m}` neurons suppressed" in out
+        row = f"| `{m}` | 3 | -50.0% | -10.0% | -1.0% | 50.0% | -40.0% | 40.0 | 0.25 | – | – |"
+        assert row in out
+    assert "| `eleuther` | 2 | 50.0% | 25.0% | – | – | – | – | – |" in out
