@@ -209,6 +209,29 @@ def test_processed_weights_refused_for_edits(tmp_path: Path):
         zero_rows(model, [Neuron(0, 1)])
 
 
+def test_a_bridge_in_compatibility_mode_is_refused_where_it_would_give_wrong_scores(
+    fact, tmp_path: Path
+):
+    """A BERT bridge in compatibility mode (even without weight processing) is refused with what
+    to do, and so is a decoder bridge on TransformerLens 3.x (its scores came out NaN); on 4.x a
+    decoder bridge in compatibility mode attributes as the raw one does."""
+    bag, prompts, target = fact
+    enc = kn_lens.load_model("default", device="cpu", backend="bridge")
+    enc.enable_compatibility_mode(no_processing=True)
+    with pytest.raises(KnLensError, match="compatibility mode is not supported"):
+        kn_lens.attribute(enc, prompts[:1], target, steps=2)
+    folder = make_decoder_checkpoint(tmp_path / "gpt2", "gpt2")
+    raw = kn_lens.load_model(folder, device="cpu", backend="bridge")
+    compat = kn_lens.load_model(folder, device="cpu", backend="bridge")
+    compat.enable_compatibility_mode()
+    if TL_MAJOR < 4:
+        with pytest.raises(KnLensError, match="compatibility mode is not supported"):
+            kn_lens.attribute(compat, DECODER_PROMPTS, "Paris city", steps=4)
+        return
+    ref = kn_lens.attribute(raw, DECODER_PROMPTS, "Paris city", steps=4)
+    assert rel(kn_lens.attribute(compat, DECODER_PROMPTS, "Paris city", steps=4), ref) < 1e-4
+
+
 def test_user_booted_bridge(fact):
     """A bridge the user booted (hf_model=) works like one kn_lens loaded."""
     from transformer_lens.model_bridge import TransformerBridge
