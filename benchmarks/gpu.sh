@@ -58,7 +58,7 @@ echo "== encoder attribution benchmark ==" >&2
 "$py" "$here/attribution.py" --device "$device" "${enc_args[@]}" $skip_kn --json "$out/encoder.json"
 
 echo "== decoder attribution benchmark ==" >&2
-if "$py" -c "import importlib.metadata as m, sys; sys.exit(int(m.version('transformer-lens').split('.')[0]) >= 4)"; then
+if (cd "$root" && "$py" -c "import sys; from kn_lens.models.backend import HAS_HOOKED_CLASSES as h; sys.exit(not h)"); then
   "$py" "$here/decoder_attribution.py" --device "$device" "${dec_args[@]}" --json "$out/decoder.json"
 else  # it builds a HookedTransformer, which TransformerLens 4 removed
   echo '{"skipped": "needs TransformerLens 3.x (HookedTransformer); TransformerLens 4 is installed"}' > "$out/decoder.json"

@@ -52,17 +52,17 @@ _BRIDGE_DECODER = BridgeDecoderFamily()
 
 def _bridge_family(model: TransformerBridge) -> Family[Any, Any]:
     arch = type(model.original_model).__name__
-    if arch in BRIDGE_ENCODERS + BRIDGE_DECODERS and getattr(model, "compatibility_mode", False):
-        # Measured: a BERT bridge in compatibility mode (with or without weight processing)
-        # attributes ~100% off, since its hooks follow HookedEncoder's layout and the replay of
-        # Hugging Face's BertOutput no longer meets them; TransformerLens 3.9's decoder bridges in
-        # compatibility mode give NaN scores. 4.x decoders agree within 2e-6: accepted.
-        if arch in BRIDGE_ENCODERS or TL_MAJOR < 4:
-            raise KnLensError(
-                f"a TransformerBridge around {arch} in compatibility mode is not supported on "
-                f"TransformerLens {TL_VERSION}: boot it without enable_compatibility_mode(), or "
-                "load it with kn_lens.load_model(..., backend='bridge')"
-            )
+    # Measured: a BERT bridge in compatibility mode (with or without weight processing)
+    # attributes ~100% off, since its hooks follow HookedEncoder's layout and the replay of
+    # Hugging Face's BertOutput no longer meets them; TransformerLens 3.9's decoder bridges in
+    # compatibility mode give NaN scores. 4.x decoders agree within 2e-6: accepted.
+    wrong_scores = arch in BRIDGE_ENCODERS or (arch in BRIDGE_DECODERS and TL_MAJOR < 4)
+    if wrong_scores and getattr(model, "compatibility_mode", False):
+        raise KnLensError(
+            f"a TransformerBridge around {arch} in compatibility mode is not supported on "
+            f"TransformerLens {TL_VERSION}: boot it without enable_compatibility_mode(), or "
+            "load it with kn_lens.load_model(..., backend='bridge')"
+        )
     if arch in BRIDGE_ENCODERS:
         return _BRIDGE_ENCODER
     if arch in BRIDGE_DECODERS:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from kn_lens.experiments.localize import METHODS
 from kn_lens.report import paper_rows
 
 HERE = Path(__file__).resolve().parent
@@ -277,10 +278,6 @@ ROWS: list[tuple[str, Cell, Cell]] = [
 ]
 
 
-#: ``localize``'s methods, in its report's order (beyond the paper; issue 22).
-METHODS = ("ig", "activation", "grad_x_act", "ig_mean_baseline", "ig_contrastive", "random")
-
-
 def localize_cell(method: str) -> Cell:
     """Suppressing the method's neurons: own / same relation / other relations (Δp / p)."""
 
@@ -333,17 +330,25 @@ LOCALIZE_COLUMNS: list[tuple[str, str, Callable[[Any], str]]] = [
 ]
 
 
+def summary_table(
+    first: str, count: str, rows: Mapping[str, Any], columns: list[tuple[str, str, Callable]]
+) -> str:
+    """One row per entry of ``rows`` (a method's or rule's summary): its name, its ``n_facts``
+    under the heading ``count``, then each ``(heading, field, format)`` of ``columns``."""
+    lines = [
+        f"| {first} | {count} | " + " | ".join(c for c, _, _ in columns) + " |",
+        "|---|---:|" + "---:|" * len(columns),
+    ]
+    for name, r in rows.items():
+        cells = " | ".join(fmt(r.get(field)) for _, field, fmt in columns)
+        lines.append(f"| `{name}` | {int(r['n_facts'])} | {cells} |")
+    return "\n".join(lines)
+
+
 def localize_table(run: Run) -> str:
     """Methods x measures of ``localize`` (means over facts; Δp / p in %)."""
-    loc = run.doc["results"]["localize"]
-    lines = [
-        "| method | facts | " + " | ".join(c for c, _, _ in LOCALIZE_COLUMNS) + " |",
-        "|---|---:|" + "---:|" * len(LOCALIZE_COLUMNS),
-    ]
-    for name, m in loc["methods"].items():
-        cells = " | ".join(fmt(m.get(field)) for _, field, fmt in LOCALIZE_COLUMNS)
-        lines.append(f"| `{name}` | {m['n_facts']} | {cells} |")
-    return "\n".join(lines)
+    methods = run.doc["results"]["localize"]["methods"]
+    return summary_table("method", "facts", methods, LOCALIZE_COLUMNS)
 
 
 #: (column, metric, format) of the rules x metrics table of ``update``.
@@ -361,14 +366,7 @@ RULE_COLUMNS: list[tuple[str, str, Callable[[Any], str]]] = [
 def rules_table(run: Run) -> str:
     """Edit rules x metrics of ``update`` (means over the edited facts)."""
     rules = run.doc["results"]["update"]["rules"]
-    lines = [
-        "| rule | edited facts | " + " | ".join(c for c, _, _ in RULE_COLUMNS) + " |",
-        "|---|---:|" + "---:|" * len(RULE_COLUMNS),
-    ]
-    for name, r in rules.items():
-        cells = " | ".join(fmt(r.get(field)) for _, field, fmt in RULE_COLUMNS)
-        lines.append(f"| `{name}` | {int(r['n_facts'])} | {cells} |")
-    return "\n".join(lines)
+    return summary_table("rule", "edited facts", rules, RULE_COLUMNS)
 
 
 def per_relation(study: Run) -> str:
