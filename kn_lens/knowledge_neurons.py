@@ -246,6 +246,16 @@ def refine(coarse: Sequence[set[Neuron]], p: float, *, min_shared: int = 3) -> l
     return _select(coarse_counts(coarse), need)
 
 
+def most_shared(coarse: Sequence[set[Neuron]]) -> list[Neuron]:
+    """The neurons coarse in the most prompts of a bag, all of them tied at that count: the
+    paper's sharing threshold lowered just far enough to keep at least one neuron.
+
+    Sorted as :func:`refine` sorts. Empty only when no prompt has a coarse neuron.
+    """
+    counts = coarse_counts(coarse)
+    return _select(counts, max(counts.values())) if counts else []
+
+
 def find_knowledge_neurons(
     model: Model,
     bag: FactBag,

@@ -18,6 +18,7 @@ from kn_lens.knowledge_neurons import (
     find_knowledge_neurons,
     identify_all,
     identify_relation,
+    most_shared,
     refine,
     shared_count_threshold,
 )
@@ -71,6 +72,11 @@ def test_refine_keeps_neurons_shared_by_enough_prompts():
     assert refine(coarse, 0.0) == [A, B, C]  # the floor of 3 prompts still drops D
     assert refine(coarse, 0.0, min_shared=2) == [A, B, C, D]
     assert refine(coarse, 1.0) == [A]
+    # the most shared: A alone (all 10); without A, B (7); nothing coarse: none
+    assert most_shared(coarse) == [A]
+    assert most_shared([c - {A} for c in coarse]) == [B]
+    assert most_shared([c - {A, B, C} for c in coarse]) == [D]
+    assert most_shared([set(), set()]) == []
 
 
 def test_shared_count_threshold_rounding_and_small_bags():

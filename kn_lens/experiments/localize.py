@@ -1,6 +1,6 @@
 """Six ways to localise a fact, compared on the same facts (beyond the paper; issue 22).
 
-For each fact with knowledge neurons, neurons are found by six methods:
+For each fact, neurons are found by six methods:
 
 ==================  ==========================================================================
 method              scores
@@ -15,7 +15,12 @@ random              as many random neurons from the same layers as ig's
 
 Every scored method goes through the paper's refinement: coarse neurons at ``t`` (the
 activation baseline's ``baseline_t``), then the sharing threshold ``p`` that ``identify`` gave
-the fact's relation (the adaptive ``p`` of its IG neurons). Then each method keeps exactly as
+the fact's relation (the adaptive ``p`` of its IG neurons). Where that leaves a fact no ig neuron
+(the relation's ``p`` or the floor of ``min_shared_prompts`` asks more prompts than any neuron is
+coarse in), the fact's ig neurons are those coarse in the most prompts
+(:func:`~kn_lens.knowledge_neurons.most_shared`): the sharing threshold is lowered for that fact
+just far enough to keep one. Such facts are listed in ``relaxed_facts``, flagged ``ig_relaxed``,
+and counted in every mean. Then each method keeps exactly as
 many neurons as ``ig`` finds for the fact, so that set size does not decide the comparison: the
 refined neurons with the highest score summed over the fact's prompts, then, when refinement
 leaves too few, the next highest of the rest. A method's scores are read as the run stores
@@ -83,8 +88,10 @@ from kn_lens.interventions import scaled_answer_reads
 from kn_lens.knowledge_neurons import (
     BagScores,
     attribution_batch_size,
+    coarse_neurons,
     coarse_threshold,
     identify_all,
+    most_shared,
 )
 from kn_lens.models.family import Model
 from kn_lens.neuron import Neuron, model_shape
@@ -136,6 +143,8 @@ class LocalizeFact:
             prompts).
         neurons: method -> ``[[layer, index], ...]``.
         measures: method -> measure -> value (null where undefined).
+        ig_relaxed: the paper's refinement left the fact no ig neuron, so its ig neurons are
+            those coarse in the most prompts (see the module).
     """
 
     key: str
@@ -150,6 +159,7 @@ class LocalizeFact:
     heldout: list[int]
     neurons: dict[str, list[tuple[int, int]]]
     measures: dict[str, dict[str, float | None]]
+    ig_relaxed: bool = False
 
 
 @dataclass
@@ -193,6 +203,8 @@ class LocalizeResult(Result):
         relations: relation -> ``{"p", "n_facts"}``.
         facts: per fact, :class:`LocalizeFact`.
         skipped_facts: key -> why it was left out.
+        relaxed_facts: the facts whose ig neurons come from the lowered sharing threshold
+            (``ig_relaxed``; see the module).
         settings: t, baseline_t, steps, seed, floor, localize_facts, localize_foils, objective of
             each method, and ``not_timed`` (methods whose scores were read from the store).
     """
@@ -205,6 +217,7 @@ class LocalizeResult(Result):
     relations: dict[str, dict[str, Any]]
     facts: list[LocalizeFact]
     skipped_facts: dict[str, str] = field(default_factory=dict)
+    relaxed_facts: list[str] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
 
 
@@ -416,15 +429,23 @@ def localize(
     found = identify_all([r for r, _ in ig_records.values()], config, "ig")
     skipped: dict[str, str] = {}
     todo: list[FactBag] = []
+    ig_neurons: dict[str, list[Neuron]] = {}
+    relaxed: set[str] = set()
     for b in bags:
         if wanted is not None and b.key not in wanted:
             continue
         if b.key not in by_key:
             skipped[b.key] = "no_scores"
-        elif b.relation not in found or not found[b.relation].neurons.get(b.key):
-            skipped[b.key] = "no_ig_neurons"
-        else:
+            continue
+        ig_neurons[b.key] = list(found[b.relation].neurons.get(b.key, []))
+        if not ig_neurons[b.key]:  # the paper's refinement keeps none: lower it for this fact
+            ig_rec = ig_records[b.key][0]
+            ig_neurons[b.key] = most_shared(coarse_neurons(ig_rec, config.t, method="ig"))
+            relaxed.add(b.key)
+        if ig_neurons[b.key]:
             todo.append(b)
+        else:
+            skipped[b.key] = "no_ig_neurons"
     if not todo:
         raise KnLensError("no fact with stored scores and ig neurons to compare")
     means: dict[str, tuple[Tensor, float]] = {}
@@ -446,7 +467,7 @@ def localize(
     for bag in it:
         rel = found[bag.relation]
         stored = by_key[bag.key]
-        ig_ns = list(rel.neurons[bag.key])
+        ig_ns = ig_neurons[bag.key]
         fp = fact_fingerprint(context, bag, stored, rel.p, ig_ns)
         kept = fact_log.get(bag.key, fp) if fact_log is not None else None
         if kept is not None:
@@ -475,6 +496,7 @@ def localize(
                 bag, "ig_contrastive", foils=foils
             )
         fact = _measure(model, bags, bag, records, seconds, ig_ns, rel.p, foils, config)
+        fact.ig_relaxed = bag.key in relaxed
         if fact_log is not None:
             fact_log.append({"key": bag.key, "fingerprint": fp, "fact": to_jsonable(fact)})
         done[bag.key] = fact
@@ -492,6 +514,7 @@ def localize(
         {r: {"p": found[r].p, "n_facts": sum(f.relation == r for f in facts)} for r in n_in_rel},
         facts,
         skipped,
+        [f.key for f in facts if f.ig_relaxed],
         settings,
     )
 
@@ -539,14 +562,13 @@ def _summary(facts: Sequence[LocalizeFact], method: str) -> MethodSummary:
 
 
 def run(inputs: AnalysisInputs) -> LocalizeResult:
-    """The registry's ``localize``: :func:`localize` on the facts that have knowledge neurons."""
-    keys = [b.key for b in inputs.bags if inputs.neurons.get(b.key)]
+    """The registry's ``localize``: :func:`localize` on every known, identified fact (one the
+    paper's refinement leaves without neurons gets the lowered threshold; see the module)."""
     return localize(
         inputs.require_model(),
         inputs.bags,
         inputs.scores,
         inputs.config,
-        keys=keys,
         progress=inputs.progress,
         fact_log=inputs.fact_log,
     )

@@ -58,7 +58,8 @@ def test_every_method_and_measure(setup):
     _, bags, _, _, neurons, result = setup
     d = json.loads(json.dumps(result.to_dict()))
     assert d["schema"] == "localize" and "localize" in ANALYSIS_NAMES
-    want = [b.key for b in bags if neurons.get(b.key)]
+    want = [b.key for b in bags]  # every fact; one without ig neurons is relaxed
+    assert d["relaxed_facts"] == [k for k in want if not neurons.get(k)]
     assert d["n_facts"] == len(want) >= 4 and d["keys"] == want
     assert [f["key"] for f in d["facts"]] == want
     assert list(d["methods"]) == list(METHODS)
@@ -154,6 +155,31 @@ def test_scores_missing_from_the_store_are_computed_and_timed(setup):
     assert f.neurons["ig"] == result.facts[0].neurons["ig"]
     assert f.measures["ig"]["seconds_per_fact"] > 0
     assert res.settings["not_timed"] == ["activation"]
+
+
+def test_a_fact_without_ig_neurons_gets_the_most_shared_ones(setup):
+    """When the paper's refinement keeps no ig neuron for a fact, localize lowers the sharing
+    threshold for that fact only: its ig neurons are those coarse in the most prompts, every
+    method keeps that many, and the fact is listed in ``relaxed_facts``."""
+    model, bags, scores, _, neurons, result = setup
+    target = scores[0]
+    n = target.n_prompts
+    assert n >= 3
+    # each prompt's one coarse neuron is its own, except that (3, 7) is also coarse in prompt 1:
+    # shared by 2 prompts, below the floor of 3, so refinement keeps nothing
+    own = [(0, 10 + i, 1.0) for i in range(n)]
+    prompts = [PromptScores(1.0, (own[i],) + (((3, 7, 0.5),) if i < 2 else ())) for i in range(n)]
+    prompts = [PromptScores(p.max_score, tuple(sorted(p.neurons))) for p in prompts]
+    edited = [replace(target, scores={**target.scores, "ig": prompts}), *scores[1:]]
+    with one_thread():
+        res = localize(model, bags, edited, CFG, keys=[target.key])
+    assert res.relaxed_facts == [target.key] and res.n_facts == 1
+    (f,) = res.facts
+    assert f.ig_relaxed and f.neurons["ig"] == [(3, 7)]
+    assert all(len(f.neurons[m]) == 1 for m in METHODS)
+    for m in METHODS:
+        assert f.measures[m]["suppress_own"] is not None
+    assert not any(g.ig_relaxed for g in result.facts if neurons.get(g.key))
 
 
 def test_selection_fills_up_to_the_count():
