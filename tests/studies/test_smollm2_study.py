@@ -87,7 +87,21 @@ def test_table_adds_localize_and_rule_tables_once_the_study_has_them(tmp_path):
         "seconds_per_fact": None,
     }
     methods = ("ig", "activation", "grad_x_act", "ig_mean_baseline", "ig_contrastive", "random")
-    doc["results"]["localize"] = {"n_facts": 3, "methods": {m: dict(measures) for m in methods}}
+    fact = {
+        m: {"suppress_own": -60.0, "suppress_same_relation": -20.0, "specificity": 40.0}
+        for m in methods
+    }
+    facts = [
+        {"key": "A/1", "measures": fact},
+        {"key": "A/2", "measures": fact},
+        {"key": "A/3", "ig_relaxed": True, "measures": {m: {"suppress_own": 0.0} for m in methods}},
+    ]
+    doc["results"]["localize"] = {
+        "n_facts": 3,
+        "methods": {m: dict(measures) for m in methods},
+        "facts": facts,
+        "relaxed_facts": ["A/3"],
+    }
     rule = {"n_facts": 2.0, "efficacy": 50.0, "generalization": 25.0, "symmetry": None}
     doc["results"]["update"]["rules"] = {r: dict(rule) for r in ("paper", "eleuther", "random")}
     path = tmp_path / "results.json"
@@ -98,3 +112,6 @@ def test_table_adds_localize_and_rule_tables_once_the_study_has_them(tmp_path):
         row = f"| `{m}` | 3 | -50.0% | -10.0% | -1.0% | 50.0% | -40.0% | 40.0 | 0.25 | – | – |"
         assert row in out
     assert "| `eleuther` | 2 | 50.0% | 25.0% | – | – | – | – | – |" in out
+    # the facts whose ig neurons the paper's refinement gave, without the relaxed one
+    assert "| method (paper's refinement only) | facts | own | same relation |" in out
+    assert "| `ig_contrastive` | 2 | -60.0% | -20.0% | – | 40.0 |" in out
