@@ -388,6 +388,49 @@ def rules_table(run: Run) -> str:
     return summary_table("rule", "edited facts", rules, RULE_COLUMNS)
 
 
+#: Published knowledge-neuron edits, as cited (other models, data and metrics: directions only):
+#: (source, model and data, reliability, generalization, locality).
+PUBLISHED: list[tuple[str, str, str, str, str]] = [
+    ("EasyEdit README, KN", "LLaMA-2-7B, ZsRE", "28.95", "28.43", "65.43"),
+    (
+        "Yao et al. 2023, KN (as EasyEdit's README quotes it)",
+        "GPT-J, ZsRE",
+        "11.34",
+        "9.40",
+        "90.03",
+    ),
+    (
+        "Yao et al. 2023, KN (as EasyEdit's README quotes it)",
+        "GPT-J, CounterFact",
+        "1.66",
+        "1.38",
+        "58.28",
+    ),
+]
+
+
+def published_table(run: Run) -> str:
+    """This study's edit rules beside the published knowledge-neuron edits (reliability =
+    efficacy; locality: ours on the same relation / on other relations)."""
+    rules = run.doc["results"]["update"]["rules"]
+    n = int(rules["paper"]["n_facts"])
+    lines = [
+        "| edit | model, data | reliability | generalization | locality |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for name in ("paper", "eleuther"):
+        r = rules[name]
+        loc = pair(
+            num(r.get("locality_same_relation"), 1), num(r.get("locality_other_relations"), 1)
+        )
+        lines.append(
+            f"| this study, `{name}` rule | SmolLM2-135M, {n} PARAREL facts "
+            f"| {num(r.get('efficacy'), 1)} | {num(r.get('generalization'), 1)} | {loc} |"
+        )
+    lines += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in PUBLISHED]
+    return "\n".join(lines)
+
+
 def per_relation(study: Run) -> str:
     """Per relation: facts, prompts per fact, the adaptive p, knowledge neurons per fact (ours),
     facts left without one, and whether p reached the paper's 2-5 neurons per fact."""
@@ -430,6 +473,8 @@ def main(argv: list[str] | None = None) -> int:
     if "rules" in results.get("update", {}):
         print()
         print(rules_table(study))
+        print()
+        print(published_table(study))
     return 0
 
 

@@ -9,6 +9,8 @@ from contextlib import redirect_stdout
 from pathlib import Path
 
 from kn_lens.experiments import ANALYSES
+from kn_lens.experiments.edit_rules import RULE_METRICS
+from kn_lens.experiments.localize import MEASURES, METHODS
 
 REPO = Path(__file__).resolve().parents[2]
 STUDY = REPO / "studies" / "smollm2-135m"
@@ -27,7 +29,7 @@ def table_output(*args: str) -> str:
 
 #: Analyses added after the study ran, which it has not run yet (and why): remove an entry when the
 #: study's results.json gains it.
-NOT_YET_RUN = {"localize": "added 2026-12-06 (issue 22); its run on the 111 facts is still to do"}
+NOT_YET_RUN: dict[str, str] = {}
 
 
 def test_study_covers_every_analysis_with_controls():
@@ -46,6 +48,35 @@ def test_study_covers_every_analysis_with_controls():
     lines = (STUDY / "facts.txt").read_text().splitlines()
     keys = [x.strip() for x in lines if x.strip() and not x.startswith("#")]
     assert sorted(neurons) == sorted(keys)
+
+
+def test_study_compares_localisation_methods_and_edit_rules():
+    """Issue 22's check: ``localize`` with the five methods and ``random``, every measure over at
+    least 100 facts; ``update`` with at least three rules, ``random`` among them, each with every
+    metric."""
+    doc = json.loads((STUDY / "run" / "results.json").read_text())
+    loc = doc["results"]["localize"]
+    assert loc["n_facts"] >= 100 and list(loc["methods"]) == list(METHODS)
+    assert "not_yet_measured" not in loc["skipped_facts"].values()
+    untimed = set(loc["settings"]["not_timed"]) | {"random"}  # read from the store, or no scores
+    for m, summary in loc["methods"].items():
+        assert summary["n_facts"] == loc["n_facts"] and summary["n_facts_heldout"] >= 100
+        for name in MEASURES:
+            value = summary[name]
+            undefined = (name == "seconds_per_fact" and m in untimed) or (
+                name == "spearman_with_ig" and m == "random"
+            )
+            assert (value is None) == undefined, (m, name, value)
+    assert loc["settings"]["not_timed"] == ["activation", "ig"]
+    rules = doc["results"]["update"]["rules"]
+    assert len(rules) >= 3 and "random" in rules
+    for name, r in rules.items():
+        assert r["n_facts"] > 0
+        for metric in RULE_METRICS:
+            assert metric in r, (name, metric)
+        assert r["efficacy"] is not None and r["locality_same_relation"] is not None
+    sym = doc["results"]["update"]["symmetry"]  # the study has no inverse pair: it says why
+    assert sym["measured"] or "inverse" in sym["reason"]
 
 
 def test_study_readme_quotes_the_generated_table():
@@ -112,6 +143,9 @@ def test_table_adds_localize_and_rule_tables_once_the_study_has_them(tmp_path):
         row = f"| `{m}` | 3 | -50.0% | -10.0% | -1.0% | 50.0% | -40.0% | 40.0 | 0.25 | – | – |"
         assert row in out
     assert "| `eleuther` | 2 | 50.0% | 25.0% | – | – | – | – | – |" in out
+    ours = "| this study, `eleuther` rule | SmolLM2-135M, 2 PARAREL facts | 50.0 | 25.0 | – / – |"
+    assert ours in out
+    assert "| EasyEdit README, KN | LLaMA-2-7B, ZsRE | 28.95 | 28.43 | 65.43 |" in out
     # the facts whose ig neurons the paper's refinement gave, without the relaxed one
     assert "| method (paper's refinement only) | facts | own | same relation |" in out
     assert "| `ig_contrastive` | 2 | -60.0% | -20.0% | – | 40.0 |" in out
