@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from kn_lens.data.facts import DataError, FactBag, load_jsonl_facts
-from kn_lens.data.pararel import load_pararel
+from kn_lens.data.pararel import load_pararel, load_patterns
 from kn_lens.data.web import WebFact, default_web_facts, load_web_facts, web_relations
 from kn_lens.data.world import default_facts
 
@@ -40,6 +40,47 @@ def check_source(data: str, lama: str | None, patterns: str | None, web: str | N
         )
 
 
+def _is_pararel(data: str, lama: str | None, patterns: str | None) -> bool:
+    """Whether the source is a PARAREL/LAMA root or explicit folders (not the built-in world, not
+    a facts file)."""
+    if data == DEFAULT:
+        return bool(lama and patterns)
+    return not _path(data).is_file()
+
+
+def _pararel_dirs(data: str, lama: str | None, patterns: str | None) -> tuple[Path, Path]:
+    """The LAMA and PARAREL pattern folders of a PARAREL source (explicit folders override the
+    root's); ``DataError`` naming the option when one is missing."""
+    root = _path(data) if data != DEFAULT else None
+    lama_dir = _path(lama) if lama else (root / "lama" if root else None)
+    pat_dir = _path(patterns) if patterns else (root / "pararel" / "patterns" if root else None)
+    for d, opt in ((lama_dir, "--lama"), (pat_dir, "--patterns")):
+        if d is None or not d.is_dir():
+            raise DataError(
+                f"data folder not found: {d} (give {opt} DIR, or --data DIR with "
+                "lama/ and pararel/patterns/ inside)"
+            )
+    assert lama_dir is not None and pat_dir is not None
+    return lama_dir, pat_dir
+
+
+def load_templates(
+    data: str, lama: str | None, patterns: str | None, relations: Sequence[str]
+) -> dict[str, list[str]] | None:
+    """The PARAREL templates of ``relations`` (``[X]`` subject, ``[Y]`` answer), whether or not
+    their facts are selected; a relation without a patterns file is left out. ``None`` for a
+    source without templates (the built-in world, a facts file)."""
+    check_source(data, lama, patterns, None)
+    if not _is_pararel(data, lama, patterns):
+        return None
+    _, pat_dir = _pararel_dirs(data, lama, patterns)
+    return {
+        r: load_patterns(pat_dir / f"{r}.jsonl")
+        for r in relations
+        if (pat_dir / f"{r}.jsonl").is_file()
+    }
+
+
 def load_facts(
     data: str,
     lama: str | None = None,
@@ -60,16 +101,7 @@ def load_facts(
     elif data != DEFAULT and _path(data).is_file():
         bags, kind = load_jsonl_facts(_path(data)), str(data)
     else:
-        root = _path(data) if data != DEFAULT else None
-        lama_dir = _path(lama) if lama else (root / "lama" if root else None)
-        pat_dir = _path(patterns) if patterns else (root / "pararel" / "patterns" if root else None)
-        for d, opt in ((lama_dir, "--lama"), (pat_dir, "--patterns")):
-            if d is None or not d.is_dir():
-                raise DataError(
-                    f"data folder not found: {d} (give {opt} DIR, or --data DIR with "
-                    "lama/ and pararel/patterns/ inside)"
-                )
-        assert lama_dir is not None and pat_dir is not None
+        lama_dir, pat_dir = _pararel_dirs(data, lama, patterns)
         return load_pararel(lama_dir, pat_dir, relations=relations)
     if relations is not None:
         have = list(dict.fromkeys(b.relation for b in bags))

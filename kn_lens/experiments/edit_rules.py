@@ -44,12 +44,15 @@ Metrics (per fact, then the mean over facts; shares in %):
   before.
 - ``delta_intra_ppl``, ``delta_inter_ppl`` (after - before) and ``intra_ppl_change``,
   ``inter_ppl_change`` (after / before - 1): ``update``'s perplexity measures on those bags.
-- ``symmetry`` (Niu et al. 2024): where the fact's inverse is among the run's facts (a bag of the
-  inverse relation, :data:`INVERSE_RELATIONS`, with subject ``o`` and object ``s``), the share of
-  that bag's prompts, with ``o`` replaced by ``o'``, whose top-1 token is ``s``'s first token
-  after the edit (``symmetry_before``: the same before it). Does "the capital of X is now Y'"
-  carry over to "Y' is the capital of [MASK]" -> X? ``None`` where no inverse is known; the
-  result's ``symmetry`` then says why.
+- ``symmetry`` (Niu et al. 2024): does "the capital of X is now Y'" carry over to "Y' is the
+  capital of [MASK]" -> X? The share of the fact's *inverse prompts* whose top-1 token is ``s``'s
+  first token after the edit (``symmetry_before``: the same before it). The inverse prompts
+  (:func:`inverse_prompts`) come from the inverse relation (:data:`INVERSE_RELATIONS`): where the
+  inverse fact is among the run's facts (a bag of that relation with subject ``o`` and object
+  ``s``), its prompts with ``o`` replaced by ``o'`` (``rule_info["symmetry_source"] == "fact"``);
+  otherwise the inverse relation's PARAREL templates filled with ``o'``, in the form the model
+  reads them (a decoder drops templates whose answer comes before the subject; ``"templates"``).
+  ``None`` where neither exists; the result's ``symmetry`` then says why.
 """
 
 from __future__ import annotations
@@ -62,12 +65,19 @@ from jaxtyping import Float
 from torch import Tensor
 
 from kn_lens.config import PaperConfig
-from kn_lens.data import FactBag
+from kn_lens.data import Fact, FactBag, fill_template
 from kn_lens.errors import KnLensError
 from kn_lens.experiments.controls import same_layers, seeded_rng
 from kn_lens.models.family import Model, family_of
 from kn_lens.neuron import Neuron, check_neurons, model_shape
-from kn_lens.readout import AnswerScores, encode_facts, first_token, perplexity, score_prompts
+from kn_lens.readout import (
+    AnswerScores,
+    encode_facts,
+    first_token,
+    perplexity,
+    score_prompts,
+    usable_bags,
+)
 from kn_lens.weights import RowEdit, add_to_rows, read_value_vectors
 
 #: The edit rules, in report order.
@@ -172,9 +182,55 @@ def edit_prompt_split(bag: FactBag, seed: int) -> tuple[list[str], list[str], st
     return order[:half], order[half:], "split"
 
 
+def inverse_relations(relations: Iterable[str]) -> list[str]:
+    """The known inverses (:data:`INVERSE_RELATIONS`) of ``relations``, sorted: the relations whose
+    templates ``update`` reads for its symmetry."""
+    return sorted({INVERSE_RELATIONS[r] for r in relations if r in INVERSE_RELATIONS})
+
+
 def inverse_index(bags: Iterable[FactBag]) -> dict[tuple[str, str, str], FactBag]:
     """``(relation, subject, object) -> bag`` of the bags whose relation has a known inverse."""
     return {(b.relation, b.subject, b.object): b for b in bags if b.relation in INVERSE_RELATIONS}
+
+
+def inverse_prompts(
+    model: Model,
+    bag: FactBag,
+    new_answer: str,
+    inverses: Mapping[tuple[str, str, str], FactBag],
+    templates: Mapping[str, Sequence[str]] | None = None,
+) -> tuple[list[str], str | None, str | None]:
+    """The prompts that ask the edited fact backwards (module docstring, ``symmetry``).
+
+    Args:
+        bag: the edited fact ``<s, r, o>``; ``new_answer``: ``o'``.
+        inverses: :func:`inverse_index` of the run's facts.
+        templates: PARAREL templates (``[X]`` subject, ``[Y]`` answer) by relation id; the
+            inverse relation's are used when the inverse fact is not among the run's facts.
+
+    Returns:
+        ``(prompts, source, inverse key)``: ``source`` is ``"fact"`` (the inverse bag
+        ``inverse key``'s prompts with ``o`` -> ``o'``), ``"templates"`` (the inverse relation's
+        templates with ``[X]`` -> ``o'``; key ``None``) or ``None`` (no inverse prompt; ``[]``).
+        The answer of every prompt is ``s``.
+    """
+    inv_rel = INVERSE_RELATIONS.get(bag.relation)
+    if inv_rel is None:
+        return [], None, None
+    inv = inverses.get((inv_rel, bag.object, bag.subject))
+    if inv is not None:
+        prompts = [p.replace(inv.subject, new_answer) for p in inv.prompts if inv.subject in p]
+        if prompts:
+            return prompts, "fact", inv.key
+    temps = (templates or {}).get(inv_rel) or ()
+    if not temps:
+        return [], None, None
+    fact = Fact(new_answer, inv_rel, inv_rel, bag.relation_type, bag.subject)
+    filled = tuple(dict.fromkeys(fill_template(t, new_answer) for t in temps))
+    kept = usable_bags(model, [FactBag(fact, filled)]).kept
+    if not kept:
+        return [], None, None
+    return list(kept[0].prompts), "templates", None
 
 
 def _pct(mask: Tensor) -> float | None:
@@ -191,19 +247,17 @@ def evaluate_fact(
     inverses: Mapping[tuple[str, str, str], FactBag],
     config: PaperConfig,
     rules: Sequence[str] = RULE_NAMES,
+    templates: Mapping[str, Sequence[str]] | None = None,
 ) -> tuple[dict[str, dict[str, float | None]], dict[str, Any]]:
     """Every rule's metrics for one fact (module docstring), and the facts about the evaluation
-    (``rule_info``: which prompts, the inverse bag, the random neurons, eleuther's old token).
-    ``({}, {})`` when ``rules`` is empty."""
+    (``rule_info``: which prompts, the inverse prompts and where they come from, the random
+    neurons, eleuther's old token). ``templates``: see :func:`inverse_prompts`. ``({}, {})`` when
+    ``rules`` is empty."""
     if not rules:
         return {}, {}
     old_id, new_id = first_token(model, bag.object), first_token(model, new_answer)
     edited, other, kind = edit_prompt_split(bag, config.seed)
-    inv_rel = INVERSE_RELATIONS.get(bag.relation)
-    inv = inverses.get((inv_rel, bag.object, bag.subject)) if inv_rel else None
-    sym = (
-        [p.replace(inv.subject, new_answer) for p in inv.prompts if inv.subject in p] if inv else []
-    )
+    sym, sym_source, inv_key = inverse_prompts(model, bag, new_answer, inverses, templates)
     groups = [
         (edited, [bag.object] * len(edited)),
         (other, [bag.object] * len(other)),
@@ -226,7 +280,9 @@ def evaluate_fact(
         "generalization_prompts": kind,
         "n_edited_prompts": len(edited),
         "n_other_prompts": len(other),
-        "inverse_key": inv.key if inv is not None and sym else None,
+        "inverse_key": inv_key,
+        "symmetry_source": sym_source,
+        "symmetry_prompts": sym,
         "random_neurons": rand,
         "eleuther_old_token": top_edited,
         "eleuther_old_is_gold": top_edited == old_id,
@@ -283,12 +339,25 @@ def summarise_rules(
 
 
 def symmetry_status(
-    n_measured: int, relations: Sequence[str], facts_relations: Iterable[str]
+    sources: Sequence[str | None],
+    relations: Sequence[str],
+    facts_relations: Iterable[str],
+    templates: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
-    """The result's ``symmetry`` entry: measured on how many facts, or why not."""
+    """The result's ``symmetry`` entry: on how many edited facts it was measured and where their
+    inverse prompts came from (``sources``: each edited fact's ``rule_info["symmetry_source"]``),
+    or why it was not measured."""
     pairs = sorted({f"{r}->{INVERSE_RELATIONS[r]}" for r in relations if r in INVERSE_RELATIONS})
+    n_measured = sum(1 for s in sources if s)
+    by_source = {k: sum(1 for s in sources if s == k) for k in ("fact", "templates")}
     if n_measured:
-        return {"measured": True, "n_facts": n_measured, "pairs": pairs, "reason": None}
+        return {
+            "measured": True,
+            "n_facts": n_measured,
+            "sources": by_source,
+            "pairs": pairs,
+            "reason": None,
+        }
     present = set(facts_relations)
     if not pairs:
         why = (
@@ -298,13 +367,20 @@ def symmetry_status(
         )
     else:
         missing = sorted({INVERSE_RELATIONS[r] for r in relations if r in INVERSE_RELATIONS})
+        no_temps = [r for r in missing if not (templates or {}).get(r)]
         why = (
             "no edited fact has its inverse fact (subject and object swapped) among the run's "
             f"facts (inverse relations {', '.join(missing)}"
             + ("" if set(missing) & present else ": not in the run's facts")
             + ")"
+            + (
+                f", and there are no PARAREL templates of {', '.join(no_temps)} (a PARAREL "
+                "--data source gives them)"
+                if no_temps
+                else ", and no inverse template gives a prompt the model can read"
+            )
         )
-    return {"measured": False, "n_facts": 0, "pairs": pairs, "reason": why}
+    return {"measured": False, "n_facts": 0, "sources": by_source, "pairs": pairs, "reason": why}
 
 
 #: The report table's columns: (metric, header).
@@ -349,6 +425,8 @@ __all__ = [
     "eleuther_deltas",
     "evaluate_fact",
     "inverse_index",
+    "inverse_prompts",
+    "inverse_relations",
     "paper_deltas",
     "rules_table",
     "scaled_deltas",

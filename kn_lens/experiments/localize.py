@@ -440,7 +440,9 @@ def localize(
         ig_neurons[b.key] = list(found[b.relation].neurons.get(b.key, []))
         if not ig_neurons[b.key]:  # the paper's refinement keeps none: lower it for this fact
             ig_rec = ig_records[b.key][0]
-            ig_neurons[b.key] = most_shared(coarse_neurons(ig_rec, config.t, method="ig"))
+            ig_neurons[b.key] = most_shared(
+                coarse_neurons(ig_rec, coarse_threshold(config, "ig"), method="ig")
+            )
             relaxed.add(b.key)
         if ig_neurons[b.key]:
             todo.append(b)

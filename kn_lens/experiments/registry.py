@@ -69,6 +69,10 @@ class AnalysisInputs:
         progress: show progress bars.
         fact_log: where a resumable analysis keeps each fact's record as soon as it is done
             (``None``: nothing is kept; the analysis computes every fact).
+        templates: PARAREL templates (``[X]`` subject, ``[Y]`` answer) by relation id, of the
+            relations an analysis asks for beyond the selected facts (``update``'s symmetry: the
+            inverse relations); ``None`` when the source has none (the built-in world, a facts
+            file).
     """
 
     model: Model | None
@@ -82,6 +86,7 @@ class AnalysisInputs:
     facts_per_relation: int | None = None
     progress: bool = False
     fact_log: FactLog | None = None
+    templates: Mapping[str, Sequence[str]] | None = None
 
     def require_model(self) -> Model:
         """The model; :class:`~kn_lens.errors.KnLensError` when there is none."""
@@ -110,6 +115,8 @@ class Analysis:
         rows: the report's paper-vs-run rows.
         needs_web: reads ``AnalysisInputs.web_facts``.
         needs_scores: reads the stored attribution scores (``AnalysisInputs.scores``).
+        needs_templates: the PARAREL templates of these relations beyond the selected facts'
+            (``AnalysisInputs.templates``), given the selected relations.
         details: the per-fact records the run folder writes beside results.json, if any.
         examples: a few facts of the result as display lines for the report, if any.
         table: the analysis' own table in the report (identify: per relation), if any.
@@ -125,6 +132,7 @@ class Analysis:
     rows: RowsFn
     needs_web: bool = False
     needs_scores: bool = False
+    needs_templates: Callable[[Sequence[str]], Sequence[str]] | None = None
     details: DetailsFn | None = None
     examples: ExamplesFn | None = None
     table: TableFn | None = None

@@ -37,7 +37,9 @@ use it as a context manager); :func:`update_experiment` runs the paper's evaluat
 - **edit rules** (:mod:`kn_lens.experiments.edit_rules`): ``paper``, ``paper_scaled``,
   ``eleuther`` and ``random`` (same layers), each with efficacy, generalization, locality, the
   perplexity measures and symmetry, under ``rules`` (after the paper's metrics, which they leave
-  unchanged).
+  unchanged). Symmetry asks each edit backwards, on the inverse fact's prompts where it is among
+  the run's facts, else on the inverse relation's PARAREL templates (P36 <-> P1376: "Y' is the
+  capital of [MASK]" -> X); ``symmetry`` says on how many facts, from which source, or why not.
 
 Every edit is restored before the next fact. The result is a :class:`UpdateResult`, with
 :data:`PAPER` holding the paper's figures for side-by-side reports.
@@ -347,6 +349,7 @@ def update_experiment(
     known_threshold: float = KNOWN_SHARE,
     control: bool = True,
     rules: Sequence[str] = edit_rules.RULE_NAMES,
+    templates: Mapping[str, Sequence[str]] | None = None,
     progress: bool = False,
 ) -> UpdateResult:
     """Update facts through their knowledge neurons and measure the effect (paper section 5.1).
@@ -364,6 +367,9 @@ def update_experiment(
         control: also edit as many random neurons per fact.
         rules: also edit each fact by these rules and measure the edit metrics
             (:mod:`kn_lens.experiments.edit_rules`; ``()``: none).
+        templates: PARAREL templates by relation id, for the rules' ``symmetry`` where an edited
+            fact's inverse is not among ``bags`` (:func:`~kn_lens.experiments.edit_rules.
+            inverse_prompts`; ``None``: only inverse facts among ``bags``).
 
     Returns:
         :class:`UpdateResult`. Every edit is restored before the function returns.
@@ -475,7 +481,7 @@ def update_experiment(
                 after_r = score_prompts(model, enc, target, batch_size=config.batch_size)
             rm = _edit_metrics(before, after_r, n_fact, n_intra, old_id, new_id, intra_b, inter_b)
         args = (model, bag, new, kn, intra, inter, inverses, config, rules)
-        by_rule, info = edit_rules.evaluate_fact(*args)
+        by_rule, info = edit_rules.evaluate_fact(*args, templates=templates)
 
         facts.append(
             FactUpdate(
@@ -501,7 +507,6 @@ def update_experiment(
         )
 
     per_relation = {rel: _summarise([f for f in facts if f.relation == rel]) for rel in relations}
-    n_sym = sum(1 for f in facts if f.rule_info.get("inverse_key"))
     return UpdateResult(
         lambda1=config.lambda1,
         lambda2=config.lambda2,
@@ -522,7 +527,11 @@ def update_experiment(
             r: edit_rules.summarise_rules([f.rules for f in facts if f.relation == r])
             for r in relations
         },
-        symmetry=edit_rules.symmetry_status(n_sym, relations, by_rel) if rules else {},
+        symmetry=edit_rules.symmetry_status(
+            [f.rule_info.get("symmetry_source") for f in facts], relations, by_rel, templates
+        )
+        if rules
+        else {},
     )
 
 
@@ -536,6 +545,7 @@ def run(inputs: AnalysisInputs) -> UpdateResult:
         inputs.config,
         facts_per_relation=inputs.facts_per_relation or DEFAULT_FACTS_PER_RELATION,
         known_threshold=inputs.config.known_share,
+        templates=inputs.templates,
         progress=inputs.progress,
     )
 
@@ -549,4 +559,5 @@ ANALYSIS = Analysis(
     report_rows,
     examples=report_examples,
     table=edit_rules.rules_table,
+    needs_templates=edit_rules.inverse_relations,
 )

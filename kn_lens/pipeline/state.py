@@ -17,7 +17,7 @@ from typing import Any
 from kn_lens.config import Compute, PaperConfig
 from kn_lens.coverage import selection_id
 from kn_lens.data.facts import BagCheck, FactBag, cap_prompts, read_keys, sample_bags, select_keys
-from kn_lens.data.sources import check_source, load_facts, load_web
+from kn_lens.data.sources import check_source, load_facts, load_templates, load_web
 from kn_lens.data.web import WebFact
 from kn_lens.executors import Executor, ScoreFn, score_record
 from kn_lens.folder_lock import folder_lock
@@ -389,6 +389,11 @@ class RunState:
     @property
     def relations(self) -> list[str]:
         return list(dict.fromkeys(b.relation for b in self.bags))
+
+    def templates(self, relations: Sequence[str]) -> Mapping[str, Sequence[str]] | None:
+        """The source's PARAREL templates of ``relations`` (``None``: the source has none)."""
+        o = self.opts
+        return load_templates(o["data"], o["lama"], o["patterns"], relations)
 
     def web_facts(self) -> Mapping[str, Sequence[WebFact]]:
         if self._web is None:

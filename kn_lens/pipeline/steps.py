@@ -467,6 +467,9 @@ class Pipeline(RunState):
                 )
             keys = {b.key for b in bags}
             ours = {k: v for k, v in ours.items() if k in keys}
+        templates = None
+        if analysis.needs_templates is not None:
+            templates = self.templates(analysis.needs_templates(sorted({b.relation for b in bags})))
         inputs = AnalysisInputs(
             self.model,
             bags,
@@ -478,6 +481,7 @@ class Pipeline(RunState):
             relations=relations,
             facts_per_relation=self.n_edits,
             progress=self.progress,
+            templates=templates,
         )
         return inputs, left_out
 

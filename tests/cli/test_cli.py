@@ -476,3 +476,51 @@ def test_a_failed_run_leaves_no_empty_out_folder(tmp_path, capsys):
     assert rc == 2
     _assert_clean_error(capsys, rc, "missing.jsonl")
     assert not out.exists()
+
+
+def _capitals_root(root: Path) -> Path:
+    """A PARAREL/LAMA root with P36 facts (capital) and only the templates of their inverse,
+    P1376 (capital of): no P1376 fact, so update's symmetry must come from the templates."""
+    (root / "lama" / "TREx").mkdir(parents=True)
+    (root / "pararel" / "patterns").mkdir(parents=True)
+    rel = {"relation": "P36", "label": "capital", "type": "1-1"}
+    (root / "lama" / "relations.jsonl").write_text(json.dumps(rel) + "\n")
+    facts = [("Alice", "Paris"), ("Bob", "London"), ("Zor", "Berlin")]
+    (root / "lama" / "TREx" / "P36.jsonl").write_text(
+        "".join(json.dumps({"sub_label": s, "obj_label": o}) + "\n" for s, o in facts)
+    )
+    pats = {
+        "P36": [
+            "the capital of [X] is [Y] .",
+            "[X] capital city is [Y] .",
+            "in [X] the capital is [Y] .",
+            "the capital city of [X] is [Y] .",
+        ],
+        "P1376": ["[X] is the capital of [Y] .", "the capital of [Y] is [X] ."],
+    }
+    for r, ps in pats.items():
+        (root / "pararel" / "patterns" / f"{r}.jsonl").write_text(
+            "".join(json.dumps({"pattern": p}) + "\n" for p in ps)
+        )
+    return root
+
+
+def test_update_symmetry_reads_the_inverse_relations_templates(tmp_path, tiny_ckpt):
+    root = _capitals_root(tmp_path / "data")
+    out = tmp_path / "out"
+    args = ["--device", "cpu", "--no-progress", "-q"]
+    assert cli.main(["attribute", *base_args(tiny_ckpt, root, out, "--steps", "2")]) == 0
+    assert cli.main(["identify", "--out", str(out), "-q"]) == 0
+    # the tiny model knows none of the facts, and its few neurons are shared: measure them all
+    sets = ["--set", "known_share=0", "--set", "max_relation_share=1"]
+    assert cli.main(["update", "--out", str(out), *args, *sets]) == 0
+    upd = json.loads((out / "results.json").read_text())["results"]["update"]
+    facts = upd["facts"]
+    assert facts and upd["symmetry"]["measured"] is True
+    assert upd["symmetry"]["sources"] == {"fact": 0, "templates": len(facts)}
+    for f in facts:
+        assert f["rule_info"]["symmetry_prompts"] == [
+            f"{f['new_answer']} is the capital of [MASK] .",
+            f"the capital of [MASK] is {f['new_answer']} .",
+        ]
+        assert 0.0 <= f["rules"]["paper"]["symmetry"] <= 100.0

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from kn_lens.data import DataError, default_facts
-from kn_lens.data.sources import check_source, load_facts, load_web, web_folder
+from kn_lens.data.sources import check_source, load_facts, load_templates, load_web, web_folder
 from kn_lens.data.web import default_web_facts
 
 
@@ -78,3 +78,18 @@ def test_web_folder_and_sentences(tmp_path: Path):
         DataError, match=r"no web sentences in .* for the selected relation\(s\) r1"
     ):
         load_web(str(p), None, None, str(tmp_path), ["r1"])
+
+
+def test_templates_of_relations_whose_facts_are_not_selected(shared_data: Path, tmp_path: Path):
+    """update's symmetry reads the inverse relation's PARAREL templates, whatever the selection."""
+    root = str(shared_data)
+    temps = load_templates(root, None, None, ["P1376", "P9999"])
+    assert temps is not None and list(temps) == ["P1376"]  # no patterns file: left out
+    assert len(temps["P1376"]) == 14 and temps["P1376"][0] == "[X] is the capital of [Y]."
+    lama, pats = str(shared_data / "lama"), str(shared_data / "pararel" / "patterns")
+    assert load_templates("default", lama, pats, ["P1376"]) == temps
+    # the built-in world and a facts file have no templates
+    assert load_templates("default", None, None, ["P1376"]) is None
+    assert load_templates(str(_facts_file(tmp_path / "f.jsonl")), None, None, ["r1"]) is None
+    with pytest.raises(DataError, match="no such file or folder"):
+        load_templates(str(tmp_path / "nowhere"), None, None, ["P1376"])

@@ -15,6 +15,9 @@ from kn_lens.experiments.edit_rules import (
     apply_rule,
     edit_prompt_split,
     eleuther_deltas,
+    inverse_index,
+    inverse_prompts,
+    inverse_relations,
     paper_deltas,
     rules_table,
     scaled_deltas,
@@ -182,6 +185,59 @@ def test_default_model_symmetry_is_measured_on_an_inverse_pair(default_kn):
     assert all(d["rules"][r]["n_symmetry_facts"] == 3 for r in RULE_NAMES)
 
 
+#: P1376's templates as PARAREL writes them ([X] the city, [Y] the country), one with [Y] first.
+T1376 = ("[X] is the capital of [Y] .", "the capital of [Y] is [X] .", "[X] , the capital of [Y] .")
+
+
+def test_inverse_prompts_come_from_the_inverse_fact_else_from_templates(default_kn):
+    model, _, _ = default_kn
+    bags = _capital_bags()
+    p36 = [b for b in bags if b.relation == "P36"]
+    france = p36[0]  # France -> Paris, edited to Rome
+    assert inverse_relations(["P36", "W01", "P47"]) == ["P1376", "P47"]
+    # the inverse fact (Paris is the capital of France) is among the facts: its prompts, Paris->Rome
+    prompts, source, key = inverse_prompts(
+        model, france, "Rome", inverse_index(bags), {"P1376": T1376}
+    )
+    assert source == "fact" and key == "P1376/0"
+    assert prompts == ["Rome is the capital of [MASK] .", "Rome is the capital city of [MASK] ."]
+    # without it: the inverse relation's templates, [X] -> Rome, every one (an encoder reads all)
+    prompts, source, key = inverse_prompts(
+        model, france, "Rome", inverse_index(p36), {"P1376": T1376}
+    )
+    assert source == "templates" and key is None
+    assert prompts == [t.replace("[X]", "Rome").replace("[Y]", "[MASK]") for t in T1376]
+    # neither: nothing, and a relation without a known inverse never has any
+    assert inverse_prompts(model, france, "Rome", inverse_index(p36), {}) == ([], None, None)
+    w01 = FactBag(Fact("France", "W01", "W01", "N-1", "Paris"), ("[MASK] is in France .",))
+    assert inverse_prompts(model, w01, "Rome", {}, {"P1376": T1376}) == ([], None, None)
+
+
+def test_default_model_symmetry_from_templates_when_the_inverse_fact_is_absent(default_kn):
+    model, _, _ = default_kn
+    bags = [b for b in _capital_bags() if b.relation == "P36"]
+    neurons = {b.key: [Neuron(2, 10 + b.index), Neuron(3, 20 + b.index)] for b in bags}
+    cfg = PaperConfig(ppl_bags=1, max_relation_share=1.0)
+    kw = dict(relations=["P36"], known_threshold=0.0, control=False)
+    with one_thread():
+        without = update_experiment(model, bags, neurons, cfg, **kw).to_dict()
+        res = update_experiment(model, bags, neurons, cfg, templates={"P1376": T1376}, **kw)
+    # no inverse fact and no templates: not measured, and the reason says what would give it
+    sym = without["symmetry"]
+    assert sym["measured"] is False and "PARAREL templates of P1376" in sym["reason"]
+    d = res.to_dict()
+    assert d["symmetry"]["measured"] is True and d["symmetry"]["n_facts"] == 3
+    assert d["symmetry"]["sources"] == {"fact": 0, "templates": 3}
+    for f in d["facts"]:
+        info = f["rule_info"]
+        assert info["symmetry_source"] == "templates" and info["inverse_key"] is None
+        assert info["symmetry_prompts"][0] == f"{f['new_answer']} is the capital of [MASK] ."
+        for rule in RULE_NAMES:
+            assert 0.0 <= f["rules"][rule]["symmetry"] <= 100.0
+            assert 0.0 <= f["rules"][rule]["symmetry_before"] <= 100.0
+    assert all(d["rules"][r]["n_symmetry_facts"] == 3 for r in RULE_NAMES)
+
+
 def test_decoder_rules_and_symmetry(tmp_path):
     """A tiny random Llama-style decoder: every rule runs through the unembedding direction, the
     inverse prompts are prefixes, and W_out comes back bit for bit (the numbers mean nothing)."""
@@ -209,6 +265,18 @@ def test_decoder_rules_and_symmetry(tmp_path):
     for f in d["facts"]:
         assert f["rule_info"]["generalization_prompts"] == "held_out"
         assert set(f["rules"]) == set(RULE_NAMES)
+    # from templates, a decoder reads the text before the answer and drops the template whose
+    # answer ([Y]) comes before the subject ([X])
+    p36 = [b for b in bags if b.relation == "P36"]
+    prompts, source, _ = inverse_prompts(model, p36[0], "Tokyo", {}, {"P1376": T1376})
+    assert source == "templates"
+    assert prompts == ["Tokyo is the capital of", "Tokyo , the capital of"]
+    res = update_experiment(
+        model, p36, neurons, cfg, relations=["P36"], known_threshold=0.0, templates={"P1376": T1376}
+    )
+    _assert_bit_identical(model, before)
+    d = res.to_dict()
+    assert d["symmetry"]["sources"] == {"fact": 0, "templates": 2}
 
 
 def test_unknown_rule_fails_clearly_and_changes_nothing(tiny_model):
