@@ -53,6 +53,9 @@ Metrics (per fact, then the mean over facts; shares in %):
   otherwise the inverse relation's PARAREL templates filled with ``o'``, in the form the model
   reads them (a decoder drops templates whose answer comes before the subject; ``"templates"``).
   ``None`` where neither exists; the result's ``symmetry`` then says why.
+  ``symmetry_logp_gain``: the mean over those prompts of ``log p(s | prompt)`` after the edit
+  minus before it (nats; all of a decoder's answer tokens), which sees a shift that does not reach
+  top-1 (a decoder often continues "Y' is the capital of" with " the").
 """
 
 from __future__ import annotations
@@ -94,6 +97,7 @@ RULE_METRICS: tuple[str, ...] = (
     "inter_ppl_change",
     "symmetry",
     "symmetry_before",
+    "symmetry_logp_gain",
 )
 #: The EleutherAI package's fixed factor on both embeddings.
 ELEUTHER_LAMBDA = 2.0
@@ -315,6 +319,8 @@ def _metrics(
         m[f"{name}_ppl_change"] = a / b - 1 if math.isfinite(a / b) else None
     m["symmetry"] = _pct(after.correct[part[4]])
     m["symmetry_before"] = _pct(before.correct[part[4]])
+    gain = (after.gold_logp[part[4]] - before.gold_logp[part[4]]).double()
+    m["symmetry_logp_gain"] = float(gain.mean()) if gain.numel() and gain.isfinite().all() else None
     return m
 
 
@@ -394,6 +400,7 @@ TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("delta_inter_ppl", "Δ inter ppl"),
     ("intra_ppl_change", "intra ppl change"),
     ("symmetry", "symmetry %"),
+    ("symmetry_logp_gain", "Δ log p(s), inverse prompts"),
 )
 
 

@@ -262,8 +262,10 @@ class UpdateResult(Result):
         skipped: ``{"key", "reason"}`` for candidate facts that were not edited.
         n_candidates: per relation, facts with neurons; n_known: of those, facts the model knows.
         rules: per edit rule (:mod:`kn_lens.experiments.edit_rules`), ``n_facts`` and the mean
-            edit metrics; rules_per_relation: the same per relation; symmetry: measured on how
-            many facts, or why not.
+            edit metrics; rules_per_relation: the same per relation; symmetry: ``measured``,
+            ``n_facts``, ``sources`` (how many facts' inverse prompts came from the inverse
+            fact, how many from templates), ``pairs`` (relation -> inverse) and ``reason`` (why
+            it was not measured).
     """
 
     schema: ClassVar[str] = "update"

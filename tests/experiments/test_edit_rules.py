@@ -25,6 +25,7 @@ from kn_lens.experiments.edit_rules import (
 from kn_lens.experiments.update import update_experiment
 from kn_lens.neuron import Neuron
 from kn_lens.prompts import answer_token_id
+from kn_lens.readout import encode_facts, score_prompts
 from kn_lens.weights import same_bits
 from tests.experiments.conftest import one_thread
 
@@ -236,6 +237,16 @@ def test_default_model_symmetry_from_templates_when_the_inverse_fact_is_absent(d
             assert 0.0 <= f["rules"][rule]["symmetry"] <= 100.0
             assert 0.0 <= f["rules"][rule]["symmetry_before"] <= 100.0
     assert all(d["rules"][r]["n_symmetry_facts"] == 3 for r in RULE_NAMES)
+    # the log-probability gain of s on the inverse prompts, recomputed around the paper's edit
+    f, bag = d["facts"][0], bags[0]
+    prompts = f["rule_info"]["symmetry_prompts"]
+    enc = encode_facts(model, prompts, [bag.subject] * len(prompts))
+    old, new = answer_token_id(model, bag.object), answer_token_id(model, f["new_answer"])
+    before = score_prompts(model, enc).gold_logp
+    with apply_rule(model, "paper", neurons[bag.key], old, new, cfg):
+        after = score_prompts(model, enc).gold_logp
+    gain = f["rules"]["paper"]["symmetry_logp_gain"]
+    assert gain == pytest.approx(float((after - before).mean()), abs=1e-5) and gain != 0.0
 
 
 def test_decoder_rules_and_symmetry(tmp_path):
