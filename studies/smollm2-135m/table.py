@@ -133,6 +133,10 @@ def pct2(x: Any) -> str:
     return pct(x, 2)
 
 
+def num0(x: Any) -> str:
+    return num(x, 0)
+
+
 def num1(x: Any) -> str:
     return num(x, 1)
 
@@ -378,7 +382,10 @@ RULE_COLUMNS: list[tuple[str, str, Callable[[Any], str]]] = [
     ("locality, other relations", "locality_other_relations", share),
     ("Δ ppl intra", "delta_intra_ppl", num),
     ("Δ ppl inter", "delta_inter_ppl", num),
+    ("facts with an inverse", "n_symmetry_facts", num0),
+    ("symmetry before", "symmetry_before", share),
     ("symmetry", "symmetry", share),
+    ("Δ log p(s), inverse", "symmetry_logp_gain", num),
 ]
 
 

@@ -75,8 +75,14 @@ def test_study_compares_localisation_methods_and_edit_rules():
         for metric in RULE_METRICS:
             assert metric in r, (name, metric)
         assert r["efficacy"] is not None and r["locality_same_relation"] is not None
-    sym = doc["results"]["update"]["symmetry"]  # the study has no inverse pair: it says why
-    assert sym["measured"] or "inverse" in sym["reason"]
+    # symmetry: every edited P36 / P1376 fact, its inverse prompts from the other's templates
+    sym = doc["results"]["update"]["symmetry"]
+    edited = [f for f in doc["results"]["update"]["facts"] if f["relation"] in ("P36", "P1376")]
+    assert sym["measured"] and sym["n_facts"] == len(edited) >= 10
+    assert sym["sources"] == {"fact": 0, "templates": len(edited)}
+    for name, r in rules.items():
+        assert r["n_symmetry_facts"] == len(edited)
+        assert r["symmetry"] is not None and r["symmetry_logp_gain"] is not None, name
 
 
 def test_study_readme_quotes_the_generated_table():
