@@ -96,13 +96,13 @@ def load_facts(
         relations: only these relation ids; an unknown one is an error naming it.
     """
     check_source(data, lama, patterns, None)
-    if data == DEFAULT and not (lama and patterns):
-        bags, kind = default_facts(), "the built-in fact world"
-    elif data != DEFAULT and _path(data).is_file():
-        bags, kind = load_jsonl_facts(_path(data)), str(data)
-    else:
+    if _is_pararel(data, lama, patterns):
         lama_dir, pat_dir = _pararel_dirs(data, lama, patterns)
         return load_pararel(lama_dir, pat_dir, relations=relations)
+    if data == DEFAULT:
+        bags, kind = default_facts(), "the built-in fact world"
+    else:
+        bags, kind = load_jsonl_facts(_path(data)), str(data)
     if relations is not None:
         have = list(dict.fromkeys(b.relation for b in bags))
         unknown = [r for r in relations if r not in have]
